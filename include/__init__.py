@@ -1,0 +1,1 @@
+"""Project code that is not DAG wiring or Airflow glue."""

@@ -1,0 +1,1 @@
+"""Model configs (``*.yaml``) and their Keras builders (``<builder>.py``)."""
