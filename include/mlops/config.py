@@ -137,7 +137,8 @@ class ModelConfig:
 
     @property
     def suite_path(self) -> Path:
-        return DEFAULT_GX_DIR / f"{self.name}.json"
+        """The model's Great Expectations suite: ``<gx dir>/<name>.json``."""
+        return gx_dir() / f"{self.name}.json"
 
     def higher_is_better(self, metric: str) -> bool:
         known = {**METRICS[self.task], **BUDGET_METRICS}
@@ -399,6 +400,11 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
 def models_dir() -> Path:
     """The folder holding model configs: ``$MLOPS_MODELS_DIR`` or ``include/models``."""
     return Path(os.environ.get("MLOPS_MODELS_DIR", DEFAULT_MODELS_DIR))
+
+
+def gx_dir() -> Path:
+    """The folder holding the Great Expectations suites: ``$MLOPS_GX_DIR`` or ``include/gx``."""
+    return Path(os.environ.get("MLOPS_GX_DIR", DEFAULT_GX_DIR))
 
 
 def load_model_configs(directory: str | os.PathLike[str] | None = None) -> list[ModelConfig]:

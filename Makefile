@@ -1,0 +1,50 @@
+# One command to run, one command to test.  Everything lands in the project folder:
+# .venv/ (the pinned environment), .airflow/ (AIRFLOW_HOME), artifacts/ (runs and registry).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+STAMP := $(VENV)/.installed
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW_CONFIG ?= $(CURDIR)/airflow.cfg
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
+export MLOPS_ARTIFACT_ROOT ?= $(CURDIR)/artifacts
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
+export PATH := $(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint format bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+run: setup  ## start Airflow (standalone: UI, scheduler, DAG processor) with the lifecycle DAGs
+	@bash scripts/run_local.sh
+
+test: setup  ## run every test tier (unit, DAG integrity, dag.test end-to-end, real Airflow)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup  ## ruff, including Airflow's AIR rules
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup  ## run the benchmarks; results go to benchmarks/results/
+	$(VENV)/bin/python -m benchmarks
+
+clean:  ## remove the Airflow home and run artifacts (keeps .venv)
+	rm -rf $(AIRFLOW_HOME) $(MLOPS_ARTIFACT_ROOT)

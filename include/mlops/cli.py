@@ -1,0 +1,215 @@
+"""The step CLI: ``python -m include.mlops <step> --model NAME ...``.
+
+Every step reads its inputs by path, writes its outputs under ``--out`` and
+prints one JSON result (paths and metrics, a few KB at most) as the last line
+of stdout.  ``--result-file`` also writes it to a file, which is how the
+Airflow operators (and the Kubernetes XCom sidecar, ``/airflow/xcom/return.json``)
+pick it up.
+
+Exit codes: 0 success; 2 bad usage; 3 the input is bad (bad data, an invalid
+config, a corrupt model): retrying cannot help; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from include.mlops.artifacts import atomic_write_json, registry_root, to_jsonable
+from include.mlops.config import ConfigError, ModelConfig, find_model_config
+
+log = logging.getLogger("include.mlops")
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 3
+
+
+class BadInputError(Exception):
+    """An error that a retry cannot fix: reported with exit code 3."""
+
+
+def _datetime(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 datetime, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _csv(value: str) -> list[str]:
+    return [item for item in value.split(",") if item]
+
+
+# --------------------------------------------------------------------------- steps
+# Each runner takes the parsed config and arguments and returns the JSON result.
+# Step modules are imported here, inside the runners, so that ``--help`` and
+# the light steps do not pay for TensorFlow.
+
+
+def _run_snapshot(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.snapshot import snapshot
+
+    return snapshot(config, args.interval_start, args.interval_end, args.out)
+
+
+def _run_validate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.validate import validate
+
+    return validate(config, args.data, args.out)
+
+
+def _run_train(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.train import train
+
+    return train(config, args.data, args.out, overrides=args.overrides)
+
+
+def _champion(config: ModelConfig, choice: str) -> tuple[str | None, int | None]:
+    """Resolve ``--champion``: ``auto`` (the version labelled stable), ``none``, or a path."""
+    if choice == "none":
+        return None, None
+    if choice != "auto":
+        return choice, None
+    from include.mlops.registry import Registry
+
+    registry = Registry(registry_root())
+    version = registry.label_version(config.serving_name, "stable")
+    if version is None:
+        return None, None
+    return str(registry.version_dir(config.serving_name, version)), version
+
+
+def _run_evaluate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.evaluate import evaluate
+
+    champion_uri, champion_version = _champion(config, args.champion)
+    return evaluate(
+        config,
+        args.candidate,
+        args.data,
+        args.out,
+        champion_uri=champion_uri,
+        champion_version=champion_version,
+        tflite_uri=args.tflite,
+    )
+
+
+def _run_optimize(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize import optimize
+
+    return optimize(config, args.data, args.out, failed=args.failed, overrides=args.overrides)
+
+
+def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.deploy import register_model
+
+    gate_decision = json.loads(Path(args.gate).read_text()) if args.gate else None
+    return register_model(
+        config,
+        args.candidate,
+        args.evaluation,
+        lineage=args.lineage,
+        gate_decision=gate_decision,
+        tflite_uri=args.tflite,
+        out=args.out,
+    )
+
+
+def _run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.deploy import deploy
+
+    return deploy(config, args.version, label=args.label, out=args.out)
+
+
+STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str, Any]]]] = {
+    "snapshot": ("materialise the data interval's training data", _run_snapshot),
+    "validate": ("run the model's Great Expectations suite on a snapshot", _run_validate),
+    "train": ("train the Keras model and export a SavedModel", _run_train),
+    "evaluate": ("compute metrics on the held-out split, against the champion", _run_evaluate),
+    "optimize": ("retrain under the optimize settings, quantize if a budget failed", _run_optimize),
+    "register": ("write a new registry version (atomic, never overwrites)", _run_register),
+    "deploy": ("move a serving label to a registered version", _run_deploy),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m include.mlops", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, (help_text, _) in STEPS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--model", required=True, help="model config name (a YAML file in the models folder)")
+        p.add_argument("--models-dir", help="folder of model configs (default: $MLOPS_MODELS_DIR or include/models)")
+        p.add_argument("--out", required=True, help="the step's output folder")
+        p.add_argument("--result-file", help="also write the JSON result to this file")
+        if name == "snapshot":
+            p.add_argument("--interval-start", type=_datetime, required=True)
+            p.add_argument("--interval-end", type=_datetime, required=True)
+        if name in ("validate", "train", "evaluate", "optimize"):
+            p.add_argument("--data", required=True, help="the snapshot's data.parquet")
+        if name in ("train", "optimize"):
+            p.add_argument("--overrides", type=_json_object, default={}, help="JSON object of hyperparameters")
+        if name == "optimize":
+            p.add_argument("--failed", type=_csv, default=[], help="comma-separated gate checks that failed")
+        if name in ("evaluate", "register"):
+            p.add_argument("--candidate", required=True, help="the candidate SavedModel folder")
+            p.add_argument("--tflite", help="a quantized .tflite variant of the candidate")
+        if name == "evaluate":
+            p.add_argument("--champion", default="auto", help="auto (the stable version), none, or a SavedModel path")
+        if name == "register":
+            p.add_argument("--evaluation", required=True, help="the evaluate step's output folder")
+            p.add_argument("--lineage", type=_json_object, required=True, help="JSON: dag_id, run_id, interval")
+            p.add_argument("--gate", help="the gate decision JSON file")
+        if name == "deploy":
+            p.add_argument("--version", type=int, required=True)
+            p.add_argument("--label", default="stable")
+    return parser
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exception types meaning 'the input is bad', imported only if their module already is."""
+    errors: list[type[BaseException]] = [ConfigError, BadInputError]
+    for module, name in (
+        ("include.mlops.validate", "DataValidationError"),
+        ("include.mlops.snapshot", "SnapshotError"),
+        ("include.mlops.registry", "CorruptVersionError"),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            errors.append(getattr(loaded, name))
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        config = find_model_config(args.model, args.models_dir)
+        result = to_jsonable(STEPS[args.step][1](config, args))
+    except Exception as exc:
+        if isinstance(exc, _bad_input_errors()):
+            log.error("%s failed: %s", args.step, exc)
+            return EXIT_BAD_INPUT
+        log.exception("%s failed", args.step)
+        return EXIT_FAILED
+    if args.result_file:
+        atomic_write_json(args.result_file, result)
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0

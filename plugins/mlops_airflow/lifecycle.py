@@ -1,0 +1,300 @@
+"""The lifecycle DAG factory: one DAG per model config.
+
+    snapshot -> validate -> train -> evaluate -> gate
+        gate passes -> register -> deploy
+        gate fails  -> optimize -> evaluate_optimized -> gate_optimized -> register -> deploy | reject
+        backfill runs and runs with skip_deploy -> skip_deploy (no registry write, no label move)
+
+Building a DAG only reads the model config: no TensorFlow, pandas or Great
+Expectations is imported, and nothing touches the network or a database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Context, CronDataIntervalTimetable, TriggerRule, task
+
+from include.mlops import gate as gate_lib
+from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
+from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
+from mlops_airflow.operators import LifecycleStepOperator
+from mlops_airflow.params import lifecycle_params, training_overrides
+
+log = logging.getLogger(__name__)
+
+DEPLOY_POOL = "model_deploy"
+DEFAULT_RETRIES = 1
+DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
+BACKFILL_RUN_TYPE = "backfill"
+DEFAULT_START_DATE = dt.date(2026, 1, 1)
+
+DOC_TEMPLATE = """\
+# Lifecycle of model `{name}`
+
+{description}
+
+**Task:** {task} · **Data:** {source} · **Config:** `{config_file}` · **Builder:** `{builder}.py`
+
+Every night this DAG snapshots the day's data, validates it with the Great Expectations suite
+`include/gx/{name}.json`, trains, and evaluates the candidate against the `stable` version on the
+same held-out rows. The gate (thresholds, change threshold against `stable`, size and latency budgets)
+sends a passing candidate to `register` and `deploy`, and a failing one to `optimize`, which retrains
+(and quantizes when a budget failed) before a second gate deploys or rejects it.
+
+* **Trigger with config**: change epochs, learning rate, batch size, gate thresholds and max regression;
+  `force_deploy` overrides the gate (recorded as an override), `skip_deploy` never deploys.
+* **Backfill** past days with `airflow backfill create --dag-id {dag_id} --from-date ... --to-date ...`:
+  backfill runs train and evaluate (quality history) but never register or move a label.
+* Outputs: `runs/{dag_id}/<run_id>/<task_id>/` under the artifact root; the registry is `models/{serving_name}/`.
+
+| gate | value |
+|---|---|
+{gate_rows}
+"""
+
+
+def _doc_md(config: ModelConfig) -> str:
+    rows = [f"| {metric} {bound} | {value} |" for metric, b in config.gate.thresholds.items() for bound, value in b.items()]
+    rows += [f"| {metric} max regression vs stable | {value:.0%} |" for metric, value in config.gate.max_regression.items()]
+    rows += [f"| budget {metric} | {value} |" for metric, value in config.gate.budgets.items()]
+    source = config.source.dataset if config.source.kind == "bundled" else config.source.uri
+    return DOC_TEMPLATE.format(
+        name=config.name,
+        dag_id=config.dag_id,
+        description=config.description,
+        task=config.task,
+        source=f"{config.source.kind} `{source}`",
+        config_file=config.path.name,
+        builder=config.builder,
+        serving_name=config.serving_name,
+        gate_rows="\n".join(rows) or "| (none) | |",
+    )
+
+
+def _schedule(config: ModelConfig) -> CronDataIntervalTimetable:
+    # Data-interval semantics: the run for day D starts after D ends and sees
+    # the data of [D, D+1).  (A plain cron string would give Airflow 3's
+    # CronTriggerTimetable, whose interval is empty.)
+    return CronDataIntervalTimetable(config.schedule, timezone="UTC")
+
+
+def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
+    """The run's data interval; a run without one (no logical date) takes the day before it ran."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None:
+        end = pendulum.instance(context["dag_run"].run_after).start_of("day")
+        start = end.subtract(days=1)
+    return start, end
+
+
+def is_deploying_run(context: Context) -> tuple[bool, str]:
+    """Whether this run may register and move a label, and why not."""
+    if str(context["dag_run"].run_type) == BACKFILL_RUN_TYPE:
+        return False, "backfill runs never deploy (they record model quality only)"
+    if context["params"].get("skip_deploy"):
+        return False, "the run was triggered with skip_deploy"
+    return True, ""
+
+
+def _higher_is_better(config: ModelConfig) -> dict[str, bool]:
+    return {**METRICS[config.task], **BUDGET_METRICS}
+
+
+def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_fail: str):
+    """A branch task applying the gate to one evaluation (see include.mlops.gate)."""
+
+    @task.branch(task_id=task_id)
+    def gate(**context: Any) -> str:
+        ti, params, dag_run = context["ti"], context["params"], context["dag_run"]
+        evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=evaluate_task_id)
+        champion = evaluation.get("champion") or None
+        gate_config = gate_lib.with_overrides(config.gate, params.get("thresholds"), params.get("max_regression"))
+        decision = gate_lib.decide(
+            evaluation["metrics"],
+            champion["metrics"] if champion else None,
+            gate_config,
+            _higher_is_better(config),
+            force=bool(params.get("force_deploy")),
+        )
+        deploying, why_not = is_deploying_run(context)
+        if decision.passed:
+            route = "register" if deploying else "skip_deploy"
+        else:
+            route = on_fail if deploying or on_fail == "reject" else "skip_deploy"
+        out = run_dir(config.dag_id, dag_run.run_id, task_id)
+        record = {
+            "decision": decision.to_dict(),
+            "route": route,
+            "champion_version": champion.get("version") if champion else None,
+            "params": {k: params.get(k) for k in ("thresholds", "max_regression", "force_deploy", "skip_deploy")},
+            "deploying_run": deploying,
+            "not_deploying_because": why_not or None,
+        }
+        atomic_write_json(out / "decision.json", record)
+        atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{decision.to_markdown()}\n")
+        for check in decision.checks:
+            log.info("gate check: %s", check.message)
+        if decision.override:
+            log.warning("force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons)
+        if route == "register":
+            ti.xcom_push(
+                key="candidate",
+                value={
+                    "model_uri": evaluation["model_uri"],
+                    "tflite_uri": evaluation.get("tflite_uri"),
+                    "evaluation_uri": str(run_dir(config.dag_id, dag_run.run_id, evaluate_task_id)),
+                    "decision_uri": str(out / "decision.json"),
+                },
+            )
+        log.info("gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else "")
+        return route
+
+    return gate()
+
+
+def _accepted_candidate(context: Context) -> Mapping[str, Any]:
+    for gate_task in ("gate_optimized", "gate"):
+        candidate = context["ti"].xcom_pull(task_ids=gate_task, key="candidate")
+        if candidate:
+            return candidate
+    raise RuntimeError("no gate accepted a candidate, so there is nothing to register")
+
+
+def _register_arguments(context: Context) -> dict[str, Any]:
+    candidate = _accepted_candidate(context)
+    snapshot = context["ti"].xcom_pull(task_ids="snapshot") or {}
+    start, end = data_interval(context)
+    dag_run = context["dag_run"]
+    return {
+        "candidate": candidate["model_uri"],
+        "tflite": candidate.get("tflite_uri"),
+        "evaluation": candidate["evaluation_uri"],
+        "gate": candidate["decision_uri"],
+        "lineage": {
+            "dag_id": dag_run.dag_id,
+            "run_id": dag_run.run_id,
+            "run_type": str(dag_run.run_type),
+            "data_interval_start": start.isoformat(),
+            "data_interval_end": end.isoformat(),
+            "snapshot_sha256": snapshot.get("sha256"),
+            "created_at": end.isoformat(),
+        },
+    }
+
+
+def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
+    """The lifecycle DAG of one model.  Pure: reads only ``config``."""
+
+    def step(task_id: str, step_name: str, **kwargs: Any) -> LifecycleStepOperator:
+        return LifecycleStepOperator(task_id=task_id, step=step_name, model=config.name, models_dir=models_dir, **kwargs)
+
+    first_day = config.source.start_date or DEFAULT_START_DATE
+    start_date = pendulum.datetime(first_day.year, first_day.month, first_day.day, tz="UTC")
+    with DAG(
+        dag_id=config.dag_id,
+        description=config.description or f"Lifecycle of model {config.name}",
+        doc_md=_doc_md(config),
+        schedule=_schedule(config),
+        start_date=start_date,
+        catchup=False,
+        max_active_runs=1,
+        tags=["lifecycle", config.task, *config.tags],
+        params=lifecycle_params(config),
+        default_args={
+            "owner": config.owner,
+            "retries": DEFAULT_RETRIES,
+            "retry_delay": DEFAULT_RETRY_DELAY,
+        },
+    ) as dag:
+
+        def snapshot_arguments(context: Context) -> dict[str, str]:
+            start, end = data_interval(context)
+            return {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
+
+        def data(context: Context) -> str:
+            return context["ti"].xcom_pull(task_ids="snapshot")["data_uri"]
+
+        snapshot = step("snapshot", "snapshot", resolve_arguments=snapshot_arguments)
+        validate = step("validate", "validate", resolve_arguments=lambda c: {"data": data(c)})
+        train = step(
+            "train",
+            "train",
+            resolve_arguments=lambda c: {"data": data(c), "overrides": training_overrides(c["params"])},
+        )
+        evaluate = step(
+            "evaluate",
+            "evaluate",
+            resolve_arguments=lambda c: {"data": data(c), "candidate": c["ti"].xcom_pull(task_ids="train")["model_uri"]},
+        )
+        gate = _make_gate(config, task_id="gate", evaluate_task_id="evaluate", on_fail="optimize")
+
+        def optimize_arguments(context: Context) -> dict[str, Any]:
+            decision = gate_lib.GateDecision.from_dict(
+                _read_decision(config, context, "gate")["decision"]
+            )
+            return {
+                "data": data(context),
+                "failed": ",".join(sorted(decision.failed_budgets)),
+                "overrides": training_overrides(context["params"]),
+            }
+
+        optimize = step("optimize", "optimize", resolve_arguments=optimize_arguments)
+        evaluate_optimized = step(
+            "evaluate_optimized",
+            "evaluate",
+            resolve_arguments=lambda c: {
+                "data": data(c),
+                "candidate": c["ti"].xcom_pull(task_ids="optimize")["model_uri"],
+                "tflite": c["ti"].xcom_pull(task_ids="optimize").get("tflite_uri"),
+            },
+        )
+        gate_optimized = _make_gate(config, task_id="gate_optimized", evaluate_task_id="evaluate_optimized", on_fail="reject")
+
+        register = step(
+            "register",
+            "register",
+            resolve_arguments=_register_arguments,
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        )
+        deploy = step(
+            "deploy",
+            "deploy",
+            resolve_arguments=lambda c: {"version": c["ti"].xcom_pull(task_ids="register")["version"], "label": "stable"},
+            pool=DEPLOY_POOL,
+            pool_slots=1,
+        )
+
+        @task(task_id="skip_deploy", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        def skip_deploy(**context: Any) -> str:
+            _, why = is_deploying_run(context)
+            log.info("Not deploying: %s. The evaluation reports are under %s", why, run_dir(config.dag_id, context["dag_run"].run_id, ""))
+            return why
+
+        @task(task_id="reject")
+        def reject(**context: Any) -> dict[str, Any]:
+            record = _read_decision(config, context, "gate_optimized")
+            reasons = record["decision"].get("reasons", [])
+            out = run_dir(config.dag_id, context["dag_run"].run_id, "reject")
+            lines = [f"# Candidate rejected: model `{config.name}`, run `{context['dag_run'].run_id}`", ""]
+            lines += ["The optimized candidate still failed the gate, so the `stable` version keeps serving.", ""]
+            lines += [f"- {reason}" for reason in reasons]
+            atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+            log.warning("Candidate rejected; stable is unchanged. Reasons: %s", "; ".join(reasons))
+            return {"rejected": True, "reasons": reasons, "report_uri": str(out / "report.md")}
+
+        skipped = skip_deploy()
+        snapshot >> validate >> train >> evaluate >> gate
+        gate >> [register, optimize, skipped]
+        optimize >> evaluate_optimized >> gate_optimized
+        gate_optimized >> [register, reject(), skipped]
+        register >> deploy
+    return dag
+
+
+def _read_decision(config: ModelConfig, context: Context, gate_task: str) -> dict[str, Any]:
+    return read_json(run_dir(config.dag_id, context["dag_run"].run_id, gate_task) / "decision.json")

@@ -1,0 +1,304 @@
+"""The docker-compose topology, the Airflow image's Dockerfile and the CI workflow, checked offline.
+
+Images cannot be pulled here, so the compose file is validated and resolved by the real
+``docker-compose config`` (v1.29, Debian's ``docker-compose`` package) and the resolved topology is
+asserted: the services of Airflow 3's official compose file on the LocalExecutor, one built image,
+the project mounts, health checks and start order, and secrets that only ever come from ``.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "include" / "docker" / "airflow" / "Dockerfile"
+DOCKERFILE_REL = "include/docker/airflow/Dockerfile"
+DEFAULT_BASE_IMAGE = "apache/airflow:3.3.2-python3.11"
+
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-init",
+)
+LONG_RUNNING_AIRFLOW = tuple(s for s in AIRFLOW_SERVICES if s != "airflow-init")
+REQUIRED_SERVICES = ("postgres", *AIRFLOW_SERVICES)
+
+# Environment keys that hold a secret; *_FILE keys hold a path to one, not the secret itself.
+SECRET_KEY = re.compile(r"PASSWORD|PASSWD|FERNET|SECRET|TOKEN|_KEY$", re.IGNORECASE)
+# A secret value must be a bare reference (${VAR} or ${VAR:?message}): a ${VAR:-default} would commit
+# the default as a literal secret.
+ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}")
+URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://(?P<user>[^:/@\s]+):(?P<password>[^@\s]+)@", re.IGNORECASE)
+REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?")
+
+INSTALL_HINT = (
+    "docker-compose (v1) is not on PATH; the compose topology test needs it to validate docker-compose.yaml. "
+    "Install it with `apt-get install -y --no-install-recommends docker-compose` (Debian/Ubuntu; CI does this "
+    "in .github/workflows/ci.yml)."
+)
+
+
+def _compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    # Only PATH and HOME, so neither the caller's shell variables nor a developer's own .env (replaced by
+    # --env-file) leak into what the test sees.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [executable, "--env-file", str(env_file), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    """``docker-compose config`` of the file with .env.example's values: what `up` would run."""
+    result = _compose("config", env_file=ENV_EXAMPLE)
+    assert result.returncode == 0, f"docker-compose config rejected docker-compose.yaml:\n{result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(resolved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return resolved["services"]
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return command if isinstance(command, str) else "\n".join(command)
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host source of each mount ("src:dst[:mode]" as v1's config prints them)."""
+    mounts: dict[str, str] = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        mounts[target] = source
+    return mounts
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in _strings(key) + _strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_services_follow_the_official_topology_on_the_local_executor(services: dict[str, dict[str, Any]]) -> None:
+    missing = [name for name in REQUIRED_SERVICES if name not in services]
+    assert not missing, f"services missing from docker-compose.yaml: {missing}"
+    # LocalExecutor: the official file's Celery pieces have no place here.
+    assert not {"redis", "airflow-worker", "flower"} & services.keys()
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+    assert services["airflow-apiserver"]["command"] == "api-server"
+    assert services["airflow-scheduler"]["command"] == "scheduler"
+    assert services["airflow-dag-processor"]["command"] == "dag-processor"
+    assert services["airflow-triggerer"]["command"] == "triggerer"
+
+
+def test_every_airflow_service_runs_the_one_image_built_from_the_dockerfile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    airflow_services = [name for name in services if name.startswith("airflow-")]
+    tags = {services[name]["image"] for name in airflow_services}
+    assert len(tags) == 1, f"Airflow services should share one image tag, got {tags}"
+    for name in airflow_services:
+        build = services[name].get("build")
+        assert build, f"{name} does not build the project image"
+        assert Path(build["context"]) == ROOT, name
+        assert build["dockerfile"] == DOCKERFILE_REL, name
+        assert build["args"]["AIRFLOW_IMAGE"] == DEFAULT_BASE_IMAGE, name
+    assert not services["postgres"].get("build"), "postgres should run its upstream image, not ours"
+
+
+def test_project_folders_and_artifact_root_are_mounted(services: dict[str, dict[str, Any]]) -> None:
+    for name in AIRFLOW_SERVICES:
+        mounts = _mounts(services[name])
+        for folder in ("dags", "plugins", "include"):
+            assert Path(mounts.get(f"/opt/airflow/{folder}", "")) == ROOT / folder, f"{name}: {folder}/ not mounted"
+        assert "/opt/airflow/artifacts" in mounts, f"{name}: no artifact root mount"
+        env = services[name]["environment"]
+        assert env["MLOPS_ARTIFACT_ROOT"] == "/opt/airflow/artifacts"
+        # `include` is imported as a top-level package from the project root.
+        assert env["PYTHONPATH"] == "/opt/airflow"
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+        assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+
+
+def test_components_share_every_secret_they_must_agree_on(services: dict[str, dict[str, Any]]) -> None:
+    # A JWT secret or Fernet key that differs between components breaks tasks or connections at run time.
+    shared = (
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    )
+    for key in shared:
+        values = {services[name]["environment"].get(key) for name in AIRFLOW_SERVICES}
+        assert len(values) == 1 and None not in values, f"{key} differs between Airflow services: {values}"
+
+
+def test_api_server_publishes_8080_and_nothing_else_is_published(services: dict[str, dict[str, Any]]) -> None:
+    ports = services["airflow-apiserver"]["ports"]
+    assert {"published": 8080, "target": 8080} in [
+        {"published": int(p["published"]), "target": int(p["target"])} for p in ports
+    ]
+    exposed = sorted(name for name, service in services.items() if service.get("ports"))
+    assert exposed == ["airflow-apiserver"], f"only the API server should publish a port, got {exposed}"
+
+
+def test_init_migrates_the_db_sets_up_the_admin_and_creates_the_deploy_pool(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    init = services["airflow-init"]
+    script = _command_text(init)
+    assert "airflow db migrate" in script
+    assert 'airflow pools set model_deploy 1 "one deploy at a time"' in script
+    # The admin's password comes from .env and lands in the file SimpleAuthManager reads.
+    env_example = _read_env_file(ENV_EXAMPLE)
+    env = init["environment"]
+    assert env["_MLOPS_ADMIN_PASSWORD"] == env_example["AIRFLOW_ADMIN_PASSWORD"]
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == f"{env_example['AIRFLOW_ADMIN_USERNAME']}:admin"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] in script
+    assert "_MLOPS_ADMIN_PASSWORD" in script
+    # Only init needs the plain password; long-running services read the file.
+    for name in LONG_RUNNING_AIRFLOW:
+        assert "_MLOPS_ADMIN_PASSWORD" not in services[name]["environment"], name
+    assert str(init.get("restart", "no")) == "no", "a one-shot init must not be restarted"
+
+
+def test_health_checks_and_start_order(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("postgres", *LONG_RUNNING_AIRFLOW):
+        check = services[name].get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name} has no health check"
+    assert "http://localhost:8080/api/v2/version" in services["airflow-apiserver"]["healthcheck"]["test"]
+    assert "http://localhost:8974/health" in services["airflow-scheduler"]["healthcheck"]["test"]
+    assert services["airflow-scheduler"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+
+    for name in AIRFLOW_SERVICES:
+        depends_on = services[name]["depends_on"]
+        assert depends_on["postgres"]["condition"] == "service_healthy", name
+        if name != "airflow-init":
+            assert depends_on["airflow-init"]["condition"] == "service_completed_successfully", name
+    # A service_healthy condition on a service without a health check would block `up` forever.
+    for name, service in services.items():
+        for dependency, spec in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            if spec.get("condition") == "service_healthy":
+                assert services[dependency].get("healthcheck"), f"{name} waits on {dependency}, which has no check"
+
+
+def test_no_secret_literals_in_the_compose_file(raw_compose: dict[str, Any]) -> None:
+    offenders: list[str] = []
+    environments = [raw_compose.get("x-airflow-common", {}).get("environment", {})]
+    environments += [service.get("environment", {}) for service in raw_compose["services"].values()]
+    for environment in environments:
+        for key, value in environment.items():
+            if SECRET_KEY.search(key) and not key.endswith("_FILE"):
+                if not ENV_REFERENCE.fullmatch(str(value)):
+                    offenders.append(f"{key}={value!r}")
+    for text in _strings(raw_compose):
+        for match in URL_CREDENTIALS.finditer(text):
+            if not ENV_REFERENCE.fullmatch(match["password"]):
+                offenders.append(f"credentials in URL {match[0]!r}")
+    assert not offenders, f"secrets must come from .env as ${{VAR:?...}} references: {offenders}"
+
+
+def test_missing_secrets_stop_compose_with_a_pointer_to_env(tmp_path: Path) -> None:
+    empty_env = tmp_path / "empty.env"
+    empty_env.write_text("")
+    result = _compose("config", env_file=empty_env)
+    assert result.returncode != 0, "docker-compose accepted the file without any secrets set"
+    assert "in .env" in result.stderr, result.stderr
+
+
+def test_env_example_declares_every_required_variable_with_placeholders_only(raw_compose: dict[str, Any]) -> None:
+    required = {name for text in _strings(raw_compose) for name in REQUIRED_VARIABLE.findall(text)}
+    assert required, "expected the secrets to be required (${VAR:?...}) variables"
+    example = _read_env_file(ENV_EXAMPLE)
+    assert not required - example.keys(), f".env.example lacks {sorted(required - example.keys())}"
+    secrets = {name: value for name, value in example.items() if SECRET_KEY.search(name)}
+    assert secrets, ".env.example declares no secrets"
+    for name, value in secrets.items():
+        assert value in ("", "change-me"), f".env.example must hold placeholders, not real secrets: {name}"
+    assert ".env" in ROOT.joinpath(".gitignore").read_text().splitlines(), ".env must be gitignored"
+
+
+def test_dockerfile_extends_the_pinned_base_with_the_requirements() -> None:
+    text = DOCKERFILE.read_text()
+    instructions = [
+        line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip() and not line.startswith("#")
+    ]
+    keywords = [line.split()[0].upper() for line in instructions]
+    assert instructions[0] == f"ARG AIRFLOW_IMAGE={DEFAULT_BASE_IMAGE}", "the base must be a pinned build arg"
+    assert instructions[1] == "FROM ${AIRFLOW_IMAGE}"
+    assert "USER airflow" in instructions
+    pip_step = next(line for line in instructions if "pip install" in line)
+    assert keywords.index("USER") < instructions.index(pip_step), "pip must run as the airflow user"
+    assert "--no-cache-dir" in pip_step
+    assert "-r " in pip_step and "requirements.txt" in text
+    assert "--mount=type=secret,id=ca" in pip_step, "offline builds hand pip the host CA as a BuildKit secret"
+    # The base image's Airflow must be the version requirements.txt pins, or pip swaps Airflow out.
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert DEFAULT_BASE_IMAGE.split(":")[1].startswith(pins["apache-airflow"] + "-")
+
+
+def test_docker_build_context_excludes_venv_runs_and_secrets() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for entry in (".git", ".venv", ".env", "artifacts", "logs"):
+        assert entry in ignored, f".dockerignore should exclude {entry}"
+    assert "requirements.txt" not in ignored and "*" not in ignored
+
+
+def test_ci_workflow_runs_the_project_entry_point() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    # PyYAML reads the bare key `on` as the boolean True (YAML 1.1).
+    triggers = workflow.get("on", workflow.get(True))
+    assert {"push", "pull_request"} <= set(triggers)
+    (job,) = workflow["jobs"].values()
+    assert job["runs-on"] == "ubuntu-latest"
+    steps = job["steps"]
+    setup = next(step for step in steps if str(step.get("uses", "")).startswith("actions/setup-python"))
+    assert str(setup["with"]["python-version"]) == "3.11"
+    assert setup["with"]["cache"] == "pip"
+    runs = [step.get("run", "") for step in steps]
+    assert any("docker-compose" in run and "apt-get install" in run for run in runs)
+    assert runs[-1].strip() == "bash .ci/run"
