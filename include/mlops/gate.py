@@ -1,0 +1,472 @@
+"""The model gate: TFX Evaluator semantics as a pure function.
+
+A candidate passes when every check passes:
+
+* **threshold** checks: absolute bounds from ``gate.thresholds`` (``min`` and/or
+  ``max`` per metric), e.g. ``r2 >= 0.2``;
+* **change** checks: relative worsening against the champion (the version
+  labelled ``stable``) of at most ``gate.max_regression[metric]``.  The
+  direction comes from ``higher_is_better``.  With no champion (the first run)
+  they are recorded as *skipped* and do not block;
+* **budget** checks: upper bounds from ``gate.budgets`` (``size_mb``,
+  ``latency_ms``).
+
+The allowed worsening is relative to the champion's magnitude, so the bound is
+``champion - tol * |champion|`` when higher is better and
+``champion + tol * |champion|`` when lower is better.  That stays meaningful for
+negative values (an r2 below zero) and for a champion value of exactly zero,
+where the candidate must simply not be worse.  A metric that is missing, not a
+number, NaN or infinite fails every check that needs it.
+
+``force=True`` (a manual override from the trigger form) makes the gate pass,
+but the decision records ``override=True`` and keeps the failed checks, so the
+model card and the run report show what was overridden.
+
+This module is imported by the DAG files at parse time: standard library and
+:mod:`include.mlops.config` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from include.mlops.config import BUDGET_METRICS, METRICS, GateConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+CHECK_KINDS = ("threshold", "change", "budget")
+# Every metric name any task knows, with its direction; used to validate form overrides.
+_KNOWN_DIRECTIONS: dict[str, bool] = {
+    **{m: hib for task_metrics in METRICS.values() for m, hib in task_metrics.items()},
+    **BUDGET_METRICS,
+}
+# Float noise must not fail a candidate that sits exactly on a bound (0.8 * 0.95 != 0.76 in binary).
+_REL_TOL = 1e-9
+_ABS_TOL = 1e-12
+
+
+class GateError(ValueError):
+    """The gate's inputs are invalid (an unknown metric, a bad override value)."""
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One check of the gate and its outcome.
+
+    ``comparison`` is ``">="`` or ``"<="``: the check passes when
+    ``value <comparison> bound``.  ``skipped`` checks (change checks with no
+    champion value to compare against) count as passed.
+    """
+
+    kind: str
+    metric: str
+    value: float | None
+    bound: float | None
+    comparison: str
+    passed: bool
+    message: str
+    champion_value: float | None = None
+    tolerance: float | None = None
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        # NaN/inf are not JSON; the message still carries the original value.
+        for key in ("value", "bound", "champion_value", "tolerance"):
+            data[key] = _json_number(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateCheck:
+        if data.get("kind") not in CHECK_KINDS:
+            raise GateError(f"gate check has unknown kind {data.get('kind')!r} (known: {', '.join(CHECK_KINDS)})")
+        return cls(
+            kind=str(data["kind"]),
+            metric=str(data["metric"]),
+            value=data.get("value"),
+            bound=data.get("bound"),
+            comparison=str(data.get("comparison", "")),
+            passed=bool(data["passed"]),
+            message=str(data.get("message", "")),
+            champion_value=data.get("champion_value"),
+            tolerance=data.get("tolerance"),
+            skipped=bool(data.get("skipped", False)),
+        )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's outcome with every check, as written to the run report and the model card.
+
+    ``passed`` is what the pipeline branches on.  ``override`` is True when the
+    checks failed and ``force`` passed the candidate anyway; ``forced`` records
+    that a force was requested at all (even when it was not needed).
+    """
+
+    passed: bool
+    override: bool
+    checks: tuple[GateCheck, ...]
+    forced: bool = False
+    has_champion: bool = False
+
+    @property
+    def failed_checks(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    @property
+    def checks_passed(self) -> bool:
+        """Whether the candidate passed on its merits, ignoring any force."""
+        return not self.failed_checks
+
+    @property
+    def failed_budgets(self) -> tuple[str, ...]:
+        """Budget metrics (size_mb, latency_ms) over budget: what quantization should fix."""
+        return tuple(dict.fromkeys(c.metric for c in self.failed_checks if c.kind == "budget"))
+
+    @property
+    def failed_metrics(self) -> tuple[str, ...]:
+        """Every metric with at least one failed check, in check order, without repeats."""
+        return tuple(dict.fromkeys(c.metric for c in self.failed_checks))
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(c.message for c in self.failed_checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (non-finite numbers become ``None``); derived fields are included for readers."""
+        return {
+            "passed": self.passed,
+            "override": self.override,
+            "forced": self.forced,
+            "has_champion": self.has_champion,
+            "checks": [c.to_dict() for c in self.checks],
+            "reasons": list(self.reasons),
+            "failed_budgets": list(self.failed_budgets),
+            "failed_metrics": list(self.failed_metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateDecision:
+        try:
+            checks = tuple(GateCheck.from_dict(c) for c in data["checks"])
+            return cls(
+                passed=bool(data["passed"]),
+                override=bool(data.get("override", False)),
+                checks=checks,
+                forced=bool(data.get("forced", False)),
+                has_champion=bool(data.get("has_champion", False)),
+            )
+        except (KeyError, TypeError) as exc:
+            raise GateError(f"not a gate decision (expected the output of GateDecision.to_dict()): {exc!r}") from None
+
+    def summary(self) -> str:
+        if self.override:
+            return f"PASSED by override ({len(self.failed_checks)} failed check(s) overridden)"
+        return "PASSED" if self.passed else f"FAILED ({len(self.failed_checks)} failed check(s))"
+
+    def to_markdown(self) -> str:
+        """A Markdown table of every check, for run reports and model cards."""
+        lines = [f"**Gate: {self.summary()}**", ""]
+        if not self.has_champion:
+            lines += ["No champion (first version): change thresholds were skipped.", ""]
+        if not self.checks:
+            lines.append("The gate has no checks configured.")
+            return "\n".join(lines) + "\n"
+        lines += [
+            "| kind | metric | value | bound | champion | result |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in self.checks:
+            result = "skipped" if c.skipped else ("pass" if c.passed else "**FAIL**")
+            bound = f"{c.comparison} {_fmt(c.bound)}" if c.bound is not None else "-"
+            lines.append(f"| {c.kind} | {c.metric} | {_fmt(c.value)} | {bound} | {_fmt(c.champion_value)} | {result} |")
+        if self.reasons:
+            lines += ["", "Failed checks:" + (" (overridden)" if self.override else ""), ""]
+            lines += [f"- {reason}" for reason in self.reasons]
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- decision
+
+
+def decide(
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    gate: GateConfig,
+    higher_is_better: Mapping[str, bool],
+    *,
+    force: bool = False,
+) -> GateDecision:
+    """Check ``candidate`` metrics against ``gate`` and the ``champion``'s metrics (None on the first run)."""
+    checks: list[GateCheck] = []
+    for metric, bounds in gate.thresholds.items():
+        for side in ("min", "max"):
+            if side in bounds:
+                checks.append(_bound_check("threshold", metric, candidate, float(bounds[side]), side))
+    for metric, tolerance in gate.max_regression.items():
+        checks.append(
+            _change_check(metric, candidate, champion, float(tolerance), _direction(metric, higher_is_better))
+        )
+    for metric, budget in gate.budgets.items():
+        checks.append(_bound_check("budget", metric, candidate, float(budget), "max"))
+
+    checks_passed = all(c.passed for c in checks)
+    decision = GateDecision(
+        passed=checks_passed or force,
+        override=force and not checks_passed,
+        checks=tuple(checks),
+        forced=force,
+        has_champion=champion is not None,
+    )
+    if decision.override:
+        log.warning(
+            "Gate forced open; overriding %d failed check(s): %s", len(decision.reasons), "; ".join(decision.reasons)
+        )
+    elif decision.passed:
+        log.info("Gate passed (%d checks)", len(checks))
+    else:
+        log.info("Gate failed: %s", "; ".join(decision.reasons))
+    return decision
+
+
+def decide_for_config(
+    config: ModelConfig,
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    *,
+    gate: GateConfig | None = None,
+    force: bool = False,
+) -> GateDecision:
+    """:func:`decide` with the directions of ``config``'s task (``gate`` defaults to ``config.gate``)."""
+    directions = {**METRICS[config.task], **BUDGET_METRICS}
+    return decide(candidate, champion, gate if gate is not None else config.gate, directions, force=force)
+
+
+def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
+    if metric not in higher_is_better:
+        raise GateError(
+            f"the gate has a change threshold on {metric!r} but its direction is unknown "
+            f"(higher_is_better names: {', '.join(sorted(higher_is_better)) or 'none'})"
+        )
+    return bool(higher_is_better[metric])
+
+
+def _number(metrics: Mapping[str, Any] | None, metric: str) -> tuple[float | None, str | None]:
+    """The metric as a finite float, or None and why not."""
+    if metrics is None or metric not in metrics or metrics[metric] is None:
+        available = ", ".join(sorted(metrics)) if metrics else "none"
+        return None, f"is missing (available: {available})"
+    raw = metrics[metric]
+    # numbers.Real admits numpy scalars; strings and bools are a bug upstream, not a metric.
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+        return None, f"is not a number ({raw!r})"
+    value = float(raw)
+    if not math.isfinite(value):
+        return None, f"is {value} (not a finite number)"
+    return value, None
+
+
+def _meets(value: float, bound: float, comparison: str) -> bool:
+    if math.isclose(value, bound, rel_tol=_REL_TOL, abs_tol=_ABS_TOL):
+        return True
+    return value >= bound if comparison == ">=" else value <= bound
+
+
+def _bound_check(kind: str, metric: str, candidate: Mapping[str, Any], bound: float, side: str) -> GateCheck:
+    comparison = ">=" if side == "min" else "<="
+    label = "budget" if kind == "budget" else "threshold"
+    value, problem = _number(candidate, metric)
+    if value is None:
+        return GateCheck(
+            kind, metric, _raw_float(candidate, metric), bound, comparison, False,
+            f"{metric}: the candidate's value {problem}; the {label} needs {metric} {comparison} {_fmt(bound)}",
+        )  # fmt: skip
+    passed = _meets(value, bound, comparison)
+    verdict = "meets" if passed else "violates"
+    return GateCheck(
+        kind, metric, value, bound, comparison, passed,
+        f"{metric} = {_fmt(value)} {verdict} the {label} {comparison} {_fmt(bound)}",
+    )  # fmt: skip
+
+
+def _change_check(
+    metric: str,
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    tolerance: float,
+    higher_is_better: bool,
+) -> GateCheck:
+    comparison = ">=" if higher_is_better else "<="
+    allowed = f"{tolerance:.1%} worse than the champion"
+    if champion is None:
+        value, _ = _number(candidate, metric)
+        return GateCheck(
+            "change", metric, value, None, comparison, True,
+            f"{metric}: no champion yet (first version), change threshold skipped",
+            tolerance=tolerance, skipped=True,
+        )  # fmt: skip
+    champ_value, champ_problem = _number(champion, metric)
+    value, problem = _number(candidate, metric)
+    if value is None:
+        return GateCheck(
+            "change", metric, _raw_float(candidate, metric), None, comparison, False,
+            f"{metric}: the candidate's value {problem}; the change threshold allows at most {allowed}",
+            champion_value=champ_value, tolerance=tolerance,
+        )  # fmt: skip
+    if champ_value is None:
+        # A champion that predates the metric cannot be compared against; that must not block forever.
+        return GateCheck(
+            "change", metric, value, None, comparison, True,
+            f"{metric}: the champion's value {champ_problem}, change threshold skipped",
+            tolerance=tolerance, skipped=True,
+        )  # fmt: skip
+    slack = tolerance * abs(champ_value)
+    bound = champ_value - slack if higher_is_better else champ_value + slack
+    passed = _meets(value, bound, comparison)
+    worse = (champ_value - value) if higher_is_better else (value - champ_value)
+    if worse == 0:
+        change = "unchanged"
+    elif champ_value == 0:
+        change = "worse" if worse > 0 else "better"
+    else:
+        change = f"{abs(worse) / abs(champ_value):.2%} {'worse' if worse > 0 else 'better'}"
+    verdict = "within" if passed else "beyond"
+    return GateCheck(
+        "change", metric, value, bound, comparison, passed,
+        f"{metric} = {_fmt(value)} vs champion {_fmt(champ_value)} ({change}): {verdict} the allowed {allowed} "
+        f"(needs {comparison} {_fmt(bound)})",
+        champion_value=champ_value, tolerance=tolerance,
+    )  # fmt: skip
+
+
+def _raw_float(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
+    """The value as given, for the record, when it is a float at all (NaN included)."""
+    raw = (metrics or {}).get(metric)
+    return float(raw) if isinstance(raw, numbers.Real) and not isinstance(raw, bool) else None
+
+
+def _json_number(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.6g}"
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def with_overrides(
+    gate: GateConfig,
+    thresholds: Mapping[str, Any] | None,
+    max_regression: float | None,
+    *,
+    metrics: Iterable[str] = (),
+) -> GateConfig:
+    """Merge trigger-form overrides into ``gate``; the result is a new ``GateConfig``.
+
+    ``thresholds`` maps a metric to ``{"min": x}`` / ``{"max": y}`` (merged into
+    the configured bounds of that metric; a bound set to ``None`` removes it) or
+    to a bare number, which is the bound on the metric's bad side (``min`` when
+    higher is better, ``max`` otherwise).  A threshold on a budget metric
+    (``size_mb``, ``latency_ms``) replaces that budget; only ``max`` makes sense
+    there.
+
+    ``max_regression`` is one tolerance for the whole run.  It replaces the
+    tolerance of every metric that has a configured change threshold: the config
+    chose which metrics guard against regressions, the form only tunes how much.
+    When the config has no change threshold at all, it applies to ``metrics``
+    (pass the config's ``metrics``), because a user who sets a tolerance expects
+    a regression check to happen; with no ``metrics`` either it is an error.
+    """
+    new_thresholds = {m: dict(b) for m, b in gate.thresholds.items()}
+    new_budgets = dict(gate.budgets)
+    for metric, spec in (thresholds or {}).items():
+        if metric not in _KNOWN_DIRECTIONS:
+            raise GateError(
+                f"threshold override names unknown metric {metric!r} (known: {', '.join(sorted(_KNOWN_DIRECTIONS))})"
+            )
+        bounds = _override_bounds(metric, spec)
+        if metric in BUDGET_METRICS:
+            if "min" in bounds:
+                raise GateError(f"budget {metric!r} is an upper bound: override it with {{'max': value}}, not 'min'")
+            if bounds.get("max") is None:
+                new_budgets.pop(metric, None)
+            else:
+                new_budgets[metric] = _positive(metric, bounds["max"])
+            continue
+        merged = new_thresholds.get(metric, {})
+        for side, bound in bounds.items():
+            if bound is None:
+                merged.pop(side, None)
+            else:
+                merged[side] = bound
+        if "min" in merged and "max" in merged and merged["min"] > merged["max"]:
+            raise GateError(f"threshold override for {metric!r} leaves min {merged['min']} above max {merged['max']}")
+        if merged:
+            new_thresholds[metric] = merged
+        else:
+            new_thresholds.pop(metric, None)
+
+    new_regression = dict(gate.max_regression)
+    if max_regression is not None:
+        tolerance = _tolerance(max_regression)
+        targets = list(new_regression) or list(metrics)
+        if not targets:
+            raise GateError(
+                "max_regression override given but the gate has no change threshold and no metrics were "
+                "passed to apply it to (pass metrics=config.metrics)"
+            )
+        unknown = [m for m in targets if m not in _KNOWN_DIRECTIONS]
+        if unknown:
+            raise GateError(f"max_regression override: unknown metric(s) {', '.join(unknown)}")
+        new_regression = dict.fromkeys(targets, tolerance)
+    return replace(gate, thresholds=new_thresholds, max_regression=new_regression, budgets=new_budgets)
+
+
+def _override_bounds(metric: str, spec: Any) -> dict[str, float | None]:
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"min", "max"}
+        if unknown or not spec:
+            raise GateError(f"threshold override for {metric!r} must use 'min' and/or 'max', got {dict(spec)!r}")
+        return {side: (None if v is None else _finite(metric, v)) for side, v in spec.items()}
+    side = "min" if _KNOWN_DIRECTIONS[metric] else "max"
+    return {side: _finite(metric, spec)}
+
+
+def _finite(metric: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GateError(f"threshold override for {metric!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive(metric: str, value: float | None) -> float:
+    if value is None or value <= 0:
+        raise GateError(f"budget override for {metric!r} must be > 0, got {value!r}")
+    return value
+
+
+def _tolerance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise GateError(f"max_regression override must be a number >= 0 (0.05 = 5 % worse allowed), got {value!r}")
+    return float(value)
+
+
+__all__ = [
+    "CHECK_KINDS",
+    "GateCheck",
+    "GateDecision",
+    "GateError",
+    "decide",
+    "decide_for_config",
+    "with_overrides",
+]
