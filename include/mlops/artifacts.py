@@ -29,6 +29,8 @@ from typing import Any
 from include.mlops.config import PROJECT_ROOT
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def artifact_root() -> Path:
@@ -72,6 +74,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; artifacts are read by other processes and containers.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -119,7 +119,8 @@ def _run_optimize(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     from include.mlops.deploy import register_model
 
-    gate_decision = json.loads(Path(args.gate).read_text()) if args.gate else None
+    # The gate task's record: {"decision": GateDecision.to_dict(), "route": ..., ...}.
+    gate_decision = json.loads(Path(args.gate).read_text())["decision"] if args.gate else None
     return register_model(
         config,
         args.candidate,
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "register":
             p.add_argument("--evaluation", required=True, help="the evaluate step's output folder")
             p.add_argument("--lineage", type=_json_object, required=True, help="JSON: dag_id, run_id, interval")
-            p.add_argument("--gate", help="the gate decision JSON file")
+            p.add_argument("--gate", help="the gate task's decision.json")
         if name == "deploy":
             p.add_argument("--version", type=int, required=True)
             p.add_argument("--label", default="stable")

@@ -113,7 +113,9 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
         ti, params, dag_run = context["ti"], context["params"], context["dag_run"]
         evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=evaluate_task_id)
         champion = evaluation.get("champion") or None
-        gate_config = gate_lib.with_overrides(config.gate, params.get("thresholds"), params.get("max_regression"))
+        gate_config = gate_lib.with_overrides(
+            config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
+        )
         decision = gate_lib.decide(
             evaluation["metrics"],
             champion["metrics"] if champion else None,
