@@ -1,0 +1,314 @@
+"""The evaluate step: task metrics, size and latency of a candidate (and the champion) on the test rows.
+
+Predictions come from the serving signature of the SavedModel, or from the
+TFLite interpreter when a quantized variant is evaluated, so the numbers
+describe what would actually be served.  Writes ``metrics.json``,
+``predictions.parquet``, ``plot.png`` and a human-readable ``report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
+from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
+from include.mlops.modeling import Dataset, ModelingError, load_serving_fn, load_split, load_tflite_fn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_MB = 1_000_000
+LATENCY_CALLS = 50
+WARMUP_CALLS = 5
+_PREDICT_BATCH = 1024
+
+
+def _predict_all(predict: Callable[[np.ndarray], np.ndarray], features: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    chunks = [predict(features[i : i + _PREDICT_BATCH]) for i in range(0, len(features), _PREDICT_BATCH)]
+    return np.concatenate(chunks, axis=0).astype("float64")
+
+
+def measure_latency_ms(
+    predict: Callable[[np.ndarray], np.ndarray], row: np.ndarray, calls: int = LATENCY_CALLS
+) -> float:
+    """Median wall time of a one-row prediction, after warm-up calls."""
+    batch = row.reshape(1, -1)
+    for _ in range(WARMUP_CALLS):
+        predict(batch)
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        predict(batch)
+        timings.append((time.perf_counter() - started) * 1000.0)
+    return float(statistics.median(timings))
+
+
+def task_metrics(config: ModelConfig, labels: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """Every metric of the config's task (``METRICS[task]``) from the model's raw outputs."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    if config.task == "regression":
+        predicted = outputs[:, 0]
+        mse = float(skm.mean_squared_error(labels, predicted))
+        return {
+            "mae": float(skm.mean_absolute_error(labels, predicted)),
+            "mse": mse,
+            "rmse": math.sqrt(mse),
+            "r2": float(skm.r2_score(labels, predicted)) if len(labels) > 1 else float("nan"),
+        }
+    classes = list(range(config.num_classes or outputs.shape[1]))
+    probabilities = np.clip(outputs, 1e-7, 1.0)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    predicted = outputs.argmax(axis=1)
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "macro_f1": float(skm.f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)),
+        "log_loss": float(skm.log_loss(labels, probabilities, labels=classes)),
+    }
+
+
+def _score_model(
+    config: ModelConfig, test: Dataset, model_uri: str | os.PathLike[str], tflite_uri: str | os.PathLike[str] | None
+) -> tuple[dict[str, float], np.ndarray]:
+    n_features = len(config.features)
+    if tflite_uri is not None:
+        predict = load_tflite_fn(tflite_uri)
+        size_bytes = Path(tflite_uri).stat().st_size
+    else:
+        predict = load_serving_fn(model_uri, n_features)
+        size_bytes = dir_size_bytes(model_uri)
+    outputs = _predict_all(predict, test.features)
+    want = 1 if config.task == "regression" else config.num_classes
+    if outputs.ndim != 2 or outputs.shape[1] != want:
+        raise ModelingError(
+            f"model {tflite_uri or model_uri} returns outputs of shape {outputs.shape}, "
+            f"but a {config.task} model of {config.name!r} must return [rows, {want}]"
+        )
+    metrics = task_metrics(config, test.labels, outputs)
+    metrics["size_mb"] = size_bytes / BYTES_PER_MB
+    metrics["latency_ms"] = measure_latency_ms(predict, test.features[0])
+    return metrics, outputs
+
+
+def _predictions_frame(config: ModelConfig, test: Dataset, outputs: np.ndarray) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(test.features.astype("float64"), columns=list(config.features))
+    frame.insert(0, "row", test.row_ids)
+    frame[config.label] = test.labels
+    if config.task == "regression":
+        frame["prediction"] = outputs[:, 0]
+    else:
+        frame["prediction"] = outputs.argmax(axis=1).astype("int64")
+        for k in range(outputs.shape[1]):
+            frame[f"proba_{k}"] = outputs[:, k]
+    return frame
+
+
+def _plot(
+    config: ModelConfig, test: Dataset, outputs: np.ndarray, path: Path, champion_outputs: np.ndarray | None = None
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    try:
+        if config.task == "regression":
+            if champion_outputs is not None:
+                ax.scatter(test.labels, champion_outputs[:, 0], s=12, alpha=0.4, color="grey", label="champion")
+            ax.scatter(test.labels, outputs[:, 0], s=14, alpha=0.8, label="candidate")
+            low = float(min(test.labels.min(), outputs.min()))
+            high = float(max(test.labels.max(), outputs.max()))
+            ax.plot([low, high], [low, high], "k--", linewidth=1, label="perfect")
+            ax.set_xlabel(f"actual {config.label}")
+            ax.set_ylabel(f"predicted {config.label}")
+            ax.set_title(f"{config.name}: predicted vs actual ({len(test)} test rows)")
+            ax.legend(loc="upper left")
+        else:
+            classes = config.num_classes or outputs.shape[1]
+            matrix = np.zeros((classes, classes), dtype=int)
+            np.add.at(matrix, (test.labels, outputs.argmax(axis=1)), 1)
+            ax.imshow(matrix, cmap="Blues")
+            for i in range(classes):
+                for j in range(classes):
+                    if matrix[i, j]:
+                        color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color=color)
+            ax.set_xticks(range(classes))
+            ax.set_yticks(range(classes))
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("actual class")
+            ax.set_title(f"{config.name}: confusion matrix ({len(test)} test rows)")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _report_html(
+    config: ModelConfig,
+    metrics: Mapping[str, float],
+    champion: Mapping[str, Any] | None,
+    plot_png: bytes,
+    sources: Mapping[str, str | None],
+    test_rows: int,
+) -> str:
+    champion_metrics: Mapping[str, float] = champion["metrics"] if champion else {}
+    version = champion.get("version") if champion else None
+    champion_title = f"champion v{version}" if version is not None else "champion"
+    rows = []
+    for metric in [*METRICS[config.task], *BUDGET_METRICS]:
+        higher = config.higher_is_better(metric)
+        bounds = dict(config.gate.thresholds.get(metric, {}))
+        if metric in config.gate.budgets:
+            bounds["max"] = config.gate.budgets[metric]
+        limit = " and ".join(f"{'&ge;' if k == 'min' else '&le;'} {v:g}" for k, v in bounds.items()) or "&ndash;"
+        candidate = metrics[metric]
+        cells = [
+            f"<td>{html.escape(metric)}{' &uarr;' if higher else ' &darr;'}</td>",
+            f"<td>{_format(candidate)}</td>",
+        ]
+        if champion:
+            old = champion_metrics.get(metric)
+            cells.append(f"<td>{_format(old)}</td>")
+            if old is not None and old != 0 and math.isfinite(old) and math.isfinite(candidate):
+                change = (candidate - old) / abs(old)
+                if abs(change) < 0.0005:
+                    verdict = "same"
+                else:
+                    verdict = "better" if (change > 0) == higher else "worse"
+                cells.append(f"<td class='{verdict}'>{change:+.1%}</td>")
+            else:
+                cells.append("<td>&ndash;</td>")
+        cells.append(f"<td>{limit}</td>")
+        highlight = " class='key'" if metric in config.metrics else ""
+        rows.append(f"<tr{highlight}>{''.join(cells)}</tr>")
+    header = "<th>metric</th><th>candidate</th>"
+    if champion:
+        header += f"<th>{html.escape(champion_title)}</th><th>change</th>"
+    header += "<th>gate</th>"
+    source_items = "".join(
+        f"<li><b>{html.escape(k)}</b>: <code>{html.escape(str(v))}</code></li>" for k, v in sources.items() if v
+    )
+    image = base64.b64encode(plot_png).decode("ascii")
+    no_champion = "" if champion else "<p>No champion to compare with: this is the first version of the model.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(config.name)} evaluation</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }} tr.key td:first-child {{ font-weight: bold; }}
+.better {{ color: #1a7f37; }} .worse {{ color: #cf222e; }}
+</style></head><body>
+<h1>Evaluation of {html.escape(config.name)}</h1>
+<p>{html.escape(config.description)}</p>
+<p>{config.task} model, {test_rows} test rows. Arrows show which direction is better; bold metrics are the config's
+headline metrics; the gate column shows the thresholds and budgets from <code>{html.escape(config.path.name)}</code>.</p>
+{no_champion}
+<table><thead><tr>{header}</tr></thead><tbody>
+{chr(10).join(rows)}
+</tbody></table>
+<h2>Plot</h2>
+<p><a href="plot.png"><img src="data:image/png;base64,{image}" alt="evaluation plot" width="600"></a></p>
+<h2>Inputs</h2><ul>{source_items}</ul>
+</body></html>
+"""
+
+
+def evaluate(
+    config: ModelConfig,
+    model_uri: str | os.PathLike[str],
+    data_uri: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    champion_uri: str | None = None,
+    champion_version: int | None = None,
+    tflite_uri: str | None = None,
+) -> dict[str, Any]:
+    """Score a candidate (and the champion, when given) on the snapshot's ``test`` rows.
+
+    With ``tflite_uri`` the candidate's predictions, size and latency come
+    from the ``.tflite`` file through the TFLite interpreter.  Writes
+    ``<out>/metrics.json``, ``<out>/predictions.parquet`` (test rows with their
+    features, label, ``prediction`` and, for classification, ``proba_<k>``),
+    ``<out>/plot.png`` and ``<out>/report.html``.
+    """
+    out = Path(out).resolve()
+    test = load_split(config, data_uri, "test")
+    log.info("evaluate %s: %d test rows, candidate %s", config.name, len(test), tflite_uri or model_uri)
+    metrics, outputs = _score_model(config, test, model_uri, tflite_uri)
+    log.info("evaluate %s: candidate %s", config.name, {k: round(v, 4) for k, v in metrics.items()})
+
+    champion: dict[str, Any] | None = None
+    champion_outputs = None
+    if champion_uri is not None:
+        champion_metrics, champion_outputs = _score_model(config, test, champion_uri, None)
+        champion = {"version": champion_version, "metrics": champion_metrics, "model_uri": str(champion_uri)}
+        log.info(
+            "evaluate %s: champion %s %s",
+            config.name,
+            f"v{champion_version}" if champion_version is not None else champion_uri,
+            {k: round(v, 4) for k, v in champion_metrics.items()},
+        )
+
+    with step_output(out) as staging:
+        _plot(config, test, outputs, staging / "plot.png", champion_outputs)
+        _predictions_frame(config, test, outputs).to_parquet(staging / "predictions.parquet", index=False)
+        sources = {
+            "model": str(model_uri),
+            "tflite": str(tflite_uri) if tflite_uri else None,
+            "champion": str(champion_uri) if champion_uri else None,
+            "data": str(data_uri),
+        }
+        payload = {
+            "model": config.name,
+            "task": config.task,
+            "test_rows": len(test),
+            "metrics": metrics,
+            "champion": champion,
+            "model_uri": str(model_uri),
+            "tflite_uri": str(tflite_uri) if tflite_uri else None,
+            "data_uri": str(data_uri),
+        }
+        atomic_write_json(staging / "metrics.json", to_jsonable(payload))
+        report = _report_html(config, metrics, champion, (staging / "plot.png").read_bytes(), sources, len(test))
+        (staging / "report.html").write_text(report, encoding="utf-8")
+    log.info("evaluate %s: report at %s", config.name, out / "report.html")
+    return to_jsonable(
+        {
+            "metrics": metrics,
+            "champion": {"version": champion_version, "metrics": champion["metrics"]} if champion else None,
+            "report_uri": str(out / "report.html"),
+            "model_uri": str(model_uri),
+            "tflite_uri": str(tflite_uri) if tflite_uri else None,
+            "test_rows": len(test),
+            "metrics_uri": str(out / "metrics.json"),
+            "predictions_uri": str(out / "predictions.parquet"),
+            "plot_uri": str(out / "plot.png"),
+        }
+    )

@@ -1,0 +1,154 @@
+"""The evaluate step: metrics, predictions, plot and report, champion comparison, and the demo models' gates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ml_fixtures import make_snapshot
+
+from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
+from include.mlops.evaluate import evaluate, task_metrics
+from include.mlops.modeling import ModelingError, load_serving_fn, load_split
+from include.mlops.train import train
+
+DIABETES = find_model_config("diabetes")
+DIGITS = find_model_config("digits")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def diabetes_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_snapshot(DIABETES, tmp_path_factory.mktemp("snapshot") / "diabetes")
+
+
+@pytest.fixture(scope="module")
+def candidate(diabetes_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return train(DIABETES, diabetes_snapshot, tmp_path_factory.mktemp("runs") / "candidate", {"epochs": 6})["model_uri"]
+
+
+@pytest.fixture(scope="module")
+def champion(diabetes_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return train(DIABETES, diabetes_snapshot, tmp_path_factory.mktemp("runs") / "champion", {"epochs": 2})["model_uri"]
+
+
+def test_regression_metrics_match_their_definitions() -> None:
+    labels = np.array([1.0, 2.0, 3.0, 4.0])
+    outputs = np.array([[1.5], [2.0], [2.0], [4.0]])
+    metrics = task_metrics(DIABETES, labels, outputs)
+    assert metrics["mae"] == pytest.approx(0.375)
+    assert metrics["mse"] == pytest.approx(0.3125)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(0.3125))
+    assert metrics["r2"] == pytest.approx(1 - 1.25 / 5.0)
+
+
+def test_classification_metrics_match_their_definitions() -> None:
+    labels = np.array([0, 1, 2, 2])
+    outputs = np.full((4, 10), 0.01)
+    for row, predicted in enumerate([0, 1, 2, 1]):
+        outputs[row, predicted] = 0.91
+    metrics = task_metrics(DIGITS, labels, outputs)
+    assert set(metrics) == set(METRICS["classification"])
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    # Ten classes, three present: f1 is 1, 2/3 and 2/3 on them and 0 for the seven absent ones.
+    assert metrics["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 10)
+    assert metrics["log_loss"] == pytest.approx(-(3 * math.log(0.91) + math.log(0.01)) / 4)
+
+
+def test_evaluate_writes_metrics_predictions_plot_and_report(
+    diabetes_snapshot: Path, candidate: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "evaluate"
+    result = evaluate(DIABETES, candidate, diabetes_snapshot, out)
+    json.dumps(result)
+    test = load_split(DIABETES, diabetes_snapshot, "test")
+    assert result["test_rows"] == len(test)
+    assert result["champion"] is None
+    assert result["tflite_uri"] is None
+    assert result["model_uri"] == candidate
+    metrics = result["metrics"]
+    assert set(metrics) == set(METRICS["regression"]) | set(BUDGET_METRICS)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(metrics["mse"]))
+    assert 0 < metrics["size_mb"] < 5
+    assert 0 < metrics["latency_ms"] < 1000
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == pytest.approx(metrics)
+
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert len(predictions) == len(test)
+    assert {"row", *DIABETES.features, DIABETES.label, "prediction"} <= set(predictions.columns)
+    served = load_serving_fn(candidate)(predictions[list(DIABETES.features)].to_numpy("float32"))[:, 0]
+    np.testing.assert_allclose(predictions["prediction"], served, rtol=1e-5)
+    assert float(np.abs(predictions["prediction"] - predictions[DIABETES.label]).mean()) == pytest.approx(
+        metrics["mae"], rel=1e-5
+    )
+
+    assert (out / "plot.png").read_bytes().startswith(PNG_MAGIC)
+    report = (out / "report.html").read_text()
+    assert Path(result["report_uri"]) == out / "report.html"
+    for metric in metrics:
+        assert f"<td>{metric}" in report
+    assert "data:image/png;base64," in report
+    assert "No champion" in report
+
+
+def test_champion_is_scored_on_the_same_rows(
+    diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "evaluate"
+    result = evaluate(DIABETES, candidate, diabetes_snapshot, out, champion_uri=champion, champion_version=7)
+    assert result["champion"]["version"] == 7
+    champ = result["champion"]["metrics"]
+    assert set(champ) == set(result["metrics"])
+    # Two epochs versus six: a genuinely different model with different errors.
+    assert champ["mae"] != pytest.approx(result["metrics"]["mae"])
+    alone = evaluate(DIABETES, champion, diabetes_snapshot, tmp_path / "alone")
+    for metric in METRICS["regression"]:
+        assert champ[metric] == pytest.approx(alone["metrics"][metric])
+    report = (out / "report.html").read_text()
+    assert "champion v7" in report
+    assert "change" in report
+    assert json.loads((out / "metrics.json").read_text())["champion"]["version"] == 7
+
+
+def test_a_model_without_the_contract_signature_is_rejected(diabetes_snapshot: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Wrong(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.reduce_sum(x, axis=1, keepdims=True)}
+
+    module = Wrong()
+    tf.saved_model.save(module, str(tmp_path / "wrong"), signatures={"serving_default": module.serve})
+    with pytest.raises(ModelingError, match="must take one float32 input 'inputs'"):
+        evaluate(DIABETES, str(tmp_path / "wrong"), diabetes_snapshot, tmp_path / "evaluate")
+    assert not (tmp_path / "evaluate").exists()
+
+
+def _assert_meets_gate(config: ModelConfig, metrics: dict[str, float]) -> None:
+    for metric, bounds in config.gate.thresholds.items():
+        if "min" in bounds:
+            assert metrics[metric] >= bounds["min"], f"{config.name} {metric}={metrics[metric]:.4g} < {bounds['min']}"
+        if "max" in bounds:
+            assert metrics[metric] <= bounds["max"], f"{config.name} {metric}={metrics[metric]:.4g} > {bounds['max']}"
+    for budget, limit in config.gate.budgets.items():
+        assert metrics[budget] <= limit, f"{config.name} {budget}={metrics[budget]:.4g} over budget {limit}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [DIABETES, DIGITS], ids=lambda c: c.name)
+def test_demo_models_pass_their_gate_with_the_default_config(config: ModelConfig, tmp_path: Path) -> None:
+    snapshot = make_snapshot(config, tmp_path / "snapshot")
+    trained = train(config, snapshot, tmp_path / "train")
+    assert trained["hparams"]["epochs"] == config.train.epochs
+    result = evaluate(config, trained["model_uri"], snapshot, tmp_path / "evaluate")
+    _assert_meets_gate(config, result["metrics"])
+    if config.task == "classification":
+        assert (tmp_path / "evaluate" / "plot.png").read_bytes().startswith(PNG_MAGIC)
+        assert {f"proba_{k}" for k in range(10)} <= set(
+            pd.read_parquet(tmp_path / "evaluate" / "predictions.parquet").columns
+        )
