@@ -89,7 +89,7 @@ class AirflowStack:
             "dag-processor": ["dag-processor"],
         }
         for name, args in commands.items():
-            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            log = open(self.home / f"{name}.log", "wb")
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "airflow", *args],
                 env=self.env,
@@ -142,14 +142,24 @@ class AirflowStack:
         raise TimeoutError(f"{dag_id} was not parsed within {timeout}s; see {self.home}/dag-processor.log")
 
     def trigger(self, dag_id: str, logical_date: str, conf: Mapping[str, Any] | None = None) -> httpx.Response:
-        return self.api().post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": dict(conf or {})})
+        return self.api().post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": dict(conf or {})}
+        )
 
     def dag_runs(self, dag_id: str, **filters: str) -> list[dict[str, Any]]:
         response = self.api().get(f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100, **filters})
         response.raise_for_status()
         return response.json()["dag_runs"]
 
-    def wait_for_runs(self, dag_id: str, run_ids: set[str] | None = None, *, count: int | None = None, timeout: float = 900, **filters: str) -> list[dict[str, Any]]:
+    def wait_for_runs(
+        self,
+        dag_id: str,
+        run_ids: set[str] | None = None,
+        *,
+        count: int | None = None,
+        timeout: float = 900,
+        **filters: str,
+    ) -> list[dict[str, Any]]:
         """Wait until the given runs (or ``count`` runs matching ``filters``) have finished."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

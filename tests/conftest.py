@@ -41,7 +41,9 @@ def airflow_db() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], check=True, capture_output=True)
-    subprocess.run([*airflow, "pools", "set", "model_deploy", "1", "one deploy at a time"], check=True, capture_output=True)
+    subprocess.run(
+        [*airflow, "pools", "set", "model_deploy", "1", "one deploy at a time"], check=True, capture_output=True
+    )
     return home
 
 

@@ -189,6 +189,8 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
         ("include.mlops.validate", "DataValidationError"),
         ("include.mlops.snapshot", "SnapshotError"),
         ("include.mlops.registry", "CorruptVersionError"),
+        ("include.mlops.modeling", "ModelingError"),
+        ("include.mlops.deploy", "CandidateModelError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, name):

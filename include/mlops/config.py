@@ -164,7 +164,9 @@ class _Reader:
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(self.path, self._name(key), problem)
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices: Iterable[Any] | None = None) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices: Iterable[Any] | None = None
+    ) -> Any:
         if key not in self.data or self.data[key] is None:
             if default is ...:
                 raise self.error(key, "is required")
@@ -244,7 +246,12 @@ def _parse_source(reader: _Reader) -> SourceConfig:
     default_format = "parquet" if uri.endswith(".parquet") else "csv" if uri.endswith(".csv") else ...
     lookback = reader.get("lookback_days", int, 1)
     _positive(reader, "lookback_days", lookback)
-    return SourceConfig(kind=kind, uri=uri, format=reader.get("format", str, default_format, choices=SOURCE_FORMATS), lookback_days=lookback)
+    return SourceConfig(
+        kind=kind,
+        uri=uri,
+        format=reader.get("format", str, default_format, choices=SOURCE_FORMATS),
+        lookback_days=lookback,
+    )
 
 
 def _parse_gate(reader: _Reader, task: str) -> GateConfig:
@@ -254,7 +261,9 @@ def _parse_gate(reader: _Reader, task: str) -> GateConfig:
     t_reader = reader.child("thresholds")
     for metric in t_reader.data:
         if metric not in known:
-            raise t_reader.error(metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})")
+            raise t_reader.error(
+                metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})"
+            )
         bounds = t_reader.child(metric)
         bounds.reject_unknown({"min", "max"})
         thresholds[metric] = {k: bounds.get(k, float) for k in ("min", "max") if k in bounds.data}
@@ -264,7 +273,9 @@ def _parse_gate(reader: _Reader, task: str) -> GateConfig:
     max_regression: dict[str, float] = {}
     for metric in r_reader.data:
         if metric not in known:
-            raise r_reader.error(metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})")
+            raise r_reader.error(
+                metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})"
+            )
         max_regression[metric] = r_reader.get(metric, float)
         _positive(r_reader, metric, max_regression[metric], allow_zero=True)
     b_reader = reader.child("budgets")
@@ -317,7 +328,9 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     for i, metric in enumerate(metrics):
         if metric not in METRICS[task]:
             raise ConfigError(
-                path, f"metrics[{i}]", f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(METRICS[task]))})"
+                path,
+                f"metrics[{i}]",
+                f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(METRICS[task]))})",
             )
     if not metrics:
         raise root.error("metrics", "must name at least one metric")

@@ -59,8 +59,12 @@ sends a passing candidate to `register` and `deploy`, and a failing one to `opti
 
 
 def _doc_md(config: ModelConfig) -> str:
-    rows = [f"| {metric} {bound} | {value} |" for metric, b in config.gate.thresholds.items() for bound, value in b.items()]
-    rows += [f"| {metric} max regression vs stable | {value:.0%} |" for metric, value in config.gate.max_regression.items()]
+    rows = [
+        f"| {metric} {bound} | {value} |" for metric, b in config.gate.thresholds.items() for bound, value in b.items()
+    ]
+    rows += [
+        f"| {metric} max regression vs stable | {value:.0%} |" for metric, value in config.gate.max_regression.items()
+    ]
     rows += [f"| budget {metric} | {value} |" for metric, value in config.gate.budgets.items()]
     source = config.source.dataset if config.source.kind == "bundled" else config.source.uri
     return DOC_TEMPLATE.format(
@@ -142,7 +146,9 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
         for check in decision.checks:
             log.info("gate check: %s", check.message)
         if decision.override:
-            log.warning("force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons)
+            log.warning(
+                "force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons
+            )
         if route == "register":
             ti.xcom_push(
                 key="candidate",
@@ -153,7 +159,9 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
                     "decision_uri": str(out / "decision.json"),
                 },
             )
-        log.info("gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else "")
+        log.info(
+            "gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else ""
+        )
         return route
 
     return gate()
@@ -193,7 +201,9 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
     """The lifecycle DAG of one model.  Pure: reads only ``config``."""
 
     def step(task_id: str, step_name: str, **kwargs: Any) -> LifecycleStepOperator:
-        return LifecycleStepOperator(task_id=task_id, step=step_name, model=config.name, models_dir=models_dir, **kwargs)
+        return LifecycleStepOperator(
+            task_id=task_id, step=step_name, model=config.name, models_dir=models_dir, **kwargs
+        )
 
     first_day = config.source.start_date or DEFAULT_START_DATE
     start_date = pendulum.datetime(first_day.year, first_day.month, first_day.day, tz="UTC")
@@ -231,14 +241,15 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         evaluate = step(
             "evaluate",
             "evaluate",
-            resolve_arguments=lambda c: {"data": data(c), "candidate": c["ti"].xcom_pull(task_ids="train")["model_uri"]},
+            resolve_arguments=lambda c: {
+                "data": data(c),
+                "candidate": c["ti"].xcom_pull(task_ids="train")["model_uri"],
+            },
         )
         gate = _make_gate(config, task_id="gate", evaluate_task_id="evaluate", on_fail="optimize")
 
         def optimize_arguments(context: Context) -> dict[str, Any]:
-            decision = gate_lib.GateDecision.from_dict(
-                _read_decision(config, context, "gate")["decision"]
-            )
+            decision = gate_lib.GateDecision.from_dict(_read_decision(config, context, "gate")["decision"])
             return {
                 "data": data(context),
                 "failed": ",".join(sorted(decision.failed_budgets)),
@@ -255,7 +266,9 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
                 "tflite": c["ti"].xcom_pull(task_ids="optimize").get("tflite_uri"),
             },
         )
-        gate_optimized = _make_gate(config, task_id="gate_optimized", evaluate_task_id="evaluate_optimized", on_fail="reject")
+        gate_optimized = _make_gate(
+            config, task_id="gate_optimized", evaluate_task_id="evaluate_optimized", on_fail="reject"
+        )
 
         register = step(
             "register",
@@ -266,7 +279,10 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         deploy = step(
             "deploy",
             "deploy",
-            resolve_arguments=lambda c: {"version": c["ti"].xcom_pull(task_ids="register")["version"], "label": "stable"},
+            resolve_arguments=lambda c: {
+                "version": c["ti"].xcom_pull(task_ids="register")["version"],
+                "label": "stable",
+            },
             pool=DEPLOY_POOL,
             pool_slots=1,
         )
@@ -274,7 +290,11 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         @task(task_id="skip_deploy", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         def skip_deploy(**context: Any) -> str:
             _, why = is_deploying_run(context)
-            log.info("Not deploying: %s. The evaluation reports are under %s", why, run_dir(config.dag_id, context["dag_run"].run_id, ""))
+            log.info(
+                "Not deploying: %s. The evaluation reports are under %s",
+                why,
+                run_dir(config.dag_id, context["dag_run"].run_id, ""),
+            )
             return why
 
         @task(task_id="reject")

@@ -49,7 +49,11 @@ def lifecycle_params(config: ModelConfig) -> dict[str, Param]:
             title="Gate thresholds",
             description=(
                 "Absolute thresholds that replace the config's for the named metrics, e.g. "
-                '{"' + metric_names[0] + '": {"min": 0.5}}. Metrics: ' + ", ".join(metric_names) + ". Empty: the config's."
+                '{"'
+                + metric_names[0]
+                + '": {"min": 0.5}}. Metrics: '
+                + ", ".join(metric_names)
+                + ". Empty: the config's."
             ),
             propertyNames={"enum": metric_names},
             additionalProperties={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,15 @@ class TestLifecycleDag:
 
     def test_params_are_described_and_typed(self, dagbag: DagBag, dag_id: str) -> None:
         params = dagbag.dags[dag_id].params
-        expected = {"epochs", "learning_rate", "batch_size", "thresholds", "max_regression", "force_deploy", "skip_deploy"}
+        expected = {
+            "epochs",
+            "learning_rate",
+            "batch_size",
+            "thresholds",
+            "max_regression",
+            "force_deploy",
+            "skip_deploy",
+        }
         assert set(params.keys()) == expected
         for name in expected:
             param = params.get_param(name)
@@ -58,7 +67,7 @@ class TestLifecycleDag:
     def test_lifecycle_shape(self, dagbag: DagBag, dag_id: str) -> None:
         dag = dagbag.dags[dag_id]
         chain = ["snapshot", "validate", "train", "evaluate", "gate"]
-        for upstream, downstream in zip(chain, chain[1:], strict=False):
+        for upstream, downstream in itertools.pairwise(chain):
             assert downstream in dag.get_task(upstream).downstream_task_ids
         assert dag.get_task("gate").downstream_task_ids == {"register", "optimize", "skip_deploy"}
         assert dag.get_task("gate_optimized").downstream_task_ids == {"register", "reject", "skip_deploy"}

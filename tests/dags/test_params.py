@@ -33,7 +33,13 @@ def test_defaults_are_valid(params) -> None:
 
 
 def test_good_values_pass_and_become_overrides(params) -> None:
-    conf = {"epochs": 5, "learning_rate": 0.01, "batch_size": 16, "thresholds": {"r2": {"min": 0.4}}, "max_regression": 0.1}
+    conf = {
+        "epochs": 5,
+        "learning_rate": 0.01,
+        "batch_size": 16,
+        "thresholds": {"r2": {"min": 0.4}},
+        "max_regression": 0.1,
+    }
     resolved = _validate(params, conf)
     assert training_overrides(resolved) == {"epochs": 5, "learning_rate": 0.01, "batch_size": 16}
 

@@ -10,16 +10,12 @@ with a conf, waits for success, then backfills two past days with
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from airflow_stack import AirflowStack, airflow_stack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from airflow_stack import AirflowStack, airflow_stack  # noqa: E402
-
-from include.mlops.registry import Registry  # noqa: E402
+from include.mlops.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -74,7 +70,9 @@ def test_triggered_run_deploys_then_backfill_never_moves_stable(stack: AirflowSt
         assert backfill_run["state"] == "success", states
         assert states["evaluate"] == "success" and states["skip_deploy"] == "success"
         assert states["register"] == "skipped" and states["deploy"] == "skipped"
-        evaluation = stack.artifact_root.glob(f"runs/{DAG_ID}/*{backfill_run['logical_date'][:10]}*/evaluate/metrics.json")
+        evaluation = stack.artifact_root.glob(
+            f"runs/{DAG_ID}/*{backfill_run['logical_date'][:10]}*/evaluate/metrics.json"
+        )
         assert [json.loads(p.read_text()) for p in evaluation], "backfill keeps the quality history"
 
     assert registry.versions("diabetes") == [1]
