@@ -135,7 +135,16 @@ def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 def _run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     from include.mlops.deploy import deploy
 
-    return deploy(config, args.version, label=args.label, out=args.out)
+    return deploy(
+        config,
+        args.version,
+        label=args.label,
+        out=args.out,
+        server_url=args.server_url,
+        timeout=args.timeout,
+        data_uri=args.data,
+        tolerance=args.tolerance,
+    )
 
 
 STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str, Any]]]] = {
@@ -179,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "deploy":
             p.add_argument("--version", type=int, required=True)
             p.add_argument("--label", default="stable")
+            p.add_argument(
+                "--server-url",
+                help="model server base URL (e.g. http://localhost:8501); verifies the deploy and rolls back on failure",
+            )
+            p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to serve it")
+            p.add_argument(
+                "--data", help="held-out rows for the smoke request (snapshot folder or predictions.parquet)"
+            )
+            p.add_argument(
+                "--tolerance", type=float, default=1e-4, help="allowed rtol/atol of served vs offline answers"
+            )
     return parser
 
 
@@ -189,6 +209,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
         ("include.mlops.validate", "DataValidationError"),
         ("include.mlops.snapshot", "SnapshotError"),
         ("include.mlops.registry", "CorruptVersionError"),
+        ("include.mlops.deploy", "DeployVerificationError"),
         ("include.mlops.modeling", "ModelingError"),
         ("include.mlops.deploy", "CandidateModelError"),
     ):

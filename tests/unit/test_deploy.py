@@ -238,12 +238,13 @@ def two_versions(
 def test_deploy_moves_the_label_and_is_retry_safe(two_versions: Registry, config: ModelConfig, tmp_path: Path) -> None:
     registry = two_versions
     first = deploy(config, 1, out=tmp_path / "d1")
-    assert first == {"version": 1, "previous": None, "label": "stable", "changed": True}
+    # No model server URL: only the label moves, and the result says it was not verified.
+    assert first == {"version": 1, "previous": None, "label": "stable", "changed": True, "verified": False}
     second = deploy(config, 2, out=tmp_path / "d2")
-    assert second == {"version": 2, "previous": 1, "label": "stable", "changed": True}
+    assert second == {"version": 2, "previous": 1, "label": "stable", "changed": True, "verified": False}
     # A retried task (same out folder) reports what the first attempt did and changes nothing.
     retry = deploy(config, 2, out=tmp_path / "d2")
-    assert retry == {"version": 2, "previous": 1, "label": "stable", "changed": False}
+    assert retry == {"version": 2, "previous": 1, "label": "stable", "changed": False, "verified": False}
     # A fresh deploy of the serving version is a no-op too.
     assert deploy(config, 2, out=tmp_path / "d3")["changed"] is False
     assert json.loads((tmp_path / "d2" / "result.json").read_text())["previous"] == 1

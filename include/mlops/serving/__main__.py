@@ -1,0 +1,80 @@
+"""``python -m include.mlops.serving --registry PATH --port 8501``: run the local model server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from include.mlops.artifacts import artifact_root, registry_root
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m include.mlops.serving",
+        description="Serve the model registry with TensorFlow Serving's REST API (a local stand-in for TF Serving).",
+    )
+    parser.add_argument("--registry", type=Path, help="the registry folder (default: <artifact root>/models)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 inside a container)")
+    parser.add_argument("--port", type=int, default=8501, help="REST port (TF Serving's --rest_api_port)")
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=1.0,
+        help="how often models.config is checked for changes (TF Serving's --model_config_file_poll_wait_seconds)",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413")
+    parser.add_argument(
+        "--no-verify-checksums", action="store_true", help="load versions without checking assets.extra/checksums.json"
+    )
+    parser.add_argument(
+        "--predlog-root",
+        type=Path,
+        help="write the prediction log under <this>/predictions/<model>/ (default: the artifact root)",
+    )
+    parser.add_argument("--no-predlog", action="store_true", help="do not log predictions")
+    parser.add_argument("--predlog-sample-rate", type=float, default=0.1, help="fraction of requests logged")
+    parser.add_argument("--predlog-queue-size", type=int, default=1000, help="queued requests before dropping")
+    parser.add_argument("--predlog-max-rows-per-file", type=int, default=10_000)
+    parser.add_argument("--predlog-max-files", type=int, default=50, help="files kept per model (older are deleted)")
+    parser.add_argument(
+        "--predlog-flush-seconds", type=float, default=60.0, help="write buffered rows at least this often"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    import uvicorn
+
+    from include.mlops.serving.app import ServerSettings, create_app
+
+    registry = (args.registry or registry_root()).resolve()
+    predlog_root = None if args.no_predlog else (args.predlog_root or (artifact_root())).resolve()
+    settings = ServerSettings(
+        registry_root=registry,
+        poll_seconds=args.poll_seconds,
+        max_body_bytes=args.max_body_bytes,
+        verify_checksums=not args.no_verify_checksums,
+        predlog_root=predlog_root,
+        predlog_sample_rate=args.predlog_sample_rate,
+        predlog_queue_size=args.predlog_queue_size,
+        predlog_max_rows_per_file=args.predlog_max_rows_per_file,
+        predlog_max_files=args.predlog_max_files,
+        predlog_flush_seconds=args.predlog_flush_seconds,
+    )
+    logging.getLogger(__name__).info("Serving %s on http://%s:%d", registry, args.host, args.port)
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""The HTTP front of the local model server: TF Serving's REST API on FastAPI.
+
+Routes (TF Serving's, matched case-insensitively with the same regexes):
+
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar predict
+    GET  /monitoring/prometheus/metrics                          Prometheus exposition
+
+Responses are the JSON that TF Serving writes (status and metadata are
+printed from TF Serving's own protos), errors are ``{"error": "..."}`` with
+the HTTP status TF Serving maps the error code to, plus 413 for a body over
+``max_body_bytes``.  The model call runs in a worker thread, off the event
+loop, so slow models do not stall status requests or other clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from include.mlops.serving.metrics import CONTENT_TYPE, ServingMetrics
+from include.mlops.serving.models import (
+    DEFAULT_SIGNATURE,
+    LoadedVersion,
+    ModelManager,
+    ServingError,
+    ServingState,
+    TensorSpecInfo,
+    invalid,
+    not_found,
+)
+from include.mlops.serving.predlog import PredictionLogger
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+# TF Serving's kPredictionApiGegex / kModelStatusApiRegex (http_rest_api_util.cc).
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
+
+# TF Serving's ToHTTPStatusCode (http_server.cc), plus 413 for an oversized body.
+HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+_NUMERIC_KINDS = {"f": "iuf", "i": "iu", "u": "iu"}  # what JSON values may feed each input dtype kind
+
+
+class PayloadTooLarge(ServingError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "RESOURCE_EXHAUSTED",
+            f"Request body is larger than the server's limit of {limit} bytes; send fewer rows per request "
+            "or raise --max-body-bytes",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server can be told (see ``python -m include.mlops.serving --help``)."""
+
+    registry_root: Path
+    poll_seconds: float = 1.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    verify_checksums: bool = True
+    predlog_root: Path | None = None  # None: no prediction log
+    predlog_sample_rate: float = 0.1
+    predlog_queue_size: int = 1000
+    predlog_max_rows_per_file: int = 10_000
+    predlog_max_files: int = 50
+    predlog_flush_seconds: float = 60.0
+
+
+class ModelServer:
+    """The server's parts (models, metrics, prediction log) and the request logic, free of HTTP details."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        self.models = ModelManager(
+            settings.registry_root,
+            metrics=self.metrics,
+            poll_seconds=settings.poll_seconds,
+            verify_checksums=settings.verify_checksums,
+        )
+        self.predlog = (
+            PredictionLogger(
+                settings.predlog_root,
+                sample_rate=settings.predlog_sample_rate,
+                queue_size=settings.predlog_queue_size,
+                max_rows_per_file=settings.predlog_max_rows_per_file,
+                max_files=settings.predlog_max_files,
+                flush_seconds=settings.predlog_flush_seconds,
+                metrics=self.metrics,
+            )
+            if settings.predlog_root is not None
+            else None
+        )
+
+    def start(self) -> None:
+        if self.predlog is not None:
+            self.predlog.start()
+        self.models.start()
+
+    def stop(self) -> None:
+        self.models.stop()
+        if self.predlog is not None:
+            self.predlog.stop()
+
+    # ------------------------------------------------------------------ status and metadata
+
+    def model_status(self, name: str, version: int | None, label: str | None) -> str:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        state = self.models.state
+        model = state.models.get(name)
+        if model is None:
+            raise not_found(f"Could not find any versions of model {name}")
+        if version is not None and label is not None:
+            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+        if label is not None:
+            version = model.labels.get(label)
+            if version is None:
+                raise not_found(f"Unrecognized servable version label: {label}")
+        statuses = list(model.statuses.values())
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise not_found(f"Could not find version {version} of model {name}")
+        if not statuses:
+            raise not_found(f"Could not find any versions of model {name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        code_enum = response.model_version_status.add().status.DESCRIPTOR.fields_by_name["error_code"].enum_type
+        del response.model_version_status[:]
+        for status in sorted(statuses, key=lambda s: s.version, reverse=True):
+            entry = response.model_version_status.add()
+            entry.version = status.version
+            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
+            entry.status.SetInParent()
+            entry.status.error_code = code_enum.values_by_name[status.error_code].number
+            entry.status.error_message = status.error_message
+        return json_format.MessageToJson(response, always_print_fields_with_no_presence=True, indent=1)
+
+    def model_metadata(self, name: str, version: int | None, label: str | None) -> str:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import model_pb2
+
+        loaded = self.models.state.resolve(name, version, label)
+        spec = model_pb2.ModelSpec(name=name)
+        spec.version.value = loaded.version
+        options = {"always_print_fields_with_no_presence": True, "preserving_proto_field_name": True}
+        payload = {
+            "model_spec": json_format.MessageToDict(spec, **options),
+            "metadata": {"signature_def": json_format.MessageToDict(loaded.signature_def_map, **options)},
+        }
+        return json.dumps(payload, indent=1)
+
+    # ------------------------------------------------------------------ predict
+
+    async def predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
+        loaded = state.resolve(name, version, label)
+        signature, feeds, columnar = parse_predict_request(body, loaded)
+        rows = next(iter(feeds.values())).shape[0]
+        start = time.perf_counter()
+        try:
+            outputs = await run_in_threadpool(loaded.run, signature, feeds)
+        except Exception as exc:
+            raise _model_error(exc) from None
+        self.metrics.record_runtime_latency(name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
+        self.metrics.record_examples(name, rows)
+        if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
+            self.predlog.offer(
+                name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
+            )
+        return format_predict_response(outputs, loaded.outputs[signature], columnar)
+
+
+def _model_error(exc: Exception) -> ServingError:
+    """TensorFlow's own argument errors are the client's fault (400); anything else is ours (500)."""
+    try:
+        import tensorflow as tf
+
+        if isinstance(exc, tf.errors.InvalidArgumentError | ValueError | TypeError):
+            return invalid(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    except ImportError:  # pragma: no cover - TensorFlow is always installed with the server
+        pass
+    log.exception("Model call failed")
+    return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- request and response JSON
+
+
+def parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
+    """Turn a TF Serving predict body into ``(signature, feeds, columnar)``; raise 400s for bad input."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"JSON Parse error: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("JSON Value: request body must be a JSON object with 'instances' or 'inputs'")
+    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise invalid("'signature_name' key must be a string value.")
+    signature = signature or DEFAULT_SIGNATURE
+    if signature not in loaded.inputs:
+        raise invalid(f'Serving signature name: "{signature}" not found in signature def')
+    specs = loaded.inputs[signature]
+    has_rows, has_columns = "instances" in doc, "inputs" in doc
+    if has_rows and has_columns:
+        raise invalid("Not formatted correctly, expecting only one of 'inputs' or 'instances' keys.")
+    if not has_rows and not has_columns:
+        raise invalid("Missing 'inputs' or 'instances' key")
+    values = doc["instances"] if has_rows else doc["inputs"]
+    # numpy turns [true, 1] into integers silently; only walk the values when the body has a boolean at all.
+    if (b"true" in body or b"false" in body) and _has_bool(values):
+        raise invalid("expected numbers, got booleans (true/false) among the input values")
+    if has_rows:
+        return signature, _feeds_from_rows(doc["instances"], specs), False
+    return signature, _feeds_from_columns(doc["inputs"], specs), True
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    return False
+
+
+def _feeds_from_rows(instances: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise invalid("'instances' must be a JSON list of rows")
+    if not instances:
+        raise invalid("'instances' is an empty list: send at least one row")
+    names = list(specs)
+    if len(names) == 1 and not isinstance(instances[0], dict):
+        return {names[0]: _to_array(instances, specs[names[0]], "instances")}
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, row in enumerate(instances):
+        if not isinstance(row, dict):
+            raise invalid(f"instances[{index}] must be an object with keys {names} (mixed row formats)")
+        if set(row) != set(names):
+            raise invalid(f"instances[{index}] has keys {sorted(row)}; the signature takes {names}")
+        for name in names:
+            columns[name].append(row[name])
+    return {name: _to_array(values, specs[name], f"instances.{name}") for name, values in columns.items()}
+
+
+def _feeds_from_columns(inputs: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
+    names = list(specs)
+    if isinstance(inputs, dict):
+        if set(inputs) != set(names):
+            raise invalid(f"'inputs' has keys {sorted(inputs)}; the signature takes {names}")
+        return {name: _to_array(inputs[name], specs[name], f"inputs.{name}") for name in names}
+    if len(names) != 1:
+        raise invalid(f"the signature takes several inputs {names}: send 'inputs' as an object keyed by them")
+    return {names[0]: _to_array(inputs, specs[names[0]], "inputs")}
+
+
+def _to_array(values: Any, spec: TensorSpecInfo, where: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise invalid(f"{where}: rows must all have the same shape (got ragged lists)") from None
+    wanted = np.dtype(spec.dtype)
+    allowed = _NUMERIC_KINDS.get(wanted.kind)
+    if allowed is None:
+        raise invalid(f"{where}: inputs of dtype {spec.dtype} are not supported by this server")
+    if array.dtype.kind not in allowed:
+        found = {"U": "strings", "S": "strings", "O": "mixed or non-numeric values", "b": "booleans"}.get(
+            array.dtype.kind, array.dtype.name
+        )
+        raise invalid(f"{where}: expected numbers for a {spec.dtype} input, got {found}")
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise invalid(f"{where}: the batch is empty: send at least one row")
+    if len(spec.shape) != array.ndim or any(
+        want is not None and want != got for want, got in zip(spec.shape, array.shape, strict=False)
+    ):
+        shape = [-1 if d is None else d for d in spec.shape]
+        raise invalid(f"{where}: got shape {list(array.shape)}, the signature expects {shape} (-1: any)")
+    if wanted.kind in "iu" and array.dtype.kind == "f":
+        raise invalid(f"{where}: expected integers for a {spec.dtype} input, got floats")
+    return array.astype(wanted, copy=False)
+
+
+def format_predict_response(outputs: Mapping[str, np.ndarray], names: list[str], columnar: bool) -> bytes:
+    """``{"predictions": [...]}`` (row format) or ``{"outputs": ...}`` (columnar), as TF Serving nests them."""
+    if columnar:
+        if len(names) == 1:
+            payload: Any = {"outputs": _jsonable(outputs[names[0]])}
+        else:
+            payload = {"outputs": {name: _jsonable(outputs[name]) for name in names}}
+    elif len(names) == 1:
+        payload = {"predictions": _jsonable(outputs[names[0]])}
+    else:
+        batch = len(outputs[names[0]])
+        lists = {name: _jsonable(outputs[name]) for name in names}
+        payload = {"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    import numpy as np
+
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ServingError("INTERNAL", "the model returned NaN or infinite values, which JSON cannot carry")
+    return array.tolist()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _json_response(text: str | bytes, status: int = 200) -> Response:
+    return Response(content=text, status_code=status, media_type="application/json")
+
+
+def _error_response(error: ServingError) -> Response:
+    status = 413 if isinstance(error, PayloadTooLarge) else HTTP_STATUS.get(error.code, 500)
+    return _json_response(json.dumps({"error": error.message}), status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(limit)
+        except ValueError:
+            raise invalid("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: ServerSettings, server: ModelServer | None = None) -> FastAPI:
+    """The ASGI app; it starts the model poller and the prediction log writer on startup."""
+    server = server or ModelServer(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(server.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(server.stop)
+
+    app = FastAPI(
+        title="Local model server (TF Serving REST API)",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.server = server
+
+    @app.get(METRICS_PATH)
+    async def metrics() -> Response:
+        return Response(content=server.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    # One catch-all route parsed with TF Serving's own (case-insensitive) regexes, as TF Serving does.
+    @app.api_route("/{prefix}/{rest:path}", methods=["GET", "POST"])
+    async def v1(request: Request, prefix: str) -> Response:
+        start = time.perf_counter()
+        path = request.url.path
+        model_name = ""
+        try:
+            if prefix.lower() != "v1":
+                raise not_found(f"Unknown path {path}: the API is under /v1/models/ and {METRICS_PATH}")
+            if request.method == "POST":
+                match = _PREDICT_PATH.fullmatch(path)
+                if match is None:
+                    raise invalid(f"Malformed request: POST {path}")
+                model_name, version_str, label, method = match.groups()
+                version = int(version_str) if version_str else None
+                if method.lower() != "predict":
+                    raise ServingError("UNIMPLEMENTED", f"{method} is not supported by the local server; use :predict")
+                body = await read_body(request, settings.max_body_bytes)
+                content = await server.predict(model_name, version, label, body)
+                server.metrics.record_request(model_name, "OK")
+                server.metrics.record_request_latency(
+                    model_name, "Predict", "REST", (time.perf_counter() - start) * 1e6
+                )
+                return _json_response(content)
+            match = _STATUS_PATH.fullmatch(path)
+            if match is None:
+                raise invalid(f"Malformed request: GET {path}")
+            model_name, version_str, label, subresource = match.groups()
+            if not model_name:
+                raise invalid("Missing model name in request.")
+            version = int(version_str) if version_str else None
+            if subresource:
+                text = server.model_metadata(model_name, version, label)
+                api = "GetModelMetadata"
+            else:
+                text = server.model_status(model_name, version, label)
+                api = "GetModelStatus"
+            server.metrics.record_request_latency(model_name, api, "REST", (time.perf_counter() - start) * 1e6)
+            return _json_response(text)
+        except ServingError as error:
+            if request.method == "POST" and model_name:
+                server.metrics.record_request(model_name, error.code)
+            if error.code in ("INTERNAL", "UNKNOWN"):
+                log.error("%s %s failed: %s", request.method, path, error.message)
+            return _error_response(error)
+
+    return app

@@ -1,0 +1,350 @@
+"""Loading registry versions and hot-swapping them as TF Serving's model config file changes.
+
+The server serves what ``models/models.config`` asks for, with TF Serving's
+semantics: each ``model_config_list`` entry names a model, a version policy
+(``specific`` versions, ``latest`` N, or ``all``) and ``version_labels``.
+
+Switching is load-then-swap.  A reload builds a complete new
+:class:`ServingState` beside the current one: versions that are already
+loaded are reused, new ones are checksum-verified (``Registry.verify``) and
+loaded first, and only then is the state replaced by one reference
+assignment.  A request reads the state once, so it runs entirely on the old
+or entirely on the new state, and nothing it holds is unloaded under it.  A
+version that fails to load (corrupt, not a SavedModel) is reported in the
+status API with its error, and a label that asks for it keeps pointing at the
+version it pointed at before, which stays loaded: a bad deploy never takes the
+model down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.registry import CorruptVersionError, Registry, RegistryError
+from include.mlops.serving.metrics import ServingMetrics
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# TF Serving's ModelVersionStatus.State names.
+AVAILABLE = "AVAILABLE"
+END = "END"
+LOADING = "LOADING"
+
+
+class ServingError(Exception):
+    """A request cannot be served; ``code`` is the TF error code name that TF Serving would return."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError("NOT_FOUND", message)
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError("INVALID_ARGUMENT", message)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpecInfo:
+    """What a request must send for one signature input: dtype kind and shape."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[int | None, ...]
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    """One loaded SavedModel version (its signatures ready to call)."""
+
+    name: str
+    version: int
+    path: Path
+    signatures: dict[str, Callable[..., Any]]
+    inputs: dict[str, dict[str, TensorSpecInfo]]  # signature -> input name -> spec
+    outputs: dict[str, list[str]]  # signature -> output names (sorted)
+    signature_def_map: Any  # tensorflow.serving.SignatureDefMap for the metadata API
+    handle: Any  # keeps the loaded object (and its variables) alive
+
+    def run(self, signature: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        fn = self.signatures[signature]
+        result = fn(**{key: tf.constant(value) for key, value in feeds.items()})
+        return {key: value.numpy() for key, value in result.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    name: str
+    versions: Mapping[int, LoadedVersion]
+    labels: Mapping[str, int]
+    statuses: Mapping[int, VersionStatus]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingState:
+    """An immutable snapshot of everything served; replaced whole on every reload."""
+
+    models: Mapping[str, ModelState]
+
+    def model(self, name: str) -> ModelState:
+        model = self.models.get(name)
+        if model is None:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        return model
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
+        """The loaded version a request names: a version, a label, or (neither) the latest one."""
+        model = self.model(name)
+        if version is not None and label is not None:
+            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+        if label is not None:
+            target = model.labels.get(label)
+            if target is None:
+                raise not_found(f"Unrecognized servable version label: {label}")
+            loaded = model.versions.get(target)
+            if loaded is None:
+                raise not_found(f"Servable not found for request: Specific({name}, {target})")
+            return loaded
+        if version is not None:
+            loaded = model.versions.get(version)
+            if loaded is None:
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            return loaded
+        if not model.versions:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        return model.versions[max(model.versions)]
+
+
+def _load_saved_model(name: str, version: int, path: Path) -> LoadedVersion:
+    """Load one SavedModel and describe its signatures (TensorFlow is imported here, not at module import)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    loaded = tf.saved_model.load(str(path))
+    if not loaded.signatures:
+        raise RegistryError(f"{path} has no serving signatures; export it with a serving_default signature")
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for graph in saved.meta_graphs:
+        if "serve" in graph.meta_info_def.tags or len(saved.meta_graphs) == 1:
+            for key, value in graph.signature_def.items():
+                sig_map.signature_def[key].CopyFrom(value)
+            break
+    signatures: dict[str, Callable[..., Any]] = {}
+    inputs: dict[str, dict[str, TensorSpecInfo]] = {}
+    outputs: dict[str, list[str]] = {}
+    for key, fn in loaded.signatures.items():
+        _, kwargs = fn.structured_input_signature
+        inputs[key] = {
+            arg: TensorSpecInfo(arg, spec.dtype.as_numpy_dtype.__name__, tuple(spec.shape.as_list() or ()))
+            for arg, spec in kwargs.items()
+        }
+        outputs[key] = sorted(fn.structured_outputs)
+        signatures[key] = fn
+    return LoadedVersion(name, version, path, signatures, inputs, outputs, sig_map, loaded)
+
+
+class ModelManager:
+    """Keeps the served models in step with the registry's ``models.config``.
+
+    ``poll_seconds`` is how often the config file's mtime is checked (TF
+    Serving's ``--model_config_file_poll_wait_seconds``).  ``loader`` is the
+    function that loads one version (replaceable for tests of the swap logic).
+    """
+
+    def __init__(
+        self,
+        registry_root: str | os.PathLike[str],
+        *,
+        metrics: ServingMetrics | None = None,
+        poll_seconds: float = 1.0,
+        verify_checksums: bool = True,
+        loader: Callable[[str, int, Path], LoadedVersion] = _load_saved_model,
+    ) -> None:
+        self.registry = Registry(registry_root)
+        self.metrics = metrics or ServingMetrics()
+        self.poll_seconds = poll_seconds
+        self.verify_checksums = verify_checksums
+        self._loader = loader
+        self._state = ServingState(models={})
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: tuple[Any, ...] | None = None
+        # Versions that failed to load, by (name, version): not retried until the config changes.
+        self._failed: dict[tuple[str, int], VersionStatus] = {}
+
+    @property
+    def state(self) -> ServingState:
+        """The current snapshot; read it once per request."""
+        return self._state
+
+    # ------------------------------------------------------------------ polling
+
+    def start(self) -> None:
+        """Load what the config asks for now, then watch it in a background thread."""
+        self.reload()
+        self._thread = threading.Thread(target=self._poll, name="model-config-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                if self._fingerprint() != self._seen:
+                    self.reload()
+            except Exception:  # keep polling: a broken config must not stop later fixes from loading
+                log.exception("Reloading %s failed; still serving the previous models", self.registry.config_path)
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """What a reload depends on: the config file's identity and, for non-specific policies, the versions on disk."""
+        try:
+            stat = self.registry.config_path.stat()
+            config_id: tuple[Any, ...] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            config_id = ()
+        dynamic = []
+        for name in sorted(self._state.models):
+            dynamic.append((name, tuple(self.registry.versions(name))))
+        return (config_id, tuple(dynamic))
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> ServingState:
+        """Read models.config, load what is new, then swap the state in one assignment."""
+        with self._reload_lock:
+            fingerprint = self._fingerprint()
+            config_changed = self._seen is None or fingerprint[0] != self._seen[0]
+            if config_changed:
+                self._failed.clear()
+            config = self.registry.read_serving_config()
+            current = self._state
+            models: dict[str, ModelState] = {}
+            for entry in config.model_config_list.config:
+                models[entry.name] = self._build_model(entry, current.models.get(entry.name))
+            self._state = ServingState(models=models)
+            self._seen = self._fingerprint()
+            for name, old in current.models.items():
+                kept = models[name].versions if name in models else {}
+                for version in old.versions:
+                    if version not in kept:
+                        log.info("Unloaded %s version %d", name, version)
+            return self._state
+
+    def _wanted_versions(self, entry: Any) -> list[int]:
+        on_disk = self.registry.versions(entry.name)
+        policy = entry.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        if which == "specific":
+            return sorted(set(policy.specific.versions))
+        if which == "all":
+            return on_disk
+        count = policy.latest.num_versions if which == "latest" and policy.latest.num_versions > 0 else 1
+        return on_disk[-count:]
+
+    def _build_model(self, entry: Any, previous: ModelState | None) -> ModelState:
+        name = entry.name
+        wanted = self._wanted_versions(entry)
+        old_versions = dict(previous.versions) if previous is not None else {}
+        versions: dict[int, LoadedVersion] = {}
+        statuses: dict[int, VersionStatus] = {}
+        for version in wanted:
+            if version in old_versions:
+                versions[version] = old_versions[version]
+                statuses[version] = VersionStatus(version, AVAILABLE)
+                continue
+            failed = self._failed.get((name, version))
+            if failed is not None:
+                statuses[version] = failed
+                continue
+            loaded, status = self._load(name, version)
+            statuses[version] = status
+            if loaded is not None:
+                versions[version] = loaded
+            else:
+                self._failed[(name, version)] = status
+
+        labels: dict[str, int] = {}
+        old_labels = dict(previous.labels) if previous is not None else {}
+        for label, version in entry.version_labels.items():
+            if version in versions:
+                labels[label] = version
+                continue
+            # The label asks for a version that did not load: keep serving what it named before.
+            before = old_labels.get(label)
+            if before is not None and before in old_versions:
+                versions.setdefault(before, old_versions[before])
+                statuses.setdefault(before, VersionStatus(before, AVAILABLE))
+                labels[label] = before
+                log.error(
+                    "%s: label %r asks for version %d, which is not available (%s); it stays on version %d",
+                    name, label, version, statuses.get(version, VersionStatus(version, END)).error_message, before,
+                )  # fmt: skip
+            else:
+                log.error(
+                    "%s: label %r asks for version %d, which is not available; label not served", name, label, version
+                )
+        # Versions that were loaded before but are no longer wanted are reported as unloaded.
+        for version in old_versions:
+            if version not in versions and version not in statuses:
+                statuses[version] = VersionStatus(version, END)
+        return ModelState(name=name, versions=versions, labels=labels, statuses=dict(sorted(statuses.items())))
+
+    def _load(self, name: str, version: int) -> tuple[LoadedVersion | None, VersionStatus]:
+        path = self.registry.version_dir(name, version)
+        start = time.perf_counter()
+        try:
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} does not exist")
+            if self.verify_checksums:
+                self.registry.verify(name, version)
+            log.info("Loading %s version %d from %s", name, version, path)
+            loaded = self._loader(name, version, path)
+        except CorruptVersionError as exc:
+            self.metrics.record_load(str(path), False, 0)
+            log.error("Refusing to load %s version %d: %s", name, version, exc)
+            return None, VersionStatus(version, END, "DATA_LOSS", str(exc))
+        except FileNotFoundError as exc:
+            self.metrics.record_load(str(path), False, 0)
+            log.error("Cannot load %s version %d: %s", name, version, exc)
+            return None, VersionStatus(version, END, "NOT_FOUND", str(exc))
+        except Exception as exc:
+            self.metrics.record_load(str(path), False, 0)
+            log.exception("Loading %s version %d failed", name, version)
+            return None, VersionStatus(version, END, "UNKNOWN", f"{type(exc).__name__}: {exc}")
+        micros = (time.perf_counter() - start) * 1e6
+        self.metrics.record_load(str(path), True, micros)
+        log.info("Loaded %s version %d in %.2f s", name, version, micros / 1e6)
+        return loaded, VersionStatus(version, AVAILABLE)

@@ -1,0 +1,140 @@
+"""Fixtures for the model server tests: tiny real SavedModels in a real registry, a real uvicorn on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from include.mlops.registry import Registry
+from include.mlops.serving.app import ModelServer, ServerSettings, create_app
+
+N_FEATURES = 10
+MODEL = "diabetes"
+
+
+def make_linear_model(path: Path, scale: float, n_features: int = N_FEATURES, n_outputs: int = 1) -> Path:
+    """A real SavedModel with the project's contract whose answer is known: ``sum(x) * scale`` per output."""
+    import tensorflow as tf
+
+    class Linear(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.fill((n_features, n_outputs), tf.constant(scale, tf.float32)))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name="inputs")])
+        def serve(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"outputs": tf.matmul(inputs, self.w)}
+
+    module = Linear()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
+    """SavedModels answering sum(x) * 1, 2 and 3 (built once per session: saving costs ~1 s each)."""
+    base = tmp_path_factory.mktemp("linear-models")
+    return {scale: make_linear_model(base / f"scale{scale:g}", scale) for scale in (1.0, 2.0, 3.0)}
+
+
+def register(registry: Registry, model_dir: Path, run: str, name: str = MODEL) -> int:
+    result = registry.register(
+        name, model_dir, metrics={"mae": 1.0}, lineage={"dag_id": f"lifecycle__{name}", "run_id": run}
+    )
+    return result.version
+
+
+@pytest.fixture
+def registry(tmp_path: Path, saved_models: dict[float, Path]) -> Registry:
+    """A registry with versions 1 (x1), 2 (x2) and 3 (x3) of ``diabetes``; ``stable`` -> 1."""
+    reg = Registry(tmp_path / "artifacts" / "models")
+    for scale in (1.0, 2.0, 3.0):
+        register(reg, saved_models[scale], run=f"run-{scale:g}")
+    reg.set_label(MODEL, "stable", 1)
+    return reg
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    server: ModelServer
+    settings: ServerSettings
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def serve(settings: ServerSettings) -> Iterator[RunningServer]:
+    """Run the app under a real uvicorn in a thread on a free loopback port."""
+    import uvicorn
+
+    port = free_port()
+    model_server = ModelServer(settings)
+    config = uvicorn.Config(
+        create_app(settings, model_server), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the model server did not start")
+        time.sleep(0.05)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", model_server, settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def settings(registry: Registry, tmp_path: Path) -> ServerSettings:
+    return ServerSettings(
+        registry_root=registry.root,
+        poll_seconds=0.1,
+        max_body_bytes=64 * 1024,
+        predlog_root=tmp_path / "artifacts",
+        predlog_sample_rate=1.0,
+        predlog_flush_seconds=0.5,
+    )
+
+
+@pytest.fixture
+def running(settings: ServerSettings) -> Iterator[RunningServer]:
+    with serve(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def start_server() -> Callable[..., contextlib.AbstractContextManager[RunningServer]]:
+    """``with start_server(settings, **changes) as running:`` for tests that need their own settings."""
+
+    def start(settings: ServerSettings, **changes: object) -> contextlib.AbstractContextManager[RunningServer]:
+        return serve(replace(settings, **changes))  # type: ignore[arg-type]
+
+    return start
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,125 @@
+"""deploy() against a real running model server: verified success, and failure -> rollback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.mlops.config import ModelConfig, find_model_config
+from include.mlops.deploy import DeployVerificationError, deploy
+from include.mlops.registry import Registry
+from include.mlops.serving.app import ServerSettings
+from tests.serving.conftest import free_port, register, serve, wait_for
+
+
+@pytest.fixture
+def config() -> ModelConfig:
+    return find_model_config("diabetes")  # 10 features, served as "diabetes"
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MLOPS_SERVING_BASE_PATH", raising=False)
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path, config: ModelConfig) -> Path:
+    """A snapshot-shaped parquet: the features plus a split column (only test rows are sent)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(40, len(config.features))), columns=list(config.features))
+    frame[config.label] = 1.0
+    frame["split"] = ["train", "test"] * 20
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    frame.to_parquet(folder / "data.parquet", index=False)
+    return folder
+
+
+def settings_for(registry_root: Path) -> ServerSettings:
+    return ServerSettings(registry_root=registry_root, poll_seconds=0.1, predlog_root=None)
+
+
+def test_deploy_verifies_through_the_label(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    registry.set_label("diabetes", "stable", 1)
+    with serve(settings_for(registry.root)) as running:
+        result = deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=snapshot)
+        assert result["verified"] is True and result["changed"] is True and result["previous"] == 1
+        assert result["smoke"]["rows"] == 20 and result["smoke"]["max_abs_diff"] < 1e-4
+        assert registry.label_version("diabetes", "stable") == 2
+        assert registry.served_versions("diabetes") == [2]
+        # A retry verifies again and changes nothing.
+        again = deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=snapshot)
+        assert again["verified"] is True and again["changed"] is False and again["previous"] == 1
+
+
+def test_deploy_rolls_back_when_the_label_answers_differently(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    """The server's folder shares models.config but holds a different model as version 2."""
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    registry.set_label("diabetes", "stable", 1)
+    impostor = Registry(tmp_path / "server-models")
+    register(impostor, saved_models[1.0], run="a")
+    register(impostor, saved_models[3.0], run="c")  # version 2 answers x3, the registry's answers x2
+    impostor.config_path.symlink_to(registry.config_path)
+    with serve(settings_for(impostor.root)) as running:
+        with pytest.raises(DeployVerificationError) as caught:
+            deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=snapshot)
+        message = str(caught.value)
+        assert "answered differently from version 2" in message
+        assert "moved back to version 1, which keeps serving" in message
+        assert registry.label_version("diabetes", "stable") == 1
+        assert not (tmp_path / "d2").exists()
+        with running.client() as client:
+
+            def stable_answer() -> float:
+                response = client.post("/v1/models/diabetes/labels/stable:predict", json={"instances": [[1.0] * 10]})
+                return float(response.json()["predictions"][0][0]) if response.status_code == 200 else -1.0
+
+            assert wait_for(lambda: stable_answer() == pytest.approx(10.0), timeout=30)
+
+
+def test_deploy_without_a_reachable_server_does_not_move_the_label(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    registry.set_label("diabetes", "stable", 1)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(DeployVerificationError, match=r"did not become AVAILABLE .* version 1 keeps serving"):
+        deploy(config, 2, out=tmp_path / "d2", server_url=dead, timeout=1, data_uri=snapshot)
+    assert registry.labels("diabetes") == {"stable": 1}
+    assert registry.served_versions("diabetes") == [1]  # the preload was undone
+
+
+def test_deploy_cli_passes_the_server_arguments(
+    root: Path, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    from include.mlops.cli import main
+
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    with serve(settings_for(registry.root)) as running:
+        out = tmp_path / "cli"
+        code = main(
+            ["deploy", "--model", "diabetes", "--version", "1", "--out", str(out), "--server-url", running.url,
+             "--timeout", "60", "--data", str(snapshot / "data.parquet"), "--result-file", str(tmp_path / "r.json")]
+        )  # fmt: skip
+    assert code == 0
+    result = pd.read_json(tmp_path / "r.json", typ="series")
+    assert bool(result["verified"]) is True and int(result["version"]) == 1
+    assert os.path.isfile(out / "result.json")

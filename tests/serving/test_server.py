@@ -1,0 +1,308 @@
+"""The local model server over real HTTP: TF Serving's REST shapes, bad input, hot label switches, metrics."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from include.mlops.registry import Registry
+from include.mlops.serving.metrics import LATENCY_BUCKETS_US
+from include.mlops.serving.predlog import read_prediction_log
+from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, register, wait_for
+
+ROW = [1.0] * N_FEATURES  # sum 10: version v answers 10 * v
+
+
+def ok_status(version: int) -> dict[str, object]:
+    return {"version": str(version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+
+
+def served_value(client: httpx.Client, path: str = f"/v1/models/{MODEL}/labels/stable:predict") -> float:
+    response = client.post(path, json={"instances": [ROW]})
+    assert response.status_code == 200, response.text
+    return float(response.json()["predictions"][0][0])
+
+
+def assert_still_serving(client: httpx.Client) -> None:
+    assert served_value(client) == pytest.approx(10.0)
+
+
+# --------------------------------------------------------------------------- the documented API
+
+
+def test_status_metadata_and_predict_match_tf_serving_shapes(running: RunningServer) -> None:
+    with running.client() as client:
+        # Only the labelled version is loaded: set_label writes a specific policy of the labelled versions.
+        assert client.get(f"/v1/models/{MODEL}").json() == {"model_version_status": [ok_status(1)]}
+        assert client.get(f"/v1/models/{MODEL}/versions/1").json() == {"model_version_status": [ok_status(1)]}
+        assert client.get(f"/v1/models/{MODEL}/labels/stable").json() == {"model_version_status": [ok_status(1)]}
+        response = client.get(f"/V1/MODELS/{MODEL}/labels/stable")  # TF Serving's routes are case-insensitive
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+
+        metadata = client.get(f"/v1/models/{MODEL}/labels/stable/metadata").json()
+        assert metadata["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+        signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert signature["method_name"] == "tensorflow/serving/predict"
+        assert signature["inputs"]["inputs"]["dtype"] == "DT_FLOAT"
+        assert [d["size"] for d in signature["inputs"]["inputs"]["tensor_shape"]["dim"]] == ["-1", str(N_FEATURES)]
+        assert list(signature["outputs"]) == ["outputs"]
+
+        rows = {"instances": [ROW, [2.0] * N_FEATURES]}
+        assert client.post(f"/v1/models/{MODEL}:predict", json=rows).json() == {"predictions": [[10.0], [20.0]]}
+        assert client.post(f"/v1/models/{MODEL}/versions/1:predict", json=rows).json()["predictions"] == [
+            [10.0],
+            [20.0],
+        ]
+        columnar = client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"inputs": [ROW]})
+        assert columnar.json() == {"outputs": [[10.0]]}
+        named = {"signature_name": "serving_default", "inputs": {"inputs": [ROW]}}
+        assert client.post(f"/v1/models/{MODEL}:predict", json=named).json() == {"outputs": [[10.0]]}
+        as_objects = {"instances": [{"inputs": ROW}]}
+        assert client.post(f"/v1/models/{MODEL}:predict", json=as_objects).json() == {"predictions": [[10.0]]}
+
+
+BAD_REQUESTS = [
+    pytest.param(b"{not json", 400, "JSON Parse error", id="malformed-json"),
+    pytest.param(b"[1, 2]", 400, "JSON object", id="not-an-object"),
+    pytest.param(
+        b'{"instances": [[1,1,1,1,1,1,1,1,1,1]], "inputs": [[1,1,1,1,1,1,1,1,1,1]]}', 400, "only one of", id="both"
+    ),
+    pytest.param(b'{"signature_name": "serving_default"}', 400, "Missing 'inputs' or 'instances'", id="neither"),
+    pytest.param(b'{"instances": [[1, 2, 3]]}', 400, "expects [-1, 10]", id="wrong-width"),
+    pytest.param(b'{"instances": [[[1,1,1,1,1,1,1,1,1,1]]]}', 400, "expects [-1, 10]", id="wrong-rank"),
+    pytest.param(b'{"instances": [[1,1,1,1,1,1,1,1,1,1], [1, 2]]}', 400, "same shape", id="ragged"),
+    pytest.param(b'{"instances": [["a","b","c","d","e","f","g","h","i","j"]]}', 400, "got strings", id="strings"),
+    pytest.param(b'{"instances": [[1,1,1,1,1,"1",1,1,1,1]]}', 400, "expected numbers", id="string-among-numbers"),
+    pytest.param(b'{"instances": [[true,1,1,1,1,1,1,1,1,1]]}', 400, "expected numbers", id="booleans"),
+    pytest.param(b'{"instances": []}', 400, "empty", id="empty-batch"),
+    pytest.param(b'{"inputs": []}', 400, "empty", id="empty-columnar"),
+    pytest.param(b'{"instances": {"inputs": 1}}', 400, "JSON list", id="instances-not-a-list"),
+    pytest.param(
+        b'{"signature_name": "nope", "instances": [[1,1,1,1,1,1,1,1,1,1]]}', 400, '"nope" not found', id="signature"
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_REQUESTS)
+def test_bad_predict_requests_get_a_tf_serving_error_and_the_server_keeps_serving(
+    running: RunningServer, body: bytes, status: int, message: str
+) -> None:
+    with running.client() as client:
+        response = client.post(
+            f"/v1/models/{MODEL}/labels/stable:predict", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == status
+        assert set(response.json()) == {"error"} and message in response.json()["error"]
+        assert_still_serving(client)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "message"),
+    [
+        ("GET", "/v1/models/nope", "Could not find any versions of model nope"),
+        ("GET", f"/v1/models/{MODEL}/versions/9", "Could not find version 9"),
+        ("GET", f"/v1/models/{MODEL}/labels/canary", "Unrecognized servable version label: canary"),
+        ("GET", f"/v1/models/{MODEL}/versions/9/metadata", "Servable not found"),
+        ("POST", "/v1/models/nope:predict", "Servable not found"),
+        ("POST", f"/v1/models/{MODEL}/versions/2:predict", "Servable not found"),  # registered, not loaded
+        ("POST", f"/v1/models/{MODEL}/labels/canary:predict", "Unrecognized servable version label"),
+    ],
+)
+def test_unknown_models_versions_and_labels_are_404(
+    running: RunningServer, method: str, path: str, message: str
+) -> None:
+    with running.client() as client:
+        response = client.request(method, path, json={"instances": [ROW]} if method == "POST" else None)
+        assert response.status_code == 404
+        assert message in response.json()["error"]
+        assert_still_serving(client)
+
+
+def test_oversized_body_is_413_and_the_server_keeps_serving(running: RunningServer) -> None:
+    limit = running.settings.max_body_bytes
+    rows = [ROW] * (limit // 40 + 1)  # each row is ~40 bytes of JSON
+    with running.client() as client:
+        response = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows})
+        assert response.status_code == 413
+        assert f"limit of {limit} bytes" in response.json()["error"]
+        # Chunked upload with no Content-Length: cut off while streaming.
+        chunked = client.post(
+            f"/v1/models/{MODEL}:predict", content=iter([b'{"instances": [', b"[1,1,1,1,1,1,1,1,1,1]," * 4000, b"]}"])
+        )
+        assert chunked.status_code == 413
+        assert_still_serving(client)
+
+
+def test_a_client_disconnecting_mid_request_does_not_affect_others(running: RunningServer) -> None:
+    address = urlparse(running.url)
+    for _ in range(3):
+        with socket.create_connection((address.hostname, address.port)) as sock:
+            sock.sendall(
+                f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 5000\r\n\r\n".encode()
+                + b'{"instances": [[1,1,'
+            )
+        # ... and one that sends a whole request but leaves before reading the answer.
+        with socket.create_connection((address.hostname, address.port)) as sock:
+            body = b'{"instances": [[1,1,1,1,1,1,1,1,1,1]]}'
+            sock.sendall(
+                f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+    with running.client() as client:
+        for _ in range(5):
+            assert_still_serving(client)
+        assert client.get(f"/v1/models/{MODEL}").status_code == 200
+
+
+# --------------------------------------------------------------------------- hot swap
+
+
+def test_label_switches_under_continuous_load_lose_no_request(running: RunningServer, registry: Registry) -> None:
+    """Clients hammer the stable label while it flips 1 -> 2 -> 3 -> 1; every response is 200 and right."""
+    stop = threading.Event()
+    failures: list[str] = []
+    answers: list[float] = []
+
+    def client_loop() -> None:
+        with running.client() as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"instances": [ROW]})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                else:
+                    answers.append(response.json()["predictions"][0][0])
+
+    threads = [threading.Thread(target=client_loop) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        with running.client() as client:
+            for version in (2, 3, 1, 2):
+                registry.set_label(MODEL, "stable", version)
+                assert wait_for(lambda v=version: served_value(client) == pytest.approx(10.0 * v), timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert len(answers) > 20
+    assert set(answers) <= {10.0, 20.0, 30.0} and {20.0, 30.0} <= set(answers)
+
+
+def test_a_corrupt_version_is_refused_and_the_previous_keeps_serving(
+    running: RunningServer, registry: Registry
+) -> None:
+    weights = next((registry.version_dir(MODEL, 2) / "variables").glob("variables.data-*"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    registry.set_label(MODEL, "stable", 2)
+    with running.client() as client:
+
+        def version_2_status() -> dict[str, object] | None:
+            response = client.get(f"/v1/models/{MODEL}/versions/2")
+            return response.json()["model_version_status"][0] if response.status_code == 200 else None
+
+        assert wait_for(lambda: version_2_status() is not None, timeout=30)
+        status = version_2_status()
+        assert status is not None and status["state"] == "END"
+        assert status["status"]["error_code"] == "DATA_LOSS"  # type: ignore[index]
+        assert "corrupt" in status["status"]["error_message"]  # type: ignore[index]
+        # The label stays on version 1, which keeps answering.
+        assert client.get(f"/v1/models/{MODEL}/labels/stable").json() == {"model_version_status": [ok_status(1)]}
+        for _ in range(5):
+            assert_still_serving(client)
+        # Fixing the config (label back to 1) keeps serving; a good new version then loads.
+        registry.set_label(MODEL, "stable", 3)
+        assert wait_for(lambda: served_value(client) == pytest.approx(30.0), timeout=60)
+
+
+def test_new_latest_version_is_picked_up_under_a_latest_policy(
+    tmp_path: Path, saved_models: dict[float, Path], start_server, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Without labels TF Serving serves the latest version; a new version appears without a restart."""
+    reg = Registry(tmp_path / "latest" / "models")
+    register(reg, saved_models[1.0], run="a")
+    reg.config_path.write_text(f'model_config_list {{ config {{ name: "{MODEL}" base_path: "/models/{MODEL}" }} }}\n')
+    with start_server(settings, registry_root=reg.root) as running, running.client() as client:
+        assert served_value(client, f"/v1/models/{MODEL}:predict") == pytest.approx(10.0)
+        register(reg, saved_models[2.0], run="b")
+        assert wait_for(lambda: served_value(client, f"/v1/models/{MODEL}:predict") == pytest.approx(20.0))
+        statuses = client.get(f"/v1/models/{MODEL}").json()["model_version_status"]
+        assert statuses[0]["version"] == "2"
+
+
+# --------------------------------------------------------------------------- metrics and prediction log
+
+
+def test_metrics_carry_tf_serving_names_and_labels(running: RunningServer) -> None:
+    with running.client() as client:
+        for _ in range(3):
+            assert_still_serving(client)
+        client.post(f"/v1/models/{MODEL}:predict", json={"instances": []})
+        client.get(f"/v1/models/{MODEL}/metadata")
+        response = client.get("/monitoring/prometheus/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "# TYPE :tensorflow:serving:request_count counter\n" in text  # TF Serving's header, no _total
+    assert f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 3.0' in text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    def samples(name: str, suffix: str = "", **labels: str) -> list[float]:
+        return [
+            s.value
+            for s in families[name].samples
+            if s.name == name + suffix and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    counts = families[":tensorflow:serving:request_count"]
+    assert counts.type == "counter"
+    assert samples(":tensorflow:serving:request_count", "_total", model_name=MODEL, status="OK") == [3.0]
+    assert samples(":tensorflow:serving:request_count", "_total", model_name=MODEL, status="INVALID_ARGUMENT") == [1.0]
+
+    latency = families[":tensorflow:serving:request_latency"]
+    assert latency.type == "histogram"
+    predict = {"model_name": MODEL, "API": "Predict", "entrypoint": "REST"}
+    assert samples(latency.name, "_count", **predict) == [3.0]
+    buckets = [s for s in latency.samples if s.name.endswith("_bucket") and s.labels["API"] == "Predict"]
+    assert len(buckets) == len(LATENCY_BUCKETS_US) + 1 and buckets[-1].labels["le"] == "+Inf"
+    assert samples(latency.name, "_count", model_name=MODEL, API="GetModelMetadata", entrypoint="REST") == [1.0]
+    assert samples(":tensorflow:serving:runtime_latency", "_count", model_name=MODEL, API="Predict", runtime="TF1")
+
+    loads = families[":tensorflow:cc:saved_model:load_attempt_count"]
+    (load,) = [s for s in loads.samples if s.labels["status"] == "success"]
+    assert load.value == 1.0 and load.labels["model_path"].endswith(f"{MODEL}/1")
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert "error" not in (check.stdout + check.stderr).lower(), check.stdout + check.stderr
+
+
+def test_predictions_are_logged_to_parquet_off_the_request_path(running: RunningServer) -> None:
+    with running.client() as client:
+        for value in (1.0, 2.0):
+            client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"instances": [[value] * N_FEATURES] * 2})
+    predlog = running.server.predlog
+    assert predlog is not None and predlog.flush()
+    root = running.settings.predlog_root
+    assert root is not None
+    frame = read_prediction_log(root, MODEL)
+    assert len(frame) == 4
+    assert frame["model_version"].tolist() == [1, 1, 1, 1]
+    assert frame["version_label"].tolist() == ["stable"] * 4
+    assert [list(x) for x in frame["inputs"]] == [[1.0] * N_FEATURES] * 2 + [[2.0] * N_FEATURES] * 2
+    assert [list(x) for x in frame["outputs"]] == [[10.0], [10.0], [20.0], [20.0]]
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+    assert all(p.parent == root / "predictions" / MODEL for p in (root / "predictions").rglob("*.parquet"))
