@@ -41,6 +41,8 @@ class AirflowStack:
         self.artifact_root = artifact_root
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.server_port = free_port()
+        self.server_url = f"http://127.0.0.1:{self.server_port}"
         self.env = self._environment(extra_env or {})
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.client: httpx.Client | None = None
@@ -58,9 +60,13 @@ class AirflowStack:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
                 "AIRFLOW__API__PORT": str(self.port),
+                # SQLite allows one writer at a time; wait for the lock rather than fail after 5 s.
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=30",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "MLOPS_ARTIFACT_ROOT": str(self.artifact_root),
+                # The deploy task reaches the model server through this Connection.
+                "AIRFLOW_CONN_MODEL_SERVER_DEFAULT": self.server_url,
                 "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                 "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -83,19 +89,20 @@ class AirflowStack:
         (self.home / "passwords.json").write_text(json.dumps({"admin": ADMIN_PASSWORD}))
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "model_deploy", "1", "one deploy at a time")
+        airflow = [sys.executable, "-m", "airflow"]
         commands = {
-            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(self.port)],
-            "scheduler": ["scheduler"],
-            "dag-processor": ["dag-processor"],
+            "api-server": [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
+            "scheduler": [*airflow, "scheduler"],
+            "dag-processor": [*airflow, "dag-processor"],
+            "model-server": [
+                *(sys.executable, "-m", "include.mlops.serving"),
+                *("--registry", str(self.artifact_root / "models"), "--port", str(self.server_port)),
+            ],
         }
-        for name, args in commands.items():
+        for name, argv in commands.items():
             log = open(self.home / f"{name}.log", "wb")
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self._wait_for_api(timeout)
         token = self._token()
@@ -106,12 +113,14 @@ class AirflowStack:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                if httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                api = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2)
+                server = httpx.get(f"{self.server_url}/monitoring/prometheus/metrics", timeout=2)
+                if api.status_code == 200 and server.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"the API server did not answer within {timeout}s; see {self.home}/api-server.log")
+        raise TimeoutError(f"the API or model server did not answer within {timeout}s; see the logs in {self.home}")
 
     def _check_alive(self) -> None:
         for name, proc in self.processes.items():

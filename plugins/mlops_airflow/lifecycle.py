@@ -17,17 +17,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Context, CronDataIntervalTimetable, TriggerRule, task
+from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable, TriggerRule, task
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from mlops_airflow.operators import LifecycleStepOperator
+from mlops_airflow.backends import step_operator
 from mlops_airflow.params import lifecycle_params, training_overrides
 
 log = logging.getLogger(__name__)
 
 DEPLOY_POOL = "model_deploy"
+MODEL_SERVER_CONN_ID = "model_server_default"
 DEFAULT_RETRIES = 1
 DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
 BACKFILL_RUN_TYPE = "backfill"
@@ -96,9 +98,18 @@ def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
+def run_type(dag_run: Any) -> str:
+    """The run type as its plain value (``"backfill"``, ``"manual"``, ...).
+
+    The Task SDK gives a ``str`` enum, whose ``str()`` is ``"DagRunType.BACKFILL"``.
+    """
+    value = dag_run.run_type
+    return str(getattr(value, "value", value))
+
+
 def is_deploying_run(context: Context) -> tuple[bool, str]:
     """Whether this run may register and move a label, and why not."""
-    if str(context["dag_run"].run_type) == BACKFILL_RUN_TYPE:
+    if run_type(context["dag_run"]) == BACKFILL_RUN_TYPE:
         return False, "backfill runs never deploy (they record model quality only)"
     if context["params"].get("skip_deploy"):
         return False, "the run was triggered with skip_deploy"
@@ -188,7 +199,7 @@ def _register_arguments(context: Context) -> dict[str, Any]:
         "lineage": {
             "dag_id": dag_run.dag_id,
             "run_id": dag_run.run_id,
-            "run_type": str(dag_run.run_type),
+            "run_type": run_type(dag_run),
             "data_interval_start": start.isoformat(),
             "data_interval_end": end.isoformat(),
             "snapshot_sha256": snapshot.get("sha256"),
@@ -197,12 +208,39 @@ def _register_arguments(context: Context) -> dict[str, Any]:
     }
 
 
+def model_server_url(conn_id: str = MODEL_SERVER_CONN_ID) -> str | None:
+    """The model server's base URL from the Airflow Connection, or None when it is not defined."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    scheme = conn.schema or "http"
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{conn.host}{port}"
+
+
+def _deploy_arguments(context: Context) -> dict[str, Any]:
+    server_url = model_server_url()
+    if server_url is None:
+        log.warning(
+            "Connection %r is not defined: the label moves without checking that the server serves the new "
+            "version (define it, e.g. AIRFLOW_CONN_MODEL_SERVER_DEFAULT=http://localhost:8501, to verify)",
+            MODEL_SERVER_CONN_ID,
+        )
+    return {
+        "version": context["ti"].xcom_pull(task_ids="register")["version"],
+        "label": "stable",
+        "server_url": server_url,
+        "data": context["ti"].xcom_pull(task_ids="snapshot")["data_uri"],
+    }
+
+
 def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
     """The lifecycle DAG of one model.  Pure: reads only ``config``."""
 
-    def step(task_id: str, step_name: str, **kwargs: Any) -> LifecycleStepOperator:
-        return LifecycleStepOperator(
-            task_id=task_id, step=step_name, model=config.name, models_dir=models_dir, **kwargs
+    def step(task_id: str, step_name: str, **kwargs: Any) -> BaseOperator:
+        return step_operator(
+            task_id=task_id, step=step_name, model=config.name, config=config, models_dir=models_dir, **kwargs
         )
 
     first_day = config.source.start_date or DEFAULT_START_DATE
@@ -279,10 +317,7 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         deploy = step(
             "deploy",
             "deploy",
-            resolve_arguments=lambda c: {
-                "version": c["ti"].xcom_pull(task_ids="register")["version"],
-                "label": "stable",
-            },
+            resolve_arguments=_deploy_arguments,
             pool=DEPLOY_POOL,
             pool_slots=1,
         )

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from airflow_stack import AirflowStack, airflow_stack
 
+from include.mlops.artifacts import run_dir
 from include.mlops.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -49,17 +51,45 @@ def test_rest_api_refuses_bad_params(stack: AirflowStack, conf: dict) -> None:
     assert not [r for r in stack.dag_runs(DAG_ID) if r["logical_date"].startswith("2026-11-05")]
 
 
-def test_triggered_run_deploys_then_backfill_never_moves_stable(stack: AirflowStack) -> None:
+def served_version(stack: AirflowStack, label: str = "stable") -> int:
+    response = httpx.get(f"{stack.server_url}/v1/models/diabetes/labels/{label}", timeout=10)
+    response.raise_for_status()
+    [status] = response.json()["model_version_status"]
+    assert status["state"] == "AVAILABLE"
+    return int(status["version"])
+
+
+def predict_through_stable(stack: AirflowStack) -> list[list[float]]:
+    row = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]
+    response = httpx.post(
+        f"{stack.server_url}/v1/models/diabetes/labels/stable:predict", json={"instances": [row, row]}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def test_nightly_then_triggered_run_deploy_and_serve_then_backfill_never_moves_stable(stack: AirflowStack) -> None:
+    # The DAG is unpaused, so the scheduler starts the latest nightly run by itself: version 1.
+    [nightly] = stack.wait_for_runs(DAG_ID, count=1, run_type="scheduled")
+    assert nightly["state"] == "success", stack.task_states(DAG_ID, nightly["dag_run_id"])
+    assert served_version(stack) == 1
+    first_answers = predict_through_stable(stack)
+    assert len(first_answers) == 2 and 25 < first_answers[0][0] < 350
+
+    # A run triggered over REST with a conf, as from the UI's trigger form: version 2.
     response = stack.trigger(DAG_ID, "2026-11-20T00:00:00Z", {"batch_size": 32, "max_regression": 0.05})
     assert response.status_code == 200, response.text
     run_id = response.json()["dag_run_id"]
     [run] = stack.wait_for_runs(DAG_ID, {run_id})
     states = stack.task_states(DAG_ID, run_id)
     assert run["state"] == "success", states
-    assert states["deploy"] == "success"
+    assert states["deploy"] == "success" and states["optimize"] == "skipped"
+    assert served_version(stack) == 2
+    assert predict_through_stable(stack)
 
     registry = Registry(stack.artifact_root / "models")
-    assert registry.label_version("diabetes", "stable") == 1
+    assert registry.versions("diabetes") == [1, 2]
+    assert registry.label_version("diabetes", "stable") == 2
     config_before = (stack.artifact_root / "models" / "models.config").read_bytes()
 
     stack.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-11-12", "--to-date", "2026-11-13")
@@ -70,11 +100,10 @@ def test_triggered_run_deploys_then_backfill_never_moves_stable(stack: AirflowSt
         assert backfill_run["state"] == "success", states
         assert states["evaluate"] == "success" and states["skip_deploy"] == "success"
         assert states["register"] == "skipped" and states["deploy"] == "skipped"
-        evaluation = stack.artifact_root.glob(
-            f"runs/{DAG_ID}/*{backfill_run['logical_date'][:10]}*/evaluate/metrics.json"
-        )
-        assert [json.loads(p.read_text()) for p in evaluation], "backfill keeps the quality history"
+        evaluation = run_dir(DAG_ID, backfill_run["dag_run_id"], "evaluate", root=stack.artifact_root)
+        assert json.loads((evaluation / "metrics.json").read_text())["metrics"], "backfill keeps the quality history"
 
-    assert registry.versions("diabetes") == [1]
-    assert registry.label_version("diabetes", "stable") == 1
+    assert registry.versions("diabetes") == [1, 2]
+    assert registry.label_version("diabetes", "stable") == 2
+    assert served_version(stack) == 2
     assert (stack.artifact_root / "models" / "models.config").read_bytes() == config_before

@@ -86,8 +86,9 @@ def test_worse_candidate_goes_through_optimize_then_as_the_gate_says(artifact_ro
     dag_id = "lifecycle__diabetes"
     assert run_dag(dag_id, DAY)["__run__"] == "success"
 
-    # One epoch makes a candidate far worse than the stable version 1.
-    states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"epochs": 1})
+    # A learning rate 100x too small makes a candidate far worse than the stable version 1;
+    # optimize then searches the config's learning-rate grid.
+    states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"learning_rate": 1e-5})
     assert states["__run__"] == "success", states
     first = gate_record(artifact_root, dag_id, states["__run_id__"], "gate")
     assert first["route"] == "optimize" and first["champion_version"] == 1
@@ -109,7 +110,7 @@ def test_worse_candidate_goes_through_optimize_then_as_the_gate_says(artifact_ro
 def test_unreachable_threshold_rejects_and_leaves_the_champion(artifact_root: Path) -> None:
     dag_id = "lifecycle__diabetes"
     assert run_dag(dag_id, DAY)["__run__"] == "success"
-    states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"thresholds": {"r2": {"min": 0.99}}})
+    states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"thresholds": {"r2": {"min": 0.99}}, "epochs": 20})
     assert states["__run__"] == "success", states
     assert states["optimize"] == "success" and states["reject"] == "success"
     assert states["register"] == states["deploy"] == "skipped"
@@ -120,7 +121,7 @@ def test_unreachable_threshold_rejects_and_leaves_the_champion(artifact_root: Pa
 
 
 def test_force_deploy_is_recorded_as_an_override(artifact_root: Path) -> None:
-    states = run_dag("lifecycle__diabetes", DAY, {"thresholds": {"r2": {"min": 0.99}}, "force_deploy": True})
+    states = run_dag("lifecycle__diabetes", DAY, {"thresholds": {"r2": {"min": 0.99}}, "force_deploy": True, "epochs": 20})
     assert states["deploy"] == "success", states
     record = gate_record(artifact_root, "lifecycle__diabetes", states["__run_id__"], "gate")
     assert record["decision"]["override"] is True and not all(c["passed"] for c in record["decision"]["checks"])
@@ -129,7 +130,7 @@ def test_force_deploy_is_recorded_as_an_override(artifact_root: Path) -> None:
 
 
 def test_skip_deploy_trains_and_evaluates_only(artifact_root: Path) -> None:
-    states = run_dag("lifecycle__diabetes", DAY, {"skip_deploy": True})
+    states = run_dag("lifecycle__diabetes", DAY, {"skip_deploy": True, "epochs": 20})
     assert states["__run__"] == "success"
     assert states["evaluate"] == "success" and states["skip_deploy"] == "success"
     assert states["register"] == states["deploy"] == "skipped"
