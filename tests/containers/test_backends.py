@@ -1,0 +1,133 @@
+"""The backend factory and the images' definitions, without a Docker engine or a cluster."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from include.mlops.config import load_model_config
+from mlops_airflow import backends
+from mlops_airflow.lifecycle import build_lifecycle_dag
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DOCKER_DIR = PROJECT_ROOT / "include" / "docker"
+STEP_TASKS = ("snapshot", "validate", "train", "evaluate", "optimize", "evaluate_optimized", "register", "deploy")
+
+
+@pytest.fixture(autouse=True)
+def no_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLOPS_BACKEND", raising=False)
+    monkeypatch.delenv("AIRFLOW_VAR_MLOPS_BACKEND", raising=False)
+    monkeypatch.setattr(backends, "_variable_cache", None)
+
+
+def step_types(dag_id_model: str = "diabetes") -> dict[str, str]:
+    dag = build_lifecycle_dag(load_model_config(PROJECT_ROOT / "include" / "models" / f"{dag_id_model}.yaml"))
+    return {task_id: type(dag.get_task(task_id)).__name__ for task_id in STEP_TASKS}
+
+
+def test_default_backend_is_local() -> None:
+    assert backends.resolve_backend() == "local"
+    assert set(step_types().values()) == {"LifecycleStepOperator"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("docker", "DockerStepOperator"), ("kubernetes", "KubernetesStepOperator"), ("K8s", "KubernetesStepOperator")],
+)
+def test_env_var_picks_the_backend(monkeypatch: pytest.MonkeyPatch, setting: str, expected: str) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", setting)
+    assert set(step_types().values()) == {expected}
+
+
+def test_airflow_variable_is_read_when_the_env_var_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment-variables secrets backend is the first place Variable.get looks.
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_BACKEND", "docker")
+    assert backends.resolve_backend() == "docker"
+    monkeypatch.setenv("MLOPS_BACKEND", "local")
+    assert backends.resolve_backend() == "local"  # the env var wins
+
+
+def test_unknown_backend_is_an_import_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", "dokcer")
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    assert bag.dag_ids == []
+    (error,) = bag.import_errors.values()
+    assert "unknown compute backend 'dokcer'" in error
+    assert "MLOPS_BACKEND" in error and "local, docker, kubernetes" in error
+
+
+def test_local_dags_do_not_import_the_container_providers() -> None:
+    probe = (
+        "import sys\n"
+        "from include.mlops.config import load_model_configs\n"
+        "from mlops_airflow.lifecycle import build_lifecycle_dag\n"
+        "[build_lifecycle_dag(c) for c in load_model_configs()]\n"
+        "heavy = [m for m in ('docker', 'kubernetes', 'mlops_airflow.container_operators',"
+        " 'airflow.providers.cncf.kubernetes.operators.pod') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLOPS_BACKEND", "AIRFLOW_VAR_MLOPS_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_docker_operators_mount_remove_and_request_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import yaml
+
+    monkeypatch.setenv("MLOPS_BACKEND", "docker")
+    raw = yaml.safe_load((PROJECT_ROOT / "include" / "models" / "diabetes.yaml").read_text())
+    raw["train"]["gpus"] = 2
+    (tmp_path / "diabetes.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "diabetes.py").write_text((PROJECT_ROOT / "include" / "models" / "diabetes.py").read_text())
+    dag = build_lifecycle_dag(load_model_config(tmp_path / "diabetes.yaml"), models_dir=str(tmp_path))
+    for task_id in STEP_TASKS:
+        task = dag.get_task(task_id)
+        assert task.auto_remove == "force"
+        assert task.mount_tmp_dir is False
+        assert task.image == "mlops-trainer:local"
+        requests = task.device_requests or []
+        if task_id in ("train", "optimize"):
+            assert [(r.count, r.capabilities) for r in requests] == [(2, [["gpu"]])], task_id
+        else:
+            assert requests == [], task_id
+    # Parse time stays cheap: no engine is contacted while building the DAG.
+    assert dag.get_task("train").container is None
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{path}: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+@pytest.mark.parametrize("image", ["trainer", "server"])
+def test_image_requirements_use_the_project_pins(image: str) -> None:
+    project = _pins(PROJECT_ROOT / "requirements.txt")
+    slim = _pins(DOCKER_DIR / image / "requirements.txt")
+    assert "tensorflow" in slim
+    assert {name: version for name, version in slim.items() if project.get(name) != version} == {}
+    assert not any(name.startswith("apache-airflow") for name in slim)
+
+
+@pytest.mark.parametrize("image", ["trainer", "server"])
+def test_dockerfiles_take_the_base_as_build_arg_and_run_as_non_root(image: str) -> None:
+    text = (DOCKER_DIR / image / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text and "FROM ${BASE_IMAGE}" in text
+    assert re.search(r"^USER \$\{MLOPS_UID\}", text, re.M) and "ARG MLOPS_UID=1000" in text
+    assert "--mount=type=secret,id=ca" in text and "-c /tmp/req/constraints.txt" in text
+    assert not text.lstrip().startswith("# syntax=")
+    if image == "trainer":
+        assert "ARG TF_PACKAGE=tensorflow" in text
+    else:
+        assert "HEALTHCHECK" in text and "8501" in text
