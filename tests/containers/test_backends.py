@@ -22,8 +22,6 @@ STEP_TASKS = ("snapshot", "validate", "train", "evaluate", "optimize", "evaluate
 @pytest.fixture(autouse=True)
 def no_backend_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLOPS_BACKEND", raising=False)
-    monkeypatch.delenv("AIRFLOW_VAR_MLOPS_BACKEND", raising=False)
-    monkeypatch.setattr(backends, "_variable_cache", None)
 
 
 def step_types(dag_id_model: str = "diabetes") -> dict[str, str]:
@@ -43,14 +41,6 @@ def test_default_backend_is_local() -> None:
 def test_env_var_picks_the_backend(monkeypatch: pytest.MonkeyPatch, setting: str, expected: str) -> None:
     monkeypatch.setenv("MLOPS_BACKEND", setting)
     assert set(step_types().values()) == {expected}
-
-
-def test_airflow_variable_is_read_when_the_env_var_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The environment-variables secrets backend is the first place Variable.get looks.
-    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_BACKEND", "docker")
-    assert backends.resolve_backend() == "docker"
-    monkeypatch.setenv("MLOPS_BACKEND", "local")
-    assert backends.resolve_backend() == "local"  # the env var wins
 
 
 def test_unknown_backend_is_an_import_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

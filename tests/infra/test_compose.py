@@ -176,13 +176,27 @@ def test_components_share_every_secret_they_must_agree_on(services: dict[str, di
         assert len(values) == 1 and None not in values, f"{key} differs between Airflow services: {values}"
 
 
-def test_api_server_publishes_8080_and_nothing_else_is_published(services: dict[str, dict[str, Any]]) -> None:
-    ports = services["airflow-apiserver"]["ports"]
-    assert {"published": 8080, "target": 8080} in [
-        {"published": int(p["published"]), "target": int(p["target"])} for p in ports
-    ]
+def _published(service: dict[str, Any]) -> list[dict[str, int]]:
+    return [{"published": int(p["published"]), "target": int(p["target"])} for p in service.get("ports", [])]
+
+
+def test_only_the_api_server_and_the_model_server_publish_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert {"published": 8080, "target": 8080} in _published(services["airflow-apiserver"])
+    assert {"published": 8501, "target": 8501} in _published(services["model-server"])
     exposed = sorted(name for name, service in services.items() if service.get("ports"))
-    assert exposed == ["airflow-apiserver"], f"only the API server should publish a port, got {exposed}"
+    assert exposed == ["airflow-apiserver", "model-server"], f"unexpected published ports: {exposed}"
+
+
+def test_model_server_serves_the_registry_the_dags_write(services: dict[str, dict[str, Any]]) -> None:
+    server = services["model-server"]
+    assert server["build"]["dockerfile"] == "include/docker/server/Dockerfile"
+    # docker-compose v1 renders bind mounts as "SOURCE:TARGET[:MODE]".
+    mounts = [str(v).split(":")[:2] for v in server["volumes"]]
+    assert any(src.endswith("/artifacts") and dst == "/opt/mlops/artifacts" for src, dst in mounts), mounts
+    assert server["command"] == ["--registry", "/opt/mlops/artifacts/models"]
+    assert server.get("healthcheck")
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["environment"]["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == "http://model-server:8501"
 
 
 def test_init_migrates_the_db_sets_up_the_admin_and_creates_the_deploy_pool(

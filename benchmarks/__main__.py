@@ -1,0 +1,50 @@
+"""Run the benchmarks and write their results to ``benchmarks/results/<name>.json``.
+
+    python -m benchmarks                      # all of them
+    python -m benchmarks spine serving        # a selection
+
+Timings on shared machines are noisy: every benchmark reports medians and
+ratios against a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCHMARKS = {
+    "spine": "DAG parse time and orchestration overhead of a real scheduler",
+    "serving": "model server latency and throughput against the bare SavedModel",
+    "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
+    names = args.names or list(BENCHMARKS)
+    if "containers" in names and not args.names and shutil.which("docker") is None:
+        print("containers: skipped, no Docker engine on this machine", file=sys.stderr)
+        names.remove("containers")
+    for name in names:
+        print(f"==> {name}: {BENCHMARKS[name]}", flush=True)
+        start = time.perf_counter()
+        importlib.import_module(f"benchmarks.{name}").run(args.results_dir)
+        print(f"==> {name}: done in {time.perf_counter() - start:.0f}s, see {args.results_dir / (name + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

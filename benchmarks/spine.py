@@ -1,0 +1,155 @@
+"""Benchmark of the lifecycle spine: DAG parse cost and orchestration overhead.
+
+1. Parse time per DAG file: each file is imported in a fresh interpreter (with
+   ``airflow.sdk`` already imported, so only the file's own cost is timed), and
+   so is a trivial one-task DAG file; we report medians and the ratio.
+2. Orchestration overhead: the wall time of one ``lifecycle__diabetes`` run
+   through a real scheduler (triggered over REST, polled until success),
+   divided by the wall time of the same steps called back to back in one
+   Python process.  Both start from an empty registry every repetition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+
+TRIVIAL_DAG = """
+from __future__ import annotations
+import pendulum
+from airflow.sdk import DAG
+from airflow.providers.standard.operators.empty import EmptyOperator
+with DAG(dag_id="trivial", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+    EmptyOperator(task_id="only")
+"""
+
+PARSE_PROBE = """
+import importlib.util, sys, time
+import airflow.sdk  # shared cost, not timed
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("probe_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(time.perf_counter() - start)
+"""
+
+
+def parse_seconds(dag_file: Path, repeats: int) -> list[float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")])}
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", PARSE_PROBE, str(dag_file)], capture_output=True, text=True, check=True, env=env
+        )
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    return times
+
+
+def bench_parse(repeats: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        trivial = Path(tmp) / "trivial_dag.py"
+        trivial.write_text(TRIVIAL_DAG)
+        baseline = statistics.median(parse_seconds(trivial, repeats))
+    files = {}
+    for dag_file in sorted((PROJECT_ROOT / "dags").glob("*.py")):
+        median = statistics.median(parse_seconds(dag_file, repeats))
+        files[dag_file.name] = {"median_s": round(median, 4), "ratio_to_trivial": round(median / baseline, 2)}
+    return {"repeats": repeats, "trivial_dag_median_s": round(baseline, 4), "files": files}
+
+
+def in_process_lifecycle(root: Path, logical_day: dt.datetime) -> float:
+    """The lifecycle's steps back to back in this process, timed."""
+    os.environ["MLOPS_ARTIFACT_ROOT"] = str(root)
+    from include.mlops import gate as gate_lib
+    from include.mlops.config import BUDGET_METRICS, METRICS, find_model_config
+    from include.mlops.deploy import deploy, register_model
+    from include.mlops.evaluate import evaluate
+    from include.mlops.snapshot import snapshot
+    from include.mlops.train import train
+    from include.mlops.validate import validate
+
+    config = find_model_config("diabetes")
+    out = root / "runs" / "inprocess"
+    start = time.perf_counter()
+    snap = snapshot(config, logical_day - dt.timedelta(days=1), logical_day, out / "snapshot")
+    validate(config, snap["data_uri"], out / "validate")
+    trained = train(config, snap["data_uri"], out / "train")
+    evaluation = evaluate(config, trained["model_uri"], snap["data_uri"], out / "evaluate")
+    decision = gate_lib.decide(evaluation["metrics"], None, config.gate, {**METRICS[config.task], **BUDGET_METRICS})
+    assert decision.passed, decision.reasons
+    registered = register_model(
+        config,
+        trained["model_uri"],
+        str(out / "evaluate"),
+        lineage={"dag_id": "inprocess", "run_id": logical_day.isoformat(), "created_at": logical_day.isoformat()},
+        gate_decision=decision.to_dict(),
+        out=out / "register",
+    )
+    deploy(config, registered["version"], out=out / "deploy")
+    return time.perf_counter() - start
+
+
+def bench_orchestration(repeats: int) -> dict[str, Any]:
+    from airflow_stack import airflow_stack
+
+    airflow_times: list[float] = []
+    local_times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-spine-") as tmp:
+        with airflow_stack(Path(tmp)) as stack:
+            stack.wait_for_dag("lifecycle__diabetes")
+            for i in range(repeats):
+                day = dt.datetime(2026, 11, 20 + i, tzinfo=dt.UTC)
+                shutil.rmtree(stack.artifact_root / "models", ignore_errors=True)
+                start = time.perf_counter()
+                response = stack.trigger("lifecycle__diabetes", day.isoformat())
+                response.raise_for_status()
+                [run] = stack.wait_for_runs("lifecycle__diabetes", {response.json()["dag_run_id"]}, timeout=1200)
+                airflow_times.append(time.perf_counter() - start)
+                if run["state"] != "success":
+                    raise RuntimeError(
+                        f"benchmark run failed: {stack.task_states('lifecycle__diabetes', run['dag_run_id'])}"
+                    )
+                print(f"  airflow run {i + 1}/{repeats}: {airflow_times[-1]:.1f}s", flush=True)
+                local_root = Path(tmp) / f"inprocess-{i}"
+                local_times.append(in_process_lifecycle(local_root, day))
+                print(f"  in-process run {i + 1}/{repeats}: {local_times[-1]:.1f}s", flush=True)
+    airflow_median, local_median = statistics.median(airflow_times), statistics.median(local_times)
+    return {
+        "repeats": repeats,
+        "model": "diabetes",
+        "airflow_run_s": [round(t, 2) for t in airflow_times],
+        "in_process_s": [round(t, 2) for t in local_times],
+        "airflow_median_s": round(airflow_median, 2),
+        "in_process_median_s": round(local_median, 2),
+        "overhead_ratio": round(airflow_median / local_median, 2),
+    }
+
+
+def run(results_dir: Path, parse_repeats: int = 9, e2e_repeats: int = 3) -> dict[str, Any]:
+    print("spine: DAG parse time", flush=True)
+    parse = bench_parse(parse_repeats)
+    print(json.dumps(parse, indent=2), flush=True)
+    print("spine: orchestration overhead (real scheduler vs in-process)", flush=True)
+    orchestration = bench_orchestration(e2e_repeats)
+    result = {
+        "benchmark": "spine",
+        "python": sys.version.split()[0],
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "parse": parse,
+        "orchestration": orchestration,
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "spine.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
