@@ -121,7 +121,9 @@ def test_unreachable_threshold_rejects_and_leaves_the_champion(artifact_root: Pa
 
 
 def test_force_deploy_is_recorded_as_an_override(artifact_root: Path) -> None:
-    states = run_dag("lifecycle__diabetes", DAY, {"thresholds": {"r2": {"min": 0.99}}, "force_deploy": True, "epochs": 20})
+    states = run_dag(
+        "lifecycle__diabetes", DAY, {"thresholds": {"r2": {"min": 0.99}}, "force_deploy": True, "epochs": 20}
+    )
     assert states["deploy"] == "success", states
     record = gate_record(artifact_root, "lifecycle__diabetes", states["__run_id__"], "gate")
     assert record["decision"]["override"] is True and not all(c["passed"] for c in record["decision"]["checks"])
