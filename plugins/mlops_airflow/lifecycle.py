@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
-from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
+from include.mlops.config import ModelConfig
 from mlops_airflow.backends import step_operator
 from mlops_airflow.params import lifecycle_params, training_overrides
 
@@ -116,10 +116,6 @@ def is_deploying_run(context: Context) -> tuple[bool, str]:
     return True, ""
 
 
-def _higher_is_better(config: ModelConfig) -> dict[str, bool]:
-    return {**METRICS[config.task], **BUDGET_METRICS}
-
-
 def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_fail: str):
     """A branch task applying the gate to one evaluation (see include.mlops.gate)."""
 
@@ -131,11 +127,11 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
         gate_config = gate_lib.with_overrides(
             config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
         )
-        decision = gate_lib.decide(
+        decision = gate_lib.decide_for_config(
+            config,
             evaluation["metrics"],
             champion["metrics"] if champion else None,
-            gate_config,
-            _higher_is_better(config),
+            gate=gate_config,
             force=bool(params.get("force_deploy")),
         )
         deploying, why_not = is_deploying_run(context)
