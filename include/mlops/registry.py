@@ -273,7 +273,7 @@ class Registry:
                 if final.exists():  # only a writer ignoring the lock could get here; never replace a version
                     raise RegistryError(f"{final} appeared while registering; refusing to overwrite it")
                 os.rename(staging, final)
-                _fsync_dir(base)
+                artifacts.fsync_dir(base)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -415,15 +415,6 @@ def _check_name(name: str) -> None:
         raise RegistryError(
             f"model name {name!r} is not usable as a TF Serving model folder: use letters, digits, '_', '-', '.'"
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _default_card(name: str, version: int, metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:
