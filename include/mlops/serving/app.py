@@ -152,12 +152,7 @@ class ModelServer:
         model = state.models.get(name)
         if model is None:
             raise not_found(f"Could not find any versions of model {name}")
-        if version is not None and label is not None:
-            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-        if label is not None:
-            version = model.labels.get(label)
-            if version is None:
-                raise not_found(f"Unrecognized servable version label: {label}")
+        version = model.requested_version(version, label)
         statuses = list(model.statuses.values())
         if version is not None:
             statuses = [s for s in statuses if s.version == version]

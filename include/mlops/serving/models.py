@@ -105,6 +105,17 @@ class ModelState:
     labels: Mapping[str, int]
     statuses: Mapping[int, VersionStatus]
 
+    def requested_version(self, version: int | None, label: str | None) -> int | None:
+        """The version a request names through ``version`` or ``label`` (None: neither was given)."""
+        if version is not None and label is not None:
+            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+        if label is None:
+            return version
+        target = self.labels.get(label)
+        if target is None:
+            raise not_found(f"Unrecognized servable version label: {label}")
+        return target
+
 
 @dataclasses.dataclass(frozen=True)
 class ServingState:
@@ -121,16 +132,7 @@ class ServingState:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
         """The loaded version a request names: a version, a label, or (neither) the latest one."""
         model = self.model(name)
-        if version is not None and label is not None:
-            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-        if label is not None:
-            target = model.labels.get(label)
-            if target is None:
-                raise not_found(f"Unrecognized servable version label: {label}")
-            loaded = model.versions.get(target)
-            if loaded is None:
-                raise not_found(f"Servable not found for request: Specific({name}, {target})")
-            return loaded
+        version = model.requested_version(version, label)
         if version is not None:
             loaded = model.versions.get(version)
             if loaded is None:
