@@ -75,8 +75,9 @@ def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, 
     from include.mlops import gate as gate_lib
     from include.mlops.artifacts import registry_root
     from include.mlops.config import find_model_config
-    from include.mlops.deploy import deploy, register_model
+    from include.mlops.deploy import deploy
     from include.mlops.evaluate import evaluate
+    from include.mlops.register import register_model
     from include.mlops.registry import Registry
     from include.mlops.snapshot import snapshot
     from include.mlops.train import train

@@ -117,7 +117,7 @@ def _run_optimize(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 
 
 def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.deploy import register_model
+    from include.mlops.register import register_model
 
     # The gate task's record: {"decision": GateDecision.to_dict(), "route": ..., ...}.
     gate_decision = json.loads(Path(args.gate).read_text())["decision"] if args.gate else None
@@ -211,7 +211,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
         ("include.mlops.registry", "CorruptVersionError"),
         ("include.mlops.deploy", "DeployVerificationError"),
         ("include.mlops.modeling", "ModelingError"),
-        ("include.mlops.deploy", "CandidateModelError"),
+        ("include.mlops.register", "CandidateModelError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, name):

@@ -12,8 +12,9 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.deploy import CandidateModelError, DeployError, deploy, register_model, rollback
+from include.mlops.deploy import deploy, rollback
 from include.mlops.gate import decide
+from include.mlops.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry, VersionNotFoundError
 
 CANDIDATE = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
@@ -157,7 +158,7 @@ def test_register_model_refuses_a_rejected_candidate_but_keeps_forced_ones_visib
     root: Path, config: ModelConfig, models: dict[str, Path], evaluation: Path, tmp_path: Path
 ) -> None:
     bad = {**CANDIDATE, "r2": 0.05}
-    with pytest.raises(DeployError, match=r"gate rejected .*r2 = 0.05 violates the threshold >= 0.2"):
+    with pytest.raises(RegisterError, match=r"gate rejected .*r2 = 0.05 violates the threshold >= 0.2"):
         register(config, models["a"], evaluation, tmp_path / "r", gate_decision=gate_for(config, bad))
     assert not (root / "models" / "diabetes").exists() or Registry(root / "models").versions("diabetes") == []
     assert not (tmp_path / "r").exists()
@@ -198,14 +199,14 @@ def test_register_model_refuses_a_model_that_breaks_the_serving_contract(
 def test_register_model_reports_missing_inputs(
     root: Path, config: ModelConfig, models: dict[str, Path], evaluation: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(DeployError, match="no evaluation metrics"):
+    with pytest.raises(RegisterError, match="no evaluation metrics"):
         register(config, models["a"], tmp_path / "nowhere", tmp_path / "r")
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "metrics.json").write_text(json.dumps({"metrics": {"mae": 1.0}}))
-    with pytest.raises(DeployError, match="lacks the config's metric"):
+    with pytest.raises(RegisterError, match="lacks the config's metric"):
         register(config, models["a"], partial, tmp_path / "r")
-    with pytest.raises(DeployError, match="lineage lacks run_id"):
+    with pytest.raises(RegisterError, match="lineage lacks run_id"):
         register(config, models["a"], evaluation, tmp_path / "r", lineage={"dag_id": "d"})
     with pytest.raises(CandidateModelError, match="not a SavedModel folder"):
         register(config, tmp_path, evaluation, tmp_path / "r")
