@@ -42,14 +42,13 @@ def optimize_hparams(config: ModelConfig, overrides: Mapping[str, Any] | None = 
 
 
 def should_quantize(config: ModelConfig, failed: Sequence[str]) -> bool:
-    """``always``; or ``auto`` when the gate failed a budget (``size_mb`` or ``latency_ms``)."""
+    """``always``; or ``auto`` when ``failed`` (the gate's ``failed_budgets``) names ``size_mb`` or ``latency_ms``."""
     mode = config.optimize.quantize
     if mode == "always":
         return True
     if mode == "never":
         return False
-    # Gate reasons may be bare names ("size_mb") or sentences that start with one ("size_mb: 6.2 > 5").
-    return any(str(reason).strip().startswith(budget) for reason in failed for budget in BUDGET_METRICS)
+    return any(name in BUDGET_METRICS for name in failed)
 
 
 def optimize(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tooling import require_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -44,16 +44,13 @@ URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://(?P<user>[^:/@\s]+):(?P<passw
 REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?")
 
 INSTALL_HINT = (
-    "docker-compose (v1) is not on PATH; the compose topology test needs it to validate docker-compose.yaml. "
-    "Install it with `apt-get install -y --no-install-recommends docker-compose` (Debian/Ubuntu; CI does this "
-    "in .github/workflows/ci.yml)."
+    "the compose tests need it to validate docker-compose.yaml. Install it with "
+    "`apt-get install -y --no-install-recommends docker-compose` (Debian/Ubuntu; .ci/run does this)."
 )
 
 
 def _compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("docker-compose")
-    if executable is None:
-        pytest.fail(INSTALL_HINT, pytrace=False)
+    executable = require_executable("docker-compose", INSTALL_HINT)
     # Only PATH and HOME, so neither the caller's shell variables nor a developer's own .env (replaced by
     # --env-file) leak into what the test sees.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
@@ -276,22 +273,10 @@ def test_env_example_declares_every_required_variable_with_placeholders_only(raw
     assert ".env" in ROOT.joinpath(".gitignore").read_text().splitlines(), ".env must be gitignored"
 
 
-def test_dockerfile_extends_the_pinned_base_with_the_requirements() -> None:
-    text = DOCKERFILE.read_text()
-    instructions = [
-        line.strip() for line in re.sub(r"\\\n", " ", text).splitlines() if line.strip() and not line.startswith("#")
-    ]
-    keywords = [line.split()[0].upper() for line in instructions]
-    assert instructions[0] == f"ARG AIRFLOW_IMAGE={DEFAULT_BASE_IMAGE}", "the base must be a pinned build arg"
-    assert instructions[1] == "FROM ${AIRFLOW_IMAGE}"
-    assert "USER airflow" in instructions
-    pip_step = next(line for line in instructions if "pip install" in line)
-    assert keywords.index("USER") < instructions.index(pip_step), "pip must run as the airflow user"
-    assert "--no-cache-dir" in pip_step
-    assert "-r " in pip_step and "requirements.txt" in text
-    assert "--mount=type=secret,id=ca" in pip_step, "offline builds hand pip the host CA as a BuildKit secret"
+def test_the_airflow_image_base_is_the_pinned_airflow() -> None:
     # The base image's Airflow must be the version requirements.txt pins, or pip swaps Airflow out.
     pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert f"ARG AIRFLOW_IMAGE={DEFAULT_BASE_IMAGE}" in DOCKERFILE.read_text()
     assert DEFAULT_BASE_IMAGE.split(":")[1].startswith(pins["apache-airflow"] + "-")
 
 
@@ -304,15 +289,6 @@ def test_docker_build_context_excludes_venv_runs_and_secrets() -> None:
 
 def test_ci_workflow_runs_the_project_entry_point() -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    # PyYAML reads the bare key `on` as the boolean True (YAML 1.1).
-    triggers = workflow.get("on", workflow.get(True))
-    assert {"push", "pull_request"} <= set(triggers)
     (job,) = workflow["jobs"].values()
-    assert job["runs-on"] == "ubuntu-latest"
-    steps = job["steps"]
-    setup = next(step for step in steps if str(step.get("uses", "")).startswith("actions/setup-python"))
-    assert str(setup["with"]["python-version"]) == "3.11"
-    assert setup["with"]["cache"] == "pip"
-    runs = [step.get("run", "") for step in steps]
-    assert any("docker-compose" in run and "apt-get install" in run for run in runs)
-    assert runs[-1].strip().endswith("bash .ci/run")
+    # The workflow runs what the project's CI runs, so the two cannot drift apart.
+    assert job["steps"][-1]["run"].strip().endswith("bash .ci/run")
