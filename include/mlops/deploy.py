@@ -1,9 +1,9 @@
 """The deploy step: move a serving label to a registered version, verified through the model server.
 
-``deploy`` and ``rollback`` move a label (``stable``, ``canary``) in TF
-Serving's model config file after verifying the version's checksums, so a
-corrupted version is never put into service.  Both are retry-safe: moving a
-label to the version it already names changes nothing.
+``deploy`` moves a label (``stable``, ``canary``) in TF Serving's model
+config file after verifying the version's checksums, so a corrupted version
+is never put into service.  It is retry-safe: moving a label to the version
+it already names changes nothing.
 """
 
 from __future__ import annotations
@@ -104,25 +104,6 @@ def deploy(
         result.update(verified=True, server_url=server_url, smoke=smoke)
     with artifacts.step_output(out) as staging:
         artifacts.atomic_write_json(staging / "result.json", {**result, "model_name": name})
-    return result
-
-
-def rollback(
-    config: ModelConfig, label: str, to_version: int, *, out: str | os.PathLike[str] | None = None
-) -> dict[str, Any]:
-    """Move ``label`` back to ``to_version`` (verified first); same result as :func:`deploy`."""
-    registry = Registry()
-    name = config.serving_name
-    registry.verify(name, to_version)
-    current = registry.label_version(name, label)
-    if current is not None and to_version > current:
-        log.warning("%s: 'rolling back' label %r forward from version %d to %d", name, label, current, to_version)
-    previous = registry.set_label(name, label, to_version) if current != to_version else current
-    result = {"version": to_version, "previous": previous, "label": label, "changed": current != to_version}
-    log.info("%s: rolled label %r back to version %d (was %s)", name, label, to_version, previous)
-    if out is not None:
-        with artifacts.step_output(out) as staging:
-            artifacts.atomic_write_json(staging / "result.json", {**result, "model_name": name})
     return result
 
 

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.deploy import deploy, rollback
+from include.mlops.deploy import deploy
 from include.mlops.gate import decide
 from include.mlops.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry, VersionNotFoundError
@@ -224,7 +224,7 @@ def test_register_model_serving_name_and_tflite(
     assert "model.tflite" in (Path(result["version_dir"]) / "assets.extra" / "model_card.md").read_text()
 
 
-# --------------------------------------------------------------------------- deploy and rollback
+# --------------------------------------------------------------------------- deploy
 
 
 @pytest.fixture
@@ -272,16 +272,3 @@ def test_deploy_refuses_a_corrupted_version(two_versions: Registry, config: Mode
     assert not (tmp_path / "d2").exists()
     with pytest.raises(VersionNotFoundError):
         deploy(config, 7, out=tmp_path / "d7")
-
-
-def test_rollback_moves_the_label_back(two_versions: Registry, config: ModelConfig, tmp_path: Path) -> None:
-    registry = two_versions
-    deploy(config, 1, out=tmp_path / "d1")
-    deploy(config, 2, out=tmp_path / "d2")
-    result = rollback(config, "stable", 1, out=tmp_path / "rb")
-    assert result == {"version": 1, "previous": 2, "label": "stable", "changed": True}
-    assert registry.label_version("diabetes", "stable") == 1
-    assert registry.served_versions("diabetes") == [1]
-    assert json.loads((tmp_path / "rb" / "result.json").read_text())["previous"] == 2
-    again = rollback(config, "stable", 1)
-    assert again["changed"] is False and registry.label_version("diabetes", "stable") == 1
