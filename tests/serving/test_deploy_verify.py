@@ -16,6 +16,9 @@ from include.mlops.registry import Registry
 from include.mlops.serving.app import ServerSettings
 from tests.serving.conftest import free_port, register, serve, wait_for
 
+# Each test starts a real model server or loads real models with TensorFlow.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def config() -> ModelConfig:
