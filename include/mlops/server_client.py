@@ -1,42 +1,75 @@
-"""The few TF Serving REST calls a deploy needs (works with TF Serving and the local server)."""
+"""The few TF Serving REST calls a deploy needs (works with TF Serving and the local server).
+
+HTTP goes through httpx; waiting for a version to load is a tenacity retry
+loop: only "not available yet" is retried, while a version the server tried
+and failed to load fails at once with the server's own error message.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
+import logging
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
+
+import httpx
+import tenacity
+
+log = logging.getLogger(__name__)
 
 
 class ServerNotReadyError(RuntimeError):
     """The model server did not report the version AVAILABLE (or could not load it)."""
 
 
+class ServerUnreachableError(ConnectionError):
+    """No HTTP answer from the model server (refused, timed out, DNS); an ``OSError`` like a socket error."""
+
+
+class _NotAvailableYet(Exception):
+    """One poll found the version not (yet) AVAILABLE; the message says what the server reported."""
+
+
 class ModelServerClient:
-    """The few TF Serving REST calls a deploy needs (works with TF Serving and the local server)."""
+    """The few TF Serving REST calls a deploy needs (works with TF Serving and the local server).
+
+    ``timeout`` bounds :meth:`wait_available`; a single HTTP request waits at
+    most ``min(30 s, timeout)``.  Use it as a context manager (or call
+    :meth:`close`) to release the connection pool.
+    """
 
     def __init__(self, url: str, *, timeout: float = 120.0, poll_seconds: float = 0.5) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.poll_seconds = poll_seconds
+        self._http = httpx.Client(base_url=self.url, timeout=min(30.0, timeout))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ModelServerClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def request(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
-        """``(http_status, parsed_json)``; a connection failure raises ``OSError``."""
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        """``(http_status, parsed_json)``; no answer at all raises :class:`ServerUnreachableError`.
+
+        A body that is not JSON comes back as ``{"error": <its first 500 characters>}``.
+        """
         try:
-            with urllib.request.urlopen(req, timeout=min(30.0, self.timeout)) as response:
-                status, body = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
+            response = self._http.request(method, path, json=payload)
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(f"cannot reach {self.url}{path}: {exc!r}") from exc
+        if not response.content:
+            return response.status_code, None
         try:
-            return status, json.loads(body) if body else None
+            return response.status_code, response.json()
         except ValueError:
-            return status, {"error": body[:500].decode(errors="replace")}
+            return response.status_code, {"error": response.text[:500]}
 
     def status(self, name: str, *, version: int | None = None, label: str | None = None) -> tuple[int, Any]:
         path = f"/v1/models/{name}" + (f"/versions/{version}" if version is not None else "")
@@ -46,36 +79,41 @@ class ModelServerClient:
     def wait_available(self, name: str, *, version: int, label: str | None = None) -> None:
         """Poll until the server reports ``version`` (through ``label`` if given) AVAILABLE, or fail.
 
-        A version that the server tried and failed to load (state END with an
-        error) fails at once with the server's error message.
+        Raises :class:`ServerNotReadyError` after ``timeout`` seconds with the
+        last thing the server said, or at once when the server reports that it
+        tried and failed to load the version (state END with an error).
         """
-        deadline = time.monotonic() + self.timeout
-        last = "no answer yet"
-        while True:
-            try:
-                code, body = self.status(name, version=None if label else version, label=label)
-                if code == 200 and isinstance(body, Mapping):
-                    entries = body.get("model_version_status") or []
-                    entry = next((e for e in entries if str(e.get("version")) == str(version)), None)
-                    if entry is not None and entry.get("state") == "AVAILABLE":
-                        return
-                    if entry is not None:
-                        status = entry.get("status") or {}
-                        if entry.get("state") == "END" and status.get("error_code", "OK") != "OK":
-                            raise ServerNotReadyError(
-                                f"the server could not load version {version}: {status.get('error_message')}"
-                            )
-                        last = f"version {version} is {entry.get('state')}"
-                    else:
-                        shown = [f"{e.get('version')}={e.get('state')}" for e in entries]
-                        last = f"the server reports {', '.join(shown) or 'no versions'}"
-                else:
-                    last = f"HTTP {code}: {body.get('error') if isinstance(body, Mapping) else body}"
-            except OSError as exc:
-                last = f"cannot reach the server ({exc})"
-            if time.monotonic() >= deadline:
-                via = f" through label {label!r}" if label else ""
-                raise ServerNotReadyError(
-                    f"{name} version {version} was not AVAILABLE{via} within {self.timeout:g} s ({last})"
-                )
-            time.sleep(self.poll_seconds)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.timeout),
+            wait=tenacity.wait_fixed(self.poll_seconds),
+            retry=tenacity.retry_if_exception_type(_NotAvailableYet),
+        )
+        try:
+            retrying(self._check_available, name, version, label)
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            via = f" through label {label!r}" if label else ""
+            raise ServerNotReadyError(
+                f"{name} version {version} was not AVAILABLE{via} within {self.timeout:g} s ({last})"
+            ) from None
+
+    def _check_available(self, name: str, version: int, label: str | None) -> None:
+        """Return when AVAILABLE; raise :class:`_NotAvailableYet` (retried) or :class:`ServerNotReadyError` (final)."""
+        try:
+            # Through a label the status lists only the labelled version, which must be ``version``.
+            code, body = self.status(name, version=None if label else version, label=label)
+        except ServerUnreachableError as exc:
+            raise _NotAvailableYet(f"cannot reach the server: {exc.__cause__ or exc}") from None
+        if code != 200 or not isinstance(body, Mapping):
+            raise _NotAvailableYet(f"HTTP {code}: {body.get('error') if isinstance(body, Mapping) else body}")
+        entries = body.get("model_version_status") or []
+        entry = next((e for e in entries if str(e.get("version")) == str(version)), None)
+        if entry is None:
+            shown = [f"{e.get('version')}={e.get('state')}" for e in entries]
+            raise _NotAvailableYet(f"the server reports {', '.join(shown) or 'no versions'}")
+        if entry.get("state") == "AVAILABLE":
+            return
+        status = entry.get("status") or {}
+        if entry.get("state") == "END" and status.get("error_code", "OK") != "OK":
+            raise ServerNotReadyError(f"the server could not load version {version}: {status.get('error_message')}")
+        raise _NotAvailableYet(f"version {version} is {entry.get('state')}")

@@ -10,10 +10,14 @@ import pandas as pd
 import pytest
 
 from include.mlops.config import ModelConfig, find_model_config
-from include.mlops.deploy import DeployVerificationError, deploy
+from include.mlops.deploy import DeployError, DeployVerificationError, deploy, journal_path, prepare_smoke_check
+from include.mlops.modeling import convert_to_tflite
 from include.mlops.registry import Registry
 from include.mlops.serving.app import ServerSettings
 from tests.serving.conftest import free_port, register, serve, wait_for
+
+# Each test starts a real model server or loads real models with TensorFlow.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -123,3 +127,41 @@ def test_deploy_cli_passes_the_server_arguments(
     result = pd.read_json(tmp_path / "r.json", typ="series")
     assert bool(result["verified"]) is True and int(result["version"]) == 1
     assert os.path.isfile(out / "result.json")
+
+
+def test_unreadable_held_out_rows_fail_before_the_label_moves(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
+) -> None:
+    """The expected answers are built before the move, so an error there leaves the old version serving."""
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    registry.set_label("diabetes", "stable", 1)
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")
+    with serve(settings_for(registry.root)) as running:
+        with pytest.raises(DeployError, match=r"cannot read the held-out rows in .*corrupt.parquet"):
+            deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=corrupt)
+    assert registry.labels("diabetes") == {"stable": 1}
+    assert registry.served_versions("diabetes") == [1]  # not even preloaded
+    assert not (tmp_path / "d2").exists() and not journal_path(tmp_path / "d2").exists()
+
+
+def test_expected_answers_come_from_the_tflite_file_when_the_version_has_one(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    """A version with model.tflite is served from it, so deploy verifies against the TFLite interpreter."""
+    registry = Registry(root / "models")
+    tflite = convert_to_tflite(saved_models[3.0], tmp_path / "model.tflite")  # answers x3; the SavedModel x1
+    version_dir = registry.register(
+        "diabetes", saved_models[1.0], metrics={}, lineage={"dag_id": "d", "run_id": "r"}, tflite_path=tflite
+    ).version_dir
+    plain_dir = registry.version_dir("diabetes", register(registry, saved_models[1.0], run="plain"))
+
+    check = prepare_smoke_check(config, version_dir, snapshot, max_rows=8)
+    sums = check.rows.sum(axis=1, keepdims=True)
+    assert check.served_format == "tflite"
+    np.testing.assert_allclose(check.expected, 3.0 * sums, rtol=0.02, atol=0.02)
+    plain = prepare_smoke_check(config, plain_dir, snapshot, max_rows=8)
+    assert plain.served_format == "saved_model"
+    np.testing.assert_allclose(plain.expected, sums, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The register and deploy steps on real SavedModels: contract check, metadata, label moves, rollback."""
+"""The register and deploy steps on real SavedModels: contract check, metadata, label moves, crash recovery."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.deploy import deploy, rollback
+from include.mlops.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
 from include.mlops.gate import decide
 from include.mlops.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry, VersionNotFoundError
@@ -224,7 +224,7 @@ def test_register_model_serving_name_and_tflite(
     assert "model.tflite" in (Path(result["version_dir"]) / "assets.extra" / "model_card.md").read_text()
 
 
-# --------------------------------------------------------------------------- deploy and rollback
+# --------------------------------------------------------------------------- deploy
 
 
 @pytest.fixture
@@ -274,14 +274,55 @@ def test_deploy_refuses_a_corrupted_version(two_versions: Registry, config: Mode
         deploy(config, 7, out=tmp_path / "d7")
 
 
-def test_rollback_moves_the_label_back(two_versions: Registry, config: ModelConfig, tmp_path: Path) -> None:
+def test_deploy_restores_the_label_on_any_exception_after_the_move(
+    two_versions: Registry, config: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     registry = two_versions
     deploy(config, 1, out=tmp_path / "d1")
-    deploy(config, 2, out=tmp_path / "d2")
-    result = rollback(config, "stable", 1, out=tmp_path / "rb")
-    assert result == {"version": 1, "previous": 2, "label": "stable", "changed": True}
-    assert registry.label_version("diabetes", "stable") == 1
+    monkeypatch.setenv(FAULT_AFTER_LABEL_MOVE_ENV, "raise")  # not a DeployVerificationError
+    with pytest.raises(RuntimeError, match="fault injected"):
+        deploy(config, 2, out=tmp_path / "d2")
+    assert registry.labels("diabetes") == {"stable": 1}
     assert registry.served_versions("diabetes") == [1]
-    assert json.loads((tmp_path / "rb" / "result.json").read_text())["previous"] == 2
-    again = rollback(config, "stable", 1)
-    assert again["changed"] is False and registry.label_version("diabetes", "stable") == 1
+    assert not (tmp_path / "d2").exists() and not journal_path(tmp_path / "d2").exists()
+    # A label that did not exist before is removed again.
+    with pytest.raises(RuntimeError, match="fault injected"):
+        deploy(config, 2, label="canary", out=tmp_path / "c")
+    assert registry.labels("diabetes") == {"stable": 1}
+    assert registry.served_versions("diabetes") == [1]
+
+
+def test_deploy_retry_restores_a_half_done_deploy_before_deploying_again(
+    two_versions: Registry, config: ModelConfig, tmp_path: Path
+) -> None:
+    """What a SIGKILL right after the label move leaves: the label on version 2 and the journal."""
+    registry = two_versions
+    deploy(config, 1, out=tmp_path / "d1")
+    out = tmp_path / "runs" / "deploy"
+    journal = journal_path(out)
+    assert journal == tmp_path / "runs" / "deploy.journal.json"  # beside out/, which is swapped in whole
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"model_name": "diabetes", "label": "stable", "version": 2, "previous": 1}))
+    registry.set_label("diabetes", "stable", 2)
+
+    retry = deploy(config, 2, out=out)
+    # The label went back to 1 first, so this attempt moved it again (and would have verified it with a server).
+    assert retry == {"version": 2, "previous": 1, "label": "stable", "changed": True, "verified": False}
+    assert registry.labels("diabetes") == {"stable": 2} and not journal.exists()
+    # A retry after the completed deploy finds no journal and changes nothing.
+    again = deploy(config, 2, out=out)
+    assert again == {**retry, "changed": False}
+
+
+def test_deploy_retry_restores_the_label_even_when_the_version_is_now_corrupt(
+    two_versions: Registry, config: ModelConfig, tmp_path: Path
+) -> None:
+    registry = two_versions
+    deploy(config, 1, out=tmp_path / "d1")
+    out = tmp_path / "d2"
+    journal_path(out).write_text(json.dumps({"model_name": "diabetes", "label": "stable", "version": 2, "previous": 1}))
+    registry.set_label("diabetes", "stable", 2)
+    (registry.version_dir("diabetes", 2) / "saved_model.pb").write_bytes(b"broken")
+    with pytest.raises(CorruptVersionError):
+        deploy(config, 2, out=out)
+    assert registry.labels("diabetes") == {"stable": 1}
