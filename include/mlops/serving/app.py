@@ -10,8 +10,13 @@ Routes (TF Serving's, matched case-insensitively with the same regexes):
 Responses are the JSON that TF Serving writes (status and metadata are
 printed from TF Serving's own protos), errors are ``{"error": "..."}`` with
 the HTTP status TF Serving maps the error code to, plus 413 for a body over
-``max_body_bytes``.  The model call runs in a worker thread, off the event
-loop, so slow models do not stall status requests or other clients.
+``max_body_bytes``, 404 for unknown paths and 405 for other methods (never a
+redirect).  Parsing the JSON body, the model call and writing the answer run
+in a worker thread, off the event loop, so big bodies and slow models do not
+stall status requests or other clients.
+
+A request that names no version and no label is answered by the ``stable``
+label's version while the model has one (see ``ServingState.resolve``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include.mlops.serving.metrics import CONTENT_TYPE, ServingMetrics
+from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
     DEFAULT_SIGNATURE,
     LoadedVersion,
@@ -81,13 +87,37 @@ HTTP_STATUS = {
 _NUMERIC_KINDS = {"f": "iuf", "i": "iu", "u": "iu"}  # what JSON values may feed each input dtype kind
 
 
-class PayloadTooLarge(ServingError):
+class HttpError(ServingError):
+    """An error whose HTTP status is not TF Serving's mapping of its code (413, 405)."""
+
+    def __init__(self, code: str, message: str, http_status: int, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(code, message)
+        self.http_status = http_status
+        self.headers = dict(headers or {})
+
+
+class PayloadTooLarge(HttpError):
     def __init__(self, limit: int) -> None:
         super().__init__(
             "RESOURCE_EXHAUSTED",
             f"Request body is larger than the server's limit of {limit} bytes; send fewer rows per request "
             "or raise --max-body-bytes",
+            413,
         )
+
+
+def method_not_allowed(method: str, path: str, allow: str) -> HttpError:
+    return HttpError(
+        "UNIMPLEMENTED",
+        f"Method {method} is not allowed on {path}; this path takes {allow} "
+        "(GET for status, metadata and metrics, POST for :predict)",
+        405,
+        {"Allow": allow},
+    )
+
+
+def unknown_path(path: str) -> ServingError:
+    return not_found(f"Unknown path {path}: the API is under /v1/models/ and {METRICS_PATH}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,23 +216,31 @@ class ModelServer:
         }
         return json.dumps(payload, indent=1)
 
+    def metric_model_name(self, name: str) -> str:
+        """``name`` if the server serves it, else one fixed value, so clients cannot grow the metrics' label sets."""
+        return name if name in self.models.state.models else UNKNOWN_MODEL
+
     # ------------------------------------------------------------------ predict
 
     async def predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
         loaded = state.resolve(name, version, label)
+        return await run_in_threadpool(self._predict_blocking, loaded, label, body)
+
+    def _predict_blocking(self, loaded: LoadedVersion, label: str | None, body: bytes) -> bytes:
+        """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
         signature, feeds, columnar = parse_predict_request(body, loaded)
         rows = next(iter(feeds.values())).shape[0]
         start = time.perf_counter()
         try:
-            outputs = await run_in_threadpool(loaded.run, signature, feeds)
+            outputs = loaded.run(signature, feeds)
         except Exception as exc:
             raise _model_error(exc) from None
-        self.metrics.record_runtime_latency(name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
-        self.metrics.record_examples(name, rows)
+        self.metrics.record_runtime_latency(loaded.name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
+        self.metrics.record_examples(loaded.name, rows)
         if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
             self.predlog.offer(
-                name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
+                loaded.name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
             )
         return format_predict_response(outputs, loaded.outputs[signature], columnar)
 
@@ -225,6 +263,17 @@ def _model_error(exc: Exception) -> ServingError:
 
 def parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
     """Turn a TF Serving predict body into ``(signature, feeds, columnar)``; raise 400s for bad input."""
+    try:
+        return _parse_predict_request(body, loaded)
+    except RecursionError:
+        # json and the value walks recurse once per nesting level; the tensors we serve nest a few levels deep.
+        raise invalid(
+            "JSON Parse error: the request nests arrays or objects too deeply; "
+            "send 'instances' as a list of rows (or 'inputs' as a list of columns)"
+        ) from None
+
+
+def _parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -352,8 +401,11 @@ def _json_response(text: str | bytes, status: int = 200) -> Response:
 
 
 def _error_response(error: ServingError) -> Response:
-    status = 413 if isinstance(error, PayloadTooLarge) else HTTP_STATUS.get(error.code, 500)
-    return _json_response(json.dumps({"error": error.message}), status)
+    if isinstance(error, HttpError):
+        response = _json_response(json.dumps({"error": error.message}), error.http_status)
+        response.headers.update(error.headers)
+        return response
+    return _json_response(json.dumps({"error": error.message}), HTTP_STATUS.get(error.code, 500))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -393,22 +445,42 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # TF Serving answers a wrong path with an error, never with a redirect
     )
     app.state.server = server
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # What the router refuses by itself (e.g. a method no route lists) still gets TF Serving's error shape.
+        if exc.status_code == 405:
+            return _error_response(method_not_allowed(request.method, request.url.path, "GET, POST"))
+        if exc.status_code == 404:
+            return _error_response(unknown_path(request.url.path))
+        return _json_response(json.dumps({"error": str(exc.detail)}), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     @app.get(METRICS_PATH)
     async def metrics() -> Response:
         return Response(content=server.metrics.exposition(), media_type=CONTENT_TYPE)
 
     # One catch-all route parsed with TF Serving's own (case-insensitive) regexes, as TF Serving does.
-    @app.api_route("/{prefix}/{rest:path}", methods=["GET", "POST"])
-    async def v1(request: Request, prefix: str) -> Response:
+    # It takes every common method so that the answer (404 or 405) and its shape are decided here.
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    async def v1(request: Request) -> Response:
         start = time.perf_counter()
         path = request.url.path
         model_name = ""
         try:
-            if prefix.lower() != "v1":
-                raise not_found(f"Unknown path {path}: the API is under /v1/models/ and {METRICS_PATH}")
+            if path == METRICS_PATH:
+                raise method_not_allowed(request.method, path, "GET")
+            if not path.lower().startswith("/v1/"):
+                raise unknown_path(path)
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed(request.method, path, "GET, POST")
             if request.method == "POST":
                 match = _PREDICT_PATH.fullmatch(path)
                 if match is None:
@@ -441,7 +513,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             return _json_response(text)
         except ServingError as error:
             if request.method == "POST" and model_name:
-                server.metrics.record_request(model_name, error.code)
+                server.metrics.record_request(server.metric_model_name(model_name), error.code)
             if error.code in ("INTERNAL", "UNKNOWN"):
                 log.error("%s %s failed: %s", request.method, path, error.message)
             return _error_response(error)
