@@ -459,3 +459,17 @@ def test_unsupported_methods_are_405_and_unknown_paths_404_in_tf_serving_shape(
         if status == 405:
             assert method in response.json()["error"] and response.headers["allow"]
         assert_still_serving(client)
+
+
+def test_an_unexpected_server_error_is_a_500_in_tf_serving_shape(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_status(name: str, version: int | None, label: str | None) -> str:
+        raise KeyError("a bug in the status code")
+
+    monkeypatch.setattr(running.server, "model_status", broken_status)
+    with running.client() as client:
+        response = client.get(f"/v1/models/{MODEL}")
+        assert response.status_code == 500
+        assert response.json() == {"error": "KeyError: 'a bug in the status code'"}
+        assert_still_serving(client)

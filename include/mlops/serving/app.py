@@ -319,7 +319,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        # Last resort outside the API route; Starlette re-raises after this response, so uvicorn logs it.
         return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     @app.get(METRICS_PATH)
@@ -376,5 +376,12 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             if error.code in ("INTERNAL", "UNKNOWN"):
                 log.error("%s %s failed: %s", request.method, path, error.message)
             return _error_response(error)
+        except Exception as exc:
+            # A bug of ours: answer here, in TF Serving's shape, so the server keeps the client's connection
+            # (an exception that escapes the app makes uvicorn drop it).
+            log.exception("%s %s failed", request.method, path)
+            if request.method == "POST" and model_name:
+                server.metrics.record_request(server.metric_model_name(model_name), "INTERNAL")
+            return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     return app
