@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from include.mlops.registry import Registry
-from include.mlops.serving.metrics import LATENCY_BUCKETS_US
+from include.mlops.serving import app as app_module
+from include.mlops.serving.loaders import LoadedVersion, load_version
+from include.mlops.serving.metrics import LATENCY_BUCKETS_US, UNKNOWN_MODEL
+from include.mlops.serving.models import ModelManager
 from include.mlops.serving.predlog import read_prediction_log
 from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, register, wait_for
+
+pytestmark = pytest.mark.slow  # every test here starts a real server on real SavedModels
 
 ROW = [1.0] * N_FEATURES  # sum 10: version v answers 10 * v
 
@@ -306,3 +312,164 @@ def test_predictions_are_logged_to_parquet_off_the_request_path(running: Running
     assert [list(x) for x in frame["outputs"]] == [[10.0], [10.0], [20.0], [20.0]]
     assert str(frame["timestamp"].dt.tz) == "UTC"
     assert all(p.parent == root / "predictions" / MODEL for p in (root / "predictions").rglob("*.parquet"))
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_a_config_write_during_a_slow_load_is_applied_by_the_next_poll(registry: Registry) -> None:
+    """A label move written while the server is still loading must not be taken as already seen."""
+    moved_during_load = threading.Event()
+
+    def load_while_a_deploy_moves_the_label(name: str, version: int, path: Path) -> LoadedVersion:
+        if not moved_during_load.is_set():
+            moved_during_load.set()
+            registry.set_label(MODEL, "stable", 2)  # lands between the config read and the end of the load
+        return load_version(name, version, path)
+
+    manager = ModelManager(registry.root, poll_seconds=0.05, loader=load_while_a_deploy_moves_the_label)
+    manager.start()
+    try:
+        assert moved_during_load.is_set()
+        assert manager.state.model(MODEL).labels["stable"] == 1  # the first load applied what it read
+        assert wait_for(lambda: manager.state.model(MODEL).labels.get("stable") == 2, timeout=10), (
+            "the label move written during the load was never applied"
+        )
+        assert manager.state.resolve(MODEL, label="stable").run("serving_default", {"inputs": _rows(1)})[
+            "outputs"
+        ].tolist() == [[20.0]]
+    finally:
+        manager.stop()
+
+
+def _rows(count: int) -> object:
+    import numpy as np
+
+    return np.ones((count, N_FEATURES), dtype="float32")
+
+
+def test_unknown_model_names_count_under_one_fixed_label(running: RunningServer) -> None:
+    with running.client() as client:
+        for name in ("typo-1", "typo-2", "typo-3"):
+            assert client.post(f"/v1/models/{name}:predict", json={"instances": [ROW]}).status_code == 404
+        client.post(f"/v1/models/{MODEL}/versions/9:predict", json={"instances": [ROW]})  # known model, no version
+        text = client.get("/monitoring/prometheus/metrics").text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == ":tensorflow:serving:request_count"]
+    counts = {(s.labels["model_name"], s.labels["status"]): s.value for s in family.samples}
+    assert counts == {(UNKNOWN_MODEL, "NOT_FOUND"): 3.0, (MODEL, "NOT_FOUND"): 1.0}
+    assert "typo" not in text
+
+
+def test_deeply_nested_json_is_a_400_in_tf_serving_shape(running: RunningServer) -> None:
+    depth = 20_000  # 40 KB: under the test server's body limit, far over the JSON parser's recursion limit
+    body = b'{"instances": ' + b"[" * depth + b"]" * depth + b"}"
+    with running.client() as client:
+        response = client.post(f"/v1/models/{MODEL}:predict", content=body)
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"} and "too deeply" in response.json()["error"]
+        assert_still_serving(client)
+
+
+def test_predict_bodies_are_parsed_in_a_worker_thread(running: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real parser, wrapped to record where it runs: never on the event loop's thread."""
+    where: list[str] = []
+    parse = app_module.parse_predict_request
+
+    def recording_parse(body: bytes, loaded: LoadedVersion) -> object:
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:  # no running loop: a worker thread
+            where.append("worker thread")
+        return parse(body, loaded)
+
+    monkeypatch.setattr(app_module, "parse_predict_request", recording_parse)
+    with running.client() as client:
+        assert_still_serving(client)
+        assert served_value(client, f"/v1/models/{MODEL}:predict") == pytest.approx(10.0)
+    assert where == ["worker thread", "worker thread"]
+
+
+def test_label_less_requests_keep_the_stable_version_while_a_new_one_is_preloaded(
+    running: RunningServer, registry: Registry
+) -> None:
+    """Deploy preloads a candidate before moving a label; clients without a label must not see it."""
+    stop = threading.Event()
+    failures: list[str] = []
+    answers: list[float] = []
+    after_preload: list[float] = []
+    preloaded = threading.Event()
+
+    def client_loop() -> None:
+        with running.client() as client:
+            while not stop.is_set():
+                response = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [ROW]})
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                    continue
+                value = response.json()["predictions"][0][0]
+                answers.append(value)
+                if preloaded.is_set():
+                    after_preload.append(value)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        with running.client() as client:
+            registry.preload(MODEL, 3)
+            assert wait_for(lambda: client.get(f"/v1/models/{MODEL}/versions/3").status_code == 200, timeout=60)
+            preloaded.set()
+            assert wait_for(lambda: len(after_preload) >= 30, timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert set(answers) == {10.0}, "a label-less request was answered by the preloaded, unverified version"
+    with running.client() as client:
+        # Version 3 is loaded and reachable by number; only the default route stays on stable.
+        assert served_value(client, f"/v1/models/{MODEL}/versions/3:predict") == pytest.approx(30.0)
+        assert client.get(f"/v1/models/{MODEL}/metadata").json()["model_spec"]["version"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("PUT", f"/v1/models/{MODEL}", 405),
+        ("DELETE", f"/v1/models/{MODEL}/labels/stable", 405),
+        ("PATCH", f"/v1/models/{MODEL}:predict", 405),
+        ("TRACE", f"/v1/models/{MODEL}", 405),
+        ("POST", "/monitoring/prometheus/metrics", 405),
+        ("GET", "/", 404),
+        ("GET", "/v1", 404),
+        ("GET", "/nope", 404),
+        ("GET", "/monitoring/prometheus/metrics/", 404),
+        ("DELETE", "/nope/deeper", 404),
+    ],
+)
+def test_unsupported_methods_are_405_and_unknown_paths_404_in_tf_serving_shape(
+    running: RunningServer, method: str, path: str, status: int
+) -> None:
+    with running.client(follow_redirects=False) as client:
+        response = client.request(method, path)
+        assert response.status_code == status, response.text
+        assert set(response.json()) == {"error"}, response.text
+        assert path in response.json()["error"]
+        if status == 405:
+            assert method in response.json()["error"] and response.headers["allow"]
+        assert_still_serving(client)
+
+
+def test_an_unexpected_server_error_is_a_500_in_tf_serving_shape(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_status(name: str, version: int | None, label: str | None) -> str:
+        raise KeyError("a bug in the status code")
+
+    monkeypatch.setattr(running.server, "model_status", broken_status)
+    with running.client() as client:
+        response = client.get(f"/v1/models/{MODEL}")
+        assert response.status_code == 500
+        assert response.json() == {"error": "KeyError: 'a bug in the status code'"}
+        assert_still_serving(client)

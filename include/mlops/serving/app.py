@@ -10,8 +10,13 @@ Routes (TF Serving's, matched case-insensitively with the same regexes):
 Responses are the JSON that TF Serving writes (status and metadata are
 printed from TF Serving's own protos), errors are ``{"error": "..."}`` with
 the HTTP status TF Serving maps the error code to, plus 413 for a body over
-``max_body_bytes``.  The model call runs in a worker thread, off the event
-loop, so slow models do not stall status requests or other clients.
+``max_body_bytes``, 404 for unknown paths and 405 for other methods (never a
+redirect).  Parsing the JSON body, the model call and writing the answer run
+in a worker thread, off the event loop, so big bodies and slow models do not
+stall status requests or other clients.
+
+A request that names no version and no label is answered by the ``stable``
+label's version while the model has one (see ``ServingState.resolve``).
 """
 
 from __future__ import annotations
@@ -24,27 +29,23 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include.mlops.serving.metrics import CONTENT_TYPE, ServingMetrics
+from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
-    DEFAULT_SIGNATURE,
     LoadedVersion,
     ModelManager,
     ServingError,
     ServingState,
-    TensorSpecInfo,
     invalid,
     not_found,
 )
+from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
-
-if TYPE_CHECKING:
-    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,39 @@ HTTP_STATUS = {
     "DATA_LOSS": 500,
     "UNAUTHENTICATED": 401,
 }
-_NUMERIC_KINDS = {"f": "iuf", "i": "iu", "u": "iu"}  # what JSON values may feed each input dtype kind
 
 
-class PayloadTooLarge(ServingError):
+class HttpError(ServingError):
+    """An error whose HTTP status is not TF Serving's mapping of its code (413, 405)."""
+
+    def __init__(self, code: str, message: str, http_status: int, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(code, message)
+        self.http_status = http_status
+        self.headers = dict(headers or {})
+
+
+class PayloadTooLarge(HttpError):
     def __init__(self, limit: int) -> None:
         super().__init__(
             "RESOURCE_EXHAUSTED",
             f"Request body is larger than the server's limit of {limit} bytes; send fewer rows per request "
             "or raise --max-body-bytes",
+            413,
         )
+
+
+def method_not_allowed(method: str, path: str, allow: str) -> HttpError:
+    return HttpError(
+        "UNIMPLEMENTED",
+        f"Method {method} is not allowed on {path}; this path takes {allow} "
+        "(GET for status, metadata and metrics, POST for :predict)",
+        405,
+        {"Allow": allow},
+    )
+
+
+def unknown_path(path: str) -> ServingError:
+    return not_found(f"Unknown path {path}: the API is under /v1/models/ and {METRICS_PATH}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,23 +210,31 @@ class ModelServer:
         }
         return json.dumps(payload, indent=1)
 
+    def metric_model_name(self, name: str) -> str:
+        """``name`` if the server serves it, else one fixed value, so clients cannot grow the metrics' label sets."""
+        return name if name in self.models.state.models else UNKNOWN_MODEL
+
     # ------------------------------------------------------------------ predict
 
     async def predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
         loaded = state.resolve(name, version, label)
+        return await run_in_threadpool(self._predict_blocking, loaded, label, body)
+
+    def _predict_blocking(self, loaded: LoadedVersion, label: str | None, body: bytes) -> bytes:
+        """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
         signature, feeds, columnar = parse_predict_request(body, loaded)
         rows = next(iter(feeds.values())).shape[0]
         start = time.perf_counter()
         try:
-            outputs = await run_in_threadpool(loaded.run, signature, feeds)
+            outputs = loaded.run(signature, feeds)
         except Exception as exc:
             raise _model_error(exc) from None
-        self.metrics.record_runtime_latency(name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
-        self.metrics.record_examples(name, rows)
+        self.metrics.record_runtime_latency(loaded.name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
+        self.metrics.record_examples(loaded.name, rows)
         if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
             self.predlog.offer(
-                name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
+                loaded.name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
             )
         return format_predict_response(outputs, loaded.outputs[signature], columnar)
 
@@ -220,130 +252,6 @@ def _model_error(exc: Exception) -> ServingError:
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
-# --------------------------------------------------------------------------- request and response JSON
-
-
-def parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
-    """Turn a TF Serving predict body into ``(signature, feeds, columnar)``; raise 400s for bad input."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"JSON Parse error: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("JSON Value: request body must be a JSON object with 'instances' or 'inputs'")
-    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(signature, str):
-        raise invalid("'signature_name' key must be a string value.")
-    signature = signature or DEFAULT_SIGNATURE
-    if signature not in loaded.inputs:
-        raise invalid(f'Serving signature name: "{signature}" not found in signature def')
-    specs = loaded.inputs[signature]
-    has_rows, has_columns = "instances" in doc, "inputs" in doc
-    if has_rows and has_columns:
-        raise invalid("Not formatted correctly, expecting only one of 'inputs' or 'instances' keys.")
-    if not has_rows and not has_columns:
-        raise invalid("Missing 'inputs' or 'instances' key")
-    values = doc["instances"] if has_rows else doc["inputs"]
-    # numpy turns [true, 1] into integers silently; only walk the values when the body has a boolean at all.
-    if (b"true" in body or b"false" in body) and _has_bool(values):
-        raise invalid("expected numbers, got booleans (true/false) among the input values")
-    if has_rows:
-        return signature, _feeds_from_rows(doc["instances"], specs), False
-    return signature, _feeds_from_columns(doc["inputs"], specs), True
-
-
-def _has_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, list):
-        return any(_has_bool(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_bool(v) for v in value.values())
-    return False
-
-
-def _feeds_from_rows(instances: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
-    if not isinstance(instances, list):
-        raise invalid("'instances' must be a JSON list of rows")
-    if not instances:
-        raise invalid("'instances' is an empty list: send at least one row")
-    names = list(specs)
-    if len(names) == 1 and not isinstance(instances[0], dict):
-        return {names[0]: _to_array(instances, specs[names[0]], "instances")}
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    for index, row in enumerate(instances):
-        if not isinstance(row, dict):
-            raise invalid(f"instances[{index}] must be an object with keys {names} (mixed row formats)")
-        if set(row) != set(names):
-            raise invalid(f"instances[{index}] has keys {sorted(row)}; the signature takes {names}")
-        for name in names:
-            columns[name].append(row[name])
-    return {name: _to_array(values, specs[name], f"instances.{name}") for name, values in columns.items()}
-
-
-def _feeds_from_columns(inputs: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
-    names = list(specs)
-    if isinstance(inputs, dict):
-        if set(inputs) != set(names):
-            raise invalid(f"'inputs' has keys {sorted(inputs)}; the signature takes {names}")
-        return {name: _to_array(inputs[name], specs[name], f"inputs.{name}") for name in names}
-    if len(names) != 1:
-        raise invalid(f"the signature takes several inputs {names}: send 'inputs' as an object keyed by them")
-    return {names[0]: _to_array(inputs, specs[names[0]], "inputs")}
-
-
-def _to_array(values: Any, spec: TensorSpecInfo, where: str) -> np.ndarray:
-    import numpy as np
-
-    try:
-        array = np.asarray(values)
-    except (ValueError, TypeError):
-        raise invalid(f"{where}: rows must all have the same shape (got ragged lists)") from None
-    wanted = np.dtype(spec.dtype)
-    allowed = _NUMERIC_KINDS.get(wanted.kind)
-    if allowed is None:
-        raise invalid(f"{where}: inputs of dtype {spec.dtype} are not supported by this server")
-    if array.dtype.kind not in allowed:
-        found = {"U": "strings", "S": "strings", "O": "mixed or non-numeric values", "b": "booleans"}.get(
-            array.dtype.kind, array.dtype.name
-        )
-        raise invalid(f"{where}: expected numbers for a {spec.dtype} input, got {found}")
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise invalid(f"{where}: the batch is empty: send at least one row")
-    if len(spec.shape) != array.ndim or any(
-        want is not None and want != got for want, got in zip(spec.shape, array.shape, strict=False)
-    ):
-        shape = [-1 if d is None else d for d in spec.shape]
-        raise invalid(f"{where}: got shape {list(array.shape)}, the signature expects {shape} (-1: any)")
-    if wanted.kind in "iu" and array.dtype.kind == "f":
-        raise invalid(f"{where}: expected integers for a {spec.dtype} input, got floats")
-    return array.astype(wanted, copy=False)
-
-
-def format_predict_response(outputs: Mapping[str, np.ndarray], names: list[str], columnar: bool) -> bytes:
-    """``{"predictions": [...]}`` (row format) or ``{"outputs": ...}`` (columnar), as TF Serving nests them."""
-    if columnar:
-        if len(names) == 1:
-            payload: Any = {"outputs": _jsonable(outputs[names[0]])}
-        else:
-            payload = {"outputs": {name: _jsonable(outputs[name]) for name in names}}
-    elif len(names) == 1:
-        payload = {"predictions": _jsonable(outputs[names[0]])}
-    else:
-        batch = len(outputs[names[0]])
-        lists = {name: _jsonable(outputs[name]) for name in names}
-        payload = {"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]}
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def _jsonable(array: np.ndarray) -> Any:
-    import numpy as np
-
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ServingError("INTERNAL", "the model returned NaN or infinite values, which JSON cannot carry")
-    return array.tolist()
-
-
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -352,8 +260,11 @@ def _json_response(text: str | bytes, status: int = 200) -> Response:
 
 
 def _error_response(error: ServingError) -> Response:
-    status = 413 if isinstance(error, PayloadTooLarge) else HTTP_STATUS.get(error.code, 500)
-    return _json_response(json.dumps({"error": error.message}), status)
+    if isinstance(error, HttpError):
+        response = _json_response(json.dumps({"error": error.message}), error.http_status)
+        response.headers.update(error.headers)
+        return response
+    return _json_response(json.dumps({"error": error.message}), HTTP_STATUS.get(error.code, 500))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -393,22 +304,42 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # TF Serving answers a wrong path with an error, never with a redirect
     )
     app.state.server = server
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # What the router refuses by itself (e.g. a method no route lists) still gets TF Serving's error shape.
+        if exc.status_code == 405:
+            return _error_response(method_not_allowed(request.method, request.url.path, "GET, POST"))
+        if exc.status_code == 404:
+            return _error_response(unknown_path(request.url.path))
+        return _json_response(json.dumps({"error": str(exc.detail)}), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Last resort outside the API route; Starlette re-raises after this response, so uvicorn logs it.
+        return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     @app.get(METRICS_PATH)
     async def metrics() -> Response:
         return Response(content=server.metrics.exposition(), media_type=CONTENT_TYPE)
 
     # One catch-all route parsed with TF Serving's own (case-insensitive) regexes, as TF Serving does.
-    @app.api_route("/{prefix}/{rest:path}", methods=["GET", "POST"])
-    async def v1(request: Request, prefix: str) -> Response:
+    # It takes every common method so that the answer (404 or 405) and its shape are decided here.
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    async def v1(request: Request) -> Response:
         start = time.perf_counter()
         path = request.url.path
         model_name = ""
         try:
-            if prefix.lower() != "v1":
-                raise not_found(f"Unknown path {path}: the API is under /v1/models/ and {METRICS_PATH}")
+            if path == METRICS_PATH:
+                raise method_not_allowed(request.method, path, "GET")
+            if not path.lower().startswith("/v1/"):
+                raise unknown_path(path)
+            if request.method not in ("GET", "POST"):
+                raise method_not_allowed(request.method, path, "GET, POST")
             if request.method == "POST":
                 match = _PREDICT_PATH.fullmatch(path)
                 if match is None:
@@ -441,9 +372,16 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             return _json_response(text)
         except ServingError as error:
             if request.method == "POST" and model_name:
-                server.metrics.record_request(model_name, error.code)
+                server.metrics.record_request(server.metric_model_name(model_name), error.code)
             if error.code in ("INTERNAL", "UNKNOWN"):
                 log.error("%s %s failed: %s", request.method, path, error.message)
             return _error_response(error)
+        except Exception as exc:
+            # A bug of ours: answer here, in TF Serving's shape, so the server keeps the client's connection
+            # (an exception that escapes the app makes uvicorn drop it).
+            log.exception("%s %s failed", request.method, path)
+            if request.method == "POST" and model_name:
+                server.metrics.record_request(server.metric_model_name(model_name), "INTERNAL")
+            return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     return app

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -31,8 +31,11 @@ RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
 EXAMPLE_COUNT_TOTAL = ":tensorflow:serving:request_example_count_total"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 LOAD_LATENCY = ":tensorflow:cc:saved_model:load_latency"
-# Not a TF Serving metric: the prediction log is this server's own feature.
+# Not TF Serving metrics: the prediction log and the served-artifact checksums are this server's own.
 PREDICTION_LOG_ROWS = "mlops_serving_prediction_log_rows"
+SERVED_ARTIFACT_INFO = "mlops_served_artifact_info"
+# request_count's model_name for names the server does not serve: a client's typo must not mint a series.
+UNKNOWN_MODEL = "<unknown>"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -78,6 +81,7 @@ class ServingMetrics(Collector):
         self._load_attempts: dict[tuple[str, str], int] = {}
         self._load_latency: dict[str, int] = {}
         self._log_rows: dict[tuple[str, str], int] = {}
+        self._served_artifacts: frozenset[tuple[str, str, str, str]] = frozenset()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -116,6 +120,11 @@ class ServingMetrics(Collector):
         with self._lock:
             key = (model_name, outcome)
             self._log_rows[key] = self._log_rows.get(key, 0) + rows
+
+    def set_served_artifacts(self, loaded: Iterable[tuple[str, int, str, str]]) -> None:
+        """Replace the set of loaded versions as ``(model_name, version, format, sha256)``."""
+        with self._lock:
+            self._served_artifacts = frozenset((name, str(version), fmt, sha) for name, version, fmt, sha in loaded)
 
     # ------------------------------------------------------------------ exposition
 
@@ -160,6 +169,16 @@ class ServingMetrics(Collector):
                 ("model_name", "outcome"),
                 self._log_rows,
             )
+            info = Metric(
+                SERVED_ARTIFACT_INFO,
+                "1 per loaded version: the format (tflite or saved_model) and sha256 of the bytes that serve it.",
+                "gauge",
+            )
+            for name, version, fmt, sha in sorted(self._served_artifacts):
+                info.add_sample(
+                    SERVED_ARTIFACT_INFO, {"model_name": name, "version": version, "format": fmt, "sha256": sha}, 1.0
+                )
+            yield info
 
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4), with TF Serving's counter names in the headers."""

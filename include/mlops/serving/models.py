@@ -25,17 +25,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from include.mlops.registry import CorruptVersionError, Registry, RegistryError
+from include.mlops.registry import CorruptVersionError, Registry
+from include.mlops.serving.loaders import LoadedVersion, TensorSpecInfo, load_version
 from include.mlops.serving.metrics import ServingMetrics
 
-if TYPE_CHECKING:
-    import numpy as np
+__all__ = ["LoadedVersion", "ModelManager", "ServingError", "ServingState", "TensorSpecInfo"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
+# Label-less requests are answered by this label's version while the model has it (see ServingState.resolve).
+DEFAULT_LABEL = "stable"
 
 # TF Serving's ModelVersionStatus.State names.
 AVAILABLE = "AVAILABLE"
@@ -58,36 +60,6 @@ def not_found(message: str) -> ServingError:
 
 def invalid(message: str) -> ServingError:
     return ServingError("INVALID_ARGUMENT", message)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpecInfo:
-    """What a request must send for one signature input: dtype kind and shape."""
-
-    name: str
-    dtype: str  # numpy dtype name, e.g. "float32"
-    shape: tuple[int | None, ...]
-
-
-@dataclasses.dataclass
-class LoadedVersion:
-    """One loaded SavedModel version (its signatures ready to call)."""
-
-    name: str
-    version: int
-    path: Path
-    signatures: dict[str, Callable[..., Any]]
-    inputs: dict[str, dict[str, TensorSpecInfo]]  # signature -> input name -> spec
-    outputs: dict[str, list[str]]  # signature -> output names (sorted)
-    signature_def_map: Any  # tensorflow.serving.SignatureDefMap for the metadata API
-    handle: Any  # keeps the loaded object (and its variables) alive
-
-    def run(self, signature: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        fn = self.signatures[signature]
-        result = fn(**{key: tf.constant(value) for key, value in feeds.items()})
-        return {key: value.numpy() for key, value in result.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +102,17 @@ class ServingState:
         return model
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
-        """The loaded version a request names: a version, a label, or (neither) the latest one."""
+        """The loaded version a request names: a version, a label, or (neither) the default one.
+
+        The default is the ``stable`` label's version while the model has one;
+        without it, the highest loaded version, as in TF Serving.  Deploy
+        preloads a candidate before it moves a label, so "highest loaded" would
+        hand unverified versions to label-less clients.
+        """
         model = self.model(name)
         version = model.requested_version(version, label)
+        if version is None:
+            version = model.labels.get(DEFAULT_LABEL)
         if version is not None:
             loaded = model.versions.get(version)
             if loaded is None:
@@ -141,37 +121,6 @@ class ServingState:
         if not model.versions:
             raise not_found(f"Servable not found for request: Latest({name})")
         return model.versions[max(model.versions)]
-
-
-def _load_saved_model(name: str, version: int, path: Path) -> LoadedVersion:
-    """Load one SavedModel and describe its signatures (TensorFlow is imported here, not at module import)."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2
-
-    loaded = tf.saved_model.load(str(path))
-    if not loaded.signatures:
-        raise RegistryError(f"{path} has no serving signatures; export it with a serving_default signature")
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString((path / "saved_model.pb").read_bytes())
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
-    for graph in saved.meta_graphs:
-        if "serve" in graph.meta_info_def.tags or len(saved.meta_graphs) == 1:
-            for key, value in graph.signature_def.items():
-                sig_map.signature_def[key].CopyFrom(value)
-            break
-    signatures: dict[str, Callable[..., Any]] = {}
-    inputs: dict[str, dict[str, TensorSpecInfo]] = {}
-    outputs: dict[str, list[str]] = {}
-    for key, fn in loaded.signatures.items():
-        _, kwargs = fn.structured_input_signature
-        inputs[key] = {
-            arg: TensorSpecInfo(arg, spec.dtype.as_numpy_dtype.__name__, tuple(spec.shape.as_list() or ()))
-            for arg, spec in kwargs.items()
-        }
-        outputs[key] = sorted(fn.structured_outputs)
-        signatures[key] = fn
-    return LoadedVersion(name, version, path, signatures, inputs, outputs, sig_map, loaded)
 
 
 class ModelManager:
@@ -189,7 +138,7 @@ class ModelManager:
         metrics: ServingMetrics | None = None,
         poll_seconds: float = 1.0,
         verify_checksums: bool = True,
-        loader: Callable[[str, int, Path], LoadedVersion] = _load_saved_model,
+        loader: Callable[[str, int, Path], LoadedVersion] = load_version,
     ) -> None:
         self.registry = Registry(registry_root)
         self.metrics = metrics or ServingMetrics()
@@ -257,7 +206,14 @@ class ModelManager:
             for entry in config.model_config_list.config:
                 models[entry.name] = self._build_model(entry, current.models.get(entry.name))
             self._state = ServingState(models=models)
-            self._seen = self._fingerprint()
+            # The fingerprint from BEFORE the read: a write during the (slow) load then differs from it,
+            # so the next poll applies that write instead of taking it as already seen.
+            self._seen = fingerprint
+            self.metrics.set_served_artifacts(
+                (name, loaded.version, loaded.artifact.format, loaded.sha256)
+                for name, model in models.items()
+                for loaded in model.versions.values()
+            )
             for name, old in current.models.items():
                 kept = models[name].versions if name in models else {}
                 for version in old.versions:

@@ -26,7 +26,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,11 +253,6 @@ def log_files(root: str | os.PathLike[str], model_name: str) -> list[Path]:
     """The prediction log files of one model, oldest first."""
     folder = Path(root) / PREDICTIONS_DIR / model_name
     return sorted(folder.glob(f"*{FILE_SUFFIX}")) if folder.is_dir() else []
-
-
-def iter_log_files(root: str | os.PathLike[str]) -> Iterator[Path]:
-    base = Path(root) / PREDICTIONS_DIR
-    yield from sorted(base.glob(f"*/*{FILE_SUFFIX}")) if base.is_dir() else iter(())
 
 
 def read_prediction_log(root: str | os.PathLike[str], model_name: str) -> pd.DataFrame:
