@@ -19,6 +19,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {
+    "parse": "DAG parse cost per model against same-shaped EmptyOperator DAGs (100 generated configs)",
     "spine": "DAG parse time and orchestration overhead of a real scheduler",
     "serving": "model server latency and throughput against the bare SavedModel",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",

@@ -362,6 +362,32 @@ def _fmt(value: float | None) -> str:
     return f"{value:.6g}"
 
 
+# --------------------------------------------------------------------------- routing
+
+# The first gate sends a failing candidate to optimize; the gate after optimize rejects it.
+GATE_FAIL_ROUTES = ("optimize", "reject")
+ROUTES = ("register", "optimize", "reject", "skip_deploy")
+
+
+def route(passed: bool, *, deploying: bool, on_fail: str) -> str:
+    """The task a gate's outcome leads to: ``register``, ``optimize``, ``reject`` or ``skip_deploy``.
+
+    ``passed`` is the decision's outcome (overrides included), ``deploying``
+    whether the run may register and move a label (backfills and
+    ``skip_deploy`` runs may not), and ``on_fail`` where this gate sends a
+    failing candidate (one of :data:`GATE_FAIL_ROUTES`).  A run that may not
+    deploy never registers and is not optimized (optimizing serves only a
+    deploy); a rejection is still reported, because that is its evaluation.
+    """
+    if on_fail not in GATE_FAIL_ROUTES:
+        raise GateError(f"a gate sends a failing candidate to one of {', '.join(GATE_FAIL_ROUTES)}, not {on_fail!r}")
+    if passed:
+        return "register" if deploying else "skip_deploy"
+    if on_fail == "reject":
+        return "reject"
+    return "optimize" if deploying else "skip_deploy"
+
+
 # --------------------------------------------------------------------------- overrides
 
 
@@ -463,10 +489,13 @@ def _tolerance(value: Any) -> float:
 
 __all__ = [
     "CHECK_KINDS",
+    "GATE_FAIL_ROUTES",
+    "ROUTES",
     "GateCheck",
     "GateDecision",
     "GateError",
     "decide",
     "decide_for_config",
+    "route",
     "with_overrides",
 ]

@@ -17,14 +17,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable, TriggerRule, task
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable, TriggerRule
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from mlops_airflow.backends import step_operator
-from mlops_airflow.params import lifecycle_params, training_overrides
+from mlops_airflow.params import UnknownParamsError, check_run_conf, lifecycle_params, training_overrides
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ def _schedule(config: ModelConfig) -> CronDataIntervalTimetable:
     return CronDataIntervalTimetable(config.schedule, timezone="UTC")
 
 
+def _start_date(config: ModelConfig) -> dt.datetime:
+    first_day = config.source.start_date or DEFAULT_START_DATE
+    return pendulum.datetime(first_day.year, first_day.month, first_day.day, tz="UTC")
+
+
 def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
     """The run's data interval; a run without one (no logical date) takes the day before it ran."""
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
@@ -116,13 +122,28 @@ def is_deploying_run(context: Context) -> tuple[bool, str]:
     return True, ""
 
 
-def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_fail: str):
-    """A branch task applying the gate to one evaluation (see include.mlops.gate)."""
+class GateOperator(BaseBranchOperator):
+    """Apply the gate to one evaluation and branch to the route :func:`include.mlops.gate.route` picks.
 
-    @task.branch(task_id=task_id)
-    def gate(**context: Any) -> str:
+    Writes ``decision.json`` and ``decision.md`` to the task's run folder and
+    pushes XCom ``decision`` (route, outcome, failed budgets: what optimize
+    needs) and, when the route is ``register``, ``candidate``.  A classic
+    operator rather than ``@task.branch``: the decorator's machinery costs more
+    parse time per DAG than everything else in this operator.
+    """
+
+    ui_color = "#fff3d6"
+
+    def __init__(self, *, config: ModelConfig, evaluate_task_id: str, on_fail: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.evaluate_task_id = evaluate_task_id
+        self.on_fail = on_fail
+
+    def choose_branch(self, context: Context) -> str:
+        config, task_id = self.config, self.task_id
         ti, params, dag_run = context["ti"], context["params"], context["dag_run"]
-        evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=evaluate_task_id)
+        evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=self.evaluate_task_id)
         champion = evaluation.get("champion") or None
         gate_config = gate_lib.with_overrides(
             config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
@@ -135,10 +156,7 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
             force=bool(params.get("force_deploy")),
         )
         deploying, why_not = is_deploying_run(context)
-        if decision.passed:
-            route = "register" if deploying else "skip_deploy"
-        else:
-            route = on_fail if deploying or on_fail == "reject" else "skip_deploy"
+        route = gate_lib.route(decision.passed, deploying=deploying, on_fail=self.on_fail)
         out = run_dir(config.dag_id, dag_run.run_id, task_id)
         record = {
             "decision": decision.to_dict(),
@@ -156,13 +174,22 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
             log.warning(
                 "force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons
             )
+        ti.xcom_push(
+            key="decision",
+            value={
+                "route": route,
+                "passed": decision.passed,
+                "failed_budgets": list(decision.failed_budgets),
+                "decision_uri": str(out / "decision.json"),
+            },
+        )
         if route == "register":
             ti.xcom_push(
                 key="candidate",
                 value={
                     "model_uri": evaluation["model_uri"],
                     "tflite_uri": evaluation.get("tflite_uri"),
-                    "evaluation_uri": str(run_dir(config.dag_id, dag_run.run_id, evaluate_task_id)),
+                    "evaluation_uri": str(run_dir(config.dag_id, dag_run.run_id, self.evaluate_task_id)),
                     "decision_uri": str(out / "decision.json"),
                 },
             )
@@ -171,7 +198,44 @@ def _make_gate(config: ModelConfig, *, task_id: str, evaluate_task_id: str, on_f
         )
         return route
 
-    return gate()
+
+class SkipDeployOperator(BaseOperator):
+    """The end of a run that does not deploy (a backfill, or ``skip_deploy``): says why, changes nothing."""
+
+    def execute(self, context: Context) -> str:
+        _, why = is_deploying_run(context)
+        log.info(
+            "Not deploying: %s. The evaluation reports are under %s",
+            why,
+            run_dir(self.dag_id, context["dag_run"].run_id, ""),
+        )
+        return why
+
+
+class RejectOperator(BaseOperator):
+    """The optimized candidate still failed the gate: write the report; ``stable`` keeps serving."""
+
+    gate_task_id = "gate_optimized"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run_id = context["dag_run"].run_id
+        record = read_json(run_dir(self.dag_id, run_id, self.gate_task_id) / "decision.json")
+        reasons = record["decision"].get("reasons", [])
+        out = run_dir(self.dag_id, run_id, self.task_id)
+        lines = [f"# Candidate rejected: DAG `{self.dag_id}`, run `{run_id}`", ""]
+        lines += ["The optimized candidate still failed the gate, so the `stable` version keeps serving.", ""]
+        lines += [f"- {reason}" for reason in reasons]
+        atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+        log.warning("Candidate rejected; stable is unchanged. Reasons: %s", "; ".join(reasons))
+        return {"rejected": True, "reasons": reasons, "report_uri": str(out / "report.md")}
+
+
+def check_trigger_conf(context: Context) -> None:
+    """Fail the task, without retries, when the run's conf names a setting the DAG has no Param for."""
+    try:
+        check_run_conf(context["dag_run"].conf, context["dag"].params.keys())
+    except UnknownParamsError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def _accepted_candidate(context: Context) -> Mapping[str, Any]:
@@ -239,14 +303,12 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
             task_id=task_id, step=step_name, model=config.name, config=config, models_dir=models_dir, **kwargs
         )
 
-    first_day = config.source.start_date or DEFAULT_START_DATE
-    start_date = pendulum.datetime(first_day.year, first_day.month, first_day.day, tz="UTC")
     with DAG(
         dag_id=config.dag_id,
         description=config.description or f"Lifecycle of model {config.name}",
         doc_md=_doc_md(config),
         schedule=_schedule(config),
-        start_date=start_date,
+        start_date=_start_date(config),
         catchup=False,
         max_active_runs=1,
         tags=["lifecycle", config.task, *config.tags],
@@ -259,6 +321,8 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
     ) as dag:
 
         def snapshot_arguments(context: Context) -> dict[str, str]:
+            # The first task: a misspelt trigger setting stops the run before any work.
+            check_trigger_conf(context)
             start, end = data_interval(context)
             return {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
 
@@ -280,13 +344,13 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
                 "candidate": c["ti"].xcom_pull(task_ids="train")["model_uri"],
             },
         )
-        gate = _make_gate(config, task_id="gate", evaluate_task_id="evaluate", on_fail="optimize")
+        gate = GateOperator(task_id="gate", config=config, evaluate_task_id="evaluate", on_fail="optimize")
 
         def optimize_arguments(context: Context) -> dict[str, Any]:
-            decision = gate_lib.GateDecision.from_dict(_read_decision(config, context, "gate")["decision"])
+            gate_outcome = context["ti"].xcom_pull(task_ids="gate", key="decision")
             return {
                 "data": data(context),
-                "failed": ",".join(sorted(decision.failed_budgets)),
+                "failed": ",".join(sorted(gate_outcome["failed_budgets"])),
                 "overrides": training_overrides(context["params"]),
             }
 
@@ -300,8 +364,8 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
                 "tflite": c["ti"].xcom_pull(task_ids="optimize").get("tflite_uri"),
             },
         )
-        gate_optimized = _make_gate(
-            config, task_id="gate_optimized", evaluate_task_id="evaluate_optimized", on_fail="reject"
+        gate_optimized = GateOperator(
+            task_id="gate_optimized", config=config, evaluate_task_id="evaluate_optimized", on_fail="reject"
         )
 
         register = step(
@@ -317,37 +381,12 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
             pool=DEPLOY_POOL,
             pool_slots=1,
         )
+        skipped = SkipDeployOperator(task_id="skip_deploy", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        rejected = RejectOperator(task_id="reject")
 
-        @task(task_id="skip_deploy", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        def skip_deploy(**context: Any) -> str:
-            _, why = is_deploying_run(context)
-            log.info(
-                "Not deploying: %s. The evaluation reports are under %s",
-                why,
-                run_dir(config.dag_id, context["dag_run"].run_id, ""),
-            )
-            return why
-
-        @task(task_id="reject")
-        def reject(**context: Any) -> dict[str, Any]:
-            record = _read_decision(config, context, "gate_optimized")
-            reasons = record["decision"].get("reasons", [])
-            out = run_dir(config.dag_id, context["dag_run"].run_id, "reject")
-            lines = [f"# Candidate rejected: model `{config.name}`, run `{context['dag_run'].run_id}`", ""]
-            lines += ["The optimized candidate still failed the gate, so the `stable` version keeps serving.", ""]
-            lines += [f"- {reason}" for reason in reasons]
-            atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-            log.warning("Candidate rejected; stable is unchanged. Reasons: %s", "; ".join(reasons))
-            return {"rejected": True, "reasons": reasons, "report_uri": str(out / "report.md")}
-
-        skipped = skip_deploy()
         snapshot >> validate >> train >> evaluate >> gate
         gate >> [register, optimize, skipped]
         optimize >> evaluate_optimized >> gate_optimized
-        gate_optimized >> [register, reject(), skipped]
+        gate_optimized >> [register, rejected, skipped]
         register >> deploy
     return dag
-
-
-def _read_decision(config: ModelConfig, context: Context, gate_task: str) -> dict[str, Any]:
-    return read_json(run_dir(config.dag_id, context["dag_run"].run_id, gate_task) / "decision.json")

@@ -34,3 +34,28 @@ def test_parsing_dag_files_imports_no_heavy_library() -> None:
         assert result["dags"], f"{dag_file.name} defines no DAG"
         loaded = {m.split(".")[0] for m in result["modules"]}
         assert not loaded & set(HEAVY), f"{dag_file.name} imports {sorted(loaded & set(HEAVY))} at parse time"
+
+
+# The target: a lifecycle DAG costs at most 1.5x a same-shaped EmptyOperator DAG with the same Params.
+MAX_RATIO_TO_EMPTY_WITH_PARAMS = 1.5
+
+
+def test_parse_benchmark_baseline_has_the_lifecycle_shape() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from benchmarks.parse import EDGES, TASK_IDS
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["lifecycle__diabetes"]
+    assert sorted(dag.task_ids) == sorted(TASK_IDS)
+    edges = {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+    assert edges == set(EDGES)
+
+
+def test_per_model_parse_cost_is_close_to_empty_operators_with_the_same_params(tmp_path: Path) -> None:
+    from benchmarks.parse import marginal_ms_per_dag, write_model_configs
+    from include.mlops.config import load_model_configs
+
+    configs = load_model_configs(write_model_configs(tmp_path / "models", 20))
+    ms = marginal_ms_per_dag(configs, repeats=7)
+    ratio = ms["lifecycle"] / ms["empty_params"]
+    assert ratio <= MAX_RATIO_TO_EMPTY_WITH_PARAMS, f"per-DAG parse cost {ms} (ratio {ratio:.2f})"

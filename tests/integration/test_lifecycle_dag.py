@@ -174,3 +174,11 @@ def test_corrupted_data_blocks_the_run(
     validation = run_dir("lifecycle__diabetes", states["__run_id__"], "validate", root=artifact_root)
     assert (validation / "validation.json").is_file()
     assert not run_dir("lifecycle__diabetes", states["__run_id__"], "train", root=artifact_root).exists()
+
+
+def test_unknown_trigger_setting_fails_the_first_task_before_any_work(artifact_root: Path) -> None:
+    states = run_dag("lifecycle__diabetes", DAY, {"unknown_param": 1})
+    assert states["__run__"] == "failed", states
+    assert states["snapshot"] == "failed" and states["validate"] == "upstream_failed"
+    assert not run_dir("lifecycle__diabetes", states["__run_id__"], "snapshot", root=artifact_root).exists()
+    assert not (artifact_root / "models").exists()

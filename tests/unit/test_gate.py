@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from include.mlops import gate as gate_lib
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, GateConfig, ModelConfig
 from include.mlops.gate import GateCheck, GateDecision, GateError, decide, decide_for_config, with_overrides
 
@@ -345,3 +346,29 @@ def test_importing_the_gate_stays_light() -> None:
     code = "import sys, include.mlops.gate; print(sorted(m for m in ('tensorflow', 'pandas', 'numpy', 'google.protobuf') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    ("passed", "deploying", "on_fail", "expected"),
+    [
+        (True, True, "optimize", "register"),
+        (True, True, "reject", "register"),
+        (True, False, "optimize", "skip_deploy"),
+        (True, False, "reject", "skip_deploy"),
+        (False, True, "optimize", "optimize"),
+        (False, False, "optimize", "skip_deploy"),
+        (False, True, "reject", "reject"),
+        (False, False, "reject", "reject"),
+    ],
+)
+def test_route_covers_every_outcome(passed: bool, deploying: bool, on_fail: str, expected: str) -> None:
+    assert gate_lib.route(passed, deploying=deploying, on_fail=on_fail) == expected
+    assert expected in gate_lib.ROUTES
+
+
+def test_route_refuses_an_unknown_failure_route() -> None:
+    with pytest.raises(gate_lib.GateError, match="optimize, reject"):
+        gate_lib.route(False, deploying=True, on_fail="register")
