@@ -133,6 +133,30 @@ def test_unexpected_extra_column_is_not_possible_through_snapshot_but_caught_dir
     assert error.failures == ["expect_table_columns_to_match_set(table): unexpected [leak]"]
 
 
+def test_source_columns_the_config_does_not_list_are_logged_and_reported(
+    diabetes_config, reference_rows, bad_snapshot, tmp_path, caplog
+):
+    rows = reference_rows(diabetes_config).assign(patient_id=range(442), clinic="north")
+    with caplog.at_level("WARNING"):
+        data_uri = bad_snapshot(rows)
+        result = validate(diabetes_config, data_uri, tmp_path / "validate")
+    # The snapshot holds only what the config lists, so the data passes; the extras are on record.
+    assert "patient_id" not in pd.read_parquet(data_uri).columns
+    assert result["extra_columns"] == ["patient_id", "clinic"]
+    summary = json.loads((tmp_path / "validate" / SUMMARY_FILE).read_text())
+    assert summary["success"] is True
+    assert summary["extra_columns"] == ["patient_id", "clinic"]
+    stored = json.loads((tmp_path / "validate" / RESULT_FILE).read_text())
+    assert stored["meta"]["extra_columns"] == ["patient_id", "clinic"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("['patient_id', 'clinic']" in w and "does not list" in w for w in warnings), warnings
+
+
+def test_no_extra_columns_is_an_empty_list(diabetes_config, reference_rows, bad_snapshot, tmp_path):
+    result = validate(diabetes_config, bad_snapshot(reference_rows(diabetes_config)), tmp_path / "validate")
+    assert result["extra_columns"] == []
+
+
 def test_feature_as_strings(diabetes_config, reference_rows, bad_snapshot, tmp_path):
     rows = reference_rows(diabetes_config)
     rows["bmi"] = [f"{v:.4f}kg" for v in rows["bmi"]]
