@@ -13,6 +13,7 @@ from airflow.dag_processing.dagbag import DagBag
 
 from include.mlops.config import (
     DEFAULT_STEP_TIMEOUTS,
+    METRICS,
     ConfigError,
     find_model_config,
     load_model_config,
@@ -197,3 +198,18 @@ def test_a_third_model_is_a_config_plus_a_builder(tmp_path: Path, monkeypatch: p
     dag = bag.dags["lifecycle__progression"]
     assert "A third model, no DAG code." in dag.doc_md
     assert {"snapshot", "validate", "train", "evaluate", "gate", "register", "deploy"} <= set(dag.task_ids)
+
+
+def test_the_readme_example_model_is_a_valid_config_with_the_documented_metric_names(tmp_path: Path) -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Adding a model") :].split("\n## ", 1)[0]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    python_block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "cancer.yaml").write_text(yaml_block)
+    (tmp_path / "cancer.py").write_text(python_block)
+    config = load_model_config(tmp_path / "cancer.yaml")
+    assert config.task == "classification" and config.num_classes == 2
+    assert 'activation="softmax"' in python_block
+    for task, names in METRICS.items():
+        listed = section.split(f"{task} `", 1)[1].split(";", 1)[0].split(". ", 1)[0]
+        assert [m.strip(" `.") for m in listed.split(",")] == list(names), task
