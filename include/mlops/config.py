@@ -1,29 +1,52 @@
 """Model configs: one YAML file per model in ``include/models/``.
 
-Loading a config is cheap (PyYAML and the standard library only), because the
-DAG files call it at parse time.  Every problem is reported as a
-:class:`ConfigError` that names the file and the dotted field, so that an
-Airflow import error reads e.g. ``diabetes.yaml: field 'metrics[1]': unknown
-metric 'auc' for task 'regression' (known: mae, mse, r2, rmse)``.
+The config types are pydantic dataclasses: the YAML document is validated by
+pydantic (types, ranges, unknown fields), and the rules that span fields
+(metrics known for the task, the builder module beside the file, ...) are
+validators on the types.  Every problem is reported as a :class:`ConfigError`
+that names the file and the dotted field, so that an Airflow task or log reads
+e.g. ``diabetes.yaml: field 'metrics[1]': unknown metric 'auc' for task
+'regression' (known: mae, mse, r2, rmse)``.
+
+Loading a config is cheap (PyYAML, pydantic and the standard library only),
+because the DAG files call it at parse time.  :func:`scan_model_configs` keeps
+one broken file from hiding the others.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+from include.mlops.names import serving_name_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "include" / "models"
 DEFAULT_GX_DIR = PROJECT_ROOT / "include" / "gx"
 
-TASKS = ("regression", "classification")
+Task = Literal["regression", "classification"]
+BundledDataset = Literal["diabetes", "digits", "breast_cancer", "wine"]
+SourceFormat = Literal["csv", "parquet"]
+TASKS: tuple[str, ...] = get_args(Task)
 # Metric name -> True when higher is better.  Evaluate computes exactly these.
 METRICS: dict[str, dict[str, bool]] = {
     "regression": {"mae": False, "mse": False, "rmse": False, "r2": True},
@@ -31,21 +54,83 @@ METRICS: dict[str, dict[str, bool]] = {
 }
 # Measured by evaluate for every task; budgets apply to them.
 BUDGET_METRICS = {"size_mb": False, "latency_ms": False}
-BUNDLED_DATASETS = ("diabetes", "digits", "breast_cancer", "wine")
-SOURCE_FORMATS = ("csv", "parquet")
+BUNDLED_DATASETS: tuple[str, ...] = get_args(BundledDataset)
+SOURCE_FORMATS: tuple[str, ...] = get_args(SourceFormat)
+# Seconds each step may run before Airflow stops it (the task's execution_timeout);
+# a config's ``timeouts`` overrides some of them.  Training and optimizing get hours,
+# so that a hung step frees its GPU the same night.
+DEFAULT_STEP_TIMEOUTS: dict[str, int] = {
+    "snapshot": 900,
+    "validate": 900,
+    "train": 7200,
+    "evaluate": 1800,
+    "optimize": 14400,
+    "register": 900,
+    "deploy": 1200,
+}
+SEARCHABLE_HPARAMS = ("epochs", "batch_size", "learning_rate", "patience")
+# Keys of the YAML document that each source kind reads.
+_SOURCE_KEYS = {
+    "bundled": ("kind", "dataset", "start_date", "initial_fraction", "daily_rows"),
+    "uri": ("kind", "uri", "format", "lookback_days"),
+}
 
 
 class ConfigError(ValueError):
-    """A model config is invalid.  The message names the file and the field."""
+    """A model config is invalid.  The message names the file and the field.
 
-    def __init__(self, path: str | os.PathLike[str], field_name: str, problem: str) -> None:
+    ``more`` holds further problems of the same file, one line each, so that a
+    user can fix them all in one go.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], field_name: str, problem: str, more: Sequence[str] = ()) -> None:
         self.path = str(path)
         self.field = field_name
         self.problem = problem
-        super().__init__(f"{self.path}: field '{field_name}': {problem}")
+        self.more = tuple(more)
+        super().__init__("\n".join([f"{self.path}: field '{field_name}': {problem}", *self.more]))
 
 
-@dataclass(frozen=True)
+class _FieldProblem(ValueError):
+    """Raised inside a validator to name a field below the one pydantic reports."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field_name
+        self.problem = problem
+
+
+# --------------------------------------------------------------------------- field types
+# Strict scalars: YAML's "5" is a string and stays one, and a bool is not a number.
+# A float field takes an int (YAML reads 1 as int where 1.0 is meant).
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
+
+
+def _open_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+Fraction = Annotated[float, Strict(), AfterValidator(_open_fraction)]
+_CONFIG = ConfigDict(extra="forbid")
+
+
+def _known(values: Sequence[str] | Mapping[str, Any]) -> str:
+    return ", ".join(sorted(values))
+
+
+# --------------------------------------------------------------------------- config types
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class SourceConfig:
     """Where the training data comes from.
 
@@ -57,28 +142,55 @@ class SourceConfig:
     read for each day of the ``lookback_days`` ending with the run's interval.
     """
 
-    kind: str
-    dataset: str | None = None
+    kind: Literal["bundled", "uri"]
+    dataset: BundledDataset | None = None
     start_date: dt.date | None = None
-    initial_fraction: float = 0.5
-    daily_rows: int = 10
-    uri: str | None = None
-    format: str | None = None
-    lookback_days: int = 1
+    initial_fraction: Fraction = 0.5
+    daily_rows: NonNegativeInt = 10
+    uri: Str | None = None
+    format: SourceFormat | None = None
+    lookback_days: PositiveInt = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_the_kind(cls, data: Any) -> Any:
+        """In a YAML document, each kind takes its own keys; a uri's format defaults from its extension."""
+        if not isinstance(data, Mapping) or data.get("kind") not in _SOURCE_KEYS:
+            return data
+        kind = data["kind"]
+        for key in data:
+            if key not in _SOURCE_KEYS[kind] and key in cls.__dataclass_fields__:
+                raise _FieldProblem(key, f"not used by a {kind!r} source (its fields: {_known(_SOURCE_KEYS[kind])})")
+        if kind == "bundled":
+            for key in ("dataset", "start_date"):
+                if data.get(key) is None:
+                    raise _FieldProblem(key, "is required for a 'bundled' source")
+            return data
+        uri = data.get("uri")
+        if not isinstance(uri, str):
+            raise _FieldProblem("uri", "is required for a 'uri' source: a file or object-store URI template")
+        if "{{ ds }}" not in uri and "{{ds}}" not in uri:
+            raise _FieldProblem("uri", f"must contain a '{{{{ ds }}}}' partition placeholder, got {uri!r}")
+        if data.get("format") is None:
+            default = "parquet" if uri.endswith(".parquet") else "csv" if uri.endswith(".csv") else None
+            if default is None:
+                raise _FieldProblem("format", f"is required when the uri does not end in .csv or .parquet ({uri!r})")
+            data = {**data, "format": default}
+        return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int = 10
-    seed: int = 42
-    validation_fraction: float = 0.2
-    gpus: int = 0
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
+    patience: PositiveInt = 10
+    seed: Int = 42
+    validation_fraction: Fraction = 0.2
+    gpus: NonNegativeInt = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class GateConfig:
     """TFX-Evaluator-style gate: absolute thresholds, change thresholds, budgets.
 
@@ -86,46 +198,67 @@ class GateConfig:
     ``max_regression``: metric -> largest allowed relative worsening against the
     champion (0.0 = must not be worse; 0.05 = may be up to 5 % worse).
     ``budgets``: {"size_mb": x, "latency_ms": y} upper bounds.
+    The metric names are checked against the model's task by :class:`ModelConfig`.
     """
 
-    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    max_regression: Mapping[str, float] = field(default_factory=dict)
-    budgets: Mapping[str, float] = field(default_factory=dict)
+    thresholds: Mapping[str, Mapping[Literal["min", "max"], Float]] = dataclasses.field(default_factory=dict)
+    max_regression: Mapping[str, NonNegativeFloat] = dataclasses.field(default_factory=dict)
+    budgets: Mapping[Literal["size_mb", "latency_ms"], PositiveFloat] = dataclasses.field(default_factory=dict)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _bounds_given(cls, value: Mapping[str, Mapping[str, float]]) -> Mapping[str, Mapping[str, float]]:
+        for metric, bounds in value.items():
+            if not bounds:
+                raise _FieldProblem(metric, "needs 'min' and/or 'max'")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class OptimizeConfig:
     """How the optimize branch retries a candidate that failed the gate."""
 
-    epochs: int | None = None
-    patience: int | None = None
-    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    quantize: str = "auto"  # auto: when a size or latency budget failed; always; never
+    epochs: PositiveInt | None = None
+    patience: PositiveInt | None = None
+    grid: Mapping[Literal["epochs", "batch_size", "learning_rate", "patience"], tuple[Any, ...]] = dataclasses.field(
+        default_factory=dict
+    )
+    quantize: Literal["auto", "always", "never"] = "auto"  # auto: when a size or latency budget failed
+
+    @field_validator("grid")
+    @classmethod
+    def _values_given(cls, value: Mapping[str, tuple[Any, ...]]) -> Mapping[str, tuple[Any, ...]]:
+        for key, values in value.items():
+            if not values:
+                raise _FieldProblem(key, "must list at least one value")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelConfig:
-    name: str
+    name: Str
     path: Path
-    task: str
-    builder: str
+    task: Task
+    builder: Str
     source: SourceConfig
-    features: tuple[str, ...]
-    label: str
-    metrics: tuple[str, ...]
-    train: TrainConfig
-    gate: GateConfig
-    optimize: OptimizeConfig
-    description: str = ""
-    owner: str = "mlops"
-    schedule: str = "@daily"
-    test_fraction: float = 0.2
-    num_classes: int | None = None
-    input_shape: tuple[int, ...] | None = None
-    serving_name: str = ""
-    tags: tuple[str, ...] = ()
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    features: tuple[Str, ...]
+    label: Str
+    metrics: tuple[Str, ...]
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    gate: GateConfig = dataclasses.field(default_factory=GateConfig)
+    optimize: OptimizeConfig = dataclasses.field(default_factory=OptimizeConfig)
+    description: Str = ""
+    owner: Str = "mlops"
+    schedule: Str = "@daily"
+    test_fraction: Fraction = 0.2
+    num_classes: Annotated[int, Strict(), Field(ge=2)] | None = None
+    input_shape: tuple[PositiveInt, ...] | None = None
+    serving_name: Str = ""
+    tags: tuple[Str, ...] = ()
+    node_selector: Mapping[Str, Str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    # Step -> seconds; every step of DEFAULT_STEP_TIMEOUTS is present after validation.
+    timeouts: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STEP_TIMEOUTS))
 
     @property
     def dag_id(self) -> str:
@@ -144,71 +277,102 @@ class ModelConfig:
         known = {**METRICS[self.task], **BUDGET_METRICS}
         return known[metric]
 
+    def step_timeout(self, step: str) -> dt.timedelta:
+        """How long ``step`` (a step CLI name such as ``train``) may run."""
+        if step not in self.timeouts:
+            raise KeyError(f"no timeout for step {step!r} (steps: {_known(self.timeouts)})")
+        return dt.timedelta(seconds=self.timeouts[step])
 
-# --------------------------------------------------------------------------- parsing
+    # ------------------------------------------------------------------ rules over one field
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, name: str, info: ValidationInfo) -> str:
+        if not name or not name.replace("_", "").isalnum() or not name[0].isalpha() or not name.isascii():
+            raise ValueError(f"must be letters, digits and underscores, starting with a letter; got {name!r}")
+        source_file = (info.context or {}).get("source_file")
+        if source_file is not None and name != source_file.stem:
+            raise ValueError(f"must match the file name {source_file.stem!r}, got {name!r}")
+        return name
+
+    @field_validator("builder")
+    @classmethod
+    def _builder_beside_the_file(cls, builder: str, info: ValidationInfo) -> str:
+        source_file = (info.context or {}).get("source_file")
+        if source_file is None:
+            return builder
+        module = source_file.parent / f"{builder}.py"
+        if not module.is_file():
+            raise ValueError(f"unknown builder {builder!r}: no module {module.name} beside the config")
+        if not _defines_build(module):
+            raise ValueError(f"builder module {module.name} defines no top-level 'build' function")
+        return builder
+
+    @field_validator("features")
+    @classmethod
+    def _feature_names(cls, features: tuple[str, ...]) -> tuple[str, ...]:
+        if not features:
+            raise ValueError("must be a non-empty list of column names")
+        if len(set(features)) != len(features):
+            duplicates = sorted({f for f in features if features.count(f) > 1})
+            raise ValueError(f"contains duplicate column names {duplicates}")
+        return features
+
+    @field_validator("timeouts", mode="before")
+    @classmethod
+    def _merge_default_timeouts(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        for step, seconds in value.items():
+            if step not in DEFAULT_STEP_TIMEOUTS:
+                raise _FieldProblem(str(step), f"unknown step (steps: {_known(DEFAULT_STEP_TIMEOUTS)})")
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+                raise _FieldProblem(str(step), f"must be a positive whole number of seconds, got {seconds!r}")
+        return {**DEFAULT_STEP_TIMEOUTS, **value}
+
+    # ------------------------------------------------------------------ rules across fields
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.label in self.features:
+            raise _FieldProblem("label", f"label {self.label!r} is also listed as a feature")
+        known = METRICS[self.task]
+
+        def check_metric(field_name: str, metric: str) -> None:
+            if metric not in known:
+                raise _FieldProblem(
+                    field_name, f"unknown metric {metric!r} for task {self.task!r} (known: {_known(known)})"
+                )
+
+        if not self.metrics:
+            raise _FieldProblem("metrics", f"must name at least one metric (known for {self.task!r}: {_known(known)})")
+        for i, metric in enumerate(self.metrics):
+            check_metric(f"metrics[{i}]", metric)
+        for metric in self.gate.thresholds:
+            check_metric(f"gate.thresholds.{metric}", metric)
+        for metric in self.gate.max_regression:
+            check_metric(f"gate.max_regression.{metric}", metric)
+        if self.task == "classification" and self.num_classes is None:
+            raise _FieldProblem("num_classes", "is required for a classification model")
+        if self.input_shape is not None:
+            size = 1
+            for dim in self.input_shape:
+                size *= dim
+            if size != len(self.features):
+                raise _FieldProblem(
+                    "input_shape",
+                    f"{list(self.input_shape)} holds {size} values but there are {len(self.features)} features",
+                )
+        if not self.serving_name:
+            # Served under the model's own name unless the config says otherwise.
+            object.__setattr__(self, "serving_name", self.name)
+        problem = serving_name_problem(self.serving_name)
+        if problem is not None:
+            raise _FieldProblem("serving_name", problem)
+        return self
 
 
-class _Reader:
-    """Typed access to one mapping of the YAML document, with field paths in errors."""
-
-    def __init__(self, path: Path, data: Any, prefix: str = "") -> None:
-        self.path = path
-        self.prefix = prefix
-        if not isinstance(data, Mapping):
-            raise ConfigError(path, prefix or "<root>", f"expected a mapping, got {type(data).__name__}")
-        self.data = data
-
-    def _name(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, self._name(key), problem)
-
-    def get(
-        self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices: Iterable[Any] | None = None
-    ) -> Any:
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise self.error(key, "is required")
-            return default
-        value = self.data[key]
-        # YAML reads 1 as int where a float is meant; accept it.
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind in (int, float):
-            raise self.error(key, f"expected {kind.__name__}, got bool")
-        if not isinstance(value, kind):
-            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(key, f"expected {want}, got {type(value).__name__} {value!r}")
-        if choices is not None and value not in tuple(choices):
-            raise self.error(key, f"unknown value {value!r} (known: {', '.join(map(str, choices))})")
-        return value
-
-    def child(self, key: str, required: bool = False) -> _Reader:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                raise self.error(key, "is required")
-            value = {}
-        return _Reader(self.path, value, self._name(key))
-
-    def reject_unknown(self, allowed: Iterable[str]) -> None:
-        unknown = sorted(set(self.data) - set(allowed))
-        if unknown:
-            raise self.error(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-
-def _positive(reader: _Reader, key: str, value: float | int, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise reader.error(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def _fraction(reader: _Reader, key: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise reader.error(key, f"must be between 0 and 1 (exclusive), got {value}")
-
-
-def _builder_defines_build(path: Path) -> bool:
+def _defines_build(path: Path) -> bool:
     """True when the builder module defines a top-level ``build`` function.
 
     Read with :mod:`ast` rather than imported, so that parsing a DAG never
@@ -218,72 +382,86 @@ def _builder_defines_build(path: Path) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "build" for node in tree.body)
 
 
-def _parse_source(reader: _Reader) -> SourceConfig:
-    kind = reader.get("kind", str, choices=("bundled", "uri"))
-    if kind == "bundled":
-        reader.reject_unknown({"kind", "dataset", "start_date", "initial_fraction", "daily_rows"})
-        start = reader.get("start_date", (dt.date, str))
-        if isinstance(start, str):
-            try:
-                start = dt.date.fromisoformat(start)
-            except ValueError:
-                raise reader.error("start_date", f"expected an ISO date (YYYY-MM-DD), got {start!r}") from None
-        fraction = reader.get("initial_fraction", float, 0.5)
-        _fraction(reader, "initial_fraction", fraction)
-        daily_rows = reader.get("daily_rows", int, 10)
-        _positive(reader, "daily_rows", daily_rows, allow_zero=True)
-        return SourceConfig(
-            kind=kind,
-            dataset=reader.get("dataset", str, choices=BUNDLED_DATASETS),
-            start_date=start,
-            initial_fraction=fraction,
-            daily_rows=daily_rows,
-        )
-    reader.reject_unknown({"kind", "uri", "format", "lookback_days"})
-    uri = reader.get("uri", str)
-    if "{{ ds }}" not in uri and "{{ds}}" not in uri:
-        raise reader.error("uri", f"must contain a '{{{{ ds }}}}' partition placeholder, got {uri!r}")
-    default_format = "parquet" if uri.endswith(".parquet") else "csv" if uri.endswith(".csv") else ...
-    lookback = reader.get("lookback_days", int, 1)
-    _positive(reader, "lookback_days", lookback)
-    return SourceConfig(
-        kind=kind,
-        uri=uri,
-        format=reader.get("format", str, default_format, choices=SOURCE_FORMATS),
-        lookback_days=lookback,
-    )
+# --------------------------------------------------------------------------- pydantic errors -> ConfigError
+
+_MODEL_CONFIG = TypeAdapter(ModelConfig)
 
 
-def _parse_gate(reader: _Reader, task: str) -> GateConfig:
-    reader.reject_unknown({"thresholds", "max_regression", "budgets"})
-    known = METRICS[task]
-    thresholds: dict[str, dict[str, float]] = {}
-    t_reader = reader.child("thresholds")
-    for metric in t_reader.data:
-        if metric not in known:
-            raise t_reader.error(
-                metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})"
-            )
-        bounds = t_reader.child(metric)
-        bounds.reject_unknown({"min", "max"})
-        thresholds[metric] = {k: bounds.get(k, float) for k in ("min", "max") if k in bounds.data}
-        if not thresholds[metric]:
-            raise t_reader.error(metric, "needs 'min' and/or 'max'")
-    r_reader = reader.child("max_regression")
-    max_regression: dict[str, float] = {}
-    for metric in r_reader.data:
-        if metric not in known:
-            raise r_reader.error(
-                metric, f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(known))})"
-            )
-        max_regression[metric] = r_reader.get(metric, float)
-        _positive(r_reader, metric, max_regression[metric], allow_zero=True)
-    b_reader = reader.child("budgets")
-    b_reader.reject_unknown(BUDGET_METRICS)
-    budgets = {k: b_reader.get(k, float) for k in BUDGET_METRICS if k in b_reader.data}
-    for key, value in budgets.items():
-        _positive(b_reader, key, value)
-    return GateConfig(thresholds=thresholds, max_regression=max_regression, budgets=budgets)
+def _field_name(loc: Sequence[str | int]) -> str:
+    name = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "<root>"
+
+
+def _allowed_fields(loc: Sequence[str | int]) -> list[str]:
+    """The field names of the config type found at ``loc`` (for 'unknown field' messages)."""
+    kind: Any = ModelConfig
+    for part in loc:
+        hints = get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
+        if part not in hints:
+            return []
+        kind = hints[part]
+    if not dataclasses.is_dataclass(kind):
+        return []
+    return sorted(f.name for f in dataclasses.fields(kind) if f.name != "path")
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(dotted field, problem) for one pydantic error, in the words of a config file."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _FieldProblem):
+        return _field_name((*loc, *cause.field.split("."))), cause.problem
+    # pydantic lists a Literal's values as "'a', 'b' or 'c'".
+    expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+    if "[key]" in loc and kind == "literal_error":
+        return _field_name(loc), f"unknown field (allowed: {expected})"
+    got = f"{type(value).__name__} {value!r}"
+    unknown_field = f"unknown field (allowed: {', '.join(_allowed_fields(loc[:-1]))})"
+    problems = {
+        "missing": "is required",
+        "extra_forbidden": unknown_field,
+        "unexpected_keyword_argument": unknown_field,
+        "literal_error": f"unknown value {value!r} (known: {expected})",
+        "int_type": f"expected int, got {got}",
+        "int_from_float": f"expected int, got {got}",
+        "float_type": f"must be a number, got {got}",
+        "string_type": f"expected a string, got {got}",
+        "bool_type": f"expected true or false, got {got}",
+        "dict_type": f"expected a mapping, got {got}",
+        "tuple_type": f"expected a list, got {got}",
+        "dataclass_type": f"expected a mapping, got {got}",
+        "greater_than": f"must be > {ctx.get('gt', 0):g}, got {value}",
+        "greater_than_equal": f"must be >= {ctx.get('ge', 0):g}, got {value}",
+        "date_type": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
+        "date_parsing": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
+        "date_from_datetime_parsing": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
+        "date_from_datetime_inexact": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
+    }
+    if kind in problems:
+        return _field_name(loc), problems[kind]
+    if kind == "value_error" and cause is not None:
+        return _field_name(loc), str(cause)
+    return _field_name(loc), error["msg"]
+
+
+def _config_error(path: Path, exc: ValidationError) -> ConfigError:
+    described = [_describe(e) for e in exc.errors()]
+    field_name, problem = described[0]
+    more = [f"{path}: field '{f}': {p}" for f, p in described[1:]]
+    return ConfigError(path, field_name, problem, more)
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -293,121 +471,19 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(path, "<root>", f"invalid YAML: {exc}") from None
-    root = _Reader(path, raw)
-    root.reject_unknown(
-        {
-            "name", "description", "owner", "task", "builder", "source", "features", "label", "metrics",
-            "train", "gate", "optimize", "schedule", "test_fraction", "num_classes", "input_shape",
-            "serving_name", "tags", "node_selector", "tolerations",
-        }
-    )  # fmt: skip
-    name = root.get("name", str)
-    if not name.replace("_", "").isalnum() or not name[0].isalpha():
-        raise root.error("name", f"must be letters, digits and underscores, starting with a letter; got {name!r}")
-    if name != path.stem:
-        raise root.error("name", f"must match the file name {path.stem!r}, got {name!r}")
-    task = root.get("task", str, choices=TASKS)
-
-    builder = root.get("builder", str)
-    builder_path = path.parent / f"{builder}.py"
-    if not builder_path.is_file():
-        raise root.error("builder", f"unknown builder {builder!r}: no module {builder_path.name} beside the config")
-    if not _builder_defines_build(builder_path):
-        raise root.error("builder", f"builder module {builder_path.name} defines no top-level 'build' function")
-
-    features = root.get("features", list)
-    if not features or not all(isinstance(f, str) for f in features):
-        raise root.error("features", "must be a non-empty list of column names")
-    if len(set(features)) != len(features):
-        raise root.error("features", "contains duplicate column names")
-    label = root.get("label", str)
-    if label in features:
-        raise root.error("label", f"label {label!r} is also listed as a feature")
-
-    metrics = root.get("metrics", list)
-    for i, metric in enumerate(metrics):
-        if metric not in METRICS[task]:
-            raise ConfigError(
-                path,
-                f"metrics[{i}]",
-                f"unknown metric {metric!r} for task {task!r} (known: {', '.join(sorted(METRICS[task]))})",
-            )
-    if not metrics:
-        raise root.error("metrics", "must name at least one metric")
-
-    t = root.child("train")
-    t.reject_unknown(TrainConfig.__dataclass_fields__)
-    train = TrainConfig(
-        epochs=t.get("epochs", int, TrainConfig.epochs),
-        batch_size=t.get("batch_size", int, TrainConfig.batch_size),
-        learning_rate=t.get("learning_rate", float, TrainConfig.learning_rate),
-        patience=t.get("patience", int, TrainConfig.patience),
-        seed=t.get("seed", int, TrainConfig.seed),
-        validation_fraction=t.get("validation_fraction", float, TrainConfig.validation_fraction),
-        gpus=t.get("gpus", int, TrainConfig.gpus),
-    )
-    for key in ("epochs", "batch_size", "learning_rate", "patience"):
-        _positive(t, key, getattr(train, key))
-    _positive(t, "gpus", train.gpus, allow_zero=True)
-    _fraction(t, "validation_fraction", train.validation_fraction)
-
-    o = root.child("optimize")
-    o.reject_unknown({"epochs", "patience", "grid", "quantize"})
-    grid_reader = o.child("grid")
-    grid: dict[str, tuple[Any, ...]] = {}
-    for key in grid_reader.data:
-        if key not in ("epochs", "batch_size", "learning_rate", "patience"):
-            raise grid_reader.error(key, "only epochs, batch_size, learning_rate and patience can be searched")
-        values = grid_reader.get(key, list)
-        if not values:
-            raise grid_reader.error(key, "must list at least one value")
-        grid[key] = tuple(values)
-    optimize = OptimizeConfig(
-        epochs=o.get("epochs", int, None),
-        patience=o.get("patience", int, None),
-        grid=grid,
-        quantize=o.get("quantize", str, "auto", choices=("auto", "always", "never")),
-    )
-
-    num_classes = root.get("num_classes", int, None)
-    if task == "classification" and num_classes is None:
-        raise root.error("num_classes", "is required for a classification model")
-    if num_classes is not None and num_classes < 2:
-        raise root.error("num_classes", f"must be >= 2, got {num_classes}")
-    input_shape = root.get("input_shape", list, None)
-    if input_shape is not None:
-        size = 1
-        for dim in input_shape:
-            size *= dim
-        if size != len(features):
-            raise root.error("input_shape", f"{input_shape} holds {size} values but there are {len(features)} features")
-
-    test_fraction = root.get("test_fraction", float, 0.2)
-    _fraction(root, "test_fraction", test_fraction)
-    tolerations = root.get("tolerations", list, [])
-    return ModelConfig(
-        name=name,
-        path=path.resolve(),
-        task=task,
-        builder=builder,
-        source=_parse_source(root.child("source", required=True)),
-        features=tuple(features),
-        label=label,
-        metrics=tuple(metrics),
-        train=train,
-        gate=_parse_gate(root.child("gate"), task),
-        optimize=optimize,
-        description=root.get("description", str, ""),
-        owner=root.get("owner", str, "mlops"),
-        schedule=root.get("schedule", str, "@daily"),
-        test_fraction=test_fraction,
-        num_classes=num_classes,
-        input_shape=tuple(input_shape) if input_shape else None,
-        serving_name=root.get("serving_name", str, name),
-        tags=tuple(root.get("tags", list, [])),
-        node_selector=dict(root.get("node_selector", dict, {})),
-        tolerations=tuple(tolerations),
-    )
+    except OSError as exc:
+        raise ConfigError(path, "<root>", f"cannot read the file: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, "<root>", f"expected a mapping of fields, got {type(raw).__name__}")
+    if "path" in raw:
+        raise ConfigError(path, "path", "unknown field (the config's path is where the file lies)")
+    document = {key: value for key, value in raw.items() if value is not None}
+    try:
+        return _MODEL_CONFIG.validate_python(
+            {**document, "path": path.resolve()}, context={"source_file": path.resolve()}
+        )
+    except ValidationError as exc:
+        raise _config_error(path, exc) from None
 
 
 def models_dir() -> Path:
@@ -420,20 +496,76 @@ def gx_dir() -> Path:
     return Path(os.environ.get("MLOPS_GX_DIR", DEFAULT_GX_DIR))
 
 
-def load_model_configs(directory: str | os.PathLike[str] | None = None) -> list[ModelConfig]:
-    """Every ``*.yaml`` config in ``directory``, sorted by name.
+def _serving_name_clashes(configs: Sequence[ModelConfig]) -> dict[Path, ConfigError]:
+    """A ConfigError for every config whose serving name another config also uses.
 
-    Raises on the first invalid config: an import error in Airflow is the
-    loudest place to report it.
+    Both sides are refused: two models under one serving name would interleave
+    their versions and move each other's labels, and neither file is more right.
+    """
+    users: dict[str, list[ModelConfig]] = {}
+    for config in configs:
+        users.setdefault(config.serving_name, []).append(config)
+    errors: dict[Path, ConfigError] = {}
+    for serving_name, sharing in users.items():
+        if len(sharing) < 2:
+            continue
+        files = ", ".join(str(c.path) for c in sharing)
+        for config in sharing:
+            errors[config.path] = ConfigError(
+                config.path,
+                "serving_name",
+                f"serving name {serving_name!r} is used by more than one model config ({files}); "
+                "give each model its own serving_name",
+            )
+    return errors
+
+
+def scan_model_configs(
+    directory: str | os.PathLike[str] | None = None,
+) -> tuple[list[ModelConfig], dict[Path, ConfigError]]:
+    """Every valid config in ``directory`` (sorted by name), and the error of every invalid one.
+
+    One broken file never hides the others; the DAG files use this so that
+    each broken config shows up as its own failing DAG.
     """
     directory = Path(directory) if directory is not None else models_dir()
-    return [load_model_config(p) for p in sorted(directory.glob("*.yaml"))]
+    configs: list[ModelConfig] = []
+    errors: dict[Path, ConfigError] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            configs.append(load_model_config(path))
+        except ConfigError as exc:
+            errors[path.resolve()] = exc
+    clashes = _serving_name_clashes(configs)
+    errors.update(clashes)
+    return [c for c in configs if c.path not in clashes], dict(sorted(errors.items()))
+
+
+def load_model_configs(directory: str | os.PathLike[str] | None = None) -> list[ModelConfig]:
+    """Every ``*.yaml`` config in ``directory``, sorted by name; raises on the first invalid one."""
+    configs, errors = scan_model_configs(directory)
+    if errors:
+        raise next(iter(errors.values()))
+    return configs
 
 
 def find_model_config(name: str, directory: str | os.PathLike[str] | None = None) -> ModelConfig:
+    """The config named ``name``, refused if its serving name clashes with another config's."""
     directory = Path(directory) if directory is not None else models_dir()
     path = directory / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(directory.glob("*.yaml"))) or "none"
         raise ConfigError(path, "name", f"no model config named {name!r} in {directory} (known: {known})")
-    return load_model_config(path)
+    config = load_model_config(path)
+    # The siblings that fail to load cannot claim the name; their own DAGs report them.
+    siblings = [config]
+    for other in sorted(directory.glob("*.yaml")):
+        if other.resolve() != config.path:
+            try:
+                siblings.append(load_model_config(other))
+            except ConfigError:
+                continue
+    clash = _serving_name_clashes(siblings).get(config.path)
+    if clash is not None:
+        raise clash
+    return config

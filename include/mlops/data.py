@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SPLIT_COLUMN = "split"
 # Added by validation (never stored in a snapshot) so that GX can count duplicated rows.
 ROW_HASH_COLUMN = "_row_hash"
+# DataFrame.attrs key: source columns that the config does not list (left out of the snapshot).
+EXTRA_COLUMNS_ATTR = "extra_columns"
 TRAIN, TEST = "train", "test"
 # Arrival order of the bundled rows.  A constant (not the training seed), so
 # that changing how a model trains never changes which rows a day released.
@@ -275,9 +277,21 @@ def read_uri(config: ModelConfig, interval_end: dt.datetime) -> tuple[pd.DataFra
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     present = [c for c in data_columns(config) if c in frame.columns]
     absent = [c for c in data_columns(config) if c not in frame.columns]
+    extra = [str(c) for c in frame.columns if c not in set(data_columns(config))]
     if absent:
         log.warning("partitions of %s lack columns %s; validation will reject them", config.name, absent)
-    return frame[present].reset_index(drop=True), partitions
+    if extra:
+        log.warning(
+            "partitions of %s hold columns %s that %s does not list; they are left out of the snapshot "
+            "(list them as features to use them)",
+            config.name,
+            extra,
+            config.path.name,
+        )
+    kept = frame[present].reset_index(drop=True)
+    # The snapshot records them in its manifest, and validation in its report.
+    kept.attrs[EXTRA_COLUMNS_ATTR] = extra
+    return kept, partitions
 
 
 def read_source(config: ModelConfig, interval_end: dt.datetime) -> tuple[pd.DataFrame, list[str]]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from include.mlops.modeling import Dataset, ModelingError, load_serving_fn, load_split, load_tflite_fn
+from include.mlops.modeling import Dataset, check_outputs, load_serving_fn, load_split, load_tflite_fn
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,13 +91,7 @@ def _score_model(
     else:
         predict = load_serving_fn(model_uri, n_features)
         size_bytes = dir_size_bytes(model_uri)
-    outputs = _predict_all(predict, test.features)
-    want = 1 if config.task == "regression" else config.num_classes
-    if outputs.ndim != 2 or outputs.shape[1] != want:
-        raise ModelingError(
-            f"model {tflite_uri or model_uri} returns outputs of shape {outputs.shape}, "
-            f"but a {config.task} model of {config.name!r} must return [rows, {want}]"
-        )
+    outputs = check_outputs(config, _predict_all(predict, test.features), source=f"model {tflite_uri or model_uri}")
     metrics = task_metrics(config, test.labels, outputs)
     metrics["size_mb"] = size_bytes / BYTES_PER_MB
     metrics["latency_ms"] = measure_latency_ms(predict, test.features[0])

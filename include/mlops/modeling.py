@@ -46,6 +46,10 @@ HPARAM_KEYS = ("epochs", "batch_size", "learning_rate", "patience")
 # 16 bytes, as pandas' row hash needs; a different key from the snapshot's
 # split hash keeps the validation rows independent of the test rows.
 _VALIDATION_HASH_KEY = "mlops-validation"
+# Float32 softmax rows sum to 1 within ~1e-6; a looser bound still refuses logits.
+PROBABILITY_TOLERANCE = 1e-3
+# Real rows the train step runs the builder's fresh model on before fitting.
+CONTRACT_CHECK_ROWS = 64
 
 
 class ModelingError(ValueError):
@@ -53,6 +57,10 @@ class ModelingError(ValueError):
 
     The message says what was found and what to change.
     """
+
+
+class OutputContractError(ModelingError):
+    """A model's outputs break the serving contract (shape, or probabilities for classification)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -251,7 +259,10 @@ def import_builder(config: ModelConfig) -> ModuleType:
 
 
 def build_model(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> keras.Model:
-    """Call the builder and check that its model fits the serving contract."""
+    """Call the builder and check that its model takes the config's features.
+
+    What it outputs is checked on real rows by :func:`check_outputs`.
+    """
     import keras
 
     model = import_builder(config).build(config, hparams, stats)
@@ -260,16 +271,53 @@ def build_model(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[
             f"builder {config.builder_path.name}: build() returned {type(model).__name__}, not a keras.Model"
         )
     n_features = len(config.features)
-    want = 1 if config.task == "regression" else config.num_classes
     got_in = tuple(model.inputs[0].shape) if model.inputs else None
-    got_out = tuple(model.outputs[0].shape) if model.outputs else None
-    if got_in != (None, n_features) or got_out != (None, want):
+    if got_in != (None, n_features):
         raise ModelingError(
-            f"builder {config.builder_path.name}: model maps {got_in} -> {got_out}, but a {config.task} model "
-            f"of {config.name!r} must map (None, {n_features}) -> (None, {want}); start it with "
-            f"keras.Input(({n_features},)) and end it with {want} unit(s)"
+            f"builder {config.builder_path.name}: model takes {got_in}, but model {config.name!r} has "
+            f"{n_features} features; start it with keras.Input(({n_features},))"
         )
     return model
+
+
+def check_outputs(config: ModelConfig, outputs: Any, *, source: str) -> np.ndarray:
+    """The output contract, checked on a model's answers for real rows; returns them as an array.
+
+    Regression: ``[rows, 1]``.  Classification: ``[rows, num_classes]`` class
+    probabilities (each in [0, 1], each row summing to 1), because the metrics,
+    the gate and the served answers all read them as probabilities.  Every step
+    that runs a model (train on the builder's fresh model, evaluate, register)
+    calls this one check, so they agree on what a valid model is.
+    """
+    import numpy as np
+
+    values = np.asarray(outputs, dtype="float64")
+    want = 1 if config.task == "regression" else config.num_classes
+    fix = (
+        "end the model with a single-unit Dense layer"
+        if config.task == "regression"
+        else f"end the model with keras.layers.Dense({want}, activation='softmax')"
+    )
+    if values.ndim != 2 or values.shape[1] != want:
+        raise OutputContractError(
+            f"{source}: outputs have shape {values.shape}, but a {config.task} model of {config.name!r} "
+            f"must return [rows, {want}]; {fix}"
+        )
+    if not np.isfinite(values).all():
+        raise OutputContractError(f"{source}: outputs hold NaN or infinite values on real rows")
+    if config.task == "classification":
+        sums = values.sum(axis=1)
+        bad = (values < -PROBABILITY_TOLERANCE).any(axis=1) | (values > 1 + PROBABILITY_TOLERANCE).any(axis=1)
+        bad |= np.abs(sums - 1.0) > PROBABILITY_TOLERANCE
+        if bad.any():
+            row = int(np.argmax(bad))
+            shown = ", ".join(f"{v:.3g}" for v in values[row][:6]) + (", ..." if values.shape[1] > 6 else "")
+            raise OutputContractError(
+                f"{source}: a classification model must output class probabilities (each in [0, 1], "
+                f"each row summing to 1), but {int(bad.sum())} of {len(values)} rows are not, e.g. "
+                f"[{shown}] (sum {sums[row]:.3g}); {fix}"
+            )
+    return values
 
 
 def set_seeds(seed: int, deterministic: bool = True) -> None:

@@ -19,6 +19,7 @@ from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
+from include.mlops.modeling import check_outputs
 from include.mlops.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ def check_serving_signature(config: ModelConfig, model_uri: str | os.PathLike[st
     serve is refused here rather than by TF Serving.  Returns the signature's
     input and output shapes.
     """
-    import numpy as np
     import tensorflow as tf
 
     path = Path(model_uri)
@@ -92,12 +92,10 @@ def check_serving_signature(config: ModelConfig, model_uri: str | os.PathLike[st
             f"{path}: output 'outputs' must be float32 [None, {width}] for a {config.task} model, "
             f"is {out_spec.dtype.name} {out_spec.shape}"
         )
-    prediction = fn(inputs=tf.zeros((1, n_features), tf.float32))["outputs"].numpy()
-    if prediction.shape != (1, width) or not np.all(np.isfinite(prediction)):
-        raise CandidateModelError(
-            f"{path}: a prediction on one row of zeros gave shape {prediction.shape} "
-            f"(expected (1, {width})) or non-finite values {prediction.tolist()}"
-        )
+    # The same output contract as train and evaluate (probabilities for classification).
+    check_outputs(
+        config, fn(inputs=tf.zeros((1, n_features), tf.float32))["outputs"].numpy(), source=f"{path} (one row of zeros)"
+    )
     return {"input_shape": [None, n_features], "output_shape": [None, width]}
 
 

@@ -48,6 +48,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
+from include.mlops.names import serving_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ CONFIG_FILE = "models.config"
 SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 
 _STAGING_PREFIX = ".staging-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -411,10 +411,9 @@ def _set_policy(entry: Any, versions: set[int]) -> None:
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
-        raise RegistryError(
-            f"model name {name!r} is not usable as a TF Serving model folder: use letters, digits, '_', '-', '.'"
-        )
+    problem = serving_name_problem(name)
+    if problem is not None:
+        raise RegistryError(f"model name {problem}")
 
 
 def _default_card(name: str, version: int, metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data import (
+    EXTRA_COLUMNS_ATTR,
     SPLIT_COLUMN,
     TEST,
     TRAIN,
@@ -91,6 +92,7 @@ def snapshot(config: ModelConfig, interval_start: dt.datetime, interval_end: dt.
     )
 
     frame, partitions = read_source(config, end)
+    extra_columns = list(frame.attrs.get(EXTRA_COLUMNS_ATTR, []))
     frame[SPLIT_COLUMN] = assign_split(frame, data_columns(config), config.test_fraction)
     split_counts = {TRAIN: int((frame[SPLIT_COLUMN] == TRAIN).sum()), TEST: int((frame[SPLIT_COLUMN] == TEST).sum())}
 
@@ -108,6 +110,7 @@ def snapshot(config: ModelConfig, interval_start: dt.datetime, interval_end: dt.
             "partitions": partitions,
             "rows": len(frame),
             "columns": dtype_names(frame),
+            "extra_columns": extra_columns,
             "label": config.label,
             "split_column": SPLIT_COLUMN,
             "test_fraction": config.test_fraction,

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.config import ModelConfig, find_model_config
+from include.mlops.cli import EXIT_BAD_INPUT
+from include.mlops.config import ConfigError, ModelConfig, find_model_config
 from include.mlops.data import ROW_HASH_COLUMN, SPLIT_COLUMN, TEST, TRAIN, load_bundled
 
 if TYPE_CHECKING:
@@ -78,22 +79,41 @@ def _expectation(kind: str, why: str, **kwargs: Any) -> dict[str, Any]:
     return {"type": kind, "kwargs": kwargs, "meta": {"why": why}}
 
 
+class ReferenceDataError(ValueError):
+    """The reference data cannot give a suite for the model (no data, or columns missing)."""
+
+
+def require_columns(config: ModelConfig, frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The config's features and label out of ``frame``, or an error naming the expected and available columns."""
+    expected = [*config.features, config.label]
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        raise ReferenceDataError(
+            f"{what} lacks {len(missing)} of the {len(expected)} columns model {config.name!r} needs "
+            f"(features and label in {config.path.name}): missing {missing}; "
+            f"expected {expected}; available {[str(c) for c in frame.columns]}. "
+            "Fix the column names in the config (bundled datasets use identifier names, e.g. 'mean_radius') "
+            "or pass --data with reference data that has them"
+        )
+    return frame[expected]
+
+
 def reference_frame(config: ModelConfig) -> pd.DataFrame:
     """The whole bundled dataset of ``config`` (features and label), the default reference."""
     if config.source.kind != "bundled" or config.source.dataset is None:
-        raise ValueError(
+        raise ReferenceDataError(
             f"model {config.name!r} has no bundled dataset to derive its suite from; pass --data with reference data"
         )
     frame = load_bundled(config.source.dataset, config.label)
-    return frame[[*config.features, config.label]]
+    return require_columns(config, frame, f"the bundled dataset {config.source.dataset!r}")
 
 
 def build_suite(config: ModelConfig, reference: pd.DataFrame | None = None) -> dict[str, Any]:
     """The GX 1.x suite for ``config`` as a JSON-able dict, with bounds derived from ``reference``."""
-    frame = reference if reference is not None else reference_frame(config)
-    missing = [c for c in (*config.features, config.label) if c not in frame.columns]
-    if missing:
-        raise ValueError(f"reference data for {config.name!r} lacks columns {missing}")
+    if reference is None:
+        frame = reference_frame(config)
+    else:
+        frame = require_columns(config, reference, f"the reference data for {config.name!r}")
     rows = len(frame)
     label_dtype = "int64" if config.task == "classification" else "float64"
     columns = [*config.features, config.label, SPLIT_COLUMN, ROW_HASH_COLUMN]
@@ -238,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         reference = pd.read_parquet(args.data) if args.data.endswith(".parquet") else pd.read_csv(args.data)
     for name in args.models:
-        write_suite(find_model_config(name), reference, args.out)
+        try:
+            write_suite(find_model_config(name), reference, args.out)
+        except (ConfigError, ReferenceDataError) as exc:
+            log.error("no suite written for %s: %s", name, exc)
+            return EXIT_BAD_INPUT
     return 0
 
 

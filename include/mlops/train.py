@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import ModelConfig
 from include.mlops.modeling import (
+    CONTRACT_CHECK_ROWS,
     Dataset,
     build_model,
+    check_outputs,
     export_saved_model,
     load_split,
     resolve_hparams,
@@ -131,6 +133,14 @@ def fit_model(
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=float(hparams["learning_rate"])), loss=loss, metrics=metrics
         )
+
+    # The output contract is checked before training, so that a wrong head fails in
+    # seconds (exit 3) instead of after hours of training.
+    check_outputs(
+        config,
+        model(fit_data.features[:CONTRACT_CHECK_ROWS], training=False),
+        source=f"builder {config.builder_path.name}",
+    )
 
     epochs = int(hparams["epochs"])
     callbacks: list[keras.callbacks.Callback] = [

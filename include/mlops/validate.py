@@ -26,7 +26,15 @@ from include.mlops.data import ROW_HASH_COLUMN, data_columns, row_hashes
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RESULT_FILE", "SUMMARY_FILE", "DataValidationError", "describe_failure", "load_suite", "validate"]
+__all__ = [
+    "RESULT_FILE",
+    "SUMMARY_FILE",
+    "DataValidationError",
+    "describe_failure",
+    "extra_columns",
+    "load_suite",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,25 @@ def _read_snapshot(data_uri: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"snapshot {data_uri} does not exist: run the snapshot step for this run first")
     with fs.open(path, "rb") as handle:
         return pd.read_parquet(handle)
+
+
+def extra_columns(data_uri: str | Path) -> list[str]:
+    """Source columns the snapshot left out because the config does not list them.
+
+    Read from the snapshot's manifest beside ``data_uri``; an empty list when
+    there is no manifest (a file validated on its own).
+    """
+    import fsspec
+
+    from include.mlops.snapshot import MANIFEST_FILE
+
+    fs, path = fsspec.core.url_to_fs(str(data_uri))
+    manifest_path = f"{path.rsplit('/', 1)[0]}/{MANIFEST_FILE}" if "/" in path else MANIFEST_FILE
+    if not fs.exists(manifest_path):
+        return []
+    with fs.open(manifest_path, "rb") as handle:
+        manifest = json.load(handle)
+    return [str(c) for c in manifest.get("extra_columns") or []]
 
 
 # --------------------------------------------------------------------------- describing failures
@@ -226,6 +253,16 @@ def validate(config: ModelConfig, data_uri: str | Path, out: str | Path) -> dict
     # Duplicates are judged on the data columns only: the split is derived from them.
     frame[ROW_HASH_COLUMN] = row_hashes(frame, data_columns(config))
 
+    # Not a failure (the snapshot holds what the config lists), but worth a look:
+    # a renamed feature shows up here as one missing and one extra column.
+    extras = extra_columns(data_uri)
+    if extras:
+        log.warning(
+            "the source of %s held columns %s that the config does not list; the snapshot left them out",
+            config.name,
+            extras,
+        )
+
     result = run_suite(frame, suite)
     failed = _ordered_like_suite([r for r in result["results"] if not r.get("success")], suite)
     failures = [describe_failure(r, frame.columns) for r in failed]
@@ -236,7 +273,9 @@ def validate(config: ModelConfig, data_uri: str | Path, out: str | Path) -> dict
     out = Path(out)
     result_uri = str((out / RESULT_FILE).resolve())
     summary_uri = str((out / SUMMARY_FILE).resolve())
-    result.setdefault("meta", {}).update({"model": config.name, "data_uri": str(data_uri), "rows": rows})
+    result.setdefault("meta", {}).update(
+        {"model": config.name, "data_uri": str(data_uri), "rows": rows, "extra_columns": extras}
+    )
     summary = {
         "model": config.name,
         "suite": str(config.suite_path),
@@ -246,6 +285,7 @@ def validate(config: ModelConfig, data_uri: str | Path, out: str | Path) -> dict
         "evaluated": evaluated,
         "successful": evaluated - len(failures),
         "failed": failures,
+        "extra_columns": extras,
     }
     with artifacts.step_output(out) as staging:
         artifacts.atomic_write_json(staging / RESULT_FILE, result)
@@ -256,4 +296,11 @@ def validate(config: ModelConfig, data_uri: str | Path, out: str | Path) -> dict
         log.error("%s", error)
         raise error
     log.info("validation of %s passed: %d expectations on %d rows (%s)", config.name, evaluated, rows, result_uri)
-    return {"success": True, "result_uri": result_uri, "summary_uri": summary_uri, "evaluated": evaluated, "rows": rows}
+    return {
+        "success": True,
+        "result_uri": result_uri,
+        "summary_uri": summary_uri,
+        "evaluated": evaluated,
+        "rows": rows,
+        "extra_columns": extras,
+    }

@@ -1,8 +1,9 @@
-"""Models are config: a bad config is a DAG import error naming the file and the field,
+"""Models are config: a bad config names the file and the field and breaks only its own DAG,
 and a new model is a config plus a builder, with no DAG code."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -10,24 +11,37 @@ import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
 
+from include.mlops.config import (
+    DEFAULT_STEP_TIMEOUTS,
+    METRICS,
+    ConfigError,
+    find_model_config,
+    load_model_config,
+    load_model_configs,
+    scan_model_configs,
+)
+from include.mlops.registry import Registry, RegistryError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = PROJECT_ROOT / "include" / "models"
 
 
-def _models_dir(tmp_path: Path, edit=None, name: str = "diabetes") -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
+def _add_model(folder: Path, edit=None, name: str = "diabetes") -> Path:
+    """Copy a bundled model (config and builder) into ``folder``, edited; returns the config's path."""
+    folder.mkdir(exist_ok=True)
     config = yaml.safe_load((MODELS / f"{name}.yaml").read_text())
     shutil.copy(MODELS / f"{config['builder']}.py", folder / f"{config['builder']}.py")
     if edit:
         edit(config)
-    (folder / f"{config['name']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    path = folder / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _models_dir(tmp_path: Path, edit=None, name: str = "diabetes") -> Path:
+    folder = tmp_path / "models"
+    _add_model(folder, edit, name)
     return folder
-
-
-def _import_errors(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags")).import_errors
 
 
 @pytest.mark.parametrize(
@@ -36,22 +50,139 @@ def _import_errors(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
         (lambda c: c.update(builder="no_such_builder"), "builder", "unknown builder 'no_such_builder'"),
         (lambda c: c["metrics"].append("auc"), "metrics[3]", "unknown metric 'auc'"),
         (lambda c: c["gate"]["thresholds"].update(auc={"min": 0.9}), "gate.thresholds.auc", "unknown metric 'auc'"),
-        (lambda c: c["train"].update(epochs="many"), "train.epochs", "expected int"),
-        (lambda c: c["train"].update(learning_rate=-1), "train.learning_rate", "must be > 0"),
-        (lambda c: c.update(task="ranking"), "task", "unknown value 'ranking'"),
+        (lambda c: c["gate"]["thresholds"]["r2"].update(min="high"), "gate.thresholds.r2.min", "must be a number"),
+        (lambda c: c["gate"]["budgets"].update(memory_mb=3), "gate.budgets.memory_mb", "unknown field"),
+        (lambda c: c["train"].update(epochs="many"), "train.epochs", "expected int, got str 'many'"),
+        (lambda c: c["train"].update(epochs="5"), "train.epochs", "expected int, got str '5'"),
+        (lambda c: c["train"].update(epochs=True), "train.epochs", "expected int, got bool"),
+        (lambda c: c["train"].update(learning_rate=-1), "train.learning_rate", "must be > 0, got -1"),
+        (lambda c: c.update(test_fraction=1.5), "test_fraction", "must be between 0 and 1"),
+        (lambda c: c.update(task="ranking"), "task", "unknown value 'ranking' (known: regression, classification)"),
         (lambda c: c["source"].update(dataset="mnist"), "source.dataset", "unknown value 'mnist'"),
-        (lambda c: c.update(colour="blue"), "colour", "unknown field"),
+        (lambda c: c["source"].update(uri="x_{{ ds }}.csv"), "source.uri", "not used by a 'bundled' source"),
+        (lambda c: c["source"].update(start_date="yesterday"), "source.start_date", "expected an ISO date"),
+        (lambda c: c.update(colour="blue"), "colour", "unknown field (allowed: builder,"),
+        (lambda c: c["train"].update(colour="blue"), "train.colour", "unknown field (allowed: batch_size,"),
+        (lambda c: c.update(label="bmi"), "label", "also listed as a feature"),
+        (lambda c: c.update(timeouts={"trian": 60}), "timeouts.trian", "unknown step (steps: deploy,"),
+        (lambda c: c.update(timeouts={"train": 0}), "timeouts.train", "must be a positive whole number of seconds"),
+        (lambda c: c.update(timeouts={"train": "1h"}), "timeouts.train", "must be a positive whole number of seconds"),
+        (lambda c: c.update(serving_name="my model"), "serving_name", "not usable as a TF Serving model folder"),
+        (lambda c: c.update(serving_name="2024"), "serving_name", "not usable as a TF Serving model folder"),
     ],
 )
-def test_bad_config_is_an_import_error_naming_file_and_field(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit, field: str, problem: str
+def test_bad_config_names_the_file_and_the_field(tmp_path: Path, edit, field: str, problem: str) -> None:
+    path = _add_model(tmp_path / "models", edit)
+    with pytest.raises(ConfigError) as caught:
+        load_model_config(path)
+    assert caught.value.path == str(path)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{path}: field '{field}': ")
+    assert problem in caught.value.problem
+    assert isinstance(caught.value, ValueError)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    def two_mistakes(config: dict) -> None:
+        config["train"]["epochs"] = "many"
+        config["test_fraction"] = 2
+
+    with pytest.raises(ConfigError) as caught:
+        load_model_config(_add_model(tmp_path / "models", two_mistakes))
+    assert caught.value.field == "train.epochs"
+    assert "field 'test_fraction': must be between 0 and 1" in str(caught.value)
+
+
+def test_timeouts_default_per_step_and_the_config_overrides_some(tmp_path: Path) -> None:
+    bundled = find_model_config("diabetes")
+    assert bundled.timeouts == DEFAULT_STEP_TIMEOUTS
+    assert DEFAULT_STEP_TIMEOUTS == {
+        "snapshot": 900,
+        "validate": 900,
+        "train": 7200,
+        "evaluate": 1800,
+        "optimize": 14400,
+        "register": 900,
+        "deploy": 1200,
+    }
+    config = load_model_config(_add_model(tmp_path / "models", lambda c: c.update(timeouts={"train": 60})))
+    assert config.timeouts == {**DEFAULT_STEP_TIMEOUTS, "train": 60}
+    assert config.step_timeout("train") == dt.timedelta(seconds=60)
+    assert config.step_timeout("deploy") == dt.timedelta(minutes=20)
+    with pytest.raises(KeyError, match="no timeout for step 'gate'"):
+        config.step_timeout("gate")
+
+
+@pytest.mark.parametrize("name", ["diabetes_v2", "diabetes-prod", "d.1", "my model", "2024", "-x", "x/y", "ü"])
+def test_serving_name_follows_the_registry_rule(tmp_path: Path, name: str) -> None:
+    try:
+        Registry(tmp_path / "registry").model_dir(name)
+        registry_accepts = True
+    except RegistryError:
+        registry_accepts = False
+    path = _add_model(tmp_path / "models", lambda c: c.update(serving_name=name))
+    try:
+        config_accepts = load_model_config(path).serving_name == name
+    except ConfigError as exc:
+        assert exc.field == "serving_name"
+        config_accepts = False
+    assert config_accepts == registry_accepts
+
+
+def test_serving_name_defaults_to_the_model_name() -> None:
+    assert [c.serving_name for c in load_model_configs()] == ["diabetes", "digits"]
+
+
+def test_a_serving_name_used_twice_is_refused_naming_both_files(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    first = _add_model(folder, lambda c: c.update(serving_name="progression"))
+
+    def second_model(config: dict) -> None:
+        config.update(name="diabetes_v2", serving_name="progression")
+
+    second = _add_model(folder, second_model)
+    configs, errors = scan_model_configs(folder)
+    assert configs == []
+    assert set(errors) == {first.resolve(), second.resolve()}
+    for error in errors.values():
+        assert error.field == "serving_name"
+        assert str(first.resolve()) in str(error) and str(second.resolve()) in str(error)
+    with pytest.raises(ConfigError, match="'progression' is used by more than one model config"):
+        load_model_configs(folder)
+    with pytest.raises(ConfigError, match="used by more than one model config"):
+        find_model_config("diabetes_v2", folder)
+
+
+def test_one_broken_config_breaks_only_its_own_dag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _models_dir(tmp_path, name="digits")
+    broken = _add_model(folder, lambda c: c["gate"]["thresholds"]["r2"].update(min="high"))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["lifecycle__diabetes", "lifecycle__digits"]
+    assert {"train", "deploy"} <= set(bag.dags["lifecycle__digits"].task_ids)
+    stand_in = bag.dags["lifecycle__diabetes"]
+    assert stand_in.task_ids == ["config_error"]
+    assert "broken-config" in stand_in.tags
+    assert f"{broken.name}" in stand_in.doc_md
+    assert "field 'gate.thresholds.r2.min': must be a number, got str 'high'" in stand_in.doc_md
+    assert stand_in.get_task("config_error").retries == 0
+
+
+def test_the_broken_configs_dag_fails_at_once_with_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    errors = _import_errors(_models_dir(tmp_path, edit), monkeypatch)
-    assert len(errors) == 1
-    message = next(iter(errors.values()))
-    assert "diabetes.yaml" in message
-    assert f"field '{field}'" in message
-    assert problem in message
+    folder = _models_dir(tmp_path, lambda c: c["train"].update(epochs="many"))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    with caplog.at_level("ERROR"):
+        dag_run = bag.dags["lifecycle__diabetes"].test(logical_date=dt.datetime(2026, 11, 5, tzinfo=dt.UTC))
+    assert dag_run.state == "failed"
+    (ti,) = dag_run.get_task_instances()
+    assert ti.state == "failed"
+    assert ti.try_number == 1
+    assert "field 'train.epochs': expected int, got str 'many'" in caplog.text
 
 
 def test_a_third_model_is_a_config_plus_a_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +198,18 @@ def test_a_third_model_is_a_config_plus_a_builder(tmp_path: Path, monkeypatch: p
     dag = bag.dags["lifecycle__progression"]
     assert "A third model, no DAG code." in dag.doc_md
     assert {"snapshot", "validate", "train", "evaluate", "gate", "register", "deploy"} <= set(dag.task_ids)
+
+
+def test_the_readme_example_model_is_a_valid_config_with_the_documented_metric_names(tmp_path: Path) -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Adding a model") :].split("\n## ", 1)[0]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    python_block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "cancer.yaml").write_text(yaml_block)
+    (tmp_path / "cancer.py").write_text(python_block)
+    config = load_model_config(tmp_path / "cancer.yaml")
+    assert config.task == "classification" and config.num_classes == 2
+    assert 'activation="softmax"' in python_block
+    for task, names in METRICS.items():
+        listed = section.split(f"{task} `", 1)[1].split(";", 1)[0].split(". ", 1)[0]
+        assert [m.strip(" `.") for m in listed.split(",")] == list(names), task

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from ml_fixtures import make_snapshot
 from include.mlops.config import find_model_config, load_model_config
 from include.mlops.modeling import (
     ModelingError,
+    OutputContractError,
+    check_outputs,
     import_builder,
     load_serving_fn,
     load_split,
@@ -21,7 +25,9 @@ from include.mlops.modeling import (
 )
 from include.mlops.train import replica_count, train
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DIABETES = find_model_config("diabetes")
+DIGITS = find_model_config("digits")
 FAST = {"epochs": 4, "patience": 2}
 
 
@@ -152,7 +158,7 @@ def test_builders_outside_the_project_are_imported_from_their_file(tmp_path: Pat
 def test_a_crash_inside_train_leaves_no_output(diabetes_snapshot: Path, tmp_path: Path) -> None:
     config = load_model_config(_broken_models_dir(tmp_path) / "diabetes.yaml")
     out = tmp_path / "runs" / "train"
-    with pytest.raises(ModelingError, match=r"must map \(None, 10\) -> \(None, 1\)"):
+    with pytest.raises(OutputContractError, match=r"a regression model of 'diabetes' must return \[rows, 1\]"):
         train(config, diabetes_snapshot, out, FAST)
     assert not out.exists()
     assert list(out.parent.iterdir()) == []
@@ -177,3 +183,55 @@ def test_missing_snapshot_columns_name_the_columns(tmp_path: Path) -> None:
     with pytest.raises(ModelingError, match=r"columns \['bmi'\] are missing"):
         train(DIABETES, snapshot, tmp_path / "out", FAST)
     assert not (tmp_path / "out").exists()
+
+
+def _digits_without_softmax(tmp_path: Path) -> Path:
+    """A models folder holding digits with its real builder, less the softmax on its last layer."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(DIGITS.path, models / "digits.yaml")
+    builder = DIGITS.builder_path.read_text()
+    assert 'activation="softmax"' in builder
+    (models / "digits.py").write_text(builder.replace(', activation="softmax"', ""))
+    return models
+
+
+def test_a_classification_head_without_softmax_is_bad_input_before_training(tmp_path: Path) -> None:
+    models = _digits_without_softmax(tmp_path)
+    snapshot = make_snapshot(DIGITS, tmp_path / "snapshot", rows=200)
+    out = tmp_path / "train"
+    step = ["train", "--model", "digits", "--models-dir", str(models), "--data", str(snapshot), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "include.mlops", *step, "--overrides", '{"epochs": 50}'],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "builder digits.py: a classification model must output class probabilities" in proc.stderr
+    assert "keras.layers.Dense(10, activation='softmax')" in proc.stderr
+    assert "epoch 1/50" not in proc.stderr  # refused before any training
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([[-2.23] + [0.0] * 9], "must output class probabilities"),
+        ([[0.5] * 10], r"sum 5"),
+        ([[0.1] * 9], r"shape \(1, 9\)"),
+        ([[float("nan")] + [0.1] * 9], "NaN or infinite"),
+    ],
+)
+def test_the_output_contract_refuses_what_is_not_probabilities(rows: list, problem: str) -> None:
+    with pytest.raises(OutputContractError, match=problem):
+        check_outputs(DIGITS, np.array(rows), source="candidate")
+
+
+def test_the_output_contract_accepts_softmax_rows() -> None:
+    logits = np.random.default_rng(0).normal(size=(32, 10))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        check_outputs(DIGITS, probabilities.astype("float32"), source="candidate"), probabilities, rtol=1e-6
+    )

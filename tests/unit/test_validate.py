@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -133,6 +137,30 @@ def test_unexpected_extra_column_is_not_possible_through_snapshot_but_caught_dir
     assert error.failures == ["expect_table_columns_to_match_set(table): unexpected [leak]"]
 
 
+def test_source_columns_the_config_does_not_list_are_logged_and_reported(
+    diabetes_config, reference_rows, bad_snapshot, tmp_path, caplog
+):
+    rows = reference_rows(diabetes_config).assign(patient_id=range(442), clinic="north")
+    with caplog.at_level("WARNING"):
+        data_uri = bad_snapshot(rows)
+        result = validate(diabetes_config, data_uri, tmp_path / "validate")
+    # The snapshot holds only what the config lists, so the data passes; the extras are on record.
+    assert "patient_id" not in pd.read_parquet(data_uri).columns
+    assert result["extra_columns"] == ["patient_id", "clinic"]
+    summary = json.loads((tmp_path / "validate" / SUMMARY_FILE).read_text())
+    assert summary["success"] is True
+    assert summary["extra_columns"] == ["patient_id", "clinic"]
+    stored = json.loads((tmp_path / "validate" / RESULT_FILE).read_text())
+    assert stored["meta"]["extra_columns"] == ["patient_id", "clinic"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("['patient_id', 'clinic']" in w and "does not list" in w for w in warnings), warnings
+
+
+def test_no_extra_columns_is_an_empty_list(diabetes_config, reference_rows, bad_snapshot, tmp_path):
+    result = validate(diabetes_config, bad_snapshot(reference_rows(diabetes_config)), tmp_path / "validate")
+    assert result["extra_columns"] == []
+
+
 def test_feature_as_strings(diabetes_config, reference_rows, bad_snapshot, tmp_path):
     rows = reference_rows(diabetes_config)
     rows["bmi"] = [f"{v:.4f}kg" for v in rows["bmi"]]
@@ -247,3 +275,71 @@ def test_missing_suite_says_how_to_make_one(diabetes_config, interval, tmp_path)
 def test_missing_snapshot_is_a_clear_error(diabetes_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="run the snapshot step"):
         validate(diabetes_config, tmp_path / "nowhere" / "data.parquet", tmp_path / "validate")
+
+
+# --------------------------------------------------------------------------- the suite generator's input
+
+
+def _run_suites(models: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    project = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-m", "include.mlops.suites", *args],
+        cwd=project,
+        env={**os.environ, "MLOPS_MODELS_DIR": str(models), "MLOPS_GX_DIR": str(models)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _cancer_model(tmp_path: Path, diabetes_config, features: list[str]) -> Path:
+    """A breast-cancer classifier config (diabetes' builder) with the given feature names."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(diabetes_config.builder_path, models / "cancer.py")
+    (models / "cancer.yaml").write_text(
+        "name: cancer\ntask: classification\nbuilder: cancer\nnum_classes: 2\n"
+        "source: {kind: bundled, dataset: breast_cancer, start_date: 2026-11-01}\n"
+        f"features: {json.dumps(features)}\nlabel: target\nmetrics: [accuracy]\n"
+    )
+    return models
+
+
+def test_suite_for_features_missing_from_the_bundled_data_names_expected_and_available(diabetes_config, tmp_path):
+    models = _cancer_model(tmp_path, diabetes_config, ["mean radius", "mean_texture"])
+    proc = _run_suites(models, "cancer")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "KeyError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "the bundled dataset 'breast_cancer' lacks 1 of the 3 columns model 'cancer' needs" in proc.stderr
+    assert "missing ['mean radius']" in proc.stderr
+    assert "expected ['mean radius', 'mean_texture', 'target']" in proc.stderr
+    assert "available ['mean_radius', 'mean_texture'," in proc.stderr
+    assert not (models / "cancer.json").exists()
+
+
+def test_suite_for_reference_data_missing_a_feature_names_expected_and_available(
+    diabetes_config, reference_rows, tmp_path
+):
+    models = _cancer_model(tmp_path, diabetes_config, ["mean_radius"])
+    shutil.copy(diabetes_config.builder_path, models / "diabetes.py")
+    shutil.copy(diabetes_config.path, models / "diabetes.yaml")
+    reference = tmp_path / "reference.csv"
+    reference_rows(diabetes_config).drop(columns=["bmi"]).to_csv(reference, index=False)
+    proc = _run_suites(models, "diabetes", "--data", str(reference))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "the reference data for 'diabetes' lacks 1 of the 11 columns" in proc.stderr
+    assert "missing ['bmi']" in proc.stderr and "available ['age', 'sex', 'bp'," in proc.stderr
+
+
+def test_suite_generator_writes_a_suite_from_the_bundled_data(diabetes_config, tmp_path):
+    models = _cancer_model(tmp_path, diabetes_config, ["mean_radius", "mean_texture"])
+    proc = _run_suites(models, "cancer")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    suite = json.loads((models / "cancer.json").read_text())
+    assert suite["expectations"][0]["kwargs"]["column_set"] == [
+        "mean_radius",
+        "mean_texture",
+        "target",
+        "split",
+        "_row_hash",
+    ]
