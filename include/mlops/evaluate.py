@@ -9,7 +9,6 @@ describe what would actually be served.  Writes ``metrics.json``,
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.modeling import Dataset, ModelingError, load_serving_fn, load_split, load_tflite_fn
+from include.mlops.reports import render
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,12 +162,42 @@ def _plot(
         plt.close(fig)
 
 
-def _format(value: float | None) -> str:
-    if value is None:
-        return "&ndash;"
+def _format(value: float) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def _report_rows(
+    config: ModelConfig, metrics: Mapping[str, float], champion_metrics: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One row per metric: values, the change against the champion and the gate's bounds."""
+    rows = []
+    for metric in [*METRICS[config.task], *BUDGET_METRICS]:
+        higher = config.higher_is_better(metric)
+        bounds = dict(config.gate.thresholds.get(metric, {}))
+        if metric in config.gate.budgets:
+            bounds["max"] = config.gate.budgets[metric]
+        candidate = metrics[metric]
+        old = champion_metrics.get(metric)
+        change, verdict = None, None
+        if old is not None and old != 0 and math.isfinite(old) and math.isfinite(candidate):
+            relative = (candidate - old) / abs(old)
+            change = f"{relative:+.1%}"
+            verdict = "same" if abs(relative) < 0.0005 else ("better" if (relative > 0) == higher else "worse")
+        rows.append(
+            {
+                "metric": metric,
+                "higher": higher,
+                "key": metric in config.metrics,
+                "candidate": candidate,
+                "champion": old,
+                "change": change,
+                "verdict": verdict,
+                "bounds": list(bounds.items()),
+            }
+        )
+    return rows
 
 
 def _report_html(
@@ -178,66 +208,19 @@ def _report_html(
     sources: Mapping[str, str | None],
     test_rows: int,
 ) -> str:
-    champion_metrics: Mapping[str, float] = champion["metrics"] if champion else {}
+    """report.html, rendered from ``templates/evaluation_report.html``."""
     version = champion.get("version") if champion else None
-    champion_title = f"champion v{version}" if version is not None else "champion"
-    rows = []
-    for metric in [*METRICS[config.task], *BUDGET_METRICS]:
-        higher = config.higher_is_better(metric)
-        bounds = dict(config.gate.thresholds.get(metric, {}))
-        if metric in config.gate.budgets:
-            bounds["max"] = config.gate.budgets[metric]
-        limit = " and ".join(f"{'&ge;' if k == 'min' else '&le;'} {v:g}" for k, v in bounds.items()) or "&ndash;"
-        candidate = metrics[metric]
-        cells = [
-            f"<td>{html.escape(metric)}{' &uarr;' if higher else ' &darr;'}</td>",
-            f"<td>{_format(candidate)}</td>",
-        ]
-        if champion:
-            old = champion_metrics.get(metric)
-            cells.append(f"<td>{_format(old)}</td>")
-            if old is not None and old != 0 and math.isfinite(old) and math.isfinite(candidate):
-                change = (candidate - old) / abs(old)
-                if abs(change) < 0.0005:
-                    verdict = "same"
-                else:
-                    verdict = "better" if (change > 0) == higher else "worse"
-                cells.append(f"<td class='{verdict}'>{change:+.1%}</td>")
-            else:
-                cells.append("<td>&ndash;</td>")
-        cells.append(f"<td>{limit}</td>")
-        highlight = " class='key'" if metric in config.metrics else ""
-        rows.append(f"<tr{highlight}>{''.join(cells)}</tr>")
-    header = "<th>metric</th><th>candidate</th>"
-    if champion:
-        header += f"<th>{html.escape(champion_title)}</th><th>change</th>"
-    header += "<th>gate</th>"
-    source_items = "".join(
-        f"<li><b>{html.escape(k)}</b>: <code>{html.escape(str(v))}</code></li>" for k, v in sources.items() if v
+    return render(
+        "evaluation_report.html",
+        config=config,
+        champion=champion,
+        champion_title=f"champion v{version}" if version is not None else "champion",
+        rows=_report_rows(config, metrics, champion["metrics"] if champion else {}),
+        test_rows=test_rows,
+        sources=sources,
+        plot_base64=base64.b64encode(plot_png).decode("ascii"),
+        format_number=_format,
     )
-    image = base64.b64encode(plot_png).decode("ascii")
-    no_champion = "" if champion else "<p>No champion to compare with: this is the first version of the model.</p>"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(config.name)} evaluation</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} tr.key td:first-child {{ font-weight: bold; }}
-.better {{ color: #1a7f37; }} .worse {{ color: #cf222e; }}
-</style></head><body>
-<h1>Evaluation of {html.escape(config.name)}</h1>
-<p>{html.escape(config.description)}</p>
-<p>{config.task} model, {test_rows} test rows. Arrows show which direction is better; bold metrics are the config's
-headline metrics; the gate column shows the thresholds and budgets from <code>{html.escape(config.path.name)}</code>.</p>
-{no_champion}
-<table><thead><tr>{header}</tr></thead><tbody>
-{chr(10).join(rows)}
-</tbody></table>
-<h2>Plot</h2>
-<p><a href="plot.png"><img src="data:image/png;base64,{image}" alt="evaluation plot" width="600"></a></p>
-<h2>Inputs</h2><ul>{source_items}</ul>
-</body></html>
-"""
 
 
 def evaluate(

@@ -152,3 +152,22 @@ def test_demo_models_pass_their_gate_with_the_default_config(config: ModelConfig
         assert {f"proba_{k}" for k in range(10)} <= set(
             pd.read_parquet(tmp_path / "evaluate" / "predictions.parquet").columns
         )
+
+
+def test_report_html_escapes_config_text_and_paths() -> None:
+    import dataclasses
+
+    from include.mlops.evaluate import _report_html
+
+    config = dataclasses.replace(DIABETES, description="<script>alert('x')</script> & more")
+    metrics = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
+    champion = {"version": 3, "metrics": {**metrics, "mae": 46.0}}
+    report = _report_html(config, metrics, champion, PNG_MAGIC, {"model": "/runs/a<b>&c"}, 42)
+    assert "<script>" not in report
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in report
+    assert "<code>/runs/a&lt;b&gt;&amp;c</code>" in report
+    # The template's own entities and markup are not escaped.
+    assert (
+        "<tr class='key'><td>mae &darr;</td><td>44</td><td>46</td><td class='better'>-4.3%</td><td>&le; 65</td>"
+        in report
+    )
