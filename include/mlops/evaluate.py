@@ -22,6 +22,7 @@ from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_outp
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.modeling import Dataset, ModelingError, load_serving_fn, load_split, load_tflite_fn
 from include.mlops.reports import render
+from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -207,6 +208,9 @@ def _report_html(
     plot_png: bytes,
     sources: Mapping[str, str | None],
     test_rows: int,
+    *,
+    measured: Mapping[str, str] | None = None,
+    champion_unavailable: str | None = None,
 ) -> str:
     """report.html, rendered from ``templates/evaluation_report.html``."""
     version = champion.get("version") if champion else None
@@ -220,7 +224,70 @@ def _report_html(
         sources=sources,
         plot_base64=base64.b64encode(plot_png).decode("ascii"),
         format_number=_format,
+        measured=measured,
+        champion_unavailable=champion_unavailable,
     )
+
+
+def measured_artifact(model_uri: str | os.PathLike[str], tflite_uri: str | os.PathLike[str] | None) -> dict[str, str]:
+    """What a candidate's metrics, size and latency are measured on: its ``.tflite`` file when given, else the SavedModel.
+
+    Register compares this ``sha256`` with the files it is asked to register,
+    so the bytes the gate judged are the bytes that get served.
+    """
+    fmt, path = (TFLITE, tflite_uri) if tflite_uri is not None else (SAVED_MODEL, model_uri)
+    return {"format": fmt, "path": str(path), "sha256": artifact_sha256(fmt, path)}
+
+
+def champion_problem(champion_uri: str | os.PathLike[str], champion_version: int | None) -> str | None:
+    """Why the champion cannot be compared against (a registry version that fails its checksums, a missing folder).
+
+    A champion that is a registry version folder, ``<registry>/<name>/<version>``
+    (what ``--champion auto`` resolves the stable label to), is verified
+    against its checksums.json.  Returns None when the champion can be used.
+    """
+    from include.mlops.registry import Registry, RegistryError
+
+    path = Path(champion_uri)
+    if champion_version is None or path.name != str(champion_version):
+        return None if path.exists() else f"no model at {path}"
+    try:
+        Registry(path.parent.parent).verify(path.parent.name, champion_version)
+    except RegistryError as exc:
+        return str(exc)
+    return None
+
+
+def _score_champion(
+    config: ModelConfig, test: Dataset, champion_uri: str, champion_version: int | None
+) -> tuple[dict[str, Any] | None, np.ndarray | None, str | None]:
+    """The champion's record and outputs, or the reason it is unavailable (the run goes on without it)."""
+    problem = champion_problem(champion_uri, champion_version)
+    if problem is None:
+        # The champion is measured on what it serves: model.tflite when its version has one.
+        served = served_artifact(Path(champion_uri))
+        try:
+            tflite = served.path if served.format == TFLITE else None
+            champion_metrics, outputs = _score_model(config, test, champion_uri, tflite)
+        except ModelingError as exc:  # e.g. a champion built for other features than today's config
+            problem = str(exc)
+    if problem is not None:
+        reason = f"champion unavailable: {problem}"
+        log.warning("evaluate %s: %s; the change checks against the champion are skipped", config.name, reason)
+        return None, None, reason
+    champion = {
+        "version": champion_version,
+        "metrics": champion_metrics,
+        "model_uri": str(champion_uri),
+        "measured_artifact": {"format": served.format, "path": str(served.path), "sha256": served.sha256},
+    }
+    log.info(
+        "evaluate %s: champion %s %s",
+        config.name,
+        f"v{champion_version}" if champion_version is not None else champion_uri,
+        {k: round(v, 4) for k, v in champion_metrics.items()},
+    )
+    return champion, outputs, None
 
 
 def evaluate(
@@ -236,7 +303,11 @@ def evaluate(
     """Score a candidate (and the champion, when given) on the snapshot's ``test`` rows.
 
     With ``tflite_uri`` the candidate's predictions, size and latency come
-    from the ``.tflite`` file through the TFLite interpreter.  Writes
+    from the ``.tflite`` file through the TFLite interpreter; ``measured_artifact``
+    records which file that was, with its sha256.  A champion that is a
+    registry version is verified against its checksums first; one that fails
+    (or cannot be scored) is left out with ``champion_unavailable`` saying why,
+    so the gate applies its absolute thresholds only.  Writes
     ``<out>/metrics.json``, ``<out>/predictions.parquet`` (test rows with their
     features, label, ``prediction`` and, for classification, ``proba_<k>``),
     ``<out>/plot.png`` and ``<out>/report.html``.
@@ -244,20 +315,15 @@ def evaluate(
     out = Path(out).resolve()
     test = load_split(config, data_uri, "test")
     log.info("evaluate %s: %d test rows, candidate %s", config.name, len(test), tflite_uri or model_uri)
+    measured = measured_artifact(model_uri, tflite_uri)
     metrics, outputs = _score_model(config, test, model_uri, tflite_uri)
     log.info("evaluate %s: candidate %s", config.name, {k: round(v, 4) for k, v in metrics.items()})
 
     champion: dict[str, Any] | None = None
     champion_outputs = None
+    champion_unavailable = None
     if champion_uri is not None:
-        champion_metrics, champion_outputs = _score_model(config, test, champion_uri, None)
-        champion = {"version": champion_version, "metrics": champion_metrics, "model_uri": str(champion_uri)}
-        log.info(
-            "evaluate %s: champion %s %s",
-            config.name,
-            f"v{champion_version}" if champion_version is not None else champion_uri,
-            {k: round(v, 4) for k, v in champion_metrics.items()},
-        )
+        champion, champion_outputs, champion_unavailable = _score_champion(config, test, champion_uri, champion_version)
 
     with step_output(out) as staging:
         _plot(config, test, outputs, staging / "plot.png", champion_outputs)
@@ -273,19 +339,32 @@ def evaluate(
             "task": config.task,
             "test_rows": len(test),
             "metrics": metrics,
+            "measured_artifact": measured,
             "champion": champion,
+            "champion_unavailable": champion_unavailable,
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,
             "data_uri": str(data_uri),
         }
         atomic_write_json(staging / "metrics.json", to_jsonable(payload))
-        report = _report_html(config, metrics, champion, (staging / "plot.png").read_bytes(), sources, len(test))
+        report = _report_html(
+            config,
+            metrics,
+            champion,
+            (staging / "plot.png").read_bytes(),
+            sources,
+            len(test),
+            measured=measured,
+            champion_unavailable=champion_unavailable,
+        )
         (staging / "report.html").write_text(report, encoding="utf-8")
     log.info("evaluate %s: report at %s", config.name, out / "report.html")
     return to_jsonable(
         {
             "metrics": metrics,
+            "measured_artifact": measured,
             "champion": {"version": champion_version, "metrics": champion["metrics"]} if champion else None,
+            "champion_unavailable": champion_unavailable,
             "report_uri": str(out / "report.html"),
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,
