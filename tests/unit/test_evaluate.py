@@ -241,3 +241,23 @@ def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
     decision = decide_for_config(DIABETES, written["metrics"], written["champion"])
     assert not decision.has_champion
     assert all(check.kind != "change" or check.passed for check in decision.checks)
+
+
+def test_a_champion_with_model_tflite_is_measured_on_it(
+    artifact_root: Path, diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
+) -> None:
+    from include.mlops.artifacts import sha256_file
+    from include.mlops.modeling import convert_to_tflite
+    from include.mlops.registry import Registry
+
+    registry = Registry(artifact_root / "models")
+    tflite = convert_to_tflite(champion, tmp_path / "champion.tflite")
+    result = registry.register(
+        "diabetes", champion, metrics={}, lineage={"dag_id": "d", "run_id": "r"}, tflite_path=tflite
+    )
+    registry.set_label("diabetes", "stable", result.version)
+    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, tmp_path / "evaluate")
+    measured = written["champion"]["measured_artifact"]
+    assert measured["format"] == "tflite"
+    assert measured["sha256"] == sha256_file(result.version_dir / "model.tflite") == sha256_file(tflite)
+    assert written["champion"]["metrics"]["size_mb"] == pytest.approx(tflite.stat().st_size / 1_000_000)
