@@ -9,7 +9,6 @@ describe what would actually be served.  Writes ``metrics.json``,
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import math
 import os
@@ -21,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from include.mlops.modeling import Dataset, check_outputs, load_serving_fn, load_split, load_tflite_fn
+from include.mlops.modeling import Dataset, ModelingError, check_outputs, load_serving_fn, load_split, load_tflite_fn
+from include.mlops.reports import render
+from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -156,12 +157,42 @@ def _plot(
         plt.close(fig)
 
 
-def _format(value: float | None) -> str:
-    if value is None:
-        return "&ndash;"
+def _format(value: float) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def _report_rows(
+    config: ModelConfig, metrics: Mapping[str, float], champion_metrics: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One row per metric: values, the change against the champion and the gate's bounds."""
+    rows = []
+    for metric in [*METRICS[config.task], *BUDGET_METRICS]:
+        higher = config.higher_is_better(metric)
+        bounds = dict(config.gate.thresholds.get(metric, {}))
+        if metric in config.gate.budgets:
+            bounds["max"] = config.gate.budgets[metric]
+        candidate = metrics[metric]
+        old = champion_metrics.get(metric)
+        change, verdict = None, None
+        if old is not None and old != 0 and math.isfinite(old) and math.isfinite(candidate):
+            relative = (candidate - old) / abs(old)
+            change = f"{relative:+.1%}"
+            verdict = "same" if abs(relative) < 0.0005 else ("better" if (relative > 0) == higher else "worse")
+        rows.append(
+            {
+                "metric": metric,
+                "higher": higher,
+                "key": metric in config.metrics,
+                "candidate": candidate,
+                "champion": old,
+                "change": change,
+                "verdict": verdict,
+                "bounds": list(bounds.items()),
+            }
+        )
+    return rows
 
 
 def _report_html(
@@ -171,67 +202,86 @@ def _report_html(
     plot_png: bytes,
     sources: Mapping[str, str | None],
     test_rows: int,
+    *,
+    measured: Mapping[str, str] | None = None,
+    champion_unavailable: str | None = None,
 ) -> str:
-    champion_metrics: Mapping[str, float] = champion["metrics"] if champion else {}
+    """report.html, rendered from ``templates/evaluation_report.html``."""
     version = champion.get("version") if champion else None
-    champion_title = f"champion v{version}" if version is not None else "champion"
-    rows = []
-    for metric in [*METRICS[config.task], *BUDGET_METRICS]:
-        higher = config.higher_is_better(metric)
-        bounds = dict(config.gate.thresholds.get(metric, {}))
-        if metric in config.gate.budgets:
-            bounds["max"] = config.gate.budgets[metric]
-        limit = " and ".join(f"{'&ge;' if k == 'min' else '&le;'} {v:g}" for k, v in bounds.items()) or "&ndash;"
-        candidate = metrics[metric]
-        cells = [
-            f"<td>{html.escape(metric)}{' &uarr;' if higher else ' &darr;'}</td>",
-            f"<td>{_format(candidate)}</td>",
-        ]
-        if champion:
-            old = champion_metrics.get(metric)
-            cells.append(f"<td>{_format(old)}</td>")
-            if old is not None and old != 0 and math.isfinite(old) and math.isfinite(candidate):
-                change = (candidate - old) / abs(old)
-                if abs(change) < 0.0005:
-                    verdict = "same"
-                else:
-                    verdict = "better" if (change > 0) == higher else "worse"
-                cells.append(f"<td class='{verdict}'>{change:+.1%}</td>")
-            else:
-                cells.append("<td>&ndash;</td>")
-        cells.append(f"<td>{limit}</td>")
-        highlight = " class='key'" if metric in config.metrics else ""
-        rows.append(f"<tr{highlight}>{''.join(cells)}</tr>")
-    header = "<th>metric</th><th>candidate</th>"
-    if champion:
-        header += f"<th>{html.escape(champion_title)}</th><th>change</th>"
-    header += "<th>gate</th>"
-    source_items = "".join(
-        f"<li><b>{html.escape(k)}</b>: <code>{html.escape(str(v))}</code></li>" for k, v in sources.items() if v
+    return render(
+        "evaluation_report.html",
+        config=config,
+        champion=champion,
+        champion_title=f"champion v{version}" if version is not None else "champion",
+        rows=_report_rows(config, metrics, champion["metrics"] if champion else {}),
+        test_rows=test_rows,
+        sources=sources,
+        plot_base64=base64.b64encode(plot_png).decode("ascii"),
+        format_number=_format,
+        measured=measured,
+        champion_unavailable=champion_unavailable,
     )
-    image = base64.b64encode(plot_png).decode("ascii")
-    no_champion = "" if champion else "<p>No champion to compare with: this is the first version of the model.</p>"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(config.name)} evaluation</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} tr.key td:first-child {{ font-weight: bold; }}
-.better {{ color: #1a7f37; }} .worse {{ color: #cf222e; }}
-</style></head><body>
-<h1>Evaluation of {html.escape(config.name)}</h1>
-<p>{html.escape(config.description)}</p>
-<p>{config.task} model, {test_rows} test rows. Arrows show which direction is better; bold metrics are the config's
-headline metrics; the gate column shows the thresholds and budgets from <code>{html.escape(config.path.name)}</code>.</p>
-{no_champion}
-<table><thead><tr>{header}</tr></thead><tbody>
-{chr(10).join(rows)}
-</tbody></table>
-<h2>Plot</h2>
-<p><a href="plot.png"><img src="data:image/png;base64,{image}" alt="evaluation plot" width="600"></a></p>
-<h2>Inputs</h2><ul>{source_items}</ul>
-</body></html>
-"""
+
+
+def measured_artifact(model_uri: str | os.PathLike[str], tflite_uri: str | os.PathLike[str] | None) -> dict[str, str]:
+    """What a candidate's metrics, size and latency are measured on: its ``.tflite`` file when given, else the SavedModel.
+
+    Register compares this ``sha256`` with the files it is asked to register,
+    so the bytes the gate judged are the bytes that get served.
+    """
+    fmt, path = (TFLITE, tflite_uri) if tflite_uri is not None else (SAVED_MODEL, model_uri)
+    return {"format": fmt, "path": str(path), "sha256": artifact_sha256(fmt, path)}
+
+
+def champion_problem(champion_uri: str | os.PathLike[str], champion_version: int | None) -> str | None:
+    """Why the champion cannot be compared against (a registry version that fails its checksums, a missing folder).
+
+    A champion that is a registry version folder, ``<registry>/<name>/<version>``
+    (what ``--champion auto`` resolves the stable label to), is verified
+    against its checksums.json.  Returns None when the champion can be used.
+    """
+    from include.mlops.registry import Registry, RegistryError
+
+    path = Path(champion_uri)
+    if champion_version is None or path.name != str(champion_version):
+        return None if path.exists() else f"no model at {path}"
+    try:
+        Registry(path.parent.parent).verify(path.parent.name, champion_version)
+    except RegistryError as exc:
+        return str(exc)
+    return None
+
+
+def _score_champion(
+    config: ModelConfig, test: Dataset, champion_uri: str, champion_version: int | None
+) -> tuple[dict[str, Any] | None, np.ndarray | None, str | None]:
+    """The champion's record and outputs, or the reason it is unavailable (the run goes on without it)."""
+    problem = champion_problem(champion_uri, champion_version)
+    if problem is None:
+        # The champion is measured on what it serves: model.tflite when its version has one.
+        served = served_artifact(Path(champion_uri))
+        try:
+            tflite = served.path if served.format == TFLITE else None
+            champion_metrics, outputs = _score_model(config, test, champion_uri, tflite)
+        except ModelingError as exc:  # e.g. a champion built for other features than today's config
+            problem = str(exc)
+    if problem is not None:
+        reason = f"champion unavailable: {problem}"
+        log.warning("evaluate %s: %s; the change checks against the champion are skipped", config.name, reason)
+        return None, None, reason
+    champion = {
+        "version": champion_version,
+        "metrics": champion_metrics,
+        "model_uri": str(champion_uri),
+        "measured_artifact": {"format": served.format, "path": str(served.path), "sha256": served.sha256},
+    }
+    log.info(
+        "evaluate %s: champion %s %s",
+        config.name,
+        f"v{champion_version}" if champion_version is not None else champion_uri,
+        {k: round(v, 4) for k, v in champion_metrics.items()},
+    )
+    return champion, outputs, None
 
 
 def evaluate(
@@ -247,7 +297,11 @@ def evaluate(
     """Score a candidate (and the champion, when given) on the snapshot's ``test`` rows.
 
     With ``tflite_uri`` the candidate's predictions, size and latency come
-    from the ``.tflite`` file through the TFLite interpreter.  Writes
+    from the ``.tflite`` file through the TFLite interpreter; ``measured_artifact``
+    records which file that was, with its sha256.  A champion that is a
+    registry version is verified against its checksums first; one that fails
+    (or cannot be scored) is left out with ``champion_unavailable`` saying why,
+    so the gate applies its absolute thresholds only.  Writes
     ``<out>/metrics.json``, ``<out>/predictions.parquet`` (test rows with their
     features, label, ``prediction`` and, for classification, ``proba_<k>``),
     ``<out>/plot.png`` and ``<out>/report.html``.
@@ -255,20 +309,15 @@ def evaluate(
     out = Path(out).resolve()
     test = load_split(config, data_uri, "test")
     log.info("evaluate %s: %d test rows, candidate %s", config.name, len(test), tflite_uri or model_uri)
+    measured = measured_artifact(model_uri, tflite_uri)
     metrics, outputs = _score_model(config, test, model_uri, tflite_uri)
     log.info("evaluate %s: candidate %s", config.name, {k: round(v, 4) for k, v in metrics.items()})
 
     champion: dict[str, Any] | None = None
     champion_outputs = None
+    champion_unavailable = None
     if champion_uri is not None:
-        champion_metrics, champion_outputs = _score_model(config, test, champion_uri, None)
-        champion = {"version": champion_version, "metrics": champion_metrics, "model_uri": str(champion_uri)}
-        log.info(
-            "evaluate %s: champion %s %s",
-            config.name,
-            f"v{champion_version}" if champion_version is not None else champion_uri,
-            {k: round(v, 4) for k, v in champion_metrics.items()},
-        )
+        champion, champion_outputs, champion_unavailable = _score_champion(config, test, champion_uri, champion_version)
 
     with step_output(out) as staging:
         _plot(config, test, outputs, staging / "plot.png", champion_outputs)
@@ -284,19 +333,32 @@ def evaluate(
             "task": config.task,
             "test_rows": len(test),
             "metrics": metrics,
+            "measured_artifact": measured,
             "champion": champion,
+            "champion_unavailable": champion_unavailable,
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,
             "data_uri": str(data_uri),
         }
         atomic_write_json(staging / "metrics.json", to_jsonable(payload))
-        report = _report_html(config, metrics, champion, (staging / "plot.png").read_bytes(), sources, len(test))
+        report = _report_html(
+            config,
+            metrics,
+            champion,
+            (staging / "plot.png").read_bytes(),
+            sources,
+            len(test),
+            measured=measured,
+            champion_unavailable=champion_unavailable,
+        )
         (staging / "report.html").write_text(report, encoding="utf-8")
     log.info("evaluate %s: report at %s", config.name, out / "report.html")
     return to_jsonable(
         {
             "metrics": metrics,
+            "measured_artifact": measured,
             "champion": {"version": champion_version, "metrics": champion["metrics"]} if champion else None,
+            "champion_unavailable": champion_unavailable,
             "report_uri": str(out / "report.html"),
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,

@@ -20,11 +20,22 @@ from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelCon
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
 from include.mlops.modeling import check_outputs
-from include.mlops.registry import Registry
+from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
+from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
+from include.mlops.snapshot import DATA_FILE, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
 CODE_VERSION_ENV = "MLOPS_CODE_VERSION"
+
+# What register copies from the run folders into assets.extra/evidence/<stage>/.
+METRICS_NAME = "metrics.json"
+EVALUATION_EVIDENCE = "evaluate"
+EVALUATION_FILES = (METRICS_NAME, "report.html", "plot.png", "predictions.parquet")
+GATE_EVIDENCE = "gate"
+SNAPSHOT_EVIDENCE = "snapshot"
+# Evidence is small (reports and records, ~100 KB); anything bigger is a sign of a wrong path.
+EVIDENCE_MAX_BYTES = 20_000_000
 
 
 class RegisterError(RuntimeError):
@@ -33,6 +44,10 @@ class RegisterError(RuntimeError):
 
 class CandidateModelError(RegisterError):
     """The candidate SavedModel breaks the serving contract."""
+
+
+class MeasuredArtifactError(CandidateModelError):
+    """The files to register are not the ones the evaluation measured (the gate judged other bytes)."""
 
 
 def code_version() -> str:
@@ -107,13 +122,7 @@ def read_evaluation(
     Accepts the evaluate step's folder or the file itself, and both
     ``{"metrics": {...}, "champion": {...}}`` and a flat ``{metric: value}`` file.
     """
-    path = Path(evaluation_uri)
-    if path.is_dir():
-        path = path / "metrics.json"
-    if not path.is_file():
-        raise RegisterError(
-            f"no evaluation metrics at {path}; pass the evaluate step's output folder as evaluation_uri"
-        )
+    path = _evaluation_file(evaluation_uri)
     data = artifacts.read_json(path)
     if not isinstance(data, Mapping):
         raise RegisterError(f"{path} must hold a JSON object of metrics, holds {type(data).__name__}")
@@ -132,6 +141,58 @@ def read_evaluation(
     return metrics, dict(champion) if champion else None
 
 
+def check_measured_artifact(
+    evaluation: Mapping[str, Any],
+    evaluation_path: Path,
+    model_uri: str | os.PathLike[str],
+    tflite_uri: str | os.PathLike[str] | None,
+) -> dict[str, str] | None:
+    """Refuse to register files other than the ones the evaluation measured.
+
+    A version with ``model.tflite`` is served from it, otherwise from its
+    SavedModel (:mod:`include.mlops.serving_artifact`), so ``model.tflite``
+    goes into the version iff the evaluation measured that very file, and the
+    SavedModel must be the one measured when no TFLite file was.  Returns the
+    evaluation's ``measured_artifact`` (None for an evaluation that predates it).
+    """
+    measured = evaluation.get("measured_artifact")
+    if not isinstance(measured, Mapping):
+        if tflite_uri is not None:
+            raise MeasuredArtifactError(
+                f"{evaluation_path} does not record which artifact it measured (no measured_artifact), so "
+                f"{tflite_uri} cannot be shown to be the gated file; re-run evaluate with this tflite"
+            )
+        log.warning("%s has no measured_artifact; assuming it measured the SavedModel %s", evaluation_path, model_uri)
+        return None
+    fmt, measured_sha = measured.get("format"), measured.get("sha256")
+    if fmt == TFLITE:
+        if tflite_uri is None:
+            raise MeasuredArtifactError(
+                f"the evaluation measured the TFLite file {measured.get('path')}, but no tflite was given: the "
+                "version would be served from its SavedModel, which the gate did not judge; pass the evaluated "
+                "tflite (--tflite)"
+            )
+        given_fmt, given = TFLITE, tflite_uri
+    elif fmt == SAVED_MODEL:
+        if tflite_uri is not None:
+            raise MeasuredArtifactError(
+                f"the evaluation measured the SavedModel {measured.get('path')}, not {tflite_uri}; a version "
+                "holding model.tflite is served from it, so that file would be served without being gated. "
+                "Register without the tflite, or evaluate the tflite first"
+            )
+        given_fmt, given = SAVED_MODEL, model_uri
+    else:
+        raise MeasuredArtifactError(f"{evaluation_path}: measured_artifact has an unknown format {fmt!r}")
+    actual = artifact_sha256(given_fmt, given)
+    if actual != measured_sha:
+        raise MeasuredArtifactError(
+            f"{given} (sha256 {actual}) is not the {given_fmt} the evaluation measured "
+            f"({measured.get('path')}, sha256 {measured_sha}); register the evaluated file, or re-run evaluate "
+            "on this one"
+        )
+    return {"format": str(fmt), "path": str(measured.get("path")), "sha256": str(measured_sha)}
+
+
 def register_model(
     config: ModelConfig,
     model_uri: str | os.PathLike[str],
@@ -146,10 +207,17 @@ def register_model(
 
     ``lineage`` needs ``dag_id`` and ``run_id`` and should carry
     ``data_interval_start``/``data_interval_end``, ``created_at`` (the run's
-    logical time, never now()), ``data_uri`` and ``data_sha256``; a missing
+    logical time, never now()), ``try_number``, ``data_uri``, ``data_sha256``
+    and ``gate_uri`` (the gate task's decision.json); a missing
     ``code_version`` is filled from git, and a missing ``data_sha256`` from
     ``<data_uri>/data.parquet``.  A candidate the gate rejected is refused
     unless the decision records an override.
+
+    Everything the lineage cites (the evaluation's files, the gate record,
+    the snapshot manifest) is copied into the version's
+    ``assets.extra/evidence/``, and the lineage points at those copies, so a
+    rerun of the same run id that rewrites its run folders cannot change
+    what this version says about itself.
     """
     decision = GateDecision.from_dict(gate_decision) if gate_decision is not None else None
     if decision is not None and not decision.passed:
@@ -158,8 +226,12 @@ def register_model(
             + "; ".join(decision.reasons)
             + ". Trigger the run with force to override the gate."
         )
-    full_lineage = _complete_lineage(lineage, model_uri, evaluation_uri, tflite_uri)
-    metrics, champion = read_evaluation(config, evaluation_uri)
+    evaluation_path = _evaluation_file(evaluation_uri)
+    evaluation = artifacts.read_json(evaluation_path)
+    metrics, champion = read_evaluation(config, evaluation_path)
+    measured = check_measured_artifact(evaluation, evaluation_path, model_uri, tflite_uri)
+    evidence = collect_evidence(evaluation_uri, lineage)
+    full_lineage = _complete_lineage(lineage, model_uri, evaluation_uri, tflite_uri, evidence, measured)
     signature = check_serving_signature(config, model_uri)
 
     registry = Registry()
@@ -180,6 +252,7 @@ def register_model(
         ),
         gate_decision=decision.to_dict() if decision is not None else None,
         tflite_path=tflite_uri,
+        evidence=evidence,
     )
     summary = {"version": result.version, "created": result.created, "version_dir": str(result.version_dir)}
     with artifacts.step_output(out) as staging:
@@ -187,11 +260,60 @@ def register_model(
     return summary
 
 
+def collect_evidence(evaluation_uri: str | os.PathLike[str], lineage: Mapping[str, Any]) -> dict[str, Path]:
+    """The run files a version's lineage cites, keyed by their place under ``assets.extra/evidence/``.
+
+    The evaluation's outputs, the gate task's record and the snapshot
+    manifest; files over :data:`EVIDENCE_MAX_BYTES` (never expected: the data
+    itself is cited by sha256, not copied) are left out with a warning.
+    """
+    found: dict[str, Path] = {}
+    evaluation = Path(evaluation_uri)
+    if evaluation.is_dir():
+        for name in EVALUATION_FILES:
+            found[f"{EVALUATION_EVIDENCE}/{name}"] = evaluation / name
+    else:
+        found[f"{EVALUATION_EVIDENCE}/{METRICS_NAME}"] = evaluation
+    if lineage.get("gate_uri"):
+        gate = Path(lineage["gate_uri"])
+        found[f"{GATE_EVIDENCE}/{gate.name}"] = gate
+        found[f"{GATE_EVIDENCE}/{gate.stem}.md"] = gate.with_suffix(".md")
+    if lineage.get("data_uri"):
+        data = Path(lineage["data_uri"])
+        manifest = (data if data.is_dir() else data.parent) / MANIFEST_FILE
+        found[f"{SNAPSHOT_EVIDENCE}/{MANIFEST_FILE}"] = manifest
+    evidence: dict[str, Path] = {}
+    for rel, path in found.items():
+        if not path.is_file():
+            log.info("no %s to keep as evidence (%s)", rel, path)
+        elif path.stat().st_size > EVIDENCE_MAX_BYTES:
+            log.warning(
+                "not copying %s into the version: %d bytes is over %d", path, path.stat().st_size, EVIDENCE_MAX_BYTES
+            )
+        else:
+            evidence[rel] = path
+    if lineage.get("gate_uri") and f"{GATE_EVIDENCE}/{Path(lineage['gate_uri']).name}" not in evidence:
+        raise RegisterError(f"the gate record {lineage['gate_uri']} cited by the lineage does not exist")
+    return evidence
+
+
+def _evaluation_file(evaluation_uri: str | os.PathLike[str]) -> Path:
+    path = Path(evaluation_uri)
+    path = path / METRICS_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise RegisterError(
+            f"no evaluation metrics at {path}; pass the evaluate step's output folder as evaluation_uri"
+        )
+    return path
+
+
 def _complete_lineage(
     lineage: Mapping[str, Any],
     model_uri: str | os.PathLike[str],
     evaluation_uri: str | os.PathLike[str],
     tflite_uri: str | os.PathLike[str] | None,
+    evidence: Mapping[str, Path],
+    measured: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     missing = [key for key in ("dag_id", "run_id") if not lineage.get(key)]
     if missing:
@@ -200,6 +322,7 @@ def _complete_lineage(
         "data_interval_start": None,
         "data_interval_end": None,
         "created_at": None,
+        "try_number": None,
         "data_uri": None,
         "data_sha256": None,
         **artifacts.to_jsonable(dict(lineage)),
@@ -208,13 +331,36 @@ def _complete_lineage(
         full["code_version"] = code_version()
     if not full["data_sha256"] and full["data_uri"]:
         data_file = Path(full["data_uri"])
-        data_file = data_file / "data.parquet" if data_file.is_dir() else data_file
+        data_file = data_file / DATA_FILE if data_file.is_dir() else data_file
         if data_file.is_file():
             full["data_sha256"] = artifacts.sha256_file(data_file)
-    for key in ("created_at", "data_sha256"):
-        if not full[key]:
+    for key in ("created_at", "data_sha256", "try_number"):
+        if full[key] in (None, ""):
             log.warning("lineage has no %s; the model card will show it as unknown", key)
+
+    def copy_of(rel: str) -> str | None:
+        return f"{EVIDENCE_DIR}/{rel}" if rel in evidence else None
+
+    # Where the files came from: run folders that a rerun of this run id may rewrite later.
+    full["sources"] = {
+        "model_uri": str(model_uri),
+        "tflite_uri": str(tflite_uri) if tflite_uri else None,
+        "evaluation_uri": str(evaluation_uri),
+        "gate_uri": full.pop("gate_uri", None),
+        "data_uri": full["data_uri"],
+        "evidence": {rel: str(path) for rel, path in evidence.items()},
+    }
+    # What the lineage cites from now on: paths relative to the version folder, inside the version.
     full.update(
-        model_uri=str(model_uri), evaluation_uri=str(evaluation_uri), tflite_uri=str(tflite_uri) if tflite_uri else None
+        model_uri=".",
+        tflite_uri=TFLITE_FILE if tflite_uri else None,
+        evaluation_uri=f"{EVIDENCE_DIR}/{EVALUATION_EVIDENCE}",
+        metrics_uri=copy_of(f"{EVALUATION_EVIDENCE}/{METRICS_NAME}"),
+        gate_uri=next(
+            (copy_of(rel) for rel in evidence if rel.startswith(GATE_EVIDENCE + "/") and rel.endswith(".json")), None
+        ),
+        snapshot_manifest_uri=copy_of(f"{SNAPSHOT_EVIDENCE}/{MANIFEST_FILE}"),
+        measured_artifact=dict(measured) if measured else None,
+        paths_relative_to="the version folder",
     )
     return full

@@ -12,6 +12,8 @@ Layout under :func:`include.mlops.artifacts.registry_root`::
         assets.extra/lineage.json         dag_id, run_id, data interval, code version, data sha256, ...
         assets.extra/gate.json            the gate decision that let it in (when one was given)
         assets.extra/model_card.md        for humans
+        assets.extra/evidence/...         copies of the run files the lineage cites (evaluation, gate, snapshot
+                                          manifest), so that a rerun rewriting the run folders changes nothing here
         assets.extra/checksums.json       sha256 of every other file of the version
 
 TF Serving only loads all-digit folder names, so the dot-prefixed staging
@@ -49,6 +51,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.names import serving_name_problem
+from include.mlops.serving_artifact import TFLITE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ METRICS_FILE = f"{METADATA_DIR}/metrics.json"
 LINEAGE_FILE = f"{METADATA_DIR}/lineage.json"
 GATE_FILE = f"{METADATA_DIR}/gate.json"
 MODEL_CARD_FILE = f"{METADATA_DIR}/model_card.md"
-TFLITE_FILE = "model.tflite"
+EVIDENCE_DIR = f"{METADATA_DIR}/evidence"
 CONFIG_FILE = "models.config"
 SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 
@@ -210,6 +213,7 @@ class Registry:
         model_card: str | Callable[[int], str] | None = None,
         gate_decision: Mapping[str, Any] | None = None,
         tflite_path: str | os.PathLike[str] | None = None,
+        evidence: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> RegisterResult:
         """Add ``model_dir`` (a SavedModel folder) as the next version of ``name``.
 
@@ -217,7 +221,9 @@ class Registry:
         with the same model files returns the version it already made
         (``created=False``) instead of adding a duplicate.  ``model_card`` is
         Markdown, or a function of the version number that returns it (the
-        number is only known once the model's lock is held).
+        number is only known once the model's lock is held).  ``evidence`` maps
+        a relative path under ``assets.extra/evidence/`` to a file to copy
+        there; the copies are covered by checksums.json like every other file.
         """
         source = Path(model_dir)
         if not (source / "saved_model.pb").is_file():
@@ -225,6 +231,7 @@ class Registry:
         tflite = Path(tflite_path) if tflite_path is not None else None
         if tflite is not None and not tflite.is_file():
             raise RegistryError(f"TFLite model {tflite} does not exist")
+        evidence_files = _evidence_files(evidence or {})
         for key in ("dag_id", "run_id"):
             if not lineage.get(key):
                 raise RegistryError(
@@ -254,6 +261,10 @@ class Registry:
                     _copy_file(str(tflite), str(staging / TFLITE_FILE))
                 meta = staging / METADATA_DIR
                 meta.mkdir(exist_ok=True)
+                for rel, evidence_source in evidence_files.items():
+                    target = staging / EVIDENCE_DIR / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _copy_file(str(evidence_source), str(target))
                 full_lineage = {**artifacts.to_jsonable(dict(lineage)), "model_name": name, "version": version}
                 artifacts.atomic_write_json(meta / "metrics.json", artifacts.to_jsonable(dict(metrics)))
                 artifacts.atomic_write_json(meta / "lineage.json", full_lineage)
@@ -396,6 +407,20 @@ class Registry:
             result = change(entry)
             artifacts.atomic_write_text(self.config_path, text_format.MessageToString(config))
         return result
+
+
+def _evidence_files(evidence: Mapping[str, str | os.PathLike[str]]) -> dict[str, Path]:
+    """Check evidence names (relative POSIX paths, no '..') and that each source is a file."""
+    files: dict[str, Path] = {}
+    for rel, source in evidence.items():
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise RegistryError(f"evidence name {rel!r} must be a relative path like 'evaluate/metrics.json'")
+        path = Path(source)
+        if not path.is_file():
+            raise RegistryError(f"evidence file {path} (for {EVIDENCE_DIR}/{rel}) does not exist")
+        files[rel] = path
+    return files
 
 
 def _find_entry(config: model_server_config_pb2.ModelServerConfig, name: str) -> Any | None:

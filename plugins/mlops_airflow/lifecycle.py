@@ -247,6 +247,11 @@ def _accepted_candidate(context: Context) -> Mapping[str, Any]:
 
 
 def _register_arguments(context: Context) -> dict[str, Any]:
+    """register's arguments; its lineage cites the run files that register copies into the version.
+
+    ``try_number`` tells apart the tries of one run id: a reprocessing
+    backfill re-runs a run under the same id and rewrites its run folders.
+    """
     candidate = _accepted_candidate(context)
     snapshot = context["ti"].xcom_pull(task_ids="snapshot") or {}
     start, end = data_interval(context)
@@ -264,6 +269,9 @@ def _register_arguments(context: Context) -> dict[str, Any]:
             "data_interval_end": end.isoformat(),
             "snapshot_sha256": snapshot.get("sha256"),
             "created_at": end.isoformat(),
+            "try_number": context["ti"].try_number,
+            "data_uri": snapshot.get("data_uri"),
+            "gate_uri": candidate["decision_uri"],
         },
     }
 

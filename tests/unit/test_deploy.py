@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -210,18 +209,6 @@ def test_register_model_reports_missing_inputs(
         register(config, models["a"], evaluation, tmp_path / "r", lineage={"dag_id": "d"})
     with pytest.raises(CandidateModelError, match="not a SavedModel folder"):
         register(config, tmp_path, evaluation, tmp_path / "r")
-
-
-def test_register_model_serving_name_and_tflite(
-    root: Path, config: ModelConfig, models: dict[str, Path], evaluation: Path, tmp_path: Path
-) -> None:
-    renamed = dataclasses.replace(config, serving_name="diabetes_prod")
-    tflite = tmp_path / "model.tflite"
-    tflite.write_bytes(b"TFL3-bytes")
-    result = register(renamed, models["a"], evaluation, tmp_path / "r", tflite_uri=str(tflite))
-    assert Path(result["version_dir"]) == root / "models" / "diabetes_prod" / "1"
-    assert (Path(result["version_dir"]) / "model.tflite").read_bytes() == b"TFL3-bytes"
-    assert "model.tflite" in (Path(result["version_dir"]) / "assets.extra" / "model_card.md").read_text()
 
 
 # --------------------------------------------------------------------------- deploy

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -152,3 +154,110 @@ def test_demo_models_pass_their_gate_with_the_default_config(config: ModelConfig
         assert {f"proba_{k}" for k in range(10)} <= set(
             pd.read_parquet(tmp_path / "evaluate" / "predictions.parquet").columns
         )
+
+
+def test_report_html_escapes_config_text_and_paths() -> None:
+    import dataclasses
+
+    from include.mlops.evaluate import _report_html
+
+    config = dataclasses.replace(DIABETES, description="<script>alert('x')</script> & more")
+    metrics = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
+    champion = {"version": 3, "metrics": {**metrics, "mae": 46.0}}
+    report = _report_html(config, metrics, champion, PNG_MAGIC, {"model": "/runs/a<b>&c"}, 42)
+    assert "<script>" not in report
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in report
+    assert "<code>/runs/a&lt;b&gt;&amp;c</code>" in report
+    # The template's own entities and markup are not escaped.
+    assert (
+        "<tr class='key'><td>mae &darr;</td><td>44</td><td>46</td><td class='better'>-4.3%</td><td>&le; 65</td>"
+        in report
+    )
+
+
+# --------------------------------------------------------------------------- the champion is verified first
+
+
+@pytest.fixture
+def stable_champion(artifact_root: Path, champion: str) -> Path:
+    """The trained champion registered as version 1 of diabetes and labelled stable, in a real registry."""
+    from include.mlops.registry import Registry
+
+    registry = Registry(artifact_root / "models")
+    result = registry.register("diabetes", champion, metrics={}, lineage={"dag_id": "d", "run_id": "r"})
+    registry.set_label("diabetes", "stable", result.version)
+    return result.version_dir
+
+
+def _evaluate_through_the_cli(snapshot: Path, candidate: str, out: Path) -> dict[str, Any]:
+    """``python -m include.mlops evaluate`` with ``--champion auto`` (the stable version), in process."""
+    from include.mlops.cli import main
+
+    code = main(
+        ["evaluate", "--model", "diabetes", "--out", str(out), "--data", str(snapshot), "--candidate", candidate]
+    )
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_a_verified_champion_is_compared(
+    diabetes_snapshot: Path, candidate: str, stable_champion: Path, tmp_path: Path
+) -> None:
+    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, tmp_path / "evaluate")
+    assert written["champion_unavailable"] is None
+    assert written["champion"]["version"] == 1
+    assert written["champion"]["measured_artifact"]["format"] == "saved_model"
+
+
+@pytest.mark.parametrize("damage", ["corrupt weights", "missing file", "missing version"])
+def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
+    diabetes_snapshot: Path, candidate: str, stable_champion: Path, tmp_path: Path, damage: str
+) -> None:
+    import shutil
+
+    weights = next((stable_champion / "variables").glob("variables.data-*"))
+    if damage == "corrupt weights":
+        data = bytearray(weights.read_bytes())
+        data[0] ^= 0x01
+        weights.write_bytes(bytes(data))
+        why = r"champion unavailable: model 'diabetes' version 1 is corrupt .*variables.data-\S+ has changed"
+    elif damage == "missing file":
+        weights.unlink()
+        why = r"champion unavailable: model 'diabetes' version 1 is corrupt .*variables.data-\S+ is missing"
+    else:
+        shutil.rmtree(stable_champion)
+        why = r"champion unavailable: model 'diabetes' has no version 1"
+
+    out = tmp_path / "evaluate"
+    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, out)  # the run goes on: exit code 0
+    assert written["champion"] is None
+    assert re.match(why, written["champion_unavailable"]), written["champion_unavailable"]
+    report = (out / "report.html").read_text()
+    assert "champion unavailable: model &#39;diabetes&#39;" in report
+    assert "The change checks against the champion were skipped" in report
+
+    from include.mlops.gate import decide_for_config
+
+    decision = decide_for_config(DIABETES, written["metrics"], written["champion"])
+    assert not decision.has_champion
+    assert all(check.kind != "change" or check.passed for check in decision.checks)
+
+
+def test_a_champion_with_model_tflite_is_measured_on_it(
+    artifact_root: Path, diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
+) -> None:
+    from include.mlops.artifacts import sha256_file
+    from include.mlops.modeling import convert_to_tflite
+    from include.mlops.registry import Registry
+
+    registry = Registry(artifact_root / "models")
+    tflite = convert_to_tflite(champion, tmp_path / "champion.tflite")
+    result = registry.register(
+        "diabetes", champion, metrics={}, lineage={"dag_id": "d", "run_id": "r"}, tflite_path=tflite
+    )
+    registry.set_label("diabetes", "stable", result.version)
+    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, tmp_path / "evaluate")
+    measured = written["champion"]["measured_artifact"]
+    assert measured["format"] == "tflite"
+    assert measured["sha256"] == sha256_file(result.version_dir / "model.tflite") == sha256_file(tflite)
+    assert written["champion"]["metrics"]["size_mb"] == pytest.approx(tflite.stat().st_size / 1_000_000)

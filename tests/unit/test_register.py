@@ -1,0 +1,245 @@
+"""register on real run folders: evidence that a rerun cannot rewrite, and only the gated bytes are registered."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pendulum
+import pytest
+from test_registry import make_saved_model
+
+from include.mlops import gate as gate_lib
+from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_dir, sha256_file
+from include.mlops.config import ModelConfig, find_model_config
+from include.mlops.evaluate import evaluate
+from include.mlops.modeling import convert_to_tflite
+from include.mlops.register import MeasuredArtifactError, RegisterError, register_model
+from include.mlops.registry import CorruptVersionError, Registry
+from include.mlops.snapshot import snapshot
+from include.mlops.train import train
+
+DIABETES = find_model_config("diabetes")
+DAG_ID = DIABETES.dag_id
+RUN_ID = "scheduled__2026-11-27T00:00:00+00:00"
+START, END = dt.datetime(2026, 11, 26, tzinfo=dt.UTC), dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+
+
+def write_gate_record(config: ModelConfig, evaluation: dict[str, Any], out: Path) -> Path:
+    """decision.json and decision.md as the gate task writes them (forced, so that any model may pass)."""
+    decision = gate_lib.decide_for_config(config, evaluation["metrics"], None, force=True)
+    record = {"decision": decision.to_dict(), "route": "register", "champion_version": None}
+    atomic_write_json(out / "decision.json", record)
+    atomic_write_text(out / "decision.md", f"# Gate `gate`: register\n\n{decision.to_markdown()}\n")
+    return out / "decision.json"
+
+
+def run_until_gate(config: ModelConfig, epochs: int) -> dict[str, Any]:
+    """snapshot -> train -> evaluate -> gate record, into runs/<dag>/<run>/ as the lifecycle DAG lays them out."""
+    snap = snapshot(config, START, END, run_dir(DAG_ID, RUN_ID, "snapshot"))
+    trained = train(config, snap["data_uri"], run_dir(DAG_ID, RUN_ID, "train"), {"epochs": epochs})
+    evaluated = evaluate(config, trained["model_uri"], snap["data_uri"], run_dir(DAG_ID, RUN_ID, "evaluate"))
+    decision = write_gate_record(config, evaluated, run_dir(DAG_ID, RUN_ID, "gate"))
+    return {"snapshot": snap, "model_uri": trained["model_uri"], "evaluation": evaluated, "decision": decision}
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_rerun_of_the_same_run_id_cannot_rewrite_a_versions_evidence(artifact_root: Path, tmp_path: Path) -> None:
+    first = run_until_gate(DIABETES, epochs=2)
+    lineage = {
+        "dag_id": DAG_ID,
+        "run_id": RUN_ID,
+        "data_interval_start": START.isoformat(),
+        "data_interval_end": END.isoformat(),
+        "created_at": END.isoformat(),
+        "try_number": 1,
+        "data_uri": first["snapshot"]["data_uri"],
+        "gate_uri": str(first["decision"]),
+    }
+    record = json.loads(first["decision"].read_text())
+    result = register_model(
+        DIABETES,
+        first["model_uri"],
+        Path(first["evaluation"]["metrics_uri"]).parent,
+        lineage=lineage,
+        gate_decision=record["decision"],
+        out=tmp_path / "register",
+    )
+    registry = Registry(artifact_root / "models")
+    version_dir = registry.version_dir("diabetes", result["version"])
+    before = files_of(version_dir)
+
+    written = json.loads((version_dir / "assets.extra" / "lineage.json").read_text())
+    assert written["try_number"] == 1
+    evaluate_dir = run_dir(DAG_ID, RUN_ID, "evaluate")
+    # The lineage cites copies inside the version, each byte-identical to the run file it was copied from.
+    cited = {
+        written["metrics_uri"]: evaluate_dir / "metrics.json",
+        f"{written['evaluation_uri']}/report.html": evaluate_dir / "report.html",
+        written["gate_uri"]: first["decision"],
+        written["snapshot_manifest_uri"]: run_dir(DAG_ID, RUN_ID, "snapshot") / "manifest.json",
+    }
+    for inside, run_file in cited.items():
+        assert (version_dir / inside).read_bytes() == run_file.read_bytes(), inside
+    assert written["sources"]["evaluation_uri"] == str(evaluate_dir)
+
+    # The rerun (a reprocessing backfill under the same run id) retrains and re-evaluates into the same folders.
+    second = run_until_gate(DIABETES, epochs=5)
+    assert second["evaluation"]["metrics"]["mae"] != first["evaluation"]["metrics"]["mae"]
+    assert (evaluate_dir / "metrics.json").read_bytes() != before["assets.extra/evidence/evaluate/metrics.json"]
+
+    registry.verify("diabetes", result["version"])
+    assert files_of(version_dir) == before
+    kept = json.loads((version_dir / written["metrics_uri"]).read_text())
+    assert kept["metrics"]["mae"] == pytest.approx(first["evaluation"]["metrics"]["mae"])
+
+
+def test_evidence_copies_are_covered_by_the_checksums(artifact_root: Path, tmp_path: Path) -> None:
+    model = make_saved_model(tmp_path / "model", len(DIABETES.features), 1, seed=1)
+    evaluation = tmp_path / "evaluate"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({"metrics": {"mae": 44.0, "rmse": 50.0, "r2": 0.5}}))
+    (evaluation / "report.html").write_text("<p>report</p>")
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    decision = gate_lib.decide_for_config(DIABETES, {"mae": 44.0, "rmse": 50.0, "r2": 0.5}, None, force=True)
+    (gate_dir / "decision.json").write_text(json.dumps({"decision": decision.to_dict()}))
+    lineage = {"dag_id": DAG_ID, "run_id": RUN_ID, "gate_uri": str(gate_dir / "decision.json"), "try_number": 2}
+    result = register_model(
+        DIABETES, model, evaluation, lineage=lineage, gate_decision=decision.to_dict(), out=tmp_path / "r"
+    )
+    version_dir = Path(result["version_dir"])
+    sums = json.loads((version_dir / "assets.extra" / "checksums.json").read_text())
+    assert {
+        "assets.extra/evidence/evaluate/metrics.json",
+        "assets.extra/evidence/evaluate/report.html",
+        "assets.extra/evidence/gate/decision.json",
+    } <= set(sums)
+    assert "try 2" in (version_dir / "assets.extra" / "model_card.md").read_text()
+
+    copy = version_dir / "assets.extra" / "evidence" / "evaluate" / "metrics.json"
+    copy.write_text(json.dumps({"metrics": {"mae": 1.0}}))  # rewriting the evidence in place is caught
+    with pytest.raises(CorruptVersionError, match=r"evidence/evaluate/metrics.json has changed"):
+        Registry(artifact_root / "models").verify("diabetes", result["version"])
+
+
+def test_register_refuses_when_the_cited_gate_record_is_missing(artifact_root: Path, tmp_path: Path) -> None:
+    model = make_saved_model(tmp_path / "model", len(DIABETES.features), 1, seed=1)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"metrics": {"mae": 44.0, "rmse": 50.0, "r2": 0.5}}))
+    lineage = {"dag_id": DAG_ID, "run_id": RUN_ID, "gate_uri": str(tmp_path / "gate" / "decision.json")}
+    with pytest.raises(RegisterError, match=r"gate record .* does not exist"):
+        register_model(DIABETES, model, metrics, lineage=lineage, gate_decision=None, out=tmp_path / "r")
+    assert Registry(artifact_root / "models").versions("diabetes") == []
+
+
+# --------------------------------------------------------------------------- what was measured is what is registered
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two SavedModels with the diabetes contract, and a real TFLite conversion of each."""
+    base = tmp_path_factory.mktemp("tiny")
+    models = {
+        name: make_saved_model(base / name, len(DIABETES.features), 1, seed=seed) for name, seed in [("a", 1), ("b", 2)]
+    }
+    return {
+        **models,
+        "a_tflite": convert_to_tflite(models["a"], base / "a.tflite"),
+        "b_tflite": convert_to_tflite(models["b"], base / "b.tflite"),
+        "snapshot": snapshot(DIABETES, START, END, base / "snapshot")["data_uri"],
+    }
+
+
+def _register(tiny: dict[str, Path], evaluation: Path, tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
+    kwargs.setdefault("lineage", {"dag_id": DAG_ID, "run_id": RUN_ID})
+    return register_model(DIABETES, tiny["a"], evaluation, gate_decision=None, out=tmp_path / "r", **kwargs)
+
+
+def test_the_registered_tflite_is_the_file_the_evaluation_measured(
+    artifact_root: Path, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    renamed = dataclasses.replace(DIABETES, serving_name="diabetes_prod")
+    evaluated = evaluate(renamed, tiny["a"], tiny["snapshot"], tmp_path / "evaluate", tflite_uri=str(tiny["a_tflite"]))
+    measured = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["measured_artifact"]
+    assert measured == evaluated["measured_artifact"]
+    assert measured == {"format": "tflite", "path": str(tiny["a_tflite"]), "sha256": sha256_file(tiny["a_tflite"])}
+
+    result = register_model(
+        renamed,
+        tiny["a"],
+        tmp_path / "evaluate",
+        lineage={"dag_id": DAG_ID, "run_id": RUN_ID},
+        gate_decision=None,
+        tflite_uri=tiny["a_tflite"],
+        out=tmp_path / "r",
+    )
+    version_dir = Path(result["version_dir"])
+    assert version_dir == artifact_root / "models" / "diabetes_prod" / "1"
+    assert hashlib.sha256((version_dir / "model.tflite").read_bytes()).hexdigest() == measured["sha256"]
+    assert json.loads((version_dir / "assets.extra" / "lineage.json").read_text())["measured_artifact"] == measured
+    assert "model.tflite" in (version_dir / "assets.extra" / "model_card.md").read_text()
+
+
+def test_register_refuses_artifacts_the_evaluation_did_not_measure(
+    artifact_root: Path, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    on_tflite = tmp_path / "eval_tflite"
+    evaluate(DIABETES, tiny["a"], tiny["snapshot"], on_tflite, tflite_uri=str(tiny["a_tflite"]))
+    on_saved_model = tmp_path / "eval_saved_model"
+    evaluate(DIABETES, tiny["a"], tiny["snapshot"], on_saved_model)
+
+    with pytest.raises(
+        MeasuredArtifactError, match=r"b.tflite \(sha256 [0-9a-f]{64}\) is not the tflite the evaluation"
+    ):
+        _register(tiny, on_tflite, tmp_path, tflite_uri=tiny["b_tflite"])
+    with pytest.raises(MeasuredArtifactError, match=r"measured the TFLite file .* but no tflite was given"):
+        _register(tiny, on_tflite, tmp_path)
+    with pytest.raises(MeasuredArtifactError, match=r"measured the SavedModel .* served without being gated"):
+        _register(tiny, on_saved_model, tmp_path, tflite_uri=tiny["a_tflite"])
+    with pytest.raises(MeasuredArtifactError, match="is not the saved_model the evaluation measured"):
+        register_model(
+            DIABETES, tiny["b"], on_saved_model, lineage={"dag_id": DAG_ID, "run_id": RUN_ID},
+            gate_decision=None, out=tmp_path / "r",
+        )  # fmt: skip
+    assert Registry(artifact_root / "models").versions("diabetes") == []
+
+    registered = _register(tiny, on_saved_model, tmp_path)  # the SavedModel it measured is accepted
+    assert not (Path(registered["version_dir"]) / "model.tflite").exists()
+
+
+def test_register_arguments_carry_the_try_number_and_the_cited_run_files() -> None:
+    from mlops_airflow.lifecycle import _register_arguments
+
+    candidate = {
+        "model_uri": "/runs/x/train/model",
+        "tflite_uri": None,
+        "evaluation_uri": "/runs/x/evaluate",
+        "decision_uri": "/runs/x/gate/decision.json",
+    }
+    pulls = {"snapshot": {"data_uri": "/runs/x/snapshot/data.parquet", "sha256": "0" * 64}}
+
+    def xcom_pull(task_ids: str | None = None, key: str | None = None) -> Any:
+        if key == "candidate":
+            return candidate if task_ids == "gate" else None
+        return pulls.get(task_ids)
+
+    context = {
+        "ti": SimpleNamespace(xcom_pull=xcom_pull, try_number=3),
+        "dag_run": SimpleNamespace(run_id=RUN_ID, dag_id=DAG_ID, run_type="backfill"),
+        "data_interval_start": pendulum.instance(START),
+        "data_interval_end": pendulum.instance(END),
+    }
+    lineage = _register_arguments(context)["lineage"]
+    assert lineage["try_number"] == 3
+    assert lineage["gate_uri"] == "/runs/x/gate/decision.json"
+    assert lineage["data_uri"] == "/runs/x/snapshot/data.parquet"
