@@ -201,8 +201,14 @@ def decide(
     higher_is_better: Mapping[str, bool],
     *,
     force: bool = False,
+    champion_unavailable: str | None = None,
 ) -> GateDecision:
-    """Check ``candidate`` metrics against ``gate`` and the ``champion``'s metrics (None on the first run)."""
+    """Check ``candidate`` metrics against ``gate`` and the ``champion``'s metrics.
+
+    ``champion`` is None on the first run, and when the stable version could not
+    be compared (``champion_unavailable`` says why: evaluate found it corrupt);
+    the change checks are then skipped and say which of the two it was.
+    """
     checks: list[GateCheck] = []
     for metric, bounds in gate.thresholds.items():
         for side in ("min", "max"):
@@ -210,7 +216,14 @@ def decide(
                 checks.append(_bound_check("threshold", metric, candidate, float(bounds[side]), side))
     for metric, tolerance in gate.max_regression.items():
         checks.append(
-            _change_check(metric, candidate, champion, float(tolerance), _direction(metric, higher_is_better))
+            _change_check(
+                metric,
+                candidate,
+                champion,
+                float(tolerance),
+                _direction(metric, higher_is_better),
+                champion_unavailable=champion_unavailable,
+            )
         )
     for metric, budget in gate.budgets.items():
         checks.append(_bound_check("budget", metric, candidate, float(budget), "max"))
@@ -241,10 +254,12 @@ def decide_for_config(
     *,
     gate: GateConfig | None = None,
     force: bool = False,
+    champion_unavailable: str | None = None,
 ) -> GateDecision:
     """:func:`decide` with the directions of ``config``'s task (``gate`` defaults to ``config.gate``)."""
     directions = {**METRICS[config.task], **BUDGET_METRICS}
-    return decide(candidate, champion, gate if gate is not None else config.gate, directions, force=force)
+    gate = gate if gate is not None else config.gate
+    return decide(candidate, champion, gate, directions, force=force, champion_unavailable=champion_unavailable)
 
 
 def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
@@ -300,14 +315,17 @@ def _change_check(
     champion: Mapping[str, Any] | None,
     tolerance: float,
     higher_is_better: bool,
+    *,
+    champion_unavailable: str | None = None,
 ) -> GateCheck:
     comparison = ">=" if higher_is_better else "<="
     allowed = f"{tolerance:.1%} worse than the champion"
     if champion is None:
         value, _ = _number(candidate, metric)
+        why = champion_unavailable or "no champion yet (first version)"
         return GateCheck(
             "change", metric, value, None, comparison, True,
-            f"{metric}: no champion yet (first version), change threshold skipped",
+            f"{metric}: {why}, change threshold skipped",
             tolerance=tolerance, skipped=True,
         )  # fmt: skip
     champ_value, champ_problem = _number(champion, metric)

@@ -154,6 +154,7 @@ class GateOperator(BaseBranchOperator):
             champion["metrics"] if champion else None,
             gate=gate_config,
             force=bool(params.get("force_deploy")),
+            champion_unavailable=evaluation.get("champion_unavailable"),
         )
         deploying, why_not = is_deploying_run(context)
         route = gate_lib.route(decision.passed, deploying=deploying, on_fail=self.on_fail)
@@ -162,6 +163,7 @@ class GateOperator(BaseBranchOperator):
             "decision": decision.to_dict(),
             "route": route,
             "champion_version": champion.get("version") if champion else None,
+            "champion_unavailable": evaluation.get("champion_unavailable"),
             "params": {k: params.get(k) for k in ("thresholds", "max_regression", "force_deploy", "skip_deploy")},
             "deploying_run": deploying,
             "not_deploying_because": why_not or None,

@@ -50,6 +50,17 @@ def test_first_run_skips_change_thresholds_and_records_them_as_skipped() -> None
     assert [c.kind for c in decision.checks].count("budget") == 2
 
 
+def test_an_unavailable_champion_skips_change_checks_and_says_why() -> None:
+    why = "champion unavailable: diabetes version 3 is corrupt (variables.index checksum mismatch)"
+    decision = decide(GOOD, None, GATE, REGRESSION, champion_unavailable=why)
+    changes = [c for c in decision.checks if c.kind == "change"]
+    assert changes and all(c.skipped and c.passed for c in changes)
+    assert all(why in c.message and "first version" not in c.message for c in changes)
+    assert why in decision.to_markdown()
+    # The absolute thresholds still decide.
+    assert not decide({**GOOD, "r2": 0.1}, None, GATE, REGRESSION, champion_unavailable=why).passed
+
+
 def test_first_run_still_fails_on_absolute_thresholds() -> None:
     decision = decide({**GOOD, "r2": 0.1}, None, GATE, REGRESSION)
     assert not decision.passed
