@@ -113,6 +113,8 @@ class GateDecision:
     checks: tuple[GateCheck, ...]
     forced: bool = False
     has_champion: bool = False
+    # Why the stable version was not compared, when evaluate could not verify it (None: no champion yet).
+    champion_unavailable: str | None = None
 
     @property
     def failed_checks(self) -> tuple[GateCheck, ...]:
@@ -144,6 +146,7 @@ class GateDecision:
             "override": self.override,
             "forced": self.forced,
             "has_champion": self.has_champion,
+            "champion_unavailable": self.champion_unavailable,
             "checks": [c.to_dict() for c in self.checks],
             "reasons": list(self.reasons),
             "failed_budgets": list(self.failed_budgets),
@@ -160,6 +163,7 @@ class GateDecision:
                 checks=checks,
                 forced=bool(data.get("forced", False)),
                 has_champion=bool(data.get("has_champion", False)),
+                champion_unavailable=data.get("champion_unavailable"),
             )
         except (KeyError, TypeError) as exc:
             raise GateError(f"not a gate decision (expected the output of GateDecision.to_dict()): {exc!r}") from None
@@ -172,7 +176,9 @@ class GateDecision:
     def to_markdown(self) -> str:
         """A Markdown table of every check, for run reports and model cards."""
         lines = [f"**Gate: {self.summary()}**", ""]
-        if not self.has_champion:
+        if self.champion_unavailable:
+            lines += [f"{self.champion_unavailable}: change thresholds were skipped.", ""]
+        elif not self.has_champion:
             lines += ["No champion (first version): change thresholds were skipped.", ""]
         if not self.checks:
             lines.append("The gate has no checks configured.")
@@ -235,6 +241,7 @@ def decide(
         checks=tuple(checks),
         forced=force,
         has_champion=champion is not None,
+        champion_unavailable=champion_unavailable if champion is None else None,
     )
     if decision.override:
         log.warning(
