@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from model_factory import make_saved_model
 
 from include.mlops.registry import Registry
 from include.mlops.serving.app import ModelServer, ServerSettings, create_app
@@ -22,20 +23,7 @@ MODEL = "diabetes"
 
 def make_linear_model(path: Path, scale: float, n_features: int = N_FEATURES, n_outputs: int = 1) -> Path:
     """A real SavedModel with the project's contract whose answer is known: ``sum(x) * scale`` per output."""
-    import tensorflow as tf
-
-    class Linear(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(tf.fill((n_features, n_outputs), tf.constant(scale, tf.float32)))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name="inputs")])
-        def serve(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"outputs": tf.matmul(inputs, self.w)}
-
-    module = Linear()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    return path
+    return make_saved_model(path, n_features, n_outputs, scale=scale)
 
 
 @pytest.fixture(scope="session")

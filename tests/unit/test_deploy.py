@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from model_factory import make_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
@@ -18,26 +19,6 @@ from include.mlops.registry import CorruptVersionError, Registry, VersionNotFoun
 
 CANDIDATE = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
 CHAMPION = {"mae": 46.0, "mse": 3200.0, "rmse": 56.6, "r2": 0.44, "size_mb": 0.02, "latency_ms": 1.4}
-
-
-def make_saved_model(
-    path: Path, n_features: int, n_outputs: int, seed: int, *, input_name: str = "inputs", output_name: str = "outputs"
-) -> Path:
-    """A tiny real SavedModel; the names can be changed to break the serving contract."""
-    import tensorflow as tf
-
-    class Tiny(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(tf.random.stateless_normal((n_features, n_outputs), seed=[seed, 0]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=input_name)])
-        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {output_name: tf.matmul(x, self.w)}
-
-    module = Tiny()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pendulum
 import pytest
-from test_registry import make_saved_model
+from model_factory import make_saved_model
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_dir, sha256_file

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from model_factory import make_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
@@ -28,30 +29,12 @@ N_FEATURES = 4
 METRICS = {"mae": 40.0, "r2": 0.5, "size_mb": 0.01, "latency_ms": 1.0}
 
 
-def make_saved_model(path: Path, n_features: int, n_outputs: int, seed: int) -> Path:
-    """A tiny real SavedModel honouring the serving contract (``inputs`` -> ``outputs``)."""
-    import tensorflow as tf
-
-    class Tiny(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(tf.random.stateless_normal((n_features, n_outputs), seed=[seed, 0]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name="inputs")])
-        def serve(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"outputs": tf.matmul(inputs, self.w)}
-
-    module = Tiny()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    return path
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two different tiny SavedModels (different weights)."""
     base = tmp_path_factory.mktemp("savedmodels")
     return (
-        make_saved_model(base / "a", N_FEATURES, 1, seed=1),
+        make_saved_model(base / "a", N_FEATURES, seed=1),
         make_saved_model(base / "b", N_FEATURES, 1, seed=2),
     )
 
