@@ -29,8 +29,10 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import ModelConfig
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMN = "split"
+# The snapshot step's data file inside its output folder.
+DATA_FILE = "data.parquet"
 # Added by validation (never stored in a snapshot) so that GX can count duplicated rows.
 ROW_HASH_COLUMN = "_row_hash"
 # DataFrame.attrs key: source columns that the config does not list (left out of the snapshot).
@@ -107,8 +111,17 @@ def _canonical(value: Any) -> str:
     return str(value)
 
 
-def row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+def snapshot_path(data_uri: str | os.PathLike[str]) -> Path:
+    """The parquet file a snapshot URI names: ``<data_uri>/data.parquet`` for a folder, else ``data_uri``."""
+    path = Path(data_uri)
+    return path / DATA_FILE if path.is_dir() else path
+
+
+def row_hashes(frame: pd.DataFrame, columns: Sequence[str], *, salt: str = "") -> np.ndarray:
     """A 64-bit hash of each row's values in ``columns`` (those present), as ``uint64``.
+
+    A different ``salt`` gives hashes independent of the unsalted ones (the
+    validation rows are chosen independently of the test split this way).
 
     sha256 of a canonical text form rather than ``pandas.util.hash_pandas_object``,
     so that the split stays the same across pandas versions and dtypes: the
@@ -122,7 +135,7 @@ def row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
         hashes[:] = 0
         return hashes
     for i, row in enumerate(frame[present].itertuples(index=False, name=None)):
-        text = _FIELD_SEPARATOR.join(_canonical(v) for v in row)
+        text = salt + _FIELD_SEPARATOR.join(_canonical(v) for v in row)
         hashes[i] = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
     return hashes
 

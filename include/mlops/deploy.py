@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
+from include.mlops.data import SPLIT_COLUMN, TEST, snapshot_path
+from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.registry import Registry
 from include.mlops.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.serving_artifact import load_served_fn, served_artifact
@@ -275,7 +277,7 @@ def smoke_rows(config: ModelConfig, version_dir: Path, data_uri: str | os.PathLi
             )
     path = Path(source)
     if path.is_dir():
-        path = next((path / f for f in ("data.parquet", "predictions.parquet") if (path / f).is_file()), path)
+        path = next((p for p in (snapshot_path(path), path / PREDICTIONS_FILE) if p.is_file()), path)
     if not path.is_file():
         raise DeployError(f"no held-out rows at {source}: pass a snapshot folder or a parquet file with the features")
     try:
@@ -287,8 +289,8 @@ def smoke_rows(config: ModelConfig, version_dir: Path, data_uri: str | os.PathLi
     missing = [c for c in config.features if c not in frame.columns]
     if missing:
         raise DeployError(f"{path} lacks feature columns {missing[:5]} of model {config.name!r}")
-    if "split" in frame.columns and (frame["split"] == "test").any():
-        frame = frame[frame["split"] == "test"]
+    if SPLIT_COLUMN in frame.columns and (frame[SPLIT_COLUMN] == TEST).any():
+        frame = frame[frame[SPLIT_COLUMN] == TEST]
     rows = frame[list(config.features)].head(max_rows).to_numpy(dtype="float32")
     if len(rows) == 0 or not np.isfinite(rows).all():
         raise DeployError(f"{path} has no usable (finite) held-out rows for the smoke request")

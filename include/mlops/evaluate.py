@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PREDICTIONS_FILE = "predictions.parquet"
+
 BYTES_PER_MB = 1_000_000
 LATENCY_CALLS = 50
 WARMUP_CALLS = 5
@@ -321,7 +323,7 @@ def evaluate(
 
     with step_output(out) as staging:
         _plot(config, test, outputs, staging / "plot.png", champion_outputs)
-        _predictions_frame(config, test, outputs).to_parquet(staging / "predictions.parquet", index=False)
+        _predictions_frame(config, test, outputs).to_parquet(staging / PREDICTIONS_FILE, index=False)
         sources = {
             "model": str(model_uri),
             "tflite": str(tflite_uri) if tflite_uri else None,
@@ -364,7 +366,7 @@ def evaluate(
             "tflite_uri": str(tflite_uri) if tflite_uri else None,
             "test_rows": len(test),
             "metrics_uri": str(out / "metrics.json"),
-            "predictions_uri": str(out / "predictions.parquet"),
+            "predictions_uri": str(out / PREDICTIONS_FILE),
             "plot_uri": str(out / "plot.png"),
         }
     )

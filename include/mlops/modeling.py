@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DEFAULT_MODELS_DIR, ModelConfig
+from include.mlops.data import DATA_FILE, SPLIT_COLUMN, row_hashes, snapshot_path
 
 if TYPE_CHECKING:
     import keras
@@ -40,12 +41,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "outputs"
-SPLIT_COLUMN = "split"
-SNAPSHOT_FILE = "data.parquet"
 HPARAM_KEYS = ("epochs", "batch_size", "learning_rate", "patience")
-# 16 bytes, as pandas' row hash needs; a different key from the snapshot's
-# split hash keeps the validation rows independent of the test rows.
-_VALIDATION_HASH_KEY = "mlops-validation"
+# Salts the row hash, so the validation rows are independent of the test split.
+_VALIDATION_SALT = "validation"
 # Float32 softmax rows sum to 1 within ~1e-6; a looser bound still refuses logits.
 PROBABILITY_TOLERANCE = 1e-3
 # Real rows the train step runs the builder's fresh model on before fitting.
@@ -80,12 +78,10 @@ class Dataset:
 
 def snapshot_file(data_uri: str | os.PathLike[str]) -> Path:
     """The parquet file of a snapshot: ``data_uri`` itself or ``<data_uri>/data.parquet``."""
-    path = Path(data_uri)
-    if path.is_dir():
-        path = path / SNAPSHOT_FILE
+    path = snapshot_path(data_uri)
     if not path.is_file():
         raise ModelingError(
-            f"no snapshot at {data_uri}: expected a snapshot folder holding {SNAPSHOT_FILE} "
+            f"no snapshot at {data_uri}: expected a snapshot folder holding {DATA_FILE} "
             "(the output of the snapshot step) or the parquet file itself"
         )
     return path
@@ -153,7 +149,7 @@ def split_validation(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
 
     frame = pd.DataFrame(data.features.astype("float64"))
     frame["label"] = data.labels.astype("float64")
-    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=_VALIDATION_HASH_KEY).to_numpy()
+    hashes = row_hashes(frame, list(frame.columns), salt=_VALIDATION_SALT)
     is_val = (hashes % np.uint64(1_000_000)).astype("float64") / 1_000_000 < fraction
     if is_val.all() or not is_val.any():
         # Tiny data can hash all to one side; fall back to taking the last rows.

@@ -17,12 +17,14 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
+from include.mlops.data import snapshot_path
+from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
 from include.mlops.modeling import check_outputs
 from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
 from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
-from include.mlops.snapshot import DATA_FILE, MANIFEST_FILE
+from include.mlops.snapshot import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ CODE_VERSION_ENV = "MLOPS_CODE_VERSION"
 # What register copies from the run folders into assets.extra/evidence/<stage>/.
 METRICS_NAME = "metrics.json"
 EVALUATION_EVIDENCE = "evaluate"
-EVALUATION_FILES = (METRICS_NAME, "report.html", "plot.png", "predictions.parquet")
+EVALUATION_FILES = (METRICS_NAME, "report.html", "plot.png", PREDICTIONS_FILE)
 GATE_EVIDENCE = "gate"
 SNAPSHOT_EVIDENCE = "snapshot"
 # Evidence is small (reports and records, ~100 KB); anything bigger is a sign of a wrong path.
@@ -330,8 +332,7 @@ def _complete_lineage(
     if not full.get("code_version"):
         full["code_version"] = code_version()
     if not full["data_sha256"] and full["data_uri"]:
-        data_file = Path(full["data_uri"])
-        data_file = data_file / DATA_FILE if data_file.is_dir() else data_file
+        data_file = snapshot_path(full["data_uri"])
         if data_file.is_file():
             full["data_sha256"] = artifacts.sha256_file(data_file)
     for key in ("created_at", "data_sha256", "try_number"):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data import (
+    DATA_FILE,
     EXTRA_COLUMNS_ATTR,
     SPLIT_COLUMN,
     TEST,
@@ -37,7 +38,6 @@ __all__ = ["DATA_FILE", "MANIFEST_FILE", "SnapshotError", "snapshot", "write_par
 
 log = logging.getLogger(__name__)
 
-DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 

@@ -9,26 +9,3 @@ Nothing heavy is imported here: TensorFlow loads with the first model.
 """
 
 from __future__ import annotations
-
-__all__ = ["ModelManager", "ModelServer", "PredictionLogger", "ServerSettings", "ServingMetrics", "create_app"]
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing the package (e.g. for its settings) stays cheap.
-    if name in ("ModelServer", "ServerSettings", "create_app"):
-        from include.mlops.serving import app
-
-        return getattr(app, name)
-    if name == "ModelManager":
-        from include.mlops.serving.models import ModelManager
-
-        return ModelManager
-    if name == "PredictionLogger":
-        from include.mlops.serving.predlog import PredictionLogger
-
-        return PredictionLogger
-    if name == "ServingMetrics":
-        from include.mlops.serving.metrics import ServingMetrics
-
-        return ServingMetrics
-    raise AttributeError(name)
