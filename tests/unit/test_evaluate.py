@@ -61,6 +61,7 @@ def test_classification_metrics_match_their_definitions() -> None:
     assert metrics["log_loss"] == pytest.approx(-(3 * math.log(0.91) + math.log(0.01)) / 4)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_predictions_plot_and_report(
     diabetes_snapshot: Path, candidate: str, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_evaluate_writes_metrics_predictions_plot_and_report(
     assert "No champion" in report
 
 
+@pytest.mark.slow
 def test_champion_is_scored_on_the_same_rows(
     diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
 ) -> None:
@@ -116,6 +118,7 @@ def test_champion_is_scored_on_the_same_rows(
     assert json.loads((out / "metrics.json").read_text())["champion"]["version"] == 7
 
 
+@pytest.mark.slow
 def test_a_model_without_the_contract_signature_is_rejected(diabetes_snapshot: Path, tmp_path: Path) -> None:
     import tensorflow as tf
 
@@ -200,6 +203,7 @@ def _evaluate_through_the_cli(snapshot: Path, candidate: str, out: Path) -> dict
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_verified_champion_is_compared(
     diabetes_snapshot: Path, candidate: str, stable_champion: Path, tmp_path: Path
 ) -> None:
@@ -209,6 +213,7 @@ def test_a_verified_champion_is_compared(
     assert written["champion"]["measured_artifact"]["format"] == "saved_model"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["corrupt weights", "missing file", "missing version"])
 def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
     diabetes_snapshot: Path, candidate: str, stable_champion: Path, tmp_path: Path, damage: str
@@ -243,6 +248,7 @@ def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
     assert all(check.kind != "change" or check.passed for check in decision.checks)
 
 
+@pytest.mark.slow
 def test_a_champion_with_model_tflite_is_measured_on_it(
     artifact_root: Path, diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
 ) -> None:

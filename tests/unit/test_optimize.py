@@ -48,6 +48,7 @@ def test_quantize_when_a_budget_failed_or_always(mode: str, failed: list[str], e
     assert should_quantize(config, failed) is expected
 
 
+@pytest.mark.slow
 def test_failed_budget_produces_a_smaller_tflite_that_evaluates_like_the_savedmodel(tmp_path: Path) -> None:
     snapshot = make_snapshot(DIGITS, tmp_path / "snapshot")
     out = tmp_path / "optimize"
@@ -79,6 +80,7 @@ def test_failed_budget_produces_a_smaller_tflite_that_evaluates_like_the_savedmo
     assert full["metrics"]["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_quality_failure_retrains_without_quantizing(tmp_path: Path) -> None:
     snapshot = make_snapshot(DIABETES, tmp_path / "snapshot", rows=200)
     out = tmp_path / "optimize"

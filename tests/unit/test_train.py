@@ -72,6 +72,7 @@ def test_validation_rows_are_disjoint_and_chosen_per_row(diabetes_snapshot: Path
     assert set(val_fewer.row_ids) == set(val.row_ids) & set(fewer.row_ids)
 
 
+@pytest.mark.slow
 def test_only_train_rows_are_used(diabetes_snapshot: Path, trained: dict) -> None:
     import pandas as pd
 
@@ -79,6 +80,7 @@ def test_only_train_rows_are_used(diabetes_snapshot: Path, trained: dict) -> Non
     assert trained["train_rows"] + trained["val_rows"] == int((frame["split"] == "train").sum())
 
 
+@pytest.mark.slow
 def test_result_history_and_tensorboard(trained: dict) -> None:
     out = Path(trained["model_uri"]).parent
     assert set(trained) >= {
@@ -104,6 +106,7 @@ def test_result_history_and_tensorboard(trained: dict) -> None:
     assert not [p for p in out.parent.iterdir() if ".staging-" in p.name]
 
 
+@pytest.mark.slow
 def test_savedmodel_has_the_serving_contract_signature(trained: dict, diabetes_snapshot: Path) -> None:
     import tensorflow as tf
 
@@ -122,6 +125,7 @@ def test_savedmodel_has_the_serving_contract_signature(trained: dict, diabetes_s
     assert 0 < float(outputs.mean()) < 400
 
 
+@pytest.mark.slow
 def test_two_trainings_with_the_same_seed_and_data_are_identical(
     diabetes_snapshot: Path, trained: dict, tmp_path: Path
 ) -> None:
@@ -155,6 +159,7 @@ def test_builders_outside_the_project_are_imported_from_their_file(tmp_path: Pat
     assert import_builder(DIABETES).__name__ == "include.models.diabetes"
 
 
+@pytest.mark.slow
 def test_a_crash_inside_train_leaves_no_output(diabetes_snapshot: Path, tmp_path: Path) -> None:
     config = load_model_config(_broken_models_dir(tmp_path) / "diabetes.yaml")
     out = tmp_path / "runs" / "train"
@@ -164,6 +169,7 @@ def test_a_crash_inside_train_leaves_no_output(diabetes_snapshot: Path, tmp_path
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_crash_on_rerun_keeps_the_previous_output(diabetes_snapshot: Path, trained: dict, tmp_path: Path) -> None:
     out = tmp_path / "train"
     shutil.copytree(Path(trained["model_uri"]).parent, out)
@@ -196,6 +202,7 @@ def _digits_without_softmax(tmp_path: Path) -> Path:
     return models
 
 
+@pytest.mark.slow
 def test_a_classification_head_without_softmax_is_bad_input_before_training(tmp_path: Path) -> None:
     models = _digits_without_softmax(tmp_path)
     snapshot = make_snapshot(DIGITS, tmp_path / "snapshot", rows=200)
