@@ -31,6 +31,17 @@ METRICS: dict[str, dict[str, bool]] = {
 }
 # Measured by evaluate for every task; budgets apply to them.
 BUDGET_METRICS = {"size_mb": False, "latency_ms": False}
+# Runtime cap per step, in seconds (``timeouts`` in a model config overrides them): the task's
+# execution_timeout, and a Kubernetes pod's activeDeadlineSeconds.
+DEFAULT_STEP_TIMEOUTS: dict[str, int] = {
+    "snapshot": 900,
+    "validate": 900,
+    "train": 7200,
+    "evaluate": 1800,
+    "optimize": 14400,
+    "register": 900,
+    "deploy": 1200,
+}
 BUNDLED_DATASETS = ("diabetes", "digits", "breast_cancer", "wine")
 SOURCE_FORMATS = ("csv", "parquet")
 
@@ -126,6 +137,7 @@ class ModelConfig:
     tags: tuple[str, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    timeouts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def dag_id(self) -> str:
@@ -139,6 +151,13 @@ class ModelConfig:
     def suite_path(self) -> Path:
         """The model's Great Expectations suite: ``<gx dir>/<name>.json``."""
         return gx_dir() / f"{self.name}.json"
+
+    def step_timeout(self, step: str) -> dt.timedelta:
+        """The runtime cap of ``step``: ``timeouts[step]`` from the config, else the step's default."""
+        seconds = {**DEFAULT_STEP_TIMEOUTS, **self.timeouts}.get(step)
+        if seconds is None:
+            raise ValueError(f"no runtime cap for unknown step {step!r} (steps: {', '.join(DEFAULT_STEP_TIMEOUTS)})")
+        return dt.timedelta(seconds=seconds)
 
     def higher_is_better(self, metric: str) -> bool:
         known = {**METRICS[self.task], **BUDGET_METRICS}
@@ -298,7 +317,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         {
             "name", "description", "owner", "task", "builder", "source", "features", "label", "metrics",
             "train", "gate", "optimize", "schedule", "test_fraction", "num_classes", "input_shape",
-            "serving_name", "tags", "node_selector", "tolerations",
+            "serving_name", "tags", "node_selector", "tolerations", "timeouts",
         }
     )  # fmt: skip
     name = root.get("name", str)
@@ -385,6 +404,11 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     test_fraction = root.get("test_fraction", float, 0.2)
     _fraction(root, "test_fraction", test_fraction)
     tolerations = root.get("tolerations", list, [])
+    caps = root.child("timeouts")
+    caps.reject_unknown(DEFAULT_STEP_TIMEOUTS)
+    timeouts = {step: caps.get(step, int) for step in DEFAULT_STEP_TIMEOUTS if step in caps.data}
+    for step, seconds in timeouts.items():
+        _positive(caps, step, seconds)
     return ModelConfig(
         name=name,
         path=path.resolve(),
@@ -407,6 +431,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         tags=tuple(root.get("tags", list, [])),
         node_selector=dict(root.get("node_selector", dict, {})),
         tolerations=tuple(tolerations),
+        timeouts=timeouts,
     )
 
 
