@@ -28,8 +28,9 @@ from pathlib import Path
 SHOW_ALL_ENV = "MLOPS_STEP_LOGS"
 SHOW_ALL_VALUE = "all"
 
-# absl (TF >= 2.16): "E0000 00:00:1795780069.087334   21460 cuda_platform.cc:52] message"
-_ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]\s]+:\d+\] ")
+# absl (TF >= 2.16): "E0000 00:00:1795780069.087334   21460 cuda_platform.cc:52] message" (before absl is
+# initialised the time field holds epoch seconds, hence \d+)
+_ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]\s]+:\d+\] ")
 # TensorFlow's own logger (older releases, some kernels): "2026-11-27 11:00:00.123456: W tensorflow/x.cc:42] message"
 _TF_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: (?P<severity>[IWEF]) [^\]\s]+:\d+\] ")
 # absl prints this once per process, before its log is initialised.
