@@ -243,7 +243,8 @@ def test_deploy_on_a_network_without_the_server_fails_retryably_and_keeps_stable
 def test_bad_usage_in_a_container_fails_without_retry(
     docker_client: Any, trainer_image: str, shared_root: Path
 ) -> None:
-    task = operator("snapshot", {"no_such_flag": 1})
+    interval = {"interval_start": "2026-11-19", "interval_end": "2026-11-20"}
+    task = operator("snapshot", {**interval, "no_such_flag": 1})
     with pytest.raises(StepBadInputError) as raised:
         task.execute(context())
     assert "unrecognized arguments: --no-such-flag" in str(raised.value)
