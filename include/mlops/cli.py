@@ -6,8 +6,11 @@ of stdout.  ``--result-file`` also writes it to a file, which is how the
 Airflow operators (and the Kubernetes XCom sidecar, ``/airflow/xcom/return.json``)
 pick it up.
 
-Exit codes: 0 success; 2 bad usage; 3 the input is bad (bad data, an invalid
-config, a corrupt model): retrying cannot help; 1 anything else.
+Exit codes: 0 success; 3 the input is bad, so retrying cannot help (bad
+usage, bad data, an invalid config, a missing expectation suite, a corrupt
+model, a training run that diverges under the config's fixed seeds); 1
+anything else, which the task retries (a model server that did not answer,
+data that has not landed yet, a crash).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from include.mlops.artifacts import atomic_write_json, registry_root, to_jsonable
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
@@ -32,6 +35,18 @@ EXIT_BAD_INPUT = 3
 
 class BadInputError(Exception):
     """An error that a retry cannot fix: reported with exit code 3."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors exit 3 (bad input), not argparse's 2.
+
+    A wrong flag or value fails the same way on every retry, so it is bad input
+    like an invalid config.  (Subparsers inherit this class.)
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def _datetime(value: str) -> dt.datetime:
@@ -65,7 +80,11 @@ def _csv(value: str) -> list[str]:
 def _run_snapshot(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     from include.mlops.snapshot import snapshot
 
-    return snapshot(config, args.interval_start, args.interval_end, args.out)
+    wait = args.wait_for_data
+    if wait is None:
+        # Half the step's runtime cap: the other half is left for reading, and the retry waits again.
+        wait = config.step_timeout("snapshot").total_seconds() / 2
+    return snapshot(config, args.interval_start, args.interval_end, args.out, wait_for_data=wait)
 
 
 def _run_validate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -159,7 +178,7 @@ STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m include.mlops", description=__doc__.split("\n\n")[0])
+    parser = _ArgumentParser(prog="python -m include.mlops", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, (help_text, _) in STEPS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -170,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "snapshot":
             p.add_argument("--interval-start", type=_datetime, required=True)
             p.add_argument("--interval-end", type=_datetime, required=True)
+            p.add_argument(
+                "--wait-for-data",
+                type=float,
+                help="seconds to wait for missing partitions to land (default: half the snapshot timeout)",
+            )
         if name in ("validate", "train", "evaluate", "optimize"):
             p.add_argument("--data", required=True, help="the snapshot's data.parquet")
         if name in ("train", "optimize"):
@@ -202,17 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exception types meaning "the input is bad" (exit 3), by module; looked up only if the module is loaded.
+# Deliberately absent:
+# - deploy.DeployVerificationError: the model server did not become ready, could not be reached or answered
+#   wrongly, and the label was moved back.  That is the server's state, not the input's: a retry may pass.
+# - snapshot.PartitionNotLandedError: the data may still land; the task retries after its delay.
+BAD_INPUT_ERRORS = (
+    ("include.mlops.validate", "DataValidationError"),
+    ("include.mlops.validate", "SuiteNotFoundError"),
+    ("include.mlops.data", "SnapshotError"),
+    ("include.mlops.registry", "CorruptVersionError"),
+    ("include.mlops.modeling", "ModelingError"),
+    ("include.mlops.register", "CandidateModelError"),
+    # Training is seeded from the config, so a run that diverges (non-finite loss) diverges again.
+    ("include.mlops.train", "TrainingError"),
+)
+
+
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exception types meaning 'the input is bad', imported only if their module already is."""
     errors: list[type[BaseException]] = [ConfigError, BadInputError]
-    for module, name in (
-        ("include.mlops.validate", "DataValidationError"),
-        ("include.mlops.snapshot", "SnapshotError"),
-        ("include.mlops.registry", "CorruptVersionError"),
-        ("include.mlops.deploy", "DeployVerificationError"),
-        ("include.mlops.modeling", "ModelingError"),
-        ("include.mlops.register", "CandidateModelError"),
-    ):
+    for module, name in BAD_INPUT_ERRORS:
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, name):
             errors.append(getattr(loaded, name))

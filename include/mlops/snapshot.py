@@ -28,18 +28,74 @@ from include.mlops.data import (
     assign_split,
     data_columns,
     dtype_names,
+    lookback_days,
     read_source,
+    render_uri,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATA_FILE", "MANIFEST_FILE", "SnapshotError", "snapshot", "write_parquet"]
+__all__ = ["DATA_FILE", "MANIFEST_FILE", "PartitionNotLandedError", "SnapshotError", "snapshot", "write_parquet"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
+# How often a snapshot that waits for its partitions looks for them again, at most.
+POLL_INTERVAL_S = 30.0
+
+
+class PartitionNotLandedError(RuntimeError):
+    """A partition the interval needs has not landed (yet).
+
+    Not bad input: upstream may still deliver it, so the step fails with an
+    ordinary error (exit 1) and the task is retried after its retry delay.
+    """
+
+
+def _missing_partitions(config: ModelConfig, interval_end: dt.datetime) -> list[tuple[dt.date, str]]:
+    """The ``(day, uri)`` partitions of a ``uri`` source that do not exist yet; none for bundled data."""
+    if config.source.kind != "uri" or config.source.uri is None:
+        return []
+    import fsspec
+
+    missing = []
+    for day in lookback_days(interval_end, config.source.lookback_days):
+        uri = render_uri(config.source.uri, day)
+        fs, path = fsspec.core.url_to_fs(uri)
+        if not fs.exists(path):
+            missing.append((day, uri))
+    return missing
+
+
+def wait_for_partitions(config: ModelConfig, interval_end: dt.datetime, wait_s: float) -> None:
+    """Return once every partition of the interval exists; raise :class:`PartitionNotLandedError` after ``wait_s``."""
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+    interval = max(0.1, min(POLL_INTERVAL_S, wait_s / 10))
+    retrying = Retrying(
+        stop=stop_after_delay(wait_s),
+        wait=wait_fixed(interval),
+        retry=retry_if_result(bool),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else [],
+        before_sleep=lambda state: log.info(
+            "waiting for %d partition(s) of %s to land (%.0fs of %.0fs)",
+            len(state.outcome.result()) if state.outcome else 0,
+            config.name,
+            state.seconds_since_start,
+            wait_s,
+        ),
+    )
+    missing = retrying(_missing_partitions, config, interval_end)
+    if missing:
+        day, uri = missing[0]
+        raise PartitionNotLandedError(
+            f"partition {day.isoformat()} of model {config.name!r} is missing: {uri} does not exist "
+            f"(source.uri {config.source.uri!r}, lookback_days {config.source.lookback_days}; "
+            f"{len(missing)} missing, waited {wait_s:.0f}s). "
+            "Land the file, or clear and rerun the task once it exists."
+        )
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
@@ -76,13 +132,23 @@ def _source_description(config: ModelConfig) -> dict[str, Any]:
     return {"kind": source.kind, "uri": source.uri, "format": source.format, "lookback_days": source.lookback_days}
 
 
-def snapshot(config: ModelConfig, interval_start: dt.datetime, interval_end: dt.datetime, out: str | Path) -> dict:
+def snapshot(
+    config: ModelConfig,
+    interval_start: dt.datetime,
+    interval_end: dt.datetime,
+    out: str | Path,
+    *,
+    wait_for_data: float = 0.0,
+) -> dict:
     """Materialise the training data for ``[interval_start, interval_end)`` into ``out``.
 
     Returns ``{"data_uri", "rows", "sha256", "partitions", "interval_start",
-    "interval_end", "split_counts"}``.  Raises :class:`SnapshotError` when a
-    partition is missing or unreadable; an empty snapshot is written as it is
-    (validation rejects it, and keeps the evidence).
+    "interval_end", "split_counts"}``.  Waits up to ``wait_for_data`` seconds
+    for the interval's partitions to land, then raises
+    :class:`PartitionNotLandedError` (retryable).  Raises :class:`SnapshotError`
+    (bad input) when a partition is unreadable or the source is misconfigured;
+    an empty snapshot is written as it is (validation rejects it, and keeps the
+    evidence).
     """
     start, end = as_utc(interval_start), as_utc(interval_end)
     if end < start:
@@ -91,6 +157,7 @@ def snapshot(config: ModelConfig, interval_start: dt.datetime, interval_end: dt.
         "snapshot %s for %s .. %s (source %s)", config.name, start.isoformat(), end.isoformat(), config.source.kind
     )
 
+    wait_for_partitions(config, end, wait_for_data)
     frame, partitions = read_source(config, end)
     extra_columns = list(frame.attrs.get(EXTRA_COLUMNS_ATTR, []))
     frame[SPLIT_COLUMN] = assign_split(frame, data_columns(config), config.test_fraction)

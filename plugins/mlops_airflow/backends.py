@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 BACKEND_ENV = "MLOPS_BACKEND"
 DEFAULT_BACKEND = "local"
 BACKENDS = ("local", "docker", "kubernetes")
-ALIASES = {"k8s": "kubernetes", "kpo": "kubernetes", "process": "local", "subprocess": "local"}
 
 
 class UnknownBackendError(ValueError):
@@ -41,7 +40,6 @@ def resolve_backend(name: str | None = None) -> str:
     else:
         return DEFAULT_BACKEND
     normalized = name.strip().lower()
-    normalized = ALIASES.get(normalized, normalized)
     if normalized not in BACKENDS:
         raise UnknownBackendError(
             f"unknown compute backend {name!r} (from {source}); choose one of: {', '.join(BACKENDS)}. "
@@ -63,11 +61,15 @@ def step_operator(
 ) -> BaseOperator:
     """The task running lifecycle step ``step`` of ``model`` on ``backend``.
 
-    ``config`` gives the container backends the GPU count, node selector and
-    tolerations; the local backend ignores it.  The other keyword arguments
+    ``config`` gives every backend the step's runtime cap (``execution_timeout``
+    from ``timeouts`` in the model config; the kubernetes pods also get it as
+    ``activeDeadlineSeconds``) and the container backends the GPU count, node
+    selector and tolerations.  The other keyword arguments
     (``resolve_arguments``, ``trigger_rule``, ``pool``, ...) go to the operator.
     """
     chosen = resolve_backend(backend)
+    if config is not None:
+        kwargs.setdefault("execution_timeout", config.step_timeout(step))
     if chosen == "local":
         from mlops_airflow.operators import LifecycleStepOperator
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,14 +35,14 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 from kubernetes.client import models as k8s
 
-from include.mlops.artifacts import artifact_root, run_dir
+from include.mlops.artifacts import artifact_root
 from include.mlops.config import PROJECT_ROOT, ModelConfig
-from mlops_airflow.operators import EXIT_BAD_INPUT, ArgumentResolver, step_command
+from mlops_airflow.steps import ArgumentResolver, raise_for_exit_code, resolve_step_arguments, step_command
 
 DEFAULT_IMAGE = "mlops-trainer:local"
 IMAGE_ENV = "MLOPS_TRAINER_IMAGE"
@@ -51,7 +52,13 @@ GPU_STEPS = frozenset({"train", "optimize"})
 # --- docker
 DOCKER_URL_ENV = "MLOPS_DOCKER_URL"
 DOCKER_USER_ENV = "MLOPS_DOCKER_USER"
+DOCKER_NETWORK_ENV = "MLOPS_DOCKER_NETWORK"
 DEFAULT_DOCKER_URL = "unix://var/run/docker.sock"
+# The step containers share the worker host's network by default, so the deploy step reaches a model server
+# listening on the host's loopback (make run).  Under compose, set the compose network instead.
+DEFAULT_DOCKER_NETWORK = "host"
+# The container's exit status in the provider's failure message: "Docker container failed: {'StatusCode': 3, ...}".
+_DOCKER_STATUS_CODE = re.compile(r"'StatusCode':\s*(-?\d+)\b")
 
 # --- kubernetes
 K8S_NAMESPACE_ENV = "MLOPS_K8S_NAMESPACE"
@@ -99,10 +106,8 @@ def wants_gpus(step: str, config: ModelConfig | None) -> int:
 
 
 class _StepArguments:
-    """The part both container operators share: resolving the step's argv at run time."""
+    """The part both container operators share: resolving the step's arguments at run time."""
 
-    step: str
-    model: str
     step_arguments: dict[str, Any]
     resolve_arguments: ArgumentResolver | None
     models_dir: str | None
@@ -110,16 +115,24 @@ class _StepArguments:
     task_id: str
 
     def _resolved_arguments(self, context: Context, root: Path) -> dict[str, Any]:
-        arguments: dict[str, Any] = dict(self.step_arguments)
-        if self.resolve_arguments is not None:
-            arguments.update(self.resolve_arguments(context))
-        if self.models_dir:
-            arguments["models_dir"] = self.models_dir
-        arguments["out"] = str(run_dir(self.dag_id, context["dag_run"].run_id, self.task_id, root=root))
-        return arguments
+        return resolve_step_arguments(
+            context,
+            static=self.step_arguments,
+            resolver=self.resolve_arguments,
+            models_dir=self.models_dir,
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+            root=root,
+        )
 
 
 # --------------------------------------------------------------------------- docker
+
+
+def docker_exit_code(exc: DockerContainerFailedException) -> int | None:
+    """The failed container's exit status, from the provider's message (it keeps no attribute for it)."""
+    match = _DOCKER_STATUS_CODE.search(str(exc))
+    return int(match.group(1)) if match else None
 
 
 def _docker_user() -> str:
@@ -167,6 +180,7 @@ class DockerStepOperator(_StepArguments, DockerOperator):
         kwargs.setdefault("mount_tmp_dir", False)
         kwargs.setdefault("user", _docker_user())
         kwargs.setdefault("cpus", 1.0)
+        kwargs.setdefault("network_mode", os.environ.get(DOCKER_NETWORK_ENV) or DEFAULT_DOCKER_NETWORK)
         super().__init__(image=image or trainer_image(), command=None, **kwargs)
         self.step = step
         self.model = model
@@ -205,9 +219,7 @@ class DockerStepOperator(_StepArguments, DockerOperator):
             message = f"step {self.step!r} of model {self.model!r} failed in container {self.image}:\n" + "\n".join(
                 line.rstrip() for line in tail
             )
-            if f"'StatusCode': {EXIT_BAD_INPUT}" in str(exc):
-                raise AirflowFailException(message) from None
-            raise AirflowException(message) from None
+            raise_for_exit_code(docker_exit_code(exc), message)
         except APIError as exc:
             if self.device_requests and ("device driver" in str(exc) or "gpu" in str(exc).lower()):
                 raise ContainerBackendError(
@@ -284,6 +296,14 @@ def _toleration(item: Mapping[str, Any]) -> k8s.V1Toleration:
     )
 
 
+def pod_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+    """The exit code of ``container`` in ``pod`` once it terminated, else None."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state else None
+    return terminated.exit_code if terminated is not None else None
+
+
 class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
     """Run lifecycle step ``step`` of model ``model`` as a pod of the trainer image.
 
@@ -320,6 +340,10 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         kwargs.setdefault("startup_timeout_seconds", STARTUP_TIMEOUT_S)
         kwargs.setdefault("schedule_timeout_seconds", SCHEDULE_TIMEOUT_S)
         kwargs.setdefault("get_logs", True)
+        # The cluster ends a pod that runs past the step's runtime cap, even while the task is deferred (where
+        # Airflow's execution_timeout does not act), so a hung training step cannot hold a GPU forever.
+        if kwargs.get("execution_timeout") is not None:
+            kwargs.setdefault("active_deadline_seconds", int(kwargs["execution_timeout"].total_seconds()))
         # The sidecar shares the pod, so it gets the same restrictions as the step (pod_template.yaml).
         kwargs.setdefault(
             "xcom_sidecar_container_security_context",
@@ -364,6 +388,24 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         self.step_arguments = dict(step_arguments or {})
         self.resolve_arguments = resolve_arguments
         self.models_dir = models_dir
+
+    def cleanup(
+        self,
+        pod: k8s.V1Pod,
+        remote_pod: k8s.V1Pod,
+        xcom_result: dict[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """The provider's cleanup, with the step's exit code deciding whether a failed pod is retried."""
+        try:
+            super().cleanup(pod=pod, remote_pod=remote_pod, xcom_result=xcom_result, context=context)
+        except (AirflowSkipException, AirflowFailException):
+            raise
+        except AirflowException as exc:
+            raise_for_exit_code(
+                pod_exit_code(remote_pod, self.base_container_name),
+                f"step {self.step!r} of model {self.model!r} failed in pod {pod.metadata.name if pod else '?'}: {exc}",
+            )
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         # The argv depends on upstream XComs, so it is made here, when the pod is about to be

@@ -2,48 +2,37 @@
 
 On the embedded default (the ``local`` backend) the worker runs
 ``python -m include.mlops <step> ...`` as a subprocess, streams its log into
-the task log, and returns the step's JSON result as the task's XCom.
+the task log (:mod:`mlops_airflow.step_logs` decides each line's level), and
+returns the step's JSON result as the task's XCom.
+
+The step runs in its own process group, so that a task that times out
+(``execution_timeout``) or is killed takes the step and every process the step
+started with it: a hung training step cannot hold the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
-import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.mlops.artifacts import run_dir
 from include.mlops.config import PROJECT_ROOT
+from mlops_airflow.step_logs import StepLogRouter
+from mlops_airflow.steps import ArgumentResolver, raise_for_exit_code, resolve_step_arguments, step_command
 
-# Exit code of the step CLI for bad input (bad data, invalid config, corrupt
-# model): retrying cannot help, so the task fails without retries.
-EXIT_BAD_INPUT = 3
+__all__ = ["LifecycleStepOperator", "step_command"]
 
-ArgumentResolver = Callable[[Context], Mapping[str, Any]]
-
-
-def step_command(step: str, model: str, arguments: Mapping[str, Any]) -> list[str]:
-    """The step CLI's argv for ``arguments`` (``{"data": "/x"}`` -> ``--data /x``)."""
-    argv = [sys.executable, "-m", "include.mlops", step, "--model", model]
-    for key, value in arguments.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (dict, list)):
-            argv += [flag, json.dumps(value, sort_keys=True)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+# How long a step gets to exit after SIGTERM before its process group is sent SIGKILL.
+TERMINATE_GRACE_S = 10.0
 
 
 class LifecycleStepOperator(BaseOperator):
@@ -77,15 +66,17 @@ class LifecycleStepOperator(BaseOperator):
         self.arguments = dict(arguments or {})
         self.resolve_arguments = resolve_arguments
         self.models_dir = models_dir
+        self._proc: subprocess.Popen[str] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        dag_run = context["dag_run"]
-        arguments: dict[str, Any] = dict(self.arguments)
-        if self.resolve_arguments is not None:
-            arguments.update(self.resolve_arguments(context))
-        if self.models_dir:
-            arguments["models_dir"] = self.models_dir
-        arguments["out"] = str(run_dir(self.dag_id, dag_run.run_id, self.task_id))
+        arguments = resolve_step_arguments(
+            context,
+            static=self.arguments,
+            resolver=self.resolve_arguments,
+            models_dir=self.models_dir,
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+        )
         with tempfile.TemporaryDirectory(prefix="mlops-step-") as tmp:
             result_file = Path(tmp) / "result.json"
             arguments["result_file"] = str(result_file)
@@ -93,12 +84,13 @@ class LifecycleStepOperator(BaseOperator):
 
     def _run(self, argv: list[str], result_file: Path) -> dict[str, Any]:
         self.log.info("Running step %r: %s", self.step, " ".join(argv))
+        router = StepLogRouter.for_this_machine()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        router.runtime_env(env)
         # Keep the last lines so the failure message can quote the step's own error.
         tail: deque[str] = deque(maxlen=15)
-        with subprocess.Popen(
+        proc = subprocess.Popen(
             argv,
             cwd=PROJECT_ROOT,
             env=env,
@@ -106,18 +98,54 @@ class LifecycleStepOperator(BaseOperator):
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
-        ) as proc:
+            # Its own process group: a timeout or kill ends the step and its children together.
+            start_new_session=True,
+        )
+        self._proc = proc
+        try:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
+            for raw in proc.stdout:
+                line = raw.rstrip()
+                level = router.level(line)
+                if level is None:
+                    continue
                 tail.append(line)
-                self.log.info("%s", line)
+                self.log.log(level, "%s", line)
             returncode = proc.wait()
+        except BaseException:
+            # AirflowTaskTimeout (execution_timeout) or a kill signal arrives here, while the step runs.
+            self._terminate(proc)
+            raise
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+            self._proc = None
         if returncode != 0:
-            message = f"step {self.step!r} of model {self.model!r} failed (exit {returncode}):\n" + "\n".join(tail)
-            if returncode == EXIT_BAD_INPUT:
-                raise AirflowFailException(message)
-            raise AirflowException(message)
+            raise_for_exit_code(
+                returncode,
+                f"step {self.step!r} of model {self.model!r} failed (exit {returncode}):\n" + "\n".join(tail),
+            )
         result = json.loads(result_file.read_text())
         self.log.info("Step %r result: %s", self.step, json.dumps(result, sort_keys=True)[:2000])
         return result
+
+    def _terminate(self, proc: subprocess.Popen[str]) -> None:
+        """End the step's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        if proc.poll() is not None:
+            return
+        self.log.warning("Stopping step %r (pid %d) and its child processes", self.step, proc.pid)
+        for sig, wait_s in ((signal.SIGTERM, TERMINATE_GRACE_S), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Children that outlived the leader are still in its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def on_kill(self) -> None:
+        if self._proc is not None:
+            self._terminate(self._proc)

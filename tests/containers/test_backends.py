@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 import sys
@@ -36,11 +37,55 @@ def test_default_backend_is_local() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [("docker", "DockerStepOperator"), ("kubernetes", "KubernetesStepOperator"), ("K8s", "KubernetesStepOperator")],
+    [
+        ("docker", "DockerStepOperator"),
+        ("kubernetes", "KubernetesStepOperator"),
+        ("Kubernetes", "KubernetesStepOperator"),
+    ],
 )
 def test_env_var_picks_the_backend(monkeypatch: pytest.MonkeyPatch, setting: str, expected: str) -> None:
     monkeypatch.setenv("MLOPS_BACKEND", setting)
     assert set(step_types().values()) == {expected}
+
+
+def test_removed_aliases_are_unknown_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", "k8s")
+    with pytest.raises(backends.UnknownBackendError, match="unknown compute backend 'k8s'"):
+        backends.resolve_backend()
+
+
+@pytest.mark.parametrize("setting", ["local", "docker", "kubernetes"])
+def test_every_step_task_gets_its_runtime_cap_from_the_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, setting: str
+) -> None:
+    import yaml
+
+    monkeypatch.setenv("MLOPS_BACKEND", setting)
+    raw = yaml.safe_load((PROJECT_ROOT / "include" / "models" / "diabetes.yaml").read_text())
+    raw["timeouts"] = {"train": 60, "deploy": 30}
+    (tmp_path / "diabetes.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "diabetes.py").write_text((PROJECT_ROOT / "include" / "models" / "diabetes.py").read_text())
+    dag = build_lifecycle_dag(load_model_config(tmp_path / "diabetes.yaml"), models_dir=str(tmp_path))
+    caps = {task_id: dag.get_task(task_id).execution_timeout for task_id in STEP_TASKS}
+    assert caps["train"] == dt.timedelta(seconds=60)
+    assert caps["deploy"] == dt.timedelta(seconds=30)
+    # Steps the config does not name keep their defaults.
+    assert caps["snapshot"] == dt.timedelta(seconds=900)
+    assert caps["optimize"] == dt.timedelta(seconds=14400)
+    assert caps["evaluate_optimized"] == dt.timedelta(seconds=1800)
+
+
+def test_unknown_step_in_timeouts_is_a_config_error(tmp_path: Path) -> None:
+    import yaml
+
+    from include.mlops.config import ConfigError
+
+    raw = yaml.safe_load((PROJECT_ROOT / "include" / "models" / "diabetes.yaml").read_text())
+    raw["timeouts"] = {"trian": 60}
+    (tmp_path / "diabetes.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "diabetes.py").write_text((PROJECT_ROOT / "include" / "models" / "diabetes.py").read_text())
+    with pytest.raises(ConfigError, match=r"field 'timeouts.trian': unknown field"):
+        load_model_config(tmp_path / "diabetes.yaml")
 
 
 def test_unknown_backend_is_an_import_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

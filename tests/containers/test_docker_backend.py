@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from airflow.sdk.exceptions import AirflowException
 from include.mlops.artifacts import run_dir
 from include.mlops.registry import Registry
 from mlops_airflow.container_operators import ContainerBackendError, DockerStepOperator
+from mlops_airflow.steps import StepBadInputError, StepFailedError
 
 pytestmark = [pytest.mark.docker]
 
@@ -172,3 +174,103 @@ def test_image_runs_the_step_cli_as_non_root_without_airflow(docker_client: Any,
     assert facts == {"uid": 1000, "airflow": False}
     usage = docker_client.containers.run(trainer_image, remove=True).decode()
     assert "snapshot" in usage and "train" in usage and "register" in usage
+
+
+@pytest.fixture
+def served_registry(shared_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Registry, str, Path]]:
+    """Versions 1 (x1, stable) and 2 (x2) of ``diabetes`` served by a real model server on the host loopback."""
+    import numpy as np
+    import pandas as pd
+    from serving.conftest import make_linear_model, serve
+
+    from include.mlops.config import find_model_config
+    from include.mlops.serving.app import ServerSettings
+
+    monkeypatch.delenv("MLOPS_SERVING_BASE_PATH", raising=False)
+    features = find_model_config("diabetes").features
+    registry = Registry(shared_root / "models")
+    for scale in (1.0, 2.0):
+        model = make_linear_model(shared_root / "incoming" / f"x{scale:g}", scale, n_features=len(features))
+        registry.register(
+            "diabetes",
+            model,
+            metrics={"mae": 1.0},
+            lineage={"dag_id": "lifecycle__diabetes", "run_id": f"run-{scale:g}"},
+        )
+    registry.set_label("diabetes", "stable", 1)
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(20, len(features))), columns=list(features))
+    frame["split"] = "test"
+    (shared_root / "snapshot").mkdir()
+    frame.to_parquet(shared_root / "snapshot" / "data.parquet", index=False)
+    with serve(ServerSettings(registry_root=registry.root, poll_seconds=0.1, predlog_root=None)) as running:
+        yield registry, running.url, shared_root / "snapshot"
+
+
+def deploy_arguments(server_url: str, snapshot: Path) -> dict[str, Any]:
+    return {"version": 2, "label": "stable", "server_url": server_url, "data": str(snapshot), "timeout": 20}
+
+
+@pytest.mark.slow
+def test_deploy_step_in_a_container_reaches_the_model_server_on_the_host(
+    docker_client: Any, trainer_image: str, served_registry: tuple[Registry, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, server_url, snapshot = served_registry
+    monkeypatch.delenv("MLOPS_DOCKER_NETWORK", raising=False)  # the default: the host's network
+    task = operator("deploy", deploy_arguments(server_url, snapshot))
+    assert task.network_mode == "host"
+    result = task.execute(context())
+    assert result["verified"] is True and result["changed"] is True
+    assert (result["version"], result["previous"]) == (2, 1)
+    assert registry.label_version("diabetes", "stable") == 2
+    # Verified through the label on the server itself: stable answers as version 2 (x2).
+    assert result["server_url"] == server_url and result["smoke"]["rows"] > 0
+
+
+@pytest.mark.slow
+def test_deploy_on_a_network_without_the_server_fails_retryably_and_keeps_stable(
+    docker_client: Any, trainer_image: str, served_registry: tuple[Registry, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, server_url, snapshot = served_registry
+    monkeypatch.setenv("MLOPS_DOCKER_NETWORK", "bridge")  # what every step got before: the server is unreachable
+    task = operator("deploy", deploy_arguments(server_url, snapshot))
+    assert task.network_mode == "bridge"
+    with pytest.raises(StepFailedError) as raised:
+        task.execute(context())
+    assert "did not become AVAILABLE" in str(raised.value)
+    assert registry.label_version("diabetes", "stable") == 1
+
+
+def test_bad_usage_in_a_container_fails_without_retry(
+    docker_client: Any, trainer_image: str, shared_root: Path
+) -> None:
+    interval = {"interval_start": "2026-11-19", "interval_end": "2026-11-20"}
+    task = operator("snapshot", {**interval, "no_such_flag": 1})
+    with pytest.raises(StepBadInputError) as raised:
+        task.execute(context())
+    assert "unrecognized arguments: --no-such-flag" in str(raised.value)
+
+
+@pytest.mark.parametrize(("status", "error"), [(3, StepBadInputError), (30, StepFailedError), (31, StepFailedError)])
+def test_container_exit_status_is_read_exactly(
+    docker_client: Any, trainer_image: str, status: int, error: type[Exception]
+) -> None:
+    """The provider's real failure for a container exiting ``status``; 30-39 used to pass for 3."""
+    from airflow.providers.docker.exceptions import DockerContainerFailedException
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    from mlops_airflow.container_operators import docker_exit_code
+    from mlops_airflow.steps import raise_for_exit_code
+
+    with DAG(dag_id="docker_exit_status", schedule=None):
+        exits = DockerOperator(
+            task_id="exits",
+            image=trainer_image,
+            command=["python", "-c", f"raise SystemExit({status})"],
+            auto_remove="force",
+            mount_tmp_dir=False,
+        )
+    with pytest.raises(DockerContainerFailedException) as failed:
+        exits.execute(context())
+    assert docker_exit_code(failed.value) == status
+    with pytest.raises(error):
+        raise_for_exit_code(docker_exit_code(failed.value), "step failed")

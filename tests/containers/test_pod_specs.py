@@ -292,3 +292,12 @@ def test_pod_template_validates_and_helm_values_match_the_manifests() -> None:
     (mount,) = values["workers"]["extraVolumeMounts"]
     (volume,) = values["workers"]["extraVolumes"]
     assert mount["mountPath"] == PODS_ROOT and volume["persistentVolumeClaim"]["claimName"] == "mlops-artifacts"
+
+
+def test_every_pod_has_the_steps_runtime_cap_as_active_deadline(pods: list[dict[str, Any]]) -> None:
+    for built in pods:
+        cap = built["config"].step_timeout(built["step"])
+        # The same cap twice: Airflow's execution_timeout, and the cluster's own deadline for deferred pods.
+        assert built["task"].execution_timeout == cap
+        assert built["manifest"]["spec"]["activeDeadlineSeconds"] == int(cap.total_seconds())
+    assert {built["manifest"]["spec"]["activeDeadlineSeconds"] for built in pods if built["step"] == "train"} == {7200}

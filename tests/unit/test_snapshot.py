@@ -6,6 +6,8 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ from include.mlops.data import (
     lookback_days,
     row_hashes,
 )
-from include.mlops.snapshot import DATA_FILE, MANIFEST_FILE, snapshot
+from include.mlops.snapshot import DATA_FILE, MANIFEST_FILE, PartitionNotLandedError, snapshot
 
 FIRST_DAY = "2026-11-01"  # start_date of both demo configs
 
@@ -229,12 +231,37 @@ def test_missing_partition_names_the_uri(
     write_partition(reference_rows(diabetes_config), template, "2026-11-03")
     config = uri_config(diabetes_config, template, lookback_days=2)
 
-    with pytest.raises(SnapshotError) as caught:
+    with pytest.raises(PartitionNotLandedError) as caught:
         snapshot(config, *interval("2026-11-03"), tmp_path / "snap")
     message = str(caught.value)
     assert str(tmp_path / "landing" / "2026-11-02.csv") in message
     assert "2026-11-02" in message and "lookback_days 2" in message
     assert not (tmp_path / "snap").exists()
+    # Data that has not landed is not bad input: the step exits 1 (retried), not 3.
+    assert not isinstance(caught.value, SnapshotError)
+
+
+def test_snapshot_waits_for_a_partition_that_lands_late(
+    diabetes_config, uri_config, reference_rows, write_partition, interval, tmp_path
+):
+    template = tmp_path / "landing" / "{{ ds }}.csv"
+    config = uri_config(diabetes_config, template)
+    lands = threading.Timer(0.5, write_partition, (reference_rows(diabetes_config), template, "2026-11-02"))
+    lands.start()
+    try:
+        result = snapshot(config, *interval("2026-11-02"), tmp_path / "snap", wait_for_data=30)
+    finally:
+        lands.cancel()
+    assert result["partitions"] == ["2026-11-02"]
+    assert result["rows"] == len(reference_rows(diabetes_config))
+
+
+def test_snapshot_gives_up_waiting_after_the_wait(diabetes_config, uri_config, interval, tmp_path):
+    config = uri_config(diabetes_config, tmp_path / "{{ ds }}.csv")
+    started = time.monotonic()
+    with pytest.raises(PartitionNotLandedError, match=r"waited 1s"):
+        snapshot(config, *interval("2026-11-02"), tmp_path / "snap", wait_for_data=1.0)
+    assert 1.0 <= time.monotonic() - started < 10
 
 
 def test_unreadable_partition_is_a_snapshot_error(diabetes_config, uri_config, interval, tmp_path):
