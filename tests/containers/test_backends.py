@@ -84,7 +84,7 @@ def test_unknown_step_in_timeouts_is_a_config_error(tmp_path: Path) -> None:
     raw["timeouts"] = {"trian": 60}
     (tmp_path / "diabetes.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "diabetes.py").write_text((PROJECT_ROOT / "include" / "models" / "diabetes.py").read_text())
-    with pytest.raises(ConfigError, match=r"field 'timeouts.trian': unknown field"):
+    with pytest.raises(ConfigError, match=r"field 'timeouts.trian': unknown step"):
         load_model_config(tmp_path / "diabetes.yaml")
 
 

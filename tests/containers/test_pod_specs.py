@@ -86,12 +86,16 @@ def fake_context(dag: Any, task: Any) -> dict[str, Any]:
     def xcom_pull(task_ids: str | None = None, key: str | None = None) -> Any:
         if key == "candidate":
             return candidate if task_ids == "gate" else None
+        if key == "decision":
+            return {"route": "optimize", "passed": False, "failed_budgets": ["size_mb"]}
         return pulls.get(task_ids)
 
     ti = SimpleNamespace(
         xcom_pull=xcom_pull, dag_id=dag.dag_id, task_id=task.task_id, map_index=-1, try_number=1, run_id=RUN_ID
     )
-    dag_run = SimpleNamespace(run_id=RUN_ID, dag_id=dag.dag_id, run_type="manual", run_after=pendulum.now("UTC"))
+    dag_run = SimpleNamespace(
+        run_id=RUN_ID, dag_id=dag.dag_id, run_type="manual", run_after=pendulum.now("UTC"), conf={"epochs": 3}
+    )
     return {
         "dag": dag,
         "task": task,
