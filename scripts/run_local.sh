@@ -36,7 +36,7 @@ airflow connections get model_server_default >/dev/null 2>&1 ||
 
 echo "==> Starting the API server, scheduler, DAG processor, triggerer and model server (logs: $AIRFLOW_HOME/*.log)"
 # In a session of its own: what a crashed component leaves behind stays in that session.
-setsid supervisord -c "$MLOPS_PROJECT_ROOT/scripts/supervisord.conf" &
+python "$MLOPS_PROJECT_ROOT/scripts/stack_processes.py" session -- supervisord -c "$MLOPS_PROJECT_ROOT/scripts/supervisord.conf" &
 supervisor_pid=$!
 stop() {
   trap - INT TERM EXIT

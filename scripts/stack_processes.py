@@ -12,6 +12,9 @@ a process of the session that no longer descends from supervisord is a leftover.
     python scripts/stack_processes.py exec NAME [--wait-for URL] -- COMMAND...
         end the session's leftovers, optionally wait until URL answers (the scheduler and
         triggerer need the API server), then become COMMAND.  supervisord runs this.
+    python scripts/stack_processes.py session -- COMMAND...
+        become COMMAND in a new session (`setsid`, which macOS lacks); `make run` starts
+        supervisord so.
     python scripts/stack_processes.py reap --session SID
         end every process left in session SID (after supervisord has stopped).
 """
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("exec", help="end the stack's leftovers, then become COMMAND")
     start.add_argument("name", help="the component's name, for the logs")
     start.add_argument("--wait-for", metavar="URL", help="start COMMAND only once URL answers 2xx")
+    commands.add_parser("session", help="become COMMAND in a new session")
     reap = commands.add_parser("reap", help="end every process of a stopped stack")
     reap.add_argument("--session", type=int, required=True, help="the session ID (supervisord's PID)")
     argv = sys.argv[1:] if argv is None else argv
@@ -95,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         end(session_processes(args.session))
         return 0
     if not command:
-        parser.error("exec needs a COMMAND after --")
+        parser.error(f"{args.command} needs a COMMAND after --")
+    if args.command == "session":
+        os.setsid()
+        os.execvp(command[0], command)
     session, supervisor = os.getsid(0), os.getppid()
     if session == supervisor:
         end(leftovers(session, supervisor))

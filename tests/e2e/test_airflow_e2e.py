@@ -141,6 +141,20 @@ def test_nightly_then_triggered_run_deploy_and_serve_then_backfill_never_moves_s
     assert (stack.artifact_root / "models" / "models.config").read_bytes() == config_before
 
 
+def latest_backfill(stack: AirflowStack) -> dict:
+    # The README's check before starting another backfill (Airflow 3.3 has no CLI to list them).
+    response = stack.api().get("/api/v2/backfills", params={"dag_id": DAG_ID, "order_by": "-id", "limit": 1})
+    response.raise_for_status()
+    [latest] = response.json()["backfills"]
+    return latest
+
+
+def test_a_finished_backfill_is_marked_completed_then_the_next_one_may_start(stack: AirflowStack) -> None:
+    wait_until(lambda: latest_backfill(stack)["completed_at"] is not None, 120, "the backfill's completion")
+    stack.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-11-14", "--to-date", "2026-11-14")
+    assert latest_backfill(stack)["completed_at"] is None
+
+
 def test_model_server_comes_back_after_kill_9(stack: AirflowStack) -> None:
     version = served_version(stack)
     crashed = stack.pid("model-server")
