@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -191,13 +190,9 @@ def test_scheduler_kill_9_during_train_heals_without_help(stack: AirflowStack) -
     assert restarted in {p.pid for p in psutil.Process(listener).parents()}
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+def listening(ports: list[int]) -> set[int]:
+    # A LISTEN socket, not a connection in TIME_WAIT, is what keeps the next server off its port.
+    return {c.laddr.port for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port in ports}
 
 
 def test_stopping_the_supervisor_leaves_no_process(stack: AirflowStack) -> None:
@@ -205,4 +200,4 @@ def test_stopping_the_supervisor_leaves_no_process(stack: AirflowStack) -> None:
     stack.stop()  # what Ctrl-C under `make run` does: SIGTERM to supervisord, then reap its session
     assert stack.component_processes() == []
     ports = [stack.port, stack.server_port, stack.worker_log_port, stack.triggerer_log_port]
-    assert all(port_is_free(port) for port in ports), ports
+    assert listening(ports) == set(), ports
