@@ -62,7 +62,7 @@ def end(processes: list[psutil.Process], grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL what is still there after ``grace`` seconds."""
     for proc in processes:
         try:
-            log.warning("ending left-over process %d: %s", proc.pid, " ".join(proc.cmdline())[:160])
+            log.warning("ending left-over process %d: %s", proc.pid, " ".join(proc.cmdline()).strip()[:160])
             proc.terminate()
         except psutil.Error:
             pass
