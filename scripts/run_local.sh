@@ -60,6 +60,6 @@ cat <<MSG
     UI:        $api   login: admin / $password
     Models:    http://localhost:$MLOPS_SERVER_PORT/v1/models/diabetes/labels/stable  (after the first deploy)
     Artifacts: $MLOPS_ARTIFACT_ROOT
-    Status:    supervisorctl -c scripts/supervisord.conf status
+    Status:    AIRFLOW_HOME=$AIRFLOW_HOME .venv/bin/supervisorctl -c scripts/supervisord.conf status
 MSG
 wait "$supervisor_pid"
