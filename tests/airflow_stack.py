@@ -1,16 +1,17 @@
-"""Start a real Airflow (scheduler, API server, DAG processor) on a private home, and drive it over REST.
+"""Start a real Airflow (API server, scheduler, DAG processor, triggerer, model server) and drive it over REST.
 
-Used by the end-to-end test and by the benchmarks.  Nothing is mocked: the
-components are the ``airflow`` CLI's own processes on a loopback port, with a
-SQLite metadata DB and the LocalExecutor.
+Used by the end-to-end tests and by the benchmarks.  Nothing is mocked: the
+components are started by supervisord from ``scripts/supervisord.conf``, the same
+file ``make run`` uses, on loopback ports of a private home, with a SQLite
+metadata DB and the LocalExecutor.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import httpx
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_PASSWORD = "lifecycle-e2e"
 TERMINAL = {"success", "failed"}
+SUPERVISOR_CONF = PROJECT_ROOT / "scripts" / "supervisord.conf"
+STACK_PROCESSES = PROJECT_ROOT / "scripts" / "stack_processes.py"
 
 
 def free_port() -> int:
@@ -43,8 +46,11 @@ class AirflowStack:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server_port = free_port()
         self.server_url = f"http://127.0.0.1:{self.server_port}"
+        # Private log server ports, so that this stack never collides with `make run` or another test's.
+        self.worker_log_port = free_port()
+        self.triggerer_log_port = free_port()
         self.env = self._environment(extra_env or {})
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisor: subprocess.Popen[bytes] | None = None
         self.client: httpx.Client | None = None
 
     def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
@@ -60,6 +66,11 @@ class AirflowStack:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
                 "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.triggerer_log_port),
+                "MLOPS_PROJECT_ROOT": str(PROJECT_ROOT),
+                "MLOPS_API_HOST": "127.0.0.1",
+                "MLOPS_SERVER_PORT": str(self.server_port),
                 # SQLite allows one writer at a time; wait for the lock rather than fail after 5 s.
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=30",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -89,24 +100,43 @@ class AirflowStack:
         (self.home / "passwords.json").write_text(json.dumps({"admin": ADMIN_PASSWORD}))
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "model_deploy", "1", "one deploy at a time")
-        airflow = [sys.executable, "-m", "airflow"]
-        commands = {
-            "api-server": [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
-            "scheduler": [*airflow, "scheduler"],
-            "dag-processor": [*airflow, "dag-processor"],
-            "model-server": [
-                *(sys.executable, "-m", "include.mlops.serving"),
-                *("--registry", str(self.artifact_root / "models"), "--port", str(self.server_port)),
-            ],
-        }
-        for name, argv in commands.items():
-            log = open(self.home / f"{name}.log", "wb")
-            self.processes[name] = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        log = open(self.home / "supervisor-console.log", "wb")
+        self.supervisor = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISOR_CONF)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_for_api(timeout)
         token = self._token()
         self.client = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def supervisorctl(self, *args: str) -> str:
+        """Run ``supervisorctl`` against this stack's supervisord (e.g. ``pid scheduler``)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(SUPERVISOR_CONF), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return proc.stdout.strip()
+
+    def pid(self, component: str) -> int:
+        """The PID of a component's main process, as supervisord knows it (0 while it is not running)."""
+        return int(self.supervisorctl("pid", component) or 0)
+
+    def component_processes(self) -> list[int]:
+        """Every live process of this stack (supervisord's session), leftovers of crashes included."""
+        spec = importlib.util.spec_from_file_location("stack_processes", STACK_PROCESSES)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if self.supervisor is None:
+            return []
+        # supervisord leads its own session (start_new_session=True): the session ID is its PID.
+        return [proc.pid for proc in module.session_processes(self.supervisor.pid)]
 
     def _wait_for_api(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -123,10 +153,9 @@ class AirflowStack:
         raise TimeoutError(f"the API or model server did not answer within {timeout}s; see the logs in {self.home}")
 
     def _check_alive(self) -> None:
-        for name, proc in self.processes.items():
-            if proc.poll() is not None:
-                tail = (self.home / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
+        if self.supervisor is not None and self.supervisor.poll() is not None:
+            tail = (self.home / "supervisord.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"supervisord exited with {self.supervisor.returncode}:\n{tail}")
 
     def _token(self) -> str:
         response = httpx.post(
@@ -180,23 +209,28 @@ class AirflowStack:
             time.sleep(3)
         raise TimeoutError(f"runs of {dag_id} did not finish within {timeout}s: {self.dag_runs(dag_id)}")
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         response = self.api().get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
         response.raise_for_status()
-        return {ti["task_id"]: ti["state"] for ti in response.json()["task_instances"]}
+        return response.json()["task_instances"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
     def stop(self) -> None:
+        """Stop the stack as Ctrl-C under `make run` does: SIGTERM to supervisord, then reap leftovers."""
         if self.client is not None:
             self.client.close()
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes.values():
+        if self.supervisor is not None and self.supervisor.poll() is None:
+            self.supervisor.terminate()
             try:
-                proc.wait(timeout=30)
+                self.supervisor.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                self.supervisor.kill()
+                self.supervisor.wait()
+        if self.supervisor is not None:
+            reap = [sys.executable, str(STACK_PROCESSES), "reap", "--session", str(self.supervisor.pid)]
+            subprocess.run(reap, env=self.env, check=True, timeout=120)
 
 
 @contextmanager
