@@ -82,6 +82,27 @@ def test_rest_api_refuses_bad_params(stack: AirflowStack, conf: dict) -> None:
     assert not [r for r in stack.dag_runs(DAG_ID) if r["logical_date"].startswith("2026-11-05")]
 
 
+def test_a_misspelled_setting_fails_the_first_task_once_and_never_deploys(stack: AirflowStack) -> None:
+    # Airflow 3.3 accepts unknown conf keys at trigger time (they become untyped Params), so the
+    # run's first task refuses them before any work, naming them, and does not retry.
+    registry = Registry(stack.artifact_root / "models")
+    versions_before = registry.versions("diabetes")
+    response = stack.trigger(DAG_ID, "2026-11-06T00:00:00Z", {"unknown_param": 1, "epochs": 3})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    [run] = stack.wait_for_runs(DAG_ID, {run_id}, timeout=600)
+    tries = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in stack.task_instances(DAG_ID, run_id)}
+    assert run["state"] == "failed", tries
+    assert tries["snapshot"] == ("failed", 1), tries
+    assert not [task for task, (state, _) in tries.items() if state == "success"], tries
+    log = stack.api().get(
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/snapshot/logs/1", headers={"Accept": "text/plain"}
+    )
+    assert "unknown_param" in log.text and "epochs" in log.text, log.text[-2000:]
+    assert registry.versions("diabetes") == versions_before
+    assert not run_dir(DAG_ID, run_id, "snapshot", root=stack.artifact_root).exists()
+
+
 def served_version(stack: AirflowStack, label: str = "stable") -> int:
     response = httpx.get(f"{stack.server_url}/v1/models/diabetes/labels/{label}", timeout=10)
     response.raise_for_status()
