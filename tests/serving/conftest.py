@@ -26,6 +26,14 @@ def make_linear_model(path: Path, scale: float, n_features: int = N_FEATURES, n_
     return make_saved_model(path, n_features, n_outputs, scale=scale)
 
 
+def corrupt_weights(version_dir: Path) -> None:
+    """Flip one bit of a registered version's weights, so its checksums and its load fail."""
+    weights = next((version_dir / "variables").glob("variables.data-*"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="session")
 def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
     """SavedModels answering sum(x) * 1, 2 and 3 (built once per session: saving costs ~1 s each)."""

@@ -20,7 +20,7 @@ from include.mlops.serving.loaders import LoadedVersion, load_version
 from include.mlops.serving.metrics import LATENCY_BUCKETS_US, UNKNOWN_MODEL
 from include.mlops.serving.models import ModelManager
 from include.mlops.serving.predlog import read_prediction_log
-from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, register, wait_for
+from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, corrupt_weights, register, wait_for
 
 pytestmark = pytest.mark.slow  # every test here starts a real server on real SavedModels
 
@@ -211,10 +211,7 @@ def test_label_switches_under_continuous_load_lose_no_request(running: RunningSe
 def test_a_corrupt_version_is_refused_and_the_previous_keeps_serving(
     running: RunningServer, registry: Registry
 ) -> None:
-    weights = next((registry.version_dir(MODEL, 2) / "variables").glob("variables.data-*"))
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))
+    corrupt_weights(registry.version_dir(MODEL, 2))
     registry.set_label(MODEL, "stable", 2)
     with running.client() as client:
 

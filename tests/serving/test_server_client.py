@@ -8,7 +8,7 @@ import pytest
 
 from include.mlops.registry import Registry
 from include.mlops.server_client import ModelServerClient, ServerNotReadyError, ServerUnreachableError
-from tests.serving.conftest import MODEL, RunningServer, free_port
+from tests.serving.conftest import MODEL, RunningServer, corrupt_weights, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,7 @@ def test_a_version_that_never_loads_times_out_with_what_the_server_reported(
 def test_a_version_the_server_failed_to_load_fails_at_once_with_its_error(
     running: RunningServer, registry: Registry
 ) -> None:
-    weights = next((registry.version_dir(MODEL, 2) / "variables").glob("variables.data-*"))
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))
+    corrupt_weights(registry.version_dir(MODEL, 2))
     registry.preload(MODEL, 2)
     with ModelServerClient(running.url, timeout=60, poll_seconds=0.1) as client:
         started = time.monotonic()
