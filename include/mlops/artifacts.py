@@ -59,14 +59,19 @@ def registry_root(root: Path | None = None) -> Path:
     return (root if root is not None else artifact_root()) / "models"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (raises ``OSError`` where that is not supported)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (best effort: not every filesystem supports it)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -106,16 +106,8 @@ def _copy_file(src: str, dst: str) -> str:
 def _fsync_tree(root: Path) -> None:
     """Flush every file and folder under ``root`` to disk before the rename publishes it."""
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        artifacts.fsync_path(path)
+    artifacts.fsync_path(root)
 
 
 @contextlib.contextmanager

@@ -153,16 +153,3 @@ def test_image_requirements_use_the_project_pins(image: str) -> None:
     assert "tensorflow" in slim
     assert {name: version for name, version in slim.items() if project.get(name) != version} == {}
     assert not any(name.startswith("apache-airflow") for name in slim)
-
-
-@pytest.mark.parametrize("image", ["trainer", "server"])
-def test_dockerfiles_take_the_base_as_build_arg_and_run_as_non_root(image: str) -> None:
-    text = (DOCKER_DIR / image / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=python:3.11-slim" in text and "FROM ${BASE_IMAGE}" in text
-    assert re.search(r"^USER \$\{MLOPS_UID\}", text, re.M) and "ARG MLOPS_UID=1000" in text
-    assert "--mount=type=secret,id=ca" in text and "-c /tmp/req/constraints.txt" in text
-    assert not text.lstrip().startswith("# syntax=")
-    if image == "trainer":
-        assert "ARG TF_PACKAGE=tensorflow" in text
-    else:
-        assert "HEALTHCHECK" in text and "8501" in text

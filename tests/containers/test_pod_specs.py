@@ -24,6 +24,7 @@ import pendulum
 import pytest
 import yaml
 from kubernetes.client import ApiClient
+from tooling import require_executable
 
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.cli import build_parser
@@ -246,9 +247,7 @@ OVERLAYS = ["base", "overlays/kind", "overlays/production"]
 
 
 def render(path: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl (with kustomize) is needed to render include/k8s; it is at /usr/bin/kubectl on CI")
+    kubectl = require_executable("kubectl", "the kustomize tests render include/k8s with `kubectl kustomize`")
     out = subprocess.run([kubectl, "kustomize", str(K8S_DIR / path)], capture_output=True, text=True, check=True)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
