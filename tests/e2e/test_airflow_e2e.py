@@ -96,8 +96,11 @@ def test_a_misspelled_setting_fails_the_first_task_once_and_never_deploys(stack:
     assert tries["snapshot"] == ("failed", 1), tries
     assert not [task for task, (state, _) in tries.items() if state == "success"], tries
     log = stack.api().get(
-        f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/snapshot/logs/1", headers={"Accept": "text/plain"}
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/snapshot/logs/1",
+        params={"full_content": True},
+        headers={"Accept": "application/json"},
     )
+    assert log.status_code == 200, log.text
     assert "unknown_param" in log.text and "epochs" in log.text, log.text[-2000:]
     assert registry.versions("diabetes") == versions_before
     assert not run_dir(DAG_ID, run_id, "snapshot", root=stack.artifact_root).exists()
