@@ -195,6 +195,24 @@ def marginal_ms_per_dag(
     return {variant: statistics.median(values) for variant, values in samples.items()}
 
 
+def calls_per_dag(configs: list[Any], variants: tuple[str, ...] = ("lifecycle", "empty_params")) -> dict[str, float]:
+    """Python function calls per DAG of each variant, counted by cProfile: a cost that does not depend on load.
+
+    Deterministic for the same code and inputs, so a test can hold the parse cost to a ratio without timing.
+    """
+    import cProfile
+    import pstats
+
+    for variant in variants:  # warm-up, as in marginal_ms_per_dag
+        build_variant(variant, configs[:1])
+    counts: dict[str, float] = {}
+    for variant in variants:
+        profiler = cProfile.Profile()
+        profiler.runcall(build_variant, variant, configs)
+        counts[variant] = pstats.Stats(profiler).total_calls / len(configs)
+    return counts
+
+
 def run(results_dir: Path, count: int = 100, repeats: int = 7) -> dict[str, Any]:
     print(f"parse: {count} model configs, {repeats} repeats of {', '.join(VARIANTS)}", flush=True)
     result = {
@@ -203,7 +221,14 @@ def run(results_dir: Path, count: int = 100, repeats: int = 7) -> dict[str, Any]
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **measure(count, repeats),
     }
-    print(json.dumps({k: result[k] for k in ("ms_per_dag", "ratios")}, indent=2), flush=True)
+    # Function calls per DAG (cProfile, in this process): the same figures on a loaded or an idle machine.
+    with tempfile.TemporaryDirectory(prefix="bench-parse-calls-") as tmp:
+        from include.mlops.config import load_model_configs
+
+        configs = load_model_configs(write_model_configs(Path(tmp) / "models", 20))
+        calls = calls_per_dag(configs, VARIANTS[:3])
+    result["calls_per_dag"] = {variant: round(value) for variant, value in calls.items()}
+    print(json.dumps({k: result[k] for k in ("ms_per_dag", "ratios", "calls_per_dag")}, indent=2), flush=True)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "parse.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -51,11 +51,13 @@ def test_parse_benchmark_baseline_has_the_lifecycle_shape() -> None:
     assert edges == set(EDGES)
 
 
-def test_per_model_parse_cost_is_close_to_empty_operators_with_the_same_params(tmp_path: Path) -> None:
-    from benchmarks.parse import marginal_ms_per_dag, write_model_configs
+def test_per_model_parse_work_is_close_to_empty_operators_with_the_same_params(tmp_path: Path) -> None:
+    # Work, not time: cProfile's call count is the same on a loaded or an idle machine (the timings are
+    # in `make bench`).  It was 1.78x before the Params' schemas were made cheap and shared.
+    from benchmarks.parse import calls_per_dag, write_model_configs
     from include.mlops.config import load_model_configs
 
     configs = load_model_configs(write_model_configs(tmp_path / "models", 20))
-    ms = marginal_ms_per_dag(configs, repeats=7)
-    ratio = ms["lifecycle"] / ms["empty_params"]
-    assert ratio <= MAX_RATIO_TO_EMPTY_WITH_PARAMS, f"per-DAG parse cost {ms} (ratio {ratio:.2f})"
+    calls = calls_per_dag(configs)
+    ratio = calls["lifecycle"] / calls["empty_params"]
+    assert ratio <= MAX_RATIO_TO_EMPTY_WITH_PARAMS, f"function calls per DAG {calls} (ratio {ratio:.2f})"
