@@ -17,6 +17,8 @@ import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from mlops_airflow.lifecycle import DEFAULT_START_DATE
+
 log = logging.getLogger(__name__)
 
 BROKEN_CONFIG_TAG = "broken-config"
@@ -51,7 +53,9 @@ def build_broken_config_dag(path: Path, error: Exception) -> DAG:
         doc_md=DOC_TEMPLATE.format(file=path.name, path=path, error=message),
         # The nightly schedule stays, so a broken model fails (and alerts) every night instead of going quiet.
         schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        start_date=pendulum.datetime(
+            DEFAULT_START_DATE.year, DEFAULT_START_DATE.month, DEFAULT_START_DATE.day, tz="UTC"
+        ),
         catchup=False,
         max_active_runs=1,
         tags=["lifecycle", BROKEN_CONFIG_TAG],
