@@ -104,6 +104,7 @@ def test_timeouts_default_per_step_and_the_config_overrides_some(tmp_path: Path)
         "optimize": 14400,
         "register": 900,
         "deploy": 1200,
+        "drift": 900,
     }
     config = load_model_config(_add_model(tmp_path / "models", lambda c: c.update(timeouts={"train": 60})))
     assert config.timeouts == {**DEFAULT_STEP_TIMEOUTS, "train": 60}
