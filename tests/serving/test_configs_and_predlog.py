@@ -132,3 +132,14 @@ def test_a_failing_write_drops_rows_without_raising(tmp_path: Path) -> None:
     finally:
         logger.stop()
     assert logger.written_rows == 0 and logger.dropped == 1
+
+
+def test_prediction_log_rate_and_flush_default_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.mlops.serving.__main__ import build_parser
+
+    assert build_parser().parse_args([]).predlog_sample_rate == 0.1
+    monkeypatch.setenv("MLOPS_PREDLOG_SAMPLE_RATE", "1")
+    monkeypatch.setenv("MLOPS_PREDLOG_FLUSH_SECONDS", "2")
+    args = build_parser().parse_args([])
+    assert (args.predlog_sample_rate, args.predlog_flush_seconds) == (1.0, 2.0)
+    assert build_parser().parse_args(["--predlog-sample-rate", "0.5"]).predlog_sample_rate == 0.5

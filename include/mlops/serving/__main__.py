@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the prediction log under <this>/predictions/<model>/ (default: the artifact root)",
     )
     parser.add_argument("--no-predlog", action="store_true", help="do not log predictions")
-    parser.add_argument("--predlog-sample-rate", type=float, default=0.1, help="fraction of requests logged")
+    parser.add_argument(
+        "--predlog-sample-rate",
+        type=float,
+        default=float(os.environ.get("MLOPS_PREDLOG_SAMPLE_RATE", "0.1")),
+        help="fraction of requests logged (default: $MLOPS_PREDLOG_SAMPLE_RATE or 0.1)",
+    )
     parser.add_argument("--predlog-queue-size", type=int, default=1000, help="queued requests before dropping")
     parser.add_argument("--predlog-max-rows-per-file", type=int, default=10_000)
     parser.add_argument("--predlog-max-files", type=int, default=50, help="files kept per model (older are deleted)")
     parser.add_argument(
-        "--predlog-flush-seconds", type=float, default=60.0, help="write buffered rows at least this often"
+        "--predlog-flush-seconds",
+        type=float,
+        default=float(os.environ.get("MLOPS_PREDLOG_FLUSH_SECONDS", "60")),
+        help="write buffered rows at least this often (default: $MLOPS_PREDLOG_FLUSH_SECONDS or 60)",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser
