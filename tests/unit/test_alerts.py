@@ -3,56 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
 import json
 import logging
-import socket
-from collections.abc import Iterator
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
+from smtp_server import Inbox, free_port, smtp_connection, smtp_server
 
 from include.mlops.config import load_model_config
 from mlops_airflow import alerts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-class Inbox:
-    """aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Message]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls it by this name
-        self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
-        return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox, port = Inbox(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
-
-
-def smtp_connection(port: int, to: Any = "oncall@example.com, lead@example.com") -> str:
-    extra = {"to": to, "from_email": "airflow@example.com", "disable_tls": True, "disable_ssl": True}
-    extra |= {"retry_limit": 0, "timeout": 5}
-    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra})
+__all__ = ["smtp_server"]  # the fixture, imported for pytest
 
 
 def alert_lines(root: Path, model: str = "diabetes") -> list[dict[str, Any]]:
