@@ -18,13 +18,23 @@ from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.branch import BaseBranchOperator
-from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable, TriggerRule
+from airflow.sdk import (
+    DAG,
+    AssetOrTimeSchedule,
+    BaseHook,
+    BaseOperator,
+    Context,
+    CronDataIntervalTimetable,
+    TriggerRule,
+)
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
+from mlops_airflow import alerts
 from mlops_airflow.backends import step_operator
+from mlops_airflow.monitoring import drift_trigger, retrain_asset
 from mlops_airflow.params import UnknownParamsError, check_run_conf, lifecycle_params, training_overrides
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,9 @@ sends a passing candidate to `register` and `deploy`, and a failing one to `opti
   `force_deploy` overrides the gate (recorded as an override), `skip_deploy` never deploys.
 * **Backfill** past days with `airflow backfill create --dag-id {dag_id} --from-date ... --to-date ...`:
   backfill runs train and evaluate (quality history) but never register or move a label.
+* **Retraining on drift**: besides its cron, a run starts when `monitor__{name}` emits the Asset
+  `retrain__{name}` (at most once per cooldown); its note and model card name the monitor run and drift score.
+  {deadline}
 * Outputs: `runs/{dag_id}/<run_id>/<task_id>/` under the artifact root; the registry is `models/{serving_name}/`.
 
 | gate | value |
@@ -80,14 +93,23 @@ def _doc_md(config: ModelConfig) -> str:
         builder=config.builder,
         serving_name=config.serving_name,
         gate_rows="\n".join(rows) or "| (none) | |",
+        deadline=(
+            f"A run not finished {config.monitor.deadline_minutes} min after it was queued alerts through the "
+            f"Connection `{config.monitor.alert_conn_id}`."
+            if config.monitor.deadline_minutes
+            else "Runs have no deadline."
+        ),
     )
 
 
-def _schedule(config: ModelConfig) -> CronDataIntervalTimetable:
+def _schedule(config: ModelConfig) -> AssetOrTimeSchedule:
+    """The model's cron, or its retraining Asset (emitted by ``monitor__<name>`` on drift)."""
     # Data-interval semantics: the run for day D starts after D ends and sees
     # the data of [D, D+1).  (A plain cron string would give Airflow 3's
     # CronTriggerTimetable, whose interval is empty.)
-    return CronDataIntervalTimetable(config.schedule, timezone="UTC")
+    return AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable(config.schedule, timezone="UTC"), assets=[retrain_asset(config)]
+    )
 
 
 def _start_date(config: ModelConfig) -> dt.datetime:
@@ -274,6 +296,8 @@ def _register_arguments(context: Context) -> dict[str, Any]:
             "try_number": context["ti"].try_number,
             "data_uri": snapshot.get("data_uri"),
             "gate_uri": candidate["decision_uri"],
+            # A run requested by a drift detection (the retraining Asset) says so in the model card.
+            "triggered_by": drift_trigger(context),
         },
     }
 
@@ -318,6 +342,7 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         description=config.description or f"Lifecycle of model {config.name}",
         doc_md=_doc_md(config),
         schedule=_schedule(config),
+        deadline=alerts.deadline_alert(config),
         start_date=_start_date(config),
         catchup=False,
         max_active_runs=1,

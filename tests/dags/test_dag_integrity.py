@@ -25,7 +25,7 @@ def test_no_import_errors(dagbag: DagBag) -> None:
 
 def test_one_lifecycle_dag_per_model_config(dagbag: DagBag) -> None:
     assert EXPECTED_DAG_IDS == ["lifecycle__diabetes", "lifecycle__digits"]
-    assert sorted(dagbag.dag_ids) == EXPECTED_DAG_IDS
+    assert sorted(d for d in dagbag.dag_ids if d.startswith("lifecycle__")) == EXPECTED_DAG_IDS
 
 
 @pytest.mark.parametrize("dag_id", EXPECTED_DAG_IDS)
@@ -58,9 +58,13 @@ class TestLifecycleDag:
             assert param.schema.get("type"), name
             assert param.schema.get("title") and param.description, name
 
-    def test_nightly_data_interval_schedule(self, dagbag: DagBag, dag_id: str) -> None:
+    def test_nightly_data_interval_schedule_or_retraining_asset(self, dagbag: DagBag, dag_id: str) -> None:
         dag = dagbag.dags[dag_id]
-        assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+        assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+        assert type(dag.timetable.timetable).__name__ == "CronDataIntervalTimetable"
+        assert [a.name for a in dag.timetable.asset_condition.objects] == [
+            f"retrain__{dag_id.removeprefix('lifecycle__')}"
+        ]
         assert dag.catchup is False
         assert dag.max_active_runs == 1
 

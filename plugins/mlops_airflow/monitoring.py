@@ -1,0 +1,382 @@
+"""The monitor DAG factory: one ``monitor__<name>`` DAG per model config.
+
+    slo (Prometheus) ┐
+                     ├-> decide -> healthy | insufficient_data | slo_breach | request_retrain
+    drift (step)     ┘
+
+``decide`` may branch to several of them at once (a breach and a drift).
+``request_retrain`` emits the model's retraining Asset (:func:`retrain_asset`),
+which also schedules the lifecycle DAG, unless the cooldown holds it back.
+
+Building a DAG only reads the model config; the monitoring library
+(Prometheus client, drift, report) is imported inside ``execute``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pendulum
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.sdk import DAG, Asset, BaseHook, BaseOperator, Context, CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException, AirflowSkipException
+
+from include.mlops.artifacts import atomic_write_json, read_json, run_dir
+from include.mlops.config import ModelConfig
+from include.mlops.monitoring import outcome as outcome_lib
+from mlops_airflow import alerts
+from mlops_airflow.backends import step_operator
+
+log = logging.getLogger(__name__)
+
+PROMETHEUS_CONN_ID = "prometheus_default"
+PUSHGATEWAY_CONN_ID = "pushgateway_default"
+RETRAIN_REQUESTS_FILE = "retrain_requests.json"
+DEFAULT_RETRIES = 1
+DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
+# The branch task each outcome of include.mlops.monitoring.outcome leads to ("drift" is the drift step's id).
+OUTCOME_TASKS = {
+    outcome_lib.HEALTHY: "healthy",
+    outcome_lib.INSUFFICIENT_DATA: "insufficient_data",
+    outcome_lib.SLO_BREACH: "slo_breach",
+    outcome_lib.DRIFT: "request_retrain",
+}
+
+DOC_TEMPLATE = """\
+# Monitoring of model `{name}`
+
+Every `{schedule}` this DAG measures the served model `{serving_name}` over the {window} minutes that end
+at the run's data interval end:
+
+* `slo`: request count, error ratio and p95/p99 latency from Prometheus (Connection `prometheus_default`),
+  against the objectives below. Prometheus unreachable fails the task; too few requests is `insufficient_data`.
+* `drift`: the logged prediction requests against the training reference of the served version
+  (population stability index per feature and Great Expectations); scores go to the Pushgateway
+  (Connection `pushgateway_default`, when defined).
+* `decide` writes `report.html` (its path is in the task log) and branches:
+  `healthy`, `insufficient_data` (a warning, never healthy), `slo_breach` (an alert through the SMTP Connection
+  `{alert_conn_id}`, recorded in `monitoring/{name}/alerts.jsonl`) and/or `request_retrain`, which emits the
+  Asset `{asset}` that schedules `{lifecycle}`, at most once per {cooldown} h (`monitoring/{name}/{requests}`).
+
+| objective | value |
+|---|---|
+| min requests in window | {slo.min_requests} |
+| max error ratio | {slo.max_error_ratio} |
+| p95 latency | {slo.p95_latency_ms} ms |
+| p99 latency | {slo.p99_latency_ms} ms |
+| drift: PSI threshold | {drift.psi_threshold} |
+| drift: min rows | {drift.min_rows} |
+"""
+
+
+def retrain_asset(config: ModelConfig) -> Asset:
+    """The Asset a drift detection emits to request a retraining run of ``config``'s model.
+
+    One definition for the monitor DAG's outlet and the lifecycle DAG's schedule.
+    """
+    return Asset(name=f"retrain__{config.name}", uri=f"mlops://retrain/{config.name}", group="mlops")
+
+
+def retrain_requests_path(model: str) -> Any:
+    return alerts.monitoring_dir(model) / RETRAIN_REQUESTS_FILE
+
+
+def monitoring_window(context: Context, window: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
+    """The window a monitor run measures: ``window`` ending at the data interval end (else ``run_after``)."""
+    end = context.get("data_interval_end") or context["dag_run"].run_after
+    end = pendulum.instance(end).in_timezone("UTC")
+    return end - window, end
+
+
+def connection_url(conn_id: str) -> str | None:
+    """An HTTP Connection's base URL (``http://host:port/path``), or None when it is not defined."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    host = conn.host or ""
+    if "://" in host:
+        return host.rstrip("/")
+    scheme = conn.schema or "http"
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{host}{port}"
+
+
+class PrometheusHook(BaseHook):
+    """Prometheus's base URL from an HTTP Connection (``AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://host:9090``)."""
+
+    conn_name_attr = "prometheus_conn_id"
+    default_conn_name = PROMETHEUS_CONN_ID
+    conn_type = "http"
+    hook_name = "Prometheus"
+
+    def __init__(self, prometheus_conn_id: str = PROMETHEUS_CONN_ID) -> None:
+        super().__init__()
+        self.prometheus_conn_id = prometheus_conn_id
+
+    def get_conn(self) -> str:
+        url = connection_url(self.prometheus_conn_id)
+        if url is None:
+            raise AirflowException(
+                f"Airflow Connection {self.prometheus_conn_id!r} is not defined, so the SLOs cannot be measured. "
+                f"Define it with Prometheus's base URL, e.g. "
+                f"AIRFLOW_CONN_{self.prometheus_conn_id.upper()}=http://127.0.0.1:9090"
+            )
+        return url
+
+
+class SloOperator(BaseOperator):
+    """Measure the served model's SLOs over the run's window; write ``slo.json``; return the result.
+
+    Prometheus unreachable fails the task with the client's message: a
+    monitor that cannot see is never reported healthy.
+    """
+
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, config: ModelConfig, prometheus_conn_id: str = PROMETHEUS_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.prometheus_conn_id = prometheus_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from include.mlops.monitoring.slo import PrometheusUnavailableError, measure_slo
+
+        url = PrometheusHook(self.prometheus_conn_id).get_conn()
+        _, end = monitoring_window(context, self.config.monitor.window)
+        try:
+            result = dict(measure_slo(url, self.config, end=end))
+        except PrometheusUnavailableError as exc:
+            raise AirflowException(f"SLOs not measured: {exc}") from exc
+        out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
+        result["result_uri"] = str(atomic_write_json(out / "slo.json", result))
+        log.info("SLO %s over %s min ending %s: %s", result.get("status"), result.get("window_minutes"), end, result)
+        return result
+
+
+def drift_arguments(config: ModelConfig, context: Context) -> dict[str, Any]:
+    """The drift step's arguments: the run's window and the Pushgateway, when its Connection is defined."""
+    start, end = monitoring_window(context, config.monitor.window)
+    pushgateway = connection_url(PUSHGATEWAY_CONN_ID)
+    if pushgateway is None:
+        log.warning(
+            "Connection %r is not defined: drift scores are not pushed (define it, e.g. "
+            "AIRFLOW_CONN_PUSHGATEWAY_DEFAULT=http://127.0.0.1:9091)",
+            PUSHGATEWAY_CONN_ID,
+        )
+    return {"window_start": start.isoformat(), "window_end": end.isoformat(), "pushgateway": pushgateway}
+
+
+class MonitorDecisionOperator(BaseBranchOperator):
+    """Decide the window's outcomes (:func:`include.mlops.monitoring.outcome.decide`), write the report, branch.
+
+    Writes ``outcome.json`` and ``report.html`` to the task's run folder and
+    pushes XCom ``outcome`` (outcomes, report path).
+    """
+
+    ui_color = "#fff3d6"
+
+    def __init__(self, *, config: ModelConfig, slo_task_id: str = "slo", drift_task_id: str = "drift", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.config = config
+        self.slo_task_id = slo_task_id
+        self.drift_task_id = drift_task_id
+
+    def choose_branch(self, context: Context) -> list[str]:
+        from include.mlops.monitoring.report import write_report
+
+        ti = context["ti"]
+        slo: Mapping[str, Any] | None = ti.xcom_pull(task_ids=self.slo_task_id)
+        drift: Mapping[str, Any] | None = ti.xcom_pull(task_ids=self.drift_task_id)
+        outcomes = outcome_lib.decide(slo, drift)
+        out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
+        report = write_report(self.config, dict(slo) if slo else None, dict(drift) if drift else None, outcomes, out)
+        record = {"outcomes": outcomes, "report_uri": str(report), "slo_uri": _uri(slo), "drift_uri": _uri(drift)}
+        atomic_write_json(out / "outcome.json", record)
+        ti.xcom_push(key="outcome", value=record)
+        log.info("Monitoring outcome: %s", ", ".join(outcomes))
+        log.info("Report: %s", report.resolve().as_uri())
+        return [OUTCOME_TASKS[o] for o in outcomes]
+
+
+def _uri(result: Mapping[str, Any] | None) -> str | None:
+    return result.get("result_uri") if result else None
+
+
+def _results(context: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    ti = context["ti"]
+    return (
+        ti.xcom_pull(task_ids="slo") or {},
+        ti.xcom_pull(task_ids="drift") or {},
+        ti.xcom_pull(task_ids="decide", key="outcome") or {},
+    )
+
+
+class MonitorLogOperator(BaseOperator):
+    """``healthy`` or ``insufficient_data``: say what was measured (insufficient data is a warning)."""
+
+    def execute(self, context: Context) -> None:
+        slo, drift, decided = _results(context)
+        level = logging.INFO if self.task_id == "healthy" else logging.WARNING
+        log.log(level, "Outcome %s. SLO: %s %s", self.task_id, slo.get("status"), slo.get("figures"))
+        log.log(level, "Drift: %s, score %s over %s rows", drift.get("status"), drift.get("score"), drift.get("rows"))
+        for problem in [*slo.get("problems", []), *drift.get("problems", [])]:
+            log.log(level, "Problem: %s", problem)
+        log.log(level, "Report: %s", decided.get("report_uri"))
+
+
+class SloBreachOperator(BaseOperator):
+    """Alert on an SLO breach through the model's alert Connection (recorded in ``alerts.jsonl`` first)."""
+
+    ui_color = "#f8c9c9"
+
+    def __init__(self, *, config: ModelConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+
+    def execute(self, context: Context) -> bool:
+        slo, _, decided = _results(context)
+        run_id = context["dag_run"].run_id
+        breaches = list(slo.get("breaches") or [])
+        subject = f"[mlops] SLO breach of model {self.config.name}: {'; '.join(breaches) or 'see the report'}"
+        details = {
+            "dag_id": self.dag_id,
+            "run_id": run_id,
+            "breaches": breaches,
+            "figures": slo.get("figures"),
+            "slo": slo.get("slo"),
+            "window_minutes": slo.get("window_minutes"),
+            "report_uri": decided.get("report_uri"),
+        }
+        return alerts.alert(
+            model=self.config.name,
+            kind="slo_breach",
+            subject=subject,
+            details=details,
+            conn_id=self.config.monitor.alert_conn_id,
+            context=context,
+        )
+
+
+class RetrainRequestOperator(BaseOperator):
+    """Emit the model's retraining Asset event, unless a request was made within the cooldown.
+
+    The last request is kept in ``monitoring/<name>/retrain_requests.json``;
+    inside the cooldown the task is skipped (no event) and says when it ends.
+    """
+
+    ui_color = "#d6f5e3"
+
+    def __init__(self, *, config: ModelConfig, **kwargs: Any) -> None:
+        super().__init__(outlets=[retrain_asset(config)], **kwargs)
+        self.config = config
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        _, drift, decided = _results(context)
+        run_id = context["dag_run"].run_id
+        _, at = monitoring_window(context, self.config.monitor.window)
+        path = retrain_requests_path(self.config.name)
+        last = read_json(path) if path.is_file() else None
+        verdict = outcome_lib.cooldown(last, at=at, period=self.config.monitor.cooldown, run_id=run_id)
+        if not verdict.allowed:
+            raise AirflowSkipException(f"No retraining requested: {verdict.message}")
+        features = drift.get("features") or {}
+        request = {
+            "requested_at": at.isoformat(),
+            "monitor_dag_id": self.dag_id,
+            "monitor_run_id": run_id,
+            "score": drift.get("score"),
+            "threshold": drift.get("threshold"),
+            "drifted_features": sorted(name for name, f in features.items() if f.get("drifted")),
+            "report_uri": decided.get("report_uri"),
+        }
+        atomic_write_json(path, request)
+        context["outlet_events"][retrain_asset(self.config)].extra = request
+        log.warning("Drift detected (%s); retraining of %s requested: %s", verdict.message, self.config.name, request)
+        return request
+
+
+def _doc_md(config: ModelConfig) -> str:
+    monitor = config.monitor
+    return DOC_TEMPLATE.format(
+        name=config.name,
+        serving_name=config.serving_name,
+        schedule=monitor.schedule,
+        window=monitor.window_minutes,
+        alert_conn_id=monitor.alert_conn_id,
+        asset=retrain_asset(config).name,
+        lifecycle=config.dag_id,
+        cooldown=monitor.cooldown_hours,
+        requests=RETRAIN_REQUESTS_FILE,
+        slo=monitor.slo,
+        drift=monitor.drift,
+    )
+
+
+def build_monitor_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
+    """The monitor DAG of one model.  Pure: reads only ``config``."""
+    from mlops_airflow.lifecycle import _start_date
+
+    with DAG(
+        dag_id=config.monitor_dag_id,
+        description=f"SLOs and input drift of the served model {config.serving_name}",
+        doc_md=_doc_md(config),
+        # Data-interval semantics: the run after hour H measures the window that ends at H+1.
+        schedule=CronDataIntervalTimetable(config.monitor.schedule, timezone="UTC"),
+        start_date=_start_date(config),
+        catchup=False,
+        max_active_runs=1,
+        tags=["monitor", config.task, *config.tags],
+        default_args={"owner": config.owner, "retries": DEFAULT_RETRIES, "retry_delay": DEFAULT_RETRY_DELAY},
+    ) as dag:
+        slo = SloOperator(task_id="slo", config=config)
+        drift = step_operator(
+            task_id="drift",
+            step="drift",
+            model=config.name,
+            config=config,
+            models_dir=models_dir,
+            resolve_arguments=lambda context: drift_arguments(config, context),
+        )
+        decide = MonitorDecisionOperator(task_id="decide", config=config)
+        branches = [
+            MonitorLogOperator(task_id=OUTCOME_TASKS[outcome_lib.HEALTHY]),
+            MonitorLogOperator(task_id=OUTCOME_TASKS[outcome_lib.INSUFFICIENT_DATA]),
+            SloBreachOperator(task_id=OUTCOME_TASKS[outcome_lib.SLO_BREACH], config=config),
+            RetrainRequestOperator(task_id=OUTCOME_TASKS[outcome_lib.DRIFT], config=config),
+        ]
+        [slo, drift] >> decide >> branches
+    return dag
+
+
+def drift_trigger(context: Context) -> dict[str, Any] | None:
+    """What requested this lifecycle run, from its triggering retraining Asset events (None: not asset-triggered)."""
+    events = context.get("triggering_asset_events") or {}
+    found: list[Any] = [event for asset_events in events.values() for event in asset_events]
+    if not found:
+        return None
+    event = max(found, key=lambda e: e.timestamp)
+    extra = dict(event.extra or {})
+    return {
+        "asset": event.asset.name,
+        "monitor_dag_id": event.source_dag_id or extra.get("monitor_dag_id"),
+        "monitor_run_id": event.source_run_id or extra.get("monitor_run_id"),
+        "drift_score": extra.get("score"),
+        "drifted_features": extra.get("drifted_features"),
+        "report_uri": extra.get("report_uri"),
+        "event_timestamp": event.timestamp.isoformat(),
+        "events": len(found),
+    }
+
+
+def retrain_note(asset_name: str, extra: Mapping[str, Any], source_run_id: str | None) -> str:
+    """The run note of a lifecycle run that a drift detection requested."""
+    features = ", ".join(extra.get("drifted_features") or []) or "none listed"
+    return (
+        f"Retraining requested by drift: asset {asset_name}, monitor run {source_run_id or extra.get('monitor_run_id')}, "
+        f"drift score {extra.get('score')} (threshold {extra.get('threshold')}), drifted features: {features}. "
+        f"Report: {extra.get('report_uri')}"
+    )
