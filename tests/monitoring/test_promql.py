@@ -10,7 +10,6 @@ among the names Prometheus knows: a rule that names a metric nobody exports fail
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -130,7 +129,7 @@ def test_every_dashboard_expression_runs_reads_exported_metrics_and_shows_data(s
 
 
 @pytest.mark.slow
-def test_a_metric_nobody_exports_is_reported(stack: PrometheusStack, tmp_path: Path) -> None:
+def test_a_metric_nobody_exports_is_reported(stack: PrometheusStack) -> None:
     # The check above would catch a typo in a rule: the same functions, fed one, name it.
     typo = {"mlops-diabetes/typo": 'sum by (model_name) (rate(:tensorflow:serving:request_cnt{model_name="x"}[5m]))'}
     assert failing(stack, typo) == {}  # PromQL accepts it: only the name check can tell
