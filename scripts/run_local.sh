@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Start the embedded default under supervisord (scripts/supervisord.conf): the API server
-# and UI, scheduler (LocalExecutor), DAG processor, triggerer and the model server, on SQLite.
+# and UI, scheduler (LocalExecutor), DAG processor, triggerer and the model server, on SQLite, with
+# Prometheus and the Pushgateway when they are installed (docs/monitoring.md).
 # A component that crashes is restarted; Ctrl-C stops all of them, leftovers included.
 # Called by `make run`, which sets AIRFLOW_HOME, AIRFLOW_CONFIG, PYTHONPATH and PATH.
 set -euo pipefail
 export MLOPS_PROJECT_ROOT="${MLOPS_PROJECT_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}"
 export MLOPS_SERVER_PORT="${MLOPS_SERVER_PORT:-8501}"
+export MLOPS_PROMETHEUS_PORT="${MLOPS_PROMETHEUS_PORT:-9090}"
+export MLOPS_PUSHGATEWAY_PORT="${MLOPS_PUSHGATEWAY_PORT:-9091}"
 export MLOPS_API_HOST="${MLOPS_API_HOST:-0.0.0.0}"
 export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
 api="http://localhost:$AIRFLOW__API__PORT"
@@ -33,8 +36,19 @@ airflow pools set model_deploy 1 "One model deploy at a time" >/dev/null
 airflow connections get model_server_default >/dev/null 2>&1 ||
   airflow connections add model_server_default --conn-type http --conn-host localhost \
     --conn-port "$MLOPS_SERVER_PORT" --conn-description "Model server (TF Serving REST API)" >/dev/null
+# The monitor DAGs read SLO figures from Prometheus and push drift scores to the Pushgateway.
+airflow connections get prometheus_default >/dev/null 2>&1 ||
+  airflow connections add prometheus_default --conn-type http --conn-host localhost \
+    --conn-port "$MLOPS_PROMETHEUS_PORT" --conn-description "Prometheus (SLO figures)" >/dev/null
+airflow connections get pushgateway_default >/dev/null 2>&1 ||
+  airflow connections add pushgateway_default --conn-type http --conn-host localhost \
+    --conn-port "$MLOPS_PUSHGATEWAY_PORT" --conn-description "Prometheus Pushgateway (drift scores)" >/dev/null
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-pushgateway >/dev/null 2>&1; then
+  echo "==> Prometheus or the Pushgateway is not installed: monitoring stays off" \
+    "(install with: apt-get install prometheus prometheus-pushgateway)"
+fi
 
-echo "==> Starting the API server, scheduler, DAG processor, triggerer and model server (logs: $AIRFLOW_HOME/*.log)"
+echo "==> Starting the API server, scheduler, DAG processor, triggerer, model server, Prometheus and Pushgateway (logs: $AIRFLOW_HOME/*.log)"
 # In a session of its own: what a crashed component leaves behind stays in that session.
 python "$MLOPS_PROJECT_ROOT/scripts/stack_processes.py" session -- supervisord -c "$MLOPS_PROJECT_ROOT/scripts/supervisord.conf" &
 supervisor_pid=$!
@@ -59,6 +73,7 @@ cat <<MSG
 ==> Airflow is ready (Ctrl-C stops everything)
     UI:        $api   login: admin / $password
     Models:    http://localhost:$MLOPS_SERVER_PORT/v1/models/diabetes/labels/stable  (after the first deploy)
+    Prometheus: http://localhost:$MLOPS_PROMETHEUS_PORT  (alerts: /alerts; Pushgateway: http://localhost:$MLOPS_PUSHGATEWAY_PORT)
     Artifacts: $MLOPS_ARTIFACT_ROOT
     Status:    AIRFLOW_HOME=$AIRFLOW_HOME .venv/bin/supervisorctl -c scripts/supervisord.conf status
 MSG

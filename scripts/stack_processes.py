@@ -12,6 +12,11 @@ a process of the session that no longer descends from supervisord is a leftover.
     python scripts/stack_processes.py exec NAME [--wait-for URL] -- COMMAND...
         end the session's leftovers, optionally wait until URL answers (the scheduler and
         triggerer need the API server), then become COMMAND.  supervisord runs this.
+    python scripts/stack_processes.py exec NAME --optional HINT [--prometheus-config PATH] -- COMMAND...
+        the same for an optional component (Prometheus, the Pushgateway): when COMMAND is not
+        installed, print HINT and exit 0, which supervisord takes as an expected exit and does
+        not restart.  --prometheus-config first renders include/monitoring/prometheus.yml for
+        loopback ports ($MLOPS_SERVER_PORT, $MLOPS_PUSHGATEWAY_PORT, $MLOPS_PROMETHEUS_PORT) to PATH.
     python scripts/stack_processes.py session -- COMMAND...
         become COMMAND in a new session (`setsid`, which macOS lacks); `make run` starts
         supervisord so.
@@ -24,13 +29,47 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 log = logging.getLogger("stack_processes")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS_CONFIG = PROJECT_ROOT / "include" / "monitoring" / "prometheus.yml"
+RULES_GLOB = PROJECT_ROOT / "include" / "monitoring" / "rules" / "*.yml"
+# Scrape job of include/monitoring/prometheus.yml -> the variable holding its loopback port under `make run`.
+LOCAL_PORTS = {
+    "model-server": "MLOPS_SERVER_PORT",
+    "pushgateway": "MLOPS_PUSHGATEWAY_PORT",
+    "prometheus": "MLOPS_PROMETHEUS_PORT",
+}
+
+
+def render_local_prometheus_config(target: Path, env: Mapping[str, str], source: Path = PROMETHEUS_CONFIG) -> Path:
+    """The compose Prometheus config with every job pointed at its 127.0.0.1 port and the rules at the checkout."""
+    config = yaml.safe_load(source.read_text())
+    config["rule_files"] = [str(RULES_GLOB)]
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        if name not in LOCAL_PORTS:
+            raise SystemExit(f"{source}: scrape job {name!r} has no local port; add it to LOCAL_PORTS in {__file__}")
+        port = env.get(LOCAL_PORTS[name])
+        if not port:
+            raise SystemExit(f"set {LOCAL_PORTS[name]} (the local port of {name}) before starting Prometheus")
+        for static in job["static_configs"]:
+            static["targets"] = [f"127.0.0.1:{port}"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".tmp")
+    partial.write_text(f"# Rendered from {source} for `make run`; edit that file instead.\n" + yaml.safe_dump(config))
+    partial.replace(target)
+    return target
 
 
 def session_processes(session: int) -> list[psutil.Process]:
@@ -87,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("exec", help="end the stack's leftovers, then become COMMAND")
     start.add_argument("name", help="the component's name, for the logs")
     start.add_argument("--wait-for", metavar="URL", help="start COMMAND only once URL answers 2xx")
+    start.add_argument("--optional", metavar="HINT", help="when COMMAND is not installed, print HINT and exit 0")
+    start.add_argument("--prometheus-config", metavar="PATH", type=Path, help="render the local Prometheus config")
     commands.add_parser("session", help="become COMMAND in a new session")
     reap = commands.add_parser("reap", help="end every process of a stopped stack")
     reap.add_argument("--session", type=int, required=True, help="the session ID (supervisord's PID)")
@@ -103,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "session":
         os.setsid()
         os.execvp(command[0], command)
+    if args.optional and shutil.which(command[0]) is None:
+        # Exit 0: supervisord (exitcodes = 0, autorestart = unexpected) leaves the component stopped.
+        print(f"{args.name} is not started: {command[0]} is not installed; {args.optional}", flush=True)
+        return 0
+    if args.prometheus_config:
+        render_local_prometheus_config(args.prometheus_config, os.environ)
     session, supervisor = os.getsid(0), os.getppid()
     if session == supervisor:
         end(leftovers(session, supervisor))

@@ -47,6 +47,8 @@ class AirflowStack:
         self.server_port = free_port()
         self.server_url = f"http://127.0.0.1:{self.server_port}"
         # Private log server ports, so that this stack never collides with `make run` or another test's.
+        self.prometheus_port = free_port()
+        self.pushgateway_port = free_port()
         self.worker_log_port = free_port()
         self.triggerer_log_port = free_port()
         self.env = self._environment(extra_env or {})
@@ -71,6 +73,11 @@ class AirflowStack:
                 "MLOPS_PROJECT_ROOT": str(PROJECT_ROOT),
                 "MLOPS_API_HOST": "127.0.0.1",
                 "MLOPS_SERVER_PORT": str(self.server_port),
+                # Prometheus and the Pushgateway (scripts/supervisord.conf), on private ports as well.
+                "MLOPS_PROMETHEUS_PORT": str(self.prometheus_port),
+                "MLOPS_PUSHGATEWAY_PORT": str(self.pushgateway_port),
+                "AIRFLOW_CONN_PROMETHEUS_DEFAULT": f"http://127.0.0.1:{self.prometheus_port}",
+                "AIRFLOW_CONN_PUSHGATEWAY_DEFAULT": f"http://127.0.0.1:{self.pushgateway_port}",
                 # SQLite allows one writer at a time; wait for the lock rather than fail after 5 s.
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=30",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",

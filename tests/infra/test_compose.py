@@ -173,15 +173,78 @@ def test_components_share_every_secret_they_must_agree_on(services: dict[str, di
         assert len(values) == 1 and None not in values, f"{key} differs between Airflow services: {values}"
 
 
-def _published(service: dict[str, Any]) -> list[dict[str, int]]:
-    return [{"published": int(p["published"]), "target": int(p["target"])} for p in service.get("ports", [])]
+def _published(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each published port; v1's config prints ports bound to a host IP as "IP:PUBLISHED:TARGET/PROTO"."""
+    ports: list[dict[str, Any]] = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            host_ip, published, target = port.split("/")[0].rsplit(":", 2)
+            ports.append({"host_ip": host_ip, "published": int(published), "target": int(target)})
+        else:
+            ports.append({"published": int(port["published"]), "target": int(port["target"])})
+    return ports
 
 
-def test_only_the_api_server_and_the_model_server_publish_ports(services: dict[str, dict[str, Any]]) -> None:
+MONITORING_SERVICES = {"prometheus": 9090, "pushgateway": 9091, "grafana": 3000}
+
+
+def test_only_the_api_server_and_the_model_server_publish_ports_on_every_interface(
+    services: dict[str, dict[str, Any]],
+) -> None:
     assert {"published": 8080, "target": 8080} in _published(services["airflow-apiserver"])
     assert {"published": 8501, "target": 8501} in _published(services["model-server"])
-    exposed = sorted(name for name, service in services.items() if service.get("ports"))
-    assert exposed == ["airflow-apiserver", "model-server"], f"unexpected published ports: {exposed}"
+    everywhere = sorted(
+        name for name, service in services.items() if any("host_ip" not in p for p in _published(service))
+    )
+    assert everywhere == ["airflow-apiserver", "model-server"], f"unexpected published ports: {everywhere}"
+    # Monitoring UIs carry no login of their own (Prometheus, Pushgateway): loopback only.
+    for name, port in MONITORING_SERVICES.items():
+        assert _published(services[name]) == [{"host_ip": "127.0.0.1", "published": port, "target": port}], name
+
+
+def test_monitoring_services_mount_the_project_configs_read_only(services: dict[str, dict[str, Any]]) -> None:
+    def mounts(name: str) -> dict[str, tuple[str, str]]:
+        found = {}
+        for volume in services[name]["volumes"]:
+            source, target, *mode = str(volume).split(":")
+            found[target] = (source, mode[0] if mode else "rw")
+        return found
+
+    expected = {
+        "prometheus": {
+            "/etc/prometheus/prometheus.yml": "include/monitoring/prometheus.yml",
+            "/etc/prometheus/rules": "include/monitoring/rules",
+        },
+        "grafana": {
+            "/etc/grafana/provisioning": "include/monitoring/grafana/provisioning",
+            "/etc/grafana/dashboards": "include/monitoring/grafana/dashboards",
+        },
+    }
+    for name, wanted in expected.items():
+        found = mounts(name)
+        for target, source in wanted.items():
+            assert target in found, f"{name} does not mount {target}"
+            assert found[target][0] == str(ROOT / source) and found[target][1] == "ro", (name, found[target])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    # The prometheus.yml that compose mounts scrapes the compose services and loads the mounted rules.
+    config = yaml.safe_load((ROOT / "include" / "monitoring" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets["model-server"] == ["model-server:8501"] and targets["pushgateway"] == ["pushgateway:9091"]
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    datasources = yaml.safe_load(
+        (ROOT / "include/monitoring/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert [d["url"] for d in datasources] == ["http://prometheus:9090"]
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["AIRFLOW_CONN_PROMETHEUS_DEFAULT"] == "http://prometheus:9090", name
+        assert environment["AIRFLOW_CONN_PUSHGATEWAY_DEFAULT"] == "http://pushgateway:9091", name
+
+
+def test_monitoring_images_can_be_overridden(raw_compose: dict[str, Any]) -> None:
+    # Images cannot be pulled everywhere (offline CI builds its own); each one is a variable with a default.
+    for name in MONITORING_SERVICES:
+        assert re.fullmatch(r"\$\{[A-Z_]+_IMAGE:-[^}]+\}", raw_compose["services"][name]["image"]), name
 
 
 def test_model_server_serves_the_registry_the_dags_write(services: dict[str, dict[str, Any]]) -> None:
@@ -217,7 +280,7 @@ def test_init_migrates_the_db_sets_up_the_admin_and_creates_the_deploy_pool(
 
 
 def test_health_checks_and_start_order(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("postgres", *LONG_RUNNING_AIRFLOW):
+    for name in ("postgres", *LONG_RUNNING_AIRFLOW, *MONITORING_SERVICES):
         check = services[name].get("healthcheck", {})
         assert check.get("test") and not check.get("disable"), f"{name} has no health check"
     assert "http://localhost:8080/api/v2/version" in services["airflow-apiserver"]["healthcheck"]["test"]

@@ -34,6 +34,9 @@ LOAD_LATENCY = ":tensorflow:cc:saved_model:load_latency"
 # Not TF Serving metrics: the prediction log and the served-artifact checksums are this server's own.
 PREDICTION_LOG_ROWS = "mlops_serving_prediction_log_rows"
 SERVED_ARTIFACT_INFO = "mlops_served_artifact_info"
+# The version number each label resolves to: dashboards show it, and the no-traffic alert uses it to know
+# which models are served at all.
+SERVED_VERSION = "mlops_served_version"
 # request_count's model_name for names the server does not serve: a client's typo must not mint a series.
 UNKNOWN_MODEL = "<unknown>"
 
@@ -82,6 +85,7 @@ class ServingMetrics(Collector):
         self._load_latency: dict[str, int] = {}
         self._log_rows: dict[tuple[str, str], int] = {}
         self._served_artifacts: frozenset[tuple[str, str, str, str]] = frozenset()
+        self._served_versions: dict[tuple[str, str], int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -125,6 +129,15 @@ class ServingMetrics(Collector):
         """Replace the set of loaded versions as ``(model_name, version, format, sha256)``."""
         with self._lock:
             self._served_artifacts = frozenset((name, str(version), fmt, sha) for name, version, fmt, sha in loaded)
+
+    def set_served_versions(self, labels: Iterable[tuple[str, str, int]]) -> None:
+        """Replace the label map as ``(model_name, label, version)``, for labels that resolve to a loaded version.
+
+        A whole replacement, so a label that no longer resolves (or a model no longer served) drops its series
+        instead of reporting a stale version.
+        """
+        with self._lock:
+            self._served_versions = {(name, label): int(version) for name, label, version in labels}
 
     # ------------------------------------------------------------------ exposition
 
@@ -179,6 +192,14 @@ class ServingMetrics(Collector):
                     SERVED_ARTIFACT_INFO, {"model_name": name, "version": version, "format": fmt, "sha256": sha}, 1.0
                 )
             yield info
+            served = Metric(
+                SERVED_VERSION,
+                "The version number a label points at (only labels that resolve to a loaded version).",
+                "gauge",
+            )
+            for (name, label), version in sorted(self._served_versions.items()):
+                served.add_sample(SERVED_VERSION, {"model_name": name, "label": label}, float(version))
+            yield served
 
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4), with TF Serving's counter names in the headers."""

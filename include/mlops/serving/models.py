@@ -214,6 +214,9 @@ class ModelManager:
                 for name, model in models.items()
                 for loaded in model.versions.values()
             )
+            self.metrics.set_served_versions(
+                (name, label, version) for name, model in models.items() for label, version in model.labels.items()
+            )
             for name, old in current.models.items():
                 kept = models[name].versions if name in models else {}
                 for version in old.versions:
