@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from include.mlops import artifacts
-from include.mlops.config import DriftConfig, ModelConfig, MonitorConfig, find_model_config
+from include.mlops.config import PROJECT_ROOT, DriftConfig, ModelConfig, MonitorConfig, find_model_config
 from include.mlops.monitoring.drift import MISSING_REASON, DriftInputError, check_drift
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry import Registry
@@ -158,3 +162,50 @@ def test_a_window_that_ends_before_it_starts_is_refused(setup: tuple[Registry, P
     registry, _ = setup
     with pytest.raises(DriftInputError, match="must start before it ends"):
         check_drift(DIABETES, window_start=NOW, window_end=NOW, out=tmp_path / "o", registry=registry)
+
+
+def drift_cli(*args: str, registry: Registry, root: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "include.mlops", "drift", *args, "--out", str(out)]
+    command += ["--registry", str(registry.root), "--predictions-root", str(root)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120, check=False)
+
+
+def test_cli_prints_the_result_and_exits_3_on_bad_input(setup: tuple[Registry, Path], tmp_path: Path) -> None:
+    registry, root = setup
+    start, end = WINDOW["window_start"].isoformat(), WINDOW["window_end"].isoformat()
+    done = drift_cli("--model", "diabetes", "--window-start", start, "--window-end", end,
+                     registry=registry, root=root, out=tmp_path / "ok")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["status"] == "insufficient_data" and printed["result_uri"] == str(tmp_path / "ok" / "drift.json")
+
+    backwards = drift_cli("--model", "diabetes", "--window-start", end, "--window-end", start,
+                          registry=registry, root=root, out=tmp_path / "b")  # fmt: skip
+    assert backwards.returncode == 3 and "must start before it ends" in backwards.stderr
+    unknown = drift_cli("--model", "nosuchmodel", "--window-start", start, "--window-end", end,
+                        registry=registry, root=root, out=tmp_path / "u")  # fmt: skip
+    assert unknown.returncode == 3 and "no model config named 'nosuchmodel'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_scores_reach_a_real_pushgateway(setup: tuple[Registry, Path], tmp_path: Path) -> None:
+    from prometheus_stack import prometheus_stack
+
+    registry, root = setup
+    shifted = training_rows(400, seed=12)
+    shifted["bmi"] += 2.0
+    log_requests(root, [(1, shifted.to_numpy())])
+    with prometheus_stack(tmp_path / "prom") as stack:
+        result = run(small_config(), registry, root, tmp_path / "out", pushgateway_url=stack.pushgateway_url)
+        assert result["pushed"] is True and result["drifted"]
+        exported = httpx.get(f"{stack.pushgateway_url}/metrics", timeout=10).text
+        series = stack.wait_for('mlops_drift_feature_score{model_name="diabetes",version="1",feature="bmi"}')
+    assert float(series[0]["value"][1]) == pytest.approx(result["features"]["bmi"]["psi"])
+    for line in (
+        f'mlops_drift_score{{instance="",job="mlops_drift",model_name="diabetes",version="1"}} {result["score"]}',
+        'mlops_drift_threshold{instance="",job="mlops_drift",model_name="diabetes"} 0.2',
+        'mlops_drift_rows{instance="",job="mlops_drift",model_name="diabetes"} 400',
+        "mlops_drift_last_check_timestamp_seconds{",
+    ):
+        assert line in exported, line
