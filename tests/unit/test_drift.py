@@ -56,11 +56,16 @@ def log_requests(root: Path, batches: list[tuple[int, np.ndarray]]) -> None:
     logger.stop()
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[Registry, Path]:
+def registry_with_reference(tmp_path: Path) -> tuple[Registry, Path]:
+    """A registry whose version 1 has a reference of standard normal features, and an empty artifact root."""
     registry = Registry(tmp_path / "models")
     add_version(registry, 1, build_reference(training_rows(), FEATURES, bins=10))
     return registry, tmp_path / "artifacts"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Registry, Path]:
+    return registry_with_reference(tmp_path)
 
 
 def run(config: ModelConfig, registry: Registry, root: Path, out: Path, **kwargs: object) -> dict:
