@@ -22,6 +22,7 @@ BENCHMARKS = {
     "parse": "DAG parse cost per model against same-shaped EmptyOperator DAGs (100 generated configs)",
     "spine": "DAG parse time and orchestration overhead of a real scheduler",
     "serving": "model server latency and throughput against the bare SavedModel",
+    "monitoring": "drift scoring throughput against plain pandas, and the full drift check's breakdown",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
 }
 

@@ -166,6 +166,20 @@ def _run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]
     )
 
 
+def _run_drift(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.monitoring.drift import check_drift
+
+    return check_drift(
+        config,
+        window_start=args.window_start,
+        window_end=args.window_end,
+        out=args.out,
+        registry=args.registry,
+        predictions_root=args.predictions_root,
+        pushgateway_url=args.pushgateway,
+    )
+
+
 STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str, Any]]]] = {
     "snapshot": ("materialise the data interval's training data", _run_snapshot),
     "validate": ("run the model's Great Expectations suite on a snapshot", _run_validate),
@@ -174,6 +188,7 @@ STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str
     "optimize": ("retrain under the optimize settings, quantize if a budget failed", _run_optimize),
     "register": ("write a new registry version (atomic, never overwrites)", _run_register),
     "deploy": ("move a serving label to a registered version", _run_deploy),
+    "drift": ("compare the window's logged requests with the training reference", _run_drift),
 }
 
 
@@ -223,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--tolerance", type=float, default=1e-4, help="allowed rtol/atol of served vs offline answers"
             )
+        if name == "drift":
+            p.add_argument("--window-start", type=_datetime, required=True, help="ISO datetime, inclusive")
+            p.add_argument("--window-end", type=_datetime, required=True, help="ISO datetime, exclusive")
+            p.add_argument("--pushgateway", help="Pushgateway base URL to push the drift scores to")
+            p.add_argument("--registry", help="the registry folder (default: <artifact root>/models)")
+            p.add_argument(
+                "--predictions-root", help="folder holding predictions/<model>/ (default: the artifact root)"
+            )
     return parser
 
 
@@ -240,6 +263,7 @@ BAD_INPUT_ERRORS = (
     ("include.mlops.register", "CandidateModelError"),
     # Training is seeded from the config, so a run that diverges (non-finite loss) diverges again.
     ("include.mlops.train", "TrainingError"),
+    ("include.mlops.monitoring.drift", "DriftInputError"),
 )
 
 

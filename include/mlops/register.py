@@ -21,7 +21,8 @@ from include.mlops.data import snapshot_path
 from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
-from include.mlops.modeling import check_outputs
+from include.mlops.modeling import check_outputs, load_split
+from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
 from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
 from include.mlops.snapshot import MANIFEST_FILE
@@ -235,6 +236,7 @@ def register_model(
     evidence = collect_evidence(evaluation_uri, lineage)
     full_lineage = _complete_lineage(lineage, model_uri, evaluation_uri, tflite_uri, evidence, measured)
     signature = check_serving_signature(config, model_uri)
+    reference = training_reference(config, full_lineage)
 
     registry = Registry()
     result = registry.register(
@@ -255,11 +257,38 @@ def register_model(
         gate_decision=decision.to_dict() if decision is not None else None,
         tflite_path=tflite_uri,
         evidence=evidence,
+        metadata={Path(REFERENCE_FILE).name: reference} if reference is not None else None,
     )
     summary = {"version": result.version, "created": result.created, "version_dir": str(result.version_dir)}
     with artifacts.step_output(out) as staging:
         artifacts.atomic_write_json(staging / "result.json", {**summary, "model_name": config.serving_name})
     return summary
+
+
+def training_reference(config: ModelConfig, lineage: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The drift reference of the rows the candidate trained on: the ``train`` split of the lineage's snapshot.
+
+    The rows are read with the train step's own loader, so the reference
+    covers exactly what training saw.  Without a ``data_uri`` in the lineage
+    there is no reference; the drift check then reports the version's
+    requests as having none, rather than comparing them with other data.
+    """
+    data_uri = lineage.get("data_uri")
+    if not data_uri:
+        log.warning(
+            "lineage has no data_uri: %s is registered without a training reference, so drift cannot be checked",
+            config.name,
+        )
+        return None
+    import pandas as pd
+
+    rows = load_split(config, data_uri, "train")
+    frame = pd.DataFrame(rows.features, columns=list(config.features))
+    reference = build_reference(
+        frame, config.features, config.monitor.drift.bins, snapshot_sha256=lineage.get("data_sha256")
+    )
+    log.info("training reference of %s: %d rows of %s", config.name, reference["rows"], data_uri)
+    return reference
 
 
 def collect_evidence(evaluation_uri: str | os.PathLike[str], lineage: Mapping[str, Any]) -> dict[str, Path]:

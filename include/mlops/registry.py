@@ -66,6 +66,8 @@ CONFIG_FILE = "models.config"
 SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 
 _STAGING_PREFIX = ".staging-"
+# assets.extra files the registry writes itself; extra metadata may not replace them.
+_OWN_METADATA = frozenset({"metrics.json", "lineage.json", "gate.json", "checksums.json"})
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -206,6 +208,7 @@ class Registry:
         gate_decision: Mapping[str, Any] | None = None,
         tflite_path: str | os.PathLike[str] | None = None,
         evidence: Mapping[str, str | os.PathLike[str]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RegisterResult:
         """Add ``model_dir`` (a SavedModel folder) as the next version of ``name``.
 
@@ -216,6 +219,8 @@ class Registry:
         number is only known once the model's lock is held).  ``evidence`` maps
         a relative path under ``assets.extra/evidence/`` to a file to copy
         there; the copies are covered by checksums.json like every other file.
+        ``metadata`` maps a file name (e.g. ``reference.json``) to a JSON payload
+        written under ``assets.extra/``, covered by the checksums as well.
         """
         source = Path(model_dir)
         if not (source / "saved_model.pb").is_file():
@@ -224,6 +229,11 @@ class Registry:
         if tflite is not None and not tflite.is_file():
             raise RegistryError(f"TFLite model {tflite} does not exist")
         evidence_files = _evidence_files(evidence or {})
+        for file_name in metadata or {}:
+            if "/" in file_name or not file_name.endswith(".json") or file_name in _OWN_METADATA:
+                raise RegistryError(
+                    f"metadata file name {file_name!r} must be a plain *.json name other than {sorted(_OWN_METADATA)}"
+                )
         for key in ("dag_id", "run_id"):
             if not lineage.get(key):
                 raise RegistryError(
@@ -260,6 +270,8 @@ class Registry:
                 full_lineage = {**artifacts.to_jsonable(dict(lineage)), "model_name": name, "version": version}
                 artifacts.atomic_write_json(meta / "metrics.json", artifacts.to_jsonable(dict(metrics)))
                 artifacts.atomic_write_json(meta / "lineage.json", full_lineage)
+                for file_name, payload in (metadata or {}).items():
+                    artifacts.atomic_write_json(meta / file_name, artifacts.to_jsonable(payload))
                 if gate_decision is not None:
                     artifacts.atomic_write_json(meta / "gate.json", artifacts.to_jsonable(dict(gate_decision)))
                 if callable(model_card):
