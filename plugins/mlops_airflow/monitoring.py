@@ -49,7 +49,7 @@ DOC_TEMPLATE = """\
 # Monitoring of model `{name}`
 
 Every `{schedule}` this DAG measures the served model `{serving_name}` over the {window} minutes that end
-at the run's data interval end:
+when the run is due (a run triggered by hand: when it was triggered):
 
 * `slo`: request count, error ratio and p95/p99 latency from Prometheus (Connection `prometheus_default`),
   against the objectives below. Prometheus unreachable fails the task; too few requests is `insufficient_data`.
@@ -85,8 +85,14 @@ def retrain_requests_path(model: str) -> Any:
 
 
 def monitoring_window(context: Context, window: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
-    """The window a monitor run measures: ``window`` ending at the data interval end (else ``run_after``)."""
-    end = context.get("data_interval_end") or context["dag_run"].run_after
+    """The window a monitor run measures: ``window`` ending when the run was due (``run_after``).
+
+    For a scheduled run that is its data interval's end.  A run triggered by
+    hand measures up to the moment it was triggered, not the last whole
+    interval before it (Airflow's inferred data interval for a manual run),
+    so that "trigger now" sees the traffic of the last minutes.
+    """
+    end = context["dag_run"].run_after
     end = pendulum.instance(end).in_timezone("UTC")
     return end - window, end
 

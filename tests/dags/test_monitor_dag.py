@@ -82,3 +82,22 @@ def test_a_configured_cron_schedules_the_monitor() -> None:
     config = CONFIGS["monitor__diabetes"]
     config = dataclasses.replace(config, monitor=dataclasses.replace(config.monitor, schedule="*/15 * * * *"))
     assert build_monitor_dag(config).timetable.expression == "*/15 * * * *"
+
+
+def test_a_run_triggered_by_hand_measures_up_to_when_it_was_triggered() -> None:
+    # Airflow infers a manual run's data interval as the last whole hour before it; the monitor
+    # must still see the traffic of the last minutes, so the window ends at run_after.
+    from types import SimpleNamespace
+
+    import pendulum
+
+    from mlops_airflow.monitoring import monitoring_window
+
+    run_after = pendulum.datetime(2026, 11, 27, 15, 45, tz="UTC")
+    context = {
+        "data_interval_start": pendulum.datetime(2026, 11, 27, 14, tz="UTC"),
+        "data_interval_end": pendulum.datetime(2026, 11, 27, 15, tz="UTC"),
+        "dag_run": SimpleNamespace(run_after=run_after),
+    }
+    start, end = monitoring_window(context, dt.timedelta(minutes=60))  # type: ignore[arg-type]
+    assert (start, end) == (run_after - dt.timedelta(minutes=60), run_after)
