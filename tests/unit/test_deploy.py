@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from ml_fixtures import make_snapshot
 from model_factory import make_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -60,11 +61,9 @@ def evaluation(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def snapshot(tmp_path: Path) -> Path:
-    folder = tmp_path / "snapshot"
-    folder.mkdir()
-    (folder / "data.parquet").write_bytes(b"PAR1 not really parquet, only hashed here PAR1")
-    return folder
+def snapshot(tmp_path: Path, config: ModelConfig) -> Path:
+    # A real snapshot: register reads its train split for the version's drift reference.
+    return make_snapshot(config, tmp_path / "snapshot", rows=80)
 
 
 def lineage(run_id: str = "scheduled__2026-11-27T00:00:00+00:00", **extra: str) -> dict[str, str]:
