@@ -29,7 +29,7 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	@touch $(STAMP)
 
-run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, triggerer) and the model server under supervisord
+run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, triggerer), the model server, Prometheus and the Pushgateway under supervisord
 	@bash scripts/run_local.sh
 
 test: setup  ## run every test tier (unit, DAG integrity, dag.test end-to-end, real Airflow)
