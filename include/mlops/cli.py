@@ -167,16 +167,18 @@ def _run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]
 
 
 def _run_drift(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.monitoring.drift import check_drift
+    from include.mlops.monitoring.drift import check_drift, summary
 
-    return check_drift(
-        config,
-        window_start=args.window_start,
-        window_end=args.window_end,
-        out=args.out,
-        registry=args.registry,
-        predictions_root=args.predictions_root,
-        pushgateway_url=args.pushgateway,
+    return summary(
+        check_drift(
+            config,
+            window_start=args.window_start,
+            window_end=args.window_end,
+            out=args.out,
+            registry=args.registry,
+            predictions_root=args.predictions_root,
+            pushgateway_url=args.pushgateway,
+        )
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def test_drift_report_plots_each_drifting_feature(setup: tuple[Registry, Path], 
     assert sorted(p.name for p in (tmp_path / "report").glob("drift_*.png")) == ["drift_bmi.png", "drift_s5.png"]
     assert path.read_text().count("data:image/png;base64,") == 3  # two features and the SLO figures
     assert "expect_column_mean_to_be_between(bmi)" in text
+
+
+def test_the_steps_summary_is_small_and_the_report_plots_from_its_drift_json(
+    setup: tuple[Registry, Path], tmp_path: Path
+) -> None:
+    from include.mlops.monitoring.drift import summary
+
+    registry, root = setup
+    shifted = training_rows(500, seed=3)
+    shifted["bmi"] += 2.0
+    log_requests(root, [(1, shifted.to_numpy())])
+    full = run(small_config(), registry, root, tmp_path / "drift")
+    short = summary(full)
+    assert set(short["features"]["bmi"]) == {"psi", "drifted", "reason"}
+    assert len(json.dumps(short)) < len(json.dumps(full)) / 2
+    # What decide gets is the step's summary (its XCom); the report still plots the drifting feature.
+    path = write_report(DIABETES, SLO_OK, short, ["drift"], tmp_path / "report")
+    assert [p.name for p in (tmp_path / "report").glob("drift_*.png")] == ["drift_bmi.png"]
+    assert path.read_text().count("data:image/png;base64,") == 2
 
 
 @pytest.mark.parametrize("slo", [SLO_OK, None], ids=["slo", "slo_failed"])

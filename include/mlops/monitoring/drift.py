@@ -250,6 +250,36 @@ def check_drift(
     return result
 
 
+# What a feature's entry keeps in the step's result (its XCom); drift.json keeps the bins and shares too.
+SUMMARY_FEATURE_KEYS = ("psi", "drifted", "reason")
+SUMMARY_KEYS = (
+    "status", "drifted", "score", "threshold", "rows", "versions", "primary_version", "failed_expectations",
+    "problems", "pushed", "result_uri", "validation_uri", "validated_rows", "validation_sampled",
+    "model_name", "window_start", "window_end",
+)  # fmt: skip
+
+
+def summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The step's small JSON result: ``result`` without the per-feature bins (those stay in drift.json).
+
+    The digits model's 64 features with their bins and shares would make the
+    XCom tens of KB; the report reads them back from ``result_uri``.
+    """
+    short = {key: result[key] for key in SUMMARY_KEYS if key in result}
+    short["features"] = {
+        name: {key: entry.get(key) for key in SUMMARY_FEATURE_KEYS} for name, entry in result["features"].items()
+    }
+    return short
+
+
+def full_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` with the per-feature detail of its ``drift.json``, when it is a summary whose file exists."""
+    uri = result.get("result_uri")
+    if uri and Path(uri).is_file():
+        return artifacts.read_json(uri)
+    return dict(result)
+
+
 def _reference_of(registry: Registry, name: str, version: int) -> dict[str, Any] | None:
     return read_reference(registry.version_dir(name, version))
 

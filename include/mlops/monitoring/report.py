@@ -133,7 +133,14 @@ def write_report(
     outcome: Sequence[str],
     out: str | os.PathLike[str],
 ) -> Path:
-    """Write ``out/report.html`` (and its PNGs) for one monitoring run; returns the report's path."""
+    """Write ``out/report.html`` (and its PNGs) for one monitoring run; returns the report's path.
+
+    ``drift`` may be the step's summary: the bins and shares to plot are read
+    back from its ``drift.json`` (``result_uri``).
+    """
+    from include.mlops.monitoring.drift import full_result
+
+    drift = full_result(drift) if drift is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
