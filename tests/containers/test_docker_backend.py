@@ -274,3 +274,51 @@ def test_container_exit_status_is_read_exactly(
     assert docker_exit_code(failed.value) == status
     with pytest.raises(error):
         raise_for_exit_code(docker_exit_code(failed.value), "step failed")
+
+
+@pytest.mark.slow
+def test_drift_step_in_a_container_scores_the_log_and_pushes_to_the_host_pushgateway(
+    docker_client: Any, trainer_image: str, shared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer image holds what the drift step imports (GX, prometheus-client) and reaches the host."""
+    import httpx
+    import numpy as np
+    import pandas as pd
+    from prometheus_stack import prometheus_stack
+    from serving.conftest import make_linear_model
+
+    from include.mlops.config import find_model_config
+    from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
+    from include.mlops.serving.predlog import PredictionLogger
+
+    monkeypatch.delenv("MLOPS_DOCKER_NETWORK", raising=False)
+    config = find_model_config("diabetes")
+    rng = np.random.default_rng(0)
+    training = pd.DataFrame(rng.normal(size=(500, len(config.features))), columns=list(config.features))
+    reference = build_reference(training, config.features, config.monitor.drift.bins)
+    model = make_linear_model(shared_root / "incoming" / "x1", 1.0, n_features=len(config.features))
+    Registry(shared_root / "models").register(
+        "diabetes",
+        model,
+        metrics={"mae": 1.0},
+        lineage={"dag_id": "lifecycle__diabetes", "run_id": "r1"},
+        metadata={Path(REFERENCE_FILE).name: reference},
+    )
+    logged = rng.normal(size=(300, len(config.features))).astype("float32")
+    logged[:, config.features.index("bmi")] += 3.0  # bmi drifts by three training standard deviations
+    predlog = PredictionLogger(shared_root, sample_rate=1.0, max_rows_per_request=300)
+    predlog.start()
+    predlog.offer("diabetes", 1, logged, np.zeros((300, 1), "float32"))
+    predlog.stop()
+    now = dt.datetime.now(dt.UTC)
+    with prometheus_stack(tmp_path / "prometheus") as prom:
+        window = {
+            "window_start": (now - dt.timedelta(hours=1)).isoformat(),
+            "window_end": (now + dt.timedelta(minutes=1)).isoformat(),
+        }
+        result = operator("drift", {**window, "pushgateway": prom.pushgateway_url}).execute(context())
+        pushed = httpx.get(f"{prom.pushgateway_url}/metrics", timeout=10).text
+    assert result["status"] == "ok" and result["rows"] == 300, result
+    assert result["features"]["bmi"]["drifted"] and not result["features"]["age"]["drifted"], result["features"]
+    assert result["pushed"] is True, result["problems"]
+    assert 'mlops_drift_feature_score{feature="bmi"' in pushed or 'feature="bmi"' in pushed
