@@ -275,7 +275,7 @@ class MonitorConfig:
 
     ``cooldown_hours``: after a drift detection requests a retraining run, later
     detections within this many hours request none (one episode, one retrain).
-    ``deadline_minutes``: a scheduled lifecycle run not finished this long after
+    ``deadline_minutes``: a lifecycle run (nightly, triggered or retraining) not finished this long after
     it was queued notifies through ``alert_conn_id`` (null: no deadline).
     ``alert_conn_id``: the Airflow Connection alerts go to (an SMTP connection
     whose extra names the recipients: ``{"to": "a@example.com"}``).
@@ -284,7 +284,7 @@ class MonitorConfig:
     schedule: Str = "@hourly"
     window_minutes: PositiveInt = 60
     cooldown_hours: PositiveFloat = 24.0
-    deadline_minutes: PositiveInt | None = 360
+    deadline_minutes: PositiveFloat | None = 360.0
     alert_conn_id: Str = "mlops_alerts"
     slo: SloConfig = dataclasses.field(default_factory=SloConfig)
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)

@@ -129,7 +129,7 @@ def deadline_missed(
     *,
     model: str,
     conn_id: str,
-    deadline_minutes: int,
+    deadline_minutes: float,
 ) -> bool:
     """Deadline callback of the lifecycle DAG: a run was not finished ``deadline_minutes`` after it was queued.
 
@@ -141,7 +141,7 @@ def deadline_missed(
     deadline = context.get("deadline") or {}
     run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
     dag_id = dag_run.get("dag_id") or f"lifecycle__{model}"
-    subject = f"[mlops] {dag_id} run {run_id} missed its deadline ({deadline_minutes} min after it was queued)"
+    subject = f"[mlops] {dag_id} run {run_id} missed its deadline ({deadline_minutes:g} min after it was queued)"
     details = {
         "dag_id": dag_id,
         "run_id": run_id,

@@ -94,7 +94,7 @@ def _doc_md(config: ModelConfig) -> str:
         serving_name=config.serving_name,
         gate_rows="\n".join(rows) or "| (none) | |",
         deadline=(
-            f"A run not finished {config.monitor.deadline_minutes} min after it was queued alerts through the "
+            f"A run not finished {config.monitor.deadline_minutes:g} min after it was queued alerts through the "
             f"Connection `{config.monitor.alert_conn_id}`."
             if config.monitor.deadline_minutes
             else "Runs have no deadline."

@@ -6,7 +6,8 @@ Connection's target, and the traffic generator's Python API.  One stack serves t
 the tests run in file order:
 
 1. the nightly ``lifecycle__diabetes`` run deploys version 1 (and the first monitor run, with
-   nothing served yet, ends ``insufficient_data``);
+   nothing served yet, ends ``insufficient_data``); it runs past the deadline the test's copy of the
+   model config sets (0.2 minutes), so the deadline alert mails;
 2. normal traffic -> a monitor run ends ``healthy``;
 3. half the requests malformed -> ``slo_breach``, and the alert mail arrives;
 4. drifted traffic -> ``request_retrain`` emits the retraining Asset event, and the scheduler
@@ -57,12 +58,29 @@ def inbox() -> Iterator[Inbox]:
         controller.stop()
 
 
+DEADLINE_MINUTES = 0.2
+
+
+def models_with_a_short_deadline(folder: Path) -> Path:
+    """Only the diabetes model, whose lifecycle runs get a deadline every run misses."""
+    import shutil
+
+    import yaml
+
+    folder.mkdir(parents=True)
+    shutil.copy(CONFIG.builder_path, folder / CONFIG.builder_path.name)
+    document = yaml.safe_load(CONFIG.path.read_text())
+    document["monitor"]["deadline_minutes"] = DEADLINE_MINUTES
+    (folder / CONFIG.path.name).write_text(yaml.safe_dump(document))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[AirflowStack]:
     require_executable("prometheus", "install it with: apt-get install prometheus prometheus-pushgateway")
     require_executable("prometheus-pushgateway", "install it with: apt-get install prometheus prometheus-pushgateway")
     env = {
-        # Only the DAGs under test run: the digits DAGs stay paused.
+        "MLOPS_MODELS_DIR": str(models_with_a_short_deadline(tmp_path_factory.mktemp("models") / "models")),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         # Every request logged and written within seconds, so a monitor run sees the traffic just sent.
         "MLOPS_PREDLOG_SAMPLE_RATE": "1",
@@ -144,9 +162,18 @@ def retrain_runs(stack: AirflowStack) -> list[dict[str, Any]]:
     return [r for r in stack.dag_runs(LIFECYCLE) if r["run_type"] == "asset_triggered"]
 
 
-def test_the_nightly_run_deploys_and_the_first_monitor_run_has_insufficient_data(stack: AirflowStack) -> None:
+def mails(inbox: Inbox, subject: str) -> list[Any]:
+    return [message for _, message in inbox.messages if subject in message["Subject"]]
+
+
+def test_the_nightly_run_deploys_and_the_first_monitor_run_has_insufficient_data(
+    stack: AirflowStack, inbox: Inbox
+) -> None:
     [nightly] = stack.wait_for_runs(LIFECYCLE, count=1, run_type="scheduled", timeout=1800)
     assert nightly["state"] == "success", stack.task_states(LIFECYCLE, nightly["dag_run_id"])
+    # The run still succeeds; the scheduler's deadline check mails that it was late.
+    [late] = wait_for(lambda: mails(inbox, "missed its deadline"), 120, "the deadline mail")
+    assert nightly["dag_run_id"] in late["Subject"] and f"{DEADLINE_MINUTES:g} min" in late["Subject"]
     # The monitor's own first (scheduled) run started while nothing was served yet.
     [first] = stack.wait_for_runs(MONITOR, count=1, run_type="scheduled", timeout=600)
     states = stack.task_states(MONITOR, first["dag_run_id"])
@@ -170,14 +197,14 @@ def test_normal_traffic_is_healthy(stack: AirflowStack) -> None:
 
 
 def test_malformed_traffic_breaches_the_slo_and_mails_the_alert(stack: AirflowStack, inbox: Inbox) -> None:
-    mails_before = len(inbox.messages)
+    assert mails(inbox, "SLO breach") == []
     traffic(stack, 200, errors=0.5)
     _, states = monitor_run(stack)
     assert "slo_breach" in taken(states) and "healthy" not in taken(states), states
-    mail = wait_for(lambda: inbox.messages[mails_before:], 30, "the alert mail")
-    recipients, message = mail[0]
+    wait_for(lambda: mails(inbox, "SLO breach"), 30, "the alert mail")
+    [(recipients, message)] = [(to, m) for to, m in inbox.messages if "SLO breach" in m["Subject"]]
     assert "oncall@example.com" in recipients
-    assert "SLO breach" in message["Subject"] and MODEL in message["Subject"]
+    assert MODEL in message["Subject"] and "error ratio" in message["Subject"]
     alerts = (stack.artifact_root / "monitoring" / MODEL / "alerts.jsonl").read_text().splitlines()
     assert any(json.loads(line).get("kind") == "slo_breach" for line in alerts)
 
