@@ -10,11 +10,12 @@ SLO figures against their objectives.  Every input may be partial: ``slo`` or
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +50,32 @@ def _png(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
+@contextlib.contextmanager
+def _figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
+    """A matplotlib (Agg) axes whose figure is saved to ``path`` as PNG, and always closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=90)
+    try:
+        yield ax
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
     import numpy as np
 
     edges = entry["bin_edges"]
     labels = [f"< {edges[0]:.3g}"] + [f"[{a:.3g}, {b:.3g})" for a, b in itertools.pairwise(edges)]
     labels.append(f">= {edges[-1]:.3g}")
     positions = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=90)
-    try:
+    with _figure(path, (7, 3.2)) as ax:
         ax.bar(positions - 0.2, entry["reference_weights"], width=0.4, label="training reference")
         if entry.get("current_weights") is not None:
             ax.bar(positions + 0.2, entry["current_weights"], width=0.4, label="window")
@@ -69,11 +83,6 @@ def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
         ax.set_ylabel("share of rows")
         psi = entry.get("psi")
         ax.set_title(f"{feature}: PSI {_number(psi)}" + (f" ({entry['reason']})" if entry.get("reason") else ""))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -108,21 +117,10 @@ def _slo_plot(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, Any], path: P
             shares[row["figure"]] = value / objective
     if not shares:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.8), dpi=90)
-    try:
+    with _figure(path, (6, 2.8)) as ax:
         ax.barh(list(shares), list(shares.values()), color="#4c72b0")
         ax.axvline(1.0, color="#cf222e", linestyle="--", label="objective")
         ax.set_xlabel("figure / objective")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
