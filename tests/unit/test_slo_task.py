@@ -1,0 +1,43 @@
+"""The monitor's ``slo`` task: a monitor that cannot see Prometheus fails loudly, never reports healthy."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowException
+from smtp_server import free_port
+
+from include.mlops.config import find_model_config
+from mlops_airflow.monitoring import SloOperator
+
+
+def slo_task() -> SloOperator:
+    with DAG(dag_id="monitor__diabetes", schedule=None):
+        return SloOperator(task_id="slo", config=find_model_config("diabetes"))
+
+
+def context() -> dict:
+    run_after = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+    return {"dag_run": SimpleNamespace(run_id="manual__slo", run_after=run_after)}
+
+
+def test_prometheus_down_fails_the_task_naming_the_url(artifact_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", closed)
+    with pytest.raises(AirflowException, match="SLOs not measured") as raised:
+        slo_task().execute(context())  # type: ignore[arg-type]
+    assert closed in str(raised.value) and "prometheus_default" in str(raised.value)
+    assert not list(artifact_root.rglob("slo.json")), "no result may be written when nothing was measured"
+
+
+def test_a_missing_prometheus_connection_fails_the_task_saying_how_to_define_it(
+    artifact_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", raising=False)
+    with pytest.raises(AirflowException, match="'prometheus_default' is not defined") as raised:
+        slo_task().execute(context())  # type: ignore[arg-type]
+    assert "AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://" in str(raised.value)
