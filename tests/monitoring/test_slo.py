@@ -137,9 +137,22 @@ def test_half_malformed_traffic_breaches_the_error_ratio(stack: Stack) -> None:
 def test_a_model_without_traffic_has_insufficient_data(stack: Stack) -> None:
     result = measure_slo(stack.prometheus.url, stack.config("slo_idle"))
 
+    # The server starts a served model's counters at 0, so Prometheus knows it had no requests:
+    # 0 requests and no latency or error ratio to compute (NaN), which is too little to judge.
+    assert result["status"] == "insufficient_data", result
+    figures = result["figures"]
+    assert (figures["requests"], figures["request_rate"]) == (0.0, 0.0), figures
+    assert figures["error_ratio"] is None and figures["p95_ms"] is None and figures["p99_ms"] is None, figures
+    assert result["breaches"] == []
+    assert any(p.startswith("requests: 0 requests in the last") for p in result["problems"]), result["problems"]
+
+
+def test_a_model_prometheus_has_no_series_of_is_insufficient_data(stack: Stack) -> None:
+    # An empty result (a serving name no scraped server serves) is no evidence of health.
+    result = measure_slo(stack.prometheus.url, stack.config("slo_never_served"))
+
     assert result["status"] == "insufficient_data", result
     assert result["figures"] == dict.fromkeys(QUERY_TEMPLATES)
-    assert result["breaches"] == []
     assert any(p.startswith("requests: no samples in the window") for p in result["problems"]), result["problems"]
 
 

@@ -40,6 +40,11 @@ SERVED_VERSION = "mlops_served_version"
 # request_count's model_name for names the server does not serve: a client's typo must not mint a series.
 UNKNOWN_MODEL = "<unknown>"
 
+# The statuses a served model's requests end with here.  Their request_count series start at 0 as soon as
+# the model loads: Prometheus's increase() and rate() lose the first sample of a series, so errors whose
+# series first appeared after a burst ended would never be counted by the SLOs and alert rules.
+INITIAL_STATUSES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "INTERNAL")
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # TF Serving: monitoring::Buckets::Exponential(10, 1.8, 33), in microseconds.
@@ -129,6 +134,14 @@ class ServingMetrics(Collector):
         """Replace the set of loaded versions as ``(model_name, version, format, sha256)``."""
         with self._lock:
             self._served_artifacts = frozenset((name, str(version), fmt, sha) for name, version, fmt, sha in loaded)
+
+    def init_models(self, model_names: Iterable[str]) -> None:
+        """Start each served model's request counts (per :data:`INITIAL_STATUSES`) and Predict latency at zero."""
+        with self._lock:
+            for name in model_names:
+                for status in INITIAL_STATUSES:
+                    self._request_count.setdefault((name, status), 0)
+                self._request_latency.setdefault((name, "Predict", "REST"), _Histogram())
 
     def set_served_versions(self, labels: Iterable[tuple[str, str, int]]) -> None:
         """Replace the label map as ``(model_name, label, version)``, for labels that resolve to a loaded version.

@@ -214,6 +214,7 @@ class ModelManager:
                 for name, model in models.items()
                 for loaded in model.versions.values()
             )
+            self.metrics.init_models(models)
             self.metrics.set_served_versions(
                 (name, label, version) for name, model in models.items() for label, version in model.labels.items()
             )
