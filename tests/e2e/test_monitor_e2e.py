@@ -12,7 +12,8 @@ the tests run in file order:
 3. half the requests malformed -> ``slo_breach``, and the alert mail arrives;
 4. drifted traffic -> ``request_retrain`` emits the retraining Asset event, and the scheduler
    starts a lifecycle run from it, whose note says so;
-5. a second drift detection inside the cooldown requests nothing: still one such run.
+5. a second drift detection inside the cooldown requests nothing: still one such run; the
+   retraining run deploys version 2, whose lineage and model card name the monitor run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tooling import require_executable
 from include.mlops.artifacts import run_dir
 from include.mlops.config import find_model_config
 from include.mlops.monitoring.traffic import latest_snapshot, send_traffic
+from include.mlops.registry import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -233,3 +235,13 @@ def test_drift_requests_one_retraining_run_and_the_cooldown_holds_the_next(stack
     assert states["request_retrain"] == "skipped", states
     assert outcome(stack, again)["outcomes"].count("drift") == 1
     assert len(retrain_runs(stack)) == 1
+
+    # The retraining run trains on the same data, passes the gate and deploys version 2, whose
+    # lineage and model card name the monitor run and the score that asked for it.
+    [done] = stack.wait_for_runs(LIFECYCLE, {retrain["dag_run_id"]}, timeout=900)
+    assert done["state"] == "success", stack.task_states(LIFECYCLE, retrain["dag_run_id"])
+    version = Registry(stack.artifact_root / "models").version_dir(MODEL, 2)
+    lineage = json.loads((version / "assets.extra" / "lineage.json").read_text())
+    assert lineage["triggered_by"]["monitor_run_id"] == run_id, lineage
+    assert lineage["triggered_by"]["drift_score"] > CONFIG.monitor.drift.psi_threshold
+    assert run_id in (version / "assets.extra" / "model_card.md").read_text()
