@@ -17,9 +17,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException
+from dag_runner import project_dag, run_dag_test
 
 from include.mlops.artifacts import run_dir
 from include.mlops.registry import Registry
@@ -43,9 +43,7 @@ def run_lifecycle(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    assert bag.import_errors == {}
-    dag_run = bag.dags[dag_id].test(logical_date=DAY, run_conf=conf)
+    dag_run = run_dag_test(dag_id, DAY, conf)
     with create_session() as session:
         run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=dag_run.run_id).one()
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
@@ -58,7 +56,7 @@ def run_lifecycle(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
             "run_id": run.run_id,
             "states": states,
             "xcoms": xcoms,
-            "tasks": {t.task_id: type(t).__name__ for t in bag.dags[dag_id].tasks},
+            "tasks": {t.task_id: type(t).__name__ for t in project_dag(dag_id).tasks},
         }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from airflow.dag_processing.dagbag import DagBag
+from dag_runner import run_dag_test
 
 from include.mlops.artifacts import run_dir
 from include.mlops.config import load_model_config
@@ -73,9 +73,7 @@ SIZE_BUDGET_MB = 0.012
 
 def run_dag(dag_id: str, logical_date: dt.datetime, conf: dict[str, Any] | None = None) -> dict[str, str]:
     """Run one DagRun of ``dag_id`` with ``dag.test()``; return ``{task_id: state}``."""
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    assert bag.import_errors == {}
-    dag_run = bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf or {})
+    dag_run = run_dag_test(dag_id, logical_date, conf)
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
