@@ -200,6 +200,8 @@ def test_cli_sends_and_prints_progress_and_a_summary(server: RunningServer) -> N
     summary = json.loads(lines[-1])
     assert summary["sent"] == 12 and summary["ok"] + summary["errors"] == 12 and summary["unexpected"] == 0
     assert summary["errors"] == summary["malformed_sent"] > 0
+    # Progress comes from the generator, not one log line per request from the HTTP client.
+    assert "HTTP Request:" not in done.stderr, done.stderr[-500:]
 
 
 def test_cli_fails_clearly_when_the_server_is_unreachable() -> None:
