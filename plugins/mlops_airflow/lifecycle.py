@@ -21,20 +21,19 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import (
     DAG,
     AssetOrTimeSchedule,
-    BaseHook,
     BaseOperator,
     Context,
     CronDataIntervalTimetable,
     TriggerRule,
 )
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from mlops_airflow import alerts
 from mlops_airflow.backends import step_operator
-from mlops_airflow.monitoring import drift_trigger, retrain_asset
+from mlops_airflow.monitoring import connection_url, drift_trigger, retrain_asset
 from mlops_airflow.params import UnknownParamsError, check_run_conf, lifecycle_params, training_overrides
 
 log = logging.getLogger(__name__)
@@ -304,13 +303,7 @@ def _register_arguments(context: Context) -> dict[str, Any]:
 
 def model_server_url(conn_id: str = MODEL_SERVER_CONN_ID) -> str | None:
     """The model server's base URL from the Airflow Connection, or None when it is not defined."""
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
-    scheme = conn.schema or "http"
-    port = f":{conn.port}" if conn.port else ""
-    return f"{scheme}://{conn.host}{port}"
+    return connection_url(conn_id)
 
 
 def _deploy_arguments(context: Context) -> dict[str, Any]:

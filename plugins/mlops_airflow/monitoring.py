@@ -103,12 +103,11 @@ def connection_url(conn_id: str) -> str | None:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
-    host = conn.host or ""
-    if "://" in host:
-        return host.rstrip("/")
-    scheme = conn.schema or "http"
+    host = (conn.host or "").rstrip("/")
     port = f":{conn.port}" if conn.port else ""
-    return f"{scheme}://{host}{port}"
+    if "://" in host:  # typed with its scheme, e.g. in the UI
+        return f"{host}{port}"
+    return f"{conn.schema or 'http'}://{host}{port}"
 
 
 class PrometheusHook(BaseHook):

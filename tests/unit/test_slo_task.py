@@ -41,3 +41,12 @@ def test_a_missing_prometheus_connection_fails_the_task_saying_how_to_define_it(
     with pytest.raises(AirflowException, match="'prometheus_default' is not defined") as raised:
         slo_task().execute(context())  # type: ignore[arg-type]
     assert "AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://" in str(raised.value)
+
+
+def test_a_connection_whose_host_holds_the_scheme_gives_one_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Typed in the UI as host "http://model-server", port 8501: every Connection-derived URL reads it alike.
+    from mlops_airflow.lifecycle import model_server_url
+
+    conn = '{"conn_type": "http", "host": "http://model-server", "port": 8501}'
+    monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", conn)
+    assert model_server_url() == "http://model-server:8501"
