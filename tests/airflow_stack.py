@@ -102,6 +102,23 @@ class AirflowStack:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def create_backfill(self, dag_id: str, from_date: str, to_date: str, attempts: int = 5) -> None:
+        """``airflow backfill create``, run again when SQLite reports its lock.
+
+        With SQLite, a write that follows a read in the same transaction fails at once
+        with ``database is locked`` when the scheduler committed in between (the busy
+        timeout does not apply). Airflow then deletes the partial backfill, so the
+        command is safe to repeat, which is what the README tells users to do.
+        """
+        args = ("backfill", "create", "--dag-id", dag_id, "--from-date", from_date, "--to-date", to_date)
+        for attempt in range(1, attempts + 1):
+            proc = self.airflow(*args, check=False)
+            if proc.returncode == 0:
+                return
+            if "database is locked" not in proc.stderr + proc.stdout or attempt == attempts:
+                raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            time.sleep(attempt)
+
     def start(self, timeout: float = 180) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "passwords.json").write_text(json.dumps({"admin": ADMIN_PASSWORD}))

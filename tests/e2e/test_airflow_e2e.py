@@ -147,7 +147,7 @@ def test_nightly_then_triggered_run_deploy_and_serve_then_backfill_never_moves_s
     assert registry.label_version("diabetes", "stable") == 2
     config_before = (stack.artifact_root / "models" / "models.config").read_bytes()
 
-    stack.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-11-12", "--to-date", "2026-11-13")
+    stack.create_backfill(DAG_ID, "2026-11-12", "2026-11-13")
     backfill_runs = stack.wait_for_runs(DAG_ID, count=2, run_type="backfill")
     assert sorted(r["logical_date"][:10] for r in backfill_runs) == ["2026-11-12", "2026-11-13"]
     for backfill_run in backfill_runs:
@@ -174,7 +174,7 @@ def latest_backfill(stack: AirflowStack) -> dict:
 
 def test_a_finished_backfill_is_marked_completed_then_the_next_one_may_start(stack: AirflowStack) -> None:
     wait_until(lambda: latest_backfill(stack)["completed_at"] is not None, 120, "the backfill's completion")
-    stack.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-11-14", "--to-date", "2026-11-14")
+    stack.create_backfill(DAG_ID, "2026-11-14", "2026-11-14")
     assert latest_backfill(stack)["completed_at"] is None
 
 
