@@ -23,10 +23,10 @@ help:  ## list the targets
 
 setup: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
 run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, triggerer), the model server, Prometheus and the Pushgateway under supervisord
