@@ -116,7 +116,9 @@ class AirflowStack:
             if proc.returncode == 0:
                 return
             if "database is locked" not in proc.stderr + proc.stdout or attempt == attempts:
-                raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+                raise RuntimeError(
+                    f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+                )
             time.sleep(attempt)
 
     def start(self, timeout: float = 180) -> None:
