@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerfiles import final_stage
 from tooling import require_executable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,16 +146,26 @@ def test_every_airflow_service_runs_the_one_image_built_from_the_dockerfile(
     assert not services["postgres"].get("build"), "postgres should run its upstream image, not ours"
 
 
-def test_project_folders_and_artifact_root_are_mounted(services: dict[str, dict[str, Any]]) -> None:
+def test_project_folders_are_mounted_over_the_image_project(services: dict[str, dict[str, Any]]) -> None:
+    # The image carries the project and says where (its ENV); compose mounts the checkout over those
+    # paths, so the services import the code being edited, and sets none of the three itself.
+    image_env = final_stage(DOCKERFILE).env
+    import_roots = image_env["PYTHONPATH"].split(":")
     for name in AIRFLOW_SERVICES:
         mounts = _mounts(services[name])
-        for folder in ("dags", "plugins", "include"):
-            assert Path(mounts.get(f"/opt/airflow/{folder}", "")) == ROOT / folder, f"{name}: {folder}/ not mounted"
-        assert "/opt/airflow/artifacts" in mounts, f"{name}: no artifact root mount"
+        for folder, target in (("dags", "AIRFLOW__CORE__DAGS_FOLDER"), ("plugins", "AIRFLOW__CORE__PLUGINS_FOLDER")):
+            assert Path(mounts.get(image_env[target], "")) == ROOT / folder, (
+                f"{name}: {folder}/ is not mounted at the image's {target}={image_env[target]}"
+            )
+        # `include` is imported as a top-level package from an import root of the image.
+        assert any(Path(mounts.get(f"{root}/include", "")) == ROOT / "include" for root in import_roots), (
+            f"{name}: include/ is not mounted under an entry of the image's PYTHONPATH {import_roots}"
+        )
         env = services[name]["environment"]
+        for key in ("PYTHONPATH", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER"):
+            assert env.get(key, image_env[key]) == image_env[key], f"{name}: {key} differs from the image's"
+        assert "/opt/airflow/artifacts" in mounts, f"{name}: no artifact root mount"
         assert env["MLOPS_ARTIFACT_ROOT"] == "/opt/airflow/artifacts"
-        # `include` is imported as a top-level package from the project root.
-        assert env["PYTHONPATH"] == "/opt/airflow"
         assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
         assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
