@@ -1,4 +1,4 @@
-"""include/k8s/monitoring: the TF Serving Service and its ServiceMonitor, rendered by kustomize and checked offline.
+"""include/k8s/serving: the model server's Service and its ServiceMonitor, rendered by kustomize and checked offline.
 
 kubernetes-validate knows the core kinds only, so the ServiceMonitor (a Prometheus Operator CRD) is
 checked for structure: it must select the Service, name one of its ports, and scrape the path that
@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33"
 
 
-def rendered() -> dict[str, dict[str, Any]]:
+def rendered(path: str) -> dict[str, dict[str, Any]]:
     kubectl = require_executable("kubectl", "the kustomize tests render include/k8s with `kubectl kustomize`")
     out = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "include" / "k8s" / "monitoring")],
+        [kubectl, "kustomize", str(ROOT / "include" / "k8s" / path)],
         capture_output=True,
         text=True,
         check=True,
@@ -33,13 +33,13 @@ def rendered() -> dict[str, dict[str, Any]]:
 
 
 def test_the_service_monitor_scrapes_tf_servings_metrics_path_through_the_service() -> None:
-    objects = rendered()
-    assert set(objects) == {"Service", "ServiceMonitor"}
-    service, monitor = objects["Service"], objects["ServiceMonitor"]
+    # The ServiceMonitor is applied on its own (it needs the Prometheus Operator's CRDs).
+    (monitor,) = rendered("serving/monitoring").values()
+    service = rendered("serving")["Service"]
     kubernetes_validate.validate(service, K8S_VERSION, strict=True)
 
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"] == "mlops"
+    assert monitor["kind"] == "ServiceMonitor" and monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"] == "mlops-steps"
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]

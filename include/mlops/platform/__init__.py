@@ -1,0 +1,1 @@
+"""Platform checks for the deployables (Kubernetes manifests); no Airflow, no cluster needed."""
