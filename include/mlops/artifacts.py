@@ -10,6 +10,15 @@ default ``<project>/artifacts``):
 A step writes its whole output folder into a staging folder beside it and
 swaps it in with renames, so a step killed halfway leaves either the previous
 output or nothing, and a rerun replaces its own output and nothing else.
+
+On Kubernetes the root is one share written by processes with different user
+ids (step pods and the model server run as 1000:1000, Airflow's workers as
+50000:0 with supplementary group 1000).  They cooperate through one group,
+so every writer follows one policy, defined here and described in
+docs/shared-storage.md: umask 002, files 0664, folders 2775 (the setgid bit
+makes new entries inherit the share's group).  The writers below apply the
+modes explicitly, because temporary files and folders, and libraries such as
+TensorFlow (which makes its SavedModel folders 0755), ignore the umask.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,9 +39,74 @@ from typing import Any
 
 from include.mlops.config import PROJECT_ROOT
 
+log = logging.getLogger(__name__)
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+# The shared-storage policy: group members may replace each other's files and folders.
+SHARED_UMASK = 0o002
+FILE_MODE = 0o664
+EXECUTABLE_MODE = 0o775
+# setgid: entries created inside keep the folder's group (the share's GID) whoever creates them.
+# A chmod without this bit clears it, so every chmod of a folder uses this mode.
+DIR_MODE = 0o2775
+POLICY_DOC = "docs/shared-storage.md"
+
+
+def use_shared_umask() -> int:
+    """Give this process the shared umask (002) and return the one it had.
+
+    Called once at the start of every process that writes the artifact root
+    (the step CLI, Airflow task processes), so that files that libraries
+    create (pyarrow, matplotlib, logs) are group-writable too.
+    """
+    return os.umask(SHARED_UMASK)
+
+
+def shared_mode(path: str | os.PathLike[str]) -> None:
+    """Give one file (0664, or 0775 when executable) or folder (2775) its shared mode; links are left alone."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        mode = DIR_MODE
+    else:
+        mode = EXECUTABLE_MODE if info.st_mode & 0o111 else FILE_MODE
+    if stat.S_IMODE(info.st_mode) == mode:
+        return
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot give {path} the shared mode {mode:o} ({exc}); the artifact root must let a file's owner "
+            f"chmod it, see {POLICY_DOC}"
+        ) from exc
+
+
+def share_tree(root: str | os.PathLike[str]) -> None:
+    """Apply :func:`shared_mode` to ``root`` and everything under it (a tree this process just wrote)."""
+    shared_mode(root)
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            shared_mode(os.path.join(folder, name))
+
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p`` that gives every folder it creates the shared mode (2775), whatever the umask."""
+    path = Path(path)
+    missing: list[Path] = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # another writer made it at the same moment (and gave it the same mode)
+        shared_mode(folder)
+    path.mkdir(exist_ok=True)  # raises when ``path`` exists but is not a folder
+    return path
 
 
 def artifact_root() -> Path:
@@ -77,11 +153,11 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; artifacts are read by other processes and containers.
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        # mkstemp creates 0600; artifacts are read and replaced by other users of the share's group.
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -115,13 +191,15 @@ def step_output(final: str | os.PathLike[str]) -> Iterator[Path]:
     ...     (staging / "metrics.json").write_text("{}")
 
     On an exception the staging folder is removed and ``final`` is untouched.
+    Whatever the block wrote gets the shared modes before it is swapped in.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
     staging = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         yield staging
+        share_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -138,6 +216,13 @@ def replace_dir(staging: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            log.warning(
+                "Could not remove all of %s (the output it replaced): some of its folders are not writable by "
+                "this user; give the artifact root the shared modes described in %s",
+                old,
+                POLICY_DOC,
+            )
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

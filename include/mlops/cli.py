@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from include.mlops.artifacts import atomic_write_json, registry_root, to_jsonable
+from include.mlops.artifacts import atomic_write_json, registry_root, to_jsonable, use_shared_umask
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
 
 log = logging.getLogger("include.mlops")
@@ -280,6 +280,8 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Steps write the shared artifact root, also through libraries that follow the umask (pyarrow, matplotlib).
+    use_shared_umask()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )

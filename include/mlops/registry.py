@@ -27,6 +27,10 @@ lineage can name it, and that any staging folder found while holding the lock
 belongs to a writer that died (the kernel releases a dead process's lock).
 Version folders are never overwritten or modified after the rename.
 
+Lock files, staging folders and versions get the shared modes of
+:mod:`include.mlops.artifacts` (group-writable, setgid folders), so the step
+pods and Airflow's workers, which run as different users, can both write here.
+
 ``flock`` is reliable on local disks and most PVCs; on NFS, use a volume whose
 locks are honoured or run a single registering worker (the deploy pool has one
 slot anyway).
@@ -114,13 +118,21 @@ def _fsync_tree(root: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    artifacts.make_dirs(lock_path.parent)
+    # Opened for writing (NFS needs that for an exclusive lock), so every user of the share's group
+    # must be able to open it: whoever creates it makes it group-writable, whatever its umask.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, artifacts.FILE_MODE)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.geteuid() and info.st_mode & 0o777 != artifacts.FILE_MODE:
+            os.fchmod(fd, artifacts.FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _model_files(checksums: Mapping[str, str]) -> dict[str, str]:
@@ -244,7 +256,7 @@ class Registry:
         if tflite is not None:
             candidate[TFLITE_FILE] = artifacts.sha256_file(tflite)
         base = self.model_dir(name)
-        base.mkdir(parents=True, exist_ok=True)
+        artifacts.make_dirs(base)
         with _locked(base / ".lock"):
             self._remove_dead_staging(base)
             existing = self._find_same_run(name, lineage, candidate)
@@ -283,6 +295,8 @@ class Registry:
                 if _model_files(sums) != candidate:
                     raise RegistryError(f"{source} changed while it was being copied; retry the register step")
                 artifacts.atomic_write_json(staging / CHECKSUMS_FILE, sums)
+                # copytree copied the source's modes (TensorFlow makes SavedModel folders 0755).
+                artifacts.share_tree(staging)
                 _fsync_tree(staging)
                 final = self.version_dir(name, version)
                 if final.exists():  # only a writer ignoring the lock could get here; never replace a version
@@ -398,7 +412,7 @@ class Registry:
         return str(self.model_dir(name))
 
     def _edit_entry(self, name: str, change: Any) -> Any:
-        self.root.mkdir(parents=True, exist_ok=True)
+        artifacts.make_dirs(self.root)
         with _locked(self.root / f".{CONFIG_FILE}.lock"):
             config = self.read_serving_config()
             entry = _find_entry(config, name)
