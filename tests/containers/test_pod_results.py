@@ -44,7 +44,7 @@ def finished_pod(exit_code: int) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": POD_NAME, "namespace": NAMESPACE, "labels": {"mlops/step": "snapshot"}},
+        "metadata": {"name": POD_NAME, "namespace": NAMESPACE, "labels": {"mlops/step": "snapshot", "try_number": "1"}},
         "spec": {"containers": [{"name": "base", "image": "mlops-trainer:local"}]},
         "status": {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
@@ -65,7 +65,7 @@ def finished_pod(exit_code: int) -> dict[str, Any]:
 
 
 class StubApi(http.server.BaseHTTPRequestHandler):
-    """Serves ``pod`` (or 404 when None) and its log; records each request as 'METHOD path'."""
+    """Serves ``pod`` (or 404 when None), its log and a list holding it; records each request as 'METHOD path'."""
 
     pod: dict[str, Any] | None = None
     requests: list[str] = []
@@ -88,6 +88,10 @@ class StubApi(http.server.BaseHTTPRequestHandler):
             self._send(404, json.dumps(not_found).encode())
         elif self.path.split("?")[0].endswith("/log"):
             self._send(200, b"snapshot: 442 rows\n", "text/plain")
+        elif self.command == "GET" and self.path.split("?")[0].endswith("/pods"):
+            self._send(
+                200, json.dumps({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]}).encode()
+            )
         else:
             self._send(200, json.dumps(pod).encode())
 
@@ -246,3 +250,14 @@ def test_failed_pod_keeps_its_exit_code_rule_and_reads_no_result(kubeconfig: Pat
     with pytest.raises(StepBadInputError, match=f"step 'snapshot' of model 'diabetes' failed in pod {POD_NAME}"):
         task.trigger_reentry(context, event("failed"))
     assert result_file.exists()
+
+
+def test_sync_execution_reads_the_result_from_the_share_too(kubeconfig: Path, share: Path) -> None:
+    task = make_task(kubeconfig)
+    task.deferrable = False
+    context = task_context(task)
+    atomic_write_json(result_file_of_pod(task, context), {"rows": 442})
+    # The stub lists the finished pod for the task's labels, so the operator attaches to it instead of creating one.
+    StubApi.pod = finished_pod(0)
+    assert task.execute(context) == {"rows": 442}
+    assert not [r for r in StubApi.requests if "/exec" in r or "/attach" in r], StubApi.requests
