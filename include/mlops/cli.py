@@ -3,8 +3,8 @@
 Every step reads its inputs by path, writes its outputs under ``--out`` and
 prints one JSON result (paths and metrics, a few KB at most) as the last line
 of stdout.  ``--result-file`` also writes it to a file, which is how the
-Airflow operators (and the Kubernetes XCom sidecar, ``/airflow/xcom/return.json``)
-pick it up.
+Airflow operators pick it up (on the container backends, from the shared
+artifact root).
 
 Exit codes: 0 success; 3 the input is bad, so retrying cannot help (bad
 usage, bad data, an invalid config, a missing expectation suite, a corrupt

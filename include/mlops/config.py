@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, get_args, get_type_hints
 import yaml
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     ConfigDict,
     Field,
     Strict,
@@ -37,7 +38,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from include.mlops.names import serving_name_problem
+from include.mlops.names import k8s_label_problem, k8s_object_name_problem, serving_name_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "include" / "models"
@@ -298,6 +299,43 @@ class MonitorConfig:
         return dt.timedelta(hours=self.cooldown_hours)
 
 
+def _k8s_object_name(name: str) -> str:
+    problem = k8s_object_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+K8sObjectName = Annotated[str, Strict(), AfterValidator(_k8s_object_name)]
+# A pod that cannot be scheduled (no GPU node free, no matching toleration) fails after this many
+# seconds, with the scheduler's reason in the task log, instead of waiting forever.
+DEFAULT_SCHEDULE_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Toleration:
+    """A Kubernetes toleration for the GPU step pods, checked as the API server would check it."""
+
+    key: Str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: Str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    # Manifests copied from Kubernetes docs spell it tolerationSeconds.
+    toleration_seconds: Int | None = Field(
+        default=None, validation_alias=AliasChoices("toleration_seconds", "tolerationSeconds")
+    )
+
+    @model_validator(mode="after")
+    def _as_the_api_server_checks_it(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise _FieldProblem("value", "must be empty when operator is 'Exists'")
+        if self.operator == "Equal" and not self.key:
+            raise _FieldProblem("key", "is required when operator is 'Equal' (or use operator: Exists)")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise _FieldProblem("toleration_seconds", "is only allowed with effect 'NoExecute'")
+        return self
+
+
 @dataclass(frozen=True, config=_CONFIG)
 class ModelConfig:
     name: Str
@@ -320,8 +358,12 @@ class ModelConfig:
     input_shape: tuple[PositiveInt, ...] | None = None
     serving_name: Str = ""
     tags: tuple[Str, ...] = ()
+    # Where the GPU steps' pods run (kubernetes backend); see docs/backends.md.
     node_selector: Mapping[Str, Str] = dataclasses.field(default_factory=dict)
-    tolerations: tuple[Mapping[str, Any], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    runtime_class_name: K8sObjectName | None = None
+    priority_class_name: K8sObjectName | None = None
+    schedule_timeout_seconds: Annotated[int, Strict(), Field(gt=0, le=86400)] = DEFAULT_SCHEDULE_TIMEOUT_S
     # Step -> seconds; every step of DEFAULT_STEP_TIMEOUTS is present after validation.
     timeouts: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STEP_TIMEOUTS))
 
@@ -386,6 +428,15 @@ class ModelConfig:
             duplicates = sorted({f for f in features if features.count(f) > 1})
             raise ValueError(f"contains duplicate column names {duplicates}")
         return features
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_labels(cls, selector: Mapping[str, str]) -> Mapping[str, str]:
+        for key, value in selector.items():
+            problem = k8s_label_problem(key, value)
+            if problem is not None:
+                raise _FieldProblem(key, problem)
+        return selector
 
     @field_validator("timeouts", mode="before")
     @classmethod
@@ -472,6 +523,10 @@ def _allowed_fields(loc: Sequence[str | int]) -> list[str]:
     """The field names of the config type found at ``loc`` (for 'unknown field' messages)."""
     kind: Any = ModelConfig
     for part in loc:
+        if isinstance(part, int) and get_args(kind):
+            # An item of a list field, e.g. tolerations[0]: tuple[Toleration, ...] -> Toleration.
+            kind = get_args(kind)[0]
+            continue
         hints = get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
         if part not in hints:
             return []
@@ -511,6 +566,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         "dataclass_type": f"expected a mapping, got {got}",
         "greater_than": f"must be > {ctx.get('gt', 0):g}, got {value}",
         "greater_than_equal": f"must be >= {ctx.get('ge', 0):g}, got {value}",
+        "less_than_equal": f"must be <= {ctx.get('le', 0):g}, got {value}",
         "date_type": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
         "date_parsing": f"expected an ISO date (YYYY-MM-DD), got {value!r}",
         "date_from_datetime_parsing": f"expected an ISO date (YYYY-MM-DD), got {value!r}",

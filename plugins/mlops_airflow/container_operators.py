@@ -10,11 +10,16 @@ are the same whichever backend runs the steps.
   bind-mounted at the same absolute path inside the container as outside, so
   the paths in XComs are valid on both sides; GPUs are requested through
   ``device_requests``; the result is read back from a file in the mount.
-- :class:`KubernetesStepOperator`: a deferrable ``KubernetesPodOperator``.
-  The artifact root is a PersistentVolumeClaim mounted at
-  ``$MLOPS_K8S_ARTIFACT_ROOT`` (the Airflow workers mount the same claim at
-  the same path); GPU limits, node selector and tolerations come from the model
-  config; the result goes through the XCom sidecar.
+- :class:`KubernetesStepOperator`: a deferrable ``KubernetesPodOperator`` in
+  namespace ``mlops-steps``.  The artifact root is a PersistentVolumeClaim
+  mounted at ``$MLOPS_K8S_ARTIFACT_ROOT`` (the Airflow workers mount the same
+  share at the same path); GPU limits and placement come from the model config.
+  There is no XCom sidecar (it needs ``pods/exec``, which the worker is not
+  granted): the step writes its result file onto the share, and the worker
+  reads it there once the pod has succeeded.
+
+Both backends run CPU steps in ``$MLOPS_TRAINER_IMAGE`` and GPU steps in
+``$MLOPS_TRAINER_GPU_IMAGE`` (the CUDA build of the same image).
 
 The provider modules (docker, kubernetes client) are imported when this module
 is, which the backend factory does only for a container backend, so the
@@ -23,7 +28,9 @@ default ``local`` DAGs never pay for them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import uuid
@@ -40,14 +47,23 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 from kubernetes.client import models as k8s
 
-from include.mlops.artifacts import artifact_root
-from include.mlops.config import PROJECT_ROOT, ModelConfig
-from mlops_airflow.steps import ArgumentResolver, raise_for_exit_code, resolve_step_arguments, step_command
+from include.mlops.artifacts import artifact_root, run_dir
+from include.mlops.config import DEFAULT_SCHEDULE_TIMEOUT_S, PROJECT_ROOT, ModelConfig
+from mlops_airflow import step_pods
+from mlops_airflow.step_pods import pod_exit_code, read_pod_result, wants_gpus
+from mlops_airflow.steps import (
+    ArgumentResolver,
+    raise_for_exit_code,
+    resolve_step_arguments,
+    result_file_beside,
+    step_command,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "mlops-trainer:local"
 IMAGE_ENV = "MLOPS_TRAINER_IMAGE"
-# Steps that train, and so may use GPUs (config.train.gpus).
-GPU_STEPS = frozenset({"train", "optimize"})
+GPU_IMAGE_ENV = "MLOPS_TRAINER_GPU_IMAGE"
 
 # --- docker
 DOCKER_URL_ENV = "MLOPS_DOCKER_URL"
@@ -61,28 +77,9 @@ DEFAULT_DOCKER_NETWORK = "host"
 _DOCKER_STATUS_CODE = re.compile(r"'StatusCode':\s*(-?\d+)\b")
 
 # --- kubernetes
-K8S_NAMESPACE_ENV = "MLOPS_K8S_NAMESPACE"
-K8S_ARTIFACT_ROOT_ENV = "MLOPS_K8S_ARTIFACT_ROOT"
-K8S_PVC_ENV = "MLOPS_K8S_ARTIFACT_PVC"
-K8S_SERVICE_ACCOUNT_ENV = "MLOPS_K8S_SERVICE_ACCOUNT"
-DEFAULT_NAMESPACE = "mlops"
-DEFAULT_K8S_ARTIFACT_ROOT = "/mnt/mlops-artifacts"
-DEFAULT_PVC = "mlops-artifacts"
-DEFAULT_SERVICE_ACCOUNT = "mlops-step"
 POD_TEMPLATE_FILE = PROJECT_ROOT / "include" / "k8s" / "pod_template.yaml"
-XCOM_RESULT_FILE = "/airflow/xcom/return.json"
-ARTIFACT_VOLUME = "artifacts"
-# A pod that cannot be scheduled (no GPU node, no matching toleration) fails after this,
-# with the scheduler's reason in the task log, instead of waiting forever.
-SCHEDULE_TIMEOUT_S = 600
 # Pulling a multi-GB CUDA image onto a fresh node takes minutes.
 STARTUP_TIMEOUT_S = 900
-# Requests and limits per step: a training step gets more than a bookkeeping one.
-STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    "light": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
-    "heavy": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
-}
-HEAVY_STEPS = frozenset({"train", "optimize", "evaluate"})
 
 
 class ContainerBackendError(AirflowFailException):
@@ -93,16 +90,33 @@ def trainer_image() -> str:
     return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
 
 
+def step_image(step: str, model: str, gpus: int) -> str:
+    """The image a step runs in: the CUDA trainer image for a step that gets GPUs, else the CPU one.
+
+    Without ``$MLOPS_TRAINER_GPU_IMAGE`` a GPU step falls back to the CPU image,
+    where TensorFlow finds no CUDA and trains on the CPU; the log says so.
+    """
+    if not gpus:
+        return trainer_image()
+    gpu_image = os.environ.get(GPU_IMAGE_ENV)
+    if gpu_image:
+        return gpu_image
+    log.warning(
+        "Step %r of model %r asks for %d GPU(s) but %s is not set: it runs in the CPU image %s, which has no "
+        "CUDA, so TensorFlow will not use the GPUs. Set %s to the CUDA trainer image.",
+        step,
+        model,
+        gpus,
+        GPU_IMAGE_ENV,
+        trainer_image(),
+        GPU_IMAGE_ENV,
+    )
+    return trainer_image()
+
+
 def container_command(step: str, model: str, arguments: Mapping[str, Any]) -> list[str]:
     """The step CLI's argv inside the image: the local backend's, with the image's ``python``."""
     return ["python", *step_command(step, model, arguments)[1:]]
-
-
-def wants_gpus(step: str, config: ModelConfig | None) -> int:
-    """GPUs a step asks for: ``train.gpus`` for the training steps, none for the others."""
-    if config is None or step not in GPU_STEPS:
-        return 0
-    return int(config.train.gpus)
 
 
 class _StepArguments:
@@ -181,7 +195,7 @@ class DockerStepOperator(_StepArguments, DockerOperator):
         kwargs.setdefault("user", _docker_user())
         kwargs.setdefault("cpus", 1.0)
         kwargs.setdefault("network_mode", os.environ.get(DOCKER_NETWORK_ENV) or DEFAULT_DOCKER_NETWORK)
-        super().__init__(image=image or trainer_image(), command=None, **kwargs)
+        super().__init__(image=image or step_image(step, model, gpus), command=None, **kwargs)
         self.step = step
         self.model = model
         self.step_arguments = dict(step_arguments or {})
@@ -195,9 +209,7 @@ class DockerStepOperator(_StepArguments, DockerOperator):
         root = artifact_root()
         root.mkdir(parents=True, exist_ok=True)
         arguments = self._resolved_arguments(context, root)
-        # The result file sits in the mounted root, beside (not inside) the step's output folder,
-        # whose contents the step replaces atomically.
-        result_file = Path(arguments["out"]).parent / f".{self.task_id}.result-{uuid.uuid4().hex[:8]}.json"
+        result_file = result_file_beside(Path(arguments["out"]), uuid.uuid4().hex[:8])
         result_file.parent.mkdir(parents=True, exist_ok=True)
         arguments["result_file"] = str(result_file)
         self.command = container_command(self.step, self.model, arguments)
@@ -272,36 +284,8 @@ class DockerStepOperator(_StepArguments, DockerOperator):
 
 
 def k8s_artifact_root() -> Path:
-    """Where the artifact PVC is mounted, in step pods and in the Airflow workers alike."""
-    return Path(os.environ.get(K8S_ARTIFACT_ROOT_ENV) or DEFAULT_K8S_ARTIFACT_ROOT)
-
-
-def step_resources(step: str, gpus: int) -> k8s.V1ResourceRequirements:
-    size = STEP_RESOURCES["heavy" if step in HEAVY_STEPS else "light"]
-    requests, limits = dict(size["requests"]), dict(size["limits"])
-    if gpus:
-        # Extended resources are limits-only (requests default to them); a pod asking for N
-        # GPUs lands on a node with N free, and MirroredStrategy trains on all of them.
-        limits["nvidia.com/gpu"] = str(gpus)
-    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
-
-
-def _toleration(item: Mapping[str, Any]) -> k8s.V1Toleration:
-    return k8s.V1Toleration(
-        key=item.get("key"),
-        operator=item.get("operator"),
-        value=item.get("value"),
-        effect=item.get("effect"),
-        toleration_seconds=item.get("toleration_seconds", item.get("tolerationSeconds")),
-    )
-
-
-def pod_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
-    """The exit code of ``container`` in ``pod`` once it terminated, else None."""
-    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
-    status = next((s for s in statuses if s.name == container), None)
-    terminated = status.state.terminated if status is not None and status.state else None
-    return terminated.exit_code if terminated is not None else None
+    """Where the artifact share is mounted, in step pods and in the Airflow workers alike."""
+    return step_pods.artifact_root_in_pods()
 
 
 class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
@@ -309,13 +293,14 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
 
     :param step: a step of the CLI.
     :param model: the model config name.
-    :param config: the model config: GPU count, node selector and tolerations.
+    :param config: the model config: GPU count and placement, priority class, scheduling timeout.
     :param step_arguments: step arguments (templated); ``--out`` and ``--result-file`` are added.
     :param resolve_arguments: a callable returning more arguments from the task context at run time.
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "step_arguments")
     ui_color = "#e0f0e8"
+    result_file_wait_s: float = step_pods.RESULT_FILE_WAIT_S
 
     def __init__(
         self,
@@ -330,64 +315,66 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         **kwargs: Any,
     ) -> None:
         gpus = wants_gpus(step, config)
-        root = str(k8s_artifact_root())
-        kwargs.setdefault("namespace", os.environ.get(K8S_NAMESPACE_ENV) or DEFAULT_NAMESPACE)
-        kwargs.setdefault("service_account_name", os.environ.get(K8S_SERVICE_ACCOUNT_ENV) or DEFAULT_SERVICE_ACCOUNT)
+        kwargs.setdefault("namespace", step_pods.namespace())
+        kwargs.setdefault("service_account_name", step_pods.service_account())
         kwargs.setdefault("pod_template_file", str(POD_TEMPLATE_FILE))
         kwargs.setdefault("deferrable", True)
-        kwargs.setdefault("do_xcom_push", True)
+        # No XCom sidecar: reading it needs pods/exec, which the worker is not granted. The result comes
+        # from the step's result file on the artifact share instead (execute_sync, trigger_reentry).
+        kwargs.setdefault("do_xcom_push", False)
         kwargs.setdefault("on_finish_action", "delete_succeeded_pod")
         kwargs.setdefault("startup_timeout_seconds", STARTUP_TIMEOUT_S)
-        kwargs.setdefault("schedule_timeout_seconds", SCHEDULE_TIMEOUT_S)
         kwargs.setdefault("get_logs", True)
         # The cluster ends a pod that runs past the step's runtime cap, even while the task is deferred (where
         # Airflow's execution_timeout does not act), so a hung training step cannot hold a GPU forever.
         if kwargs.get("execution_timeout") is not None:
             kwargs.setdefault("active_deadline_seconds", int(kwargs["execution_timeout"].total_seconds()))
-        # The sidecar shares the pod, so it gets the same restrictions as the step (pod_template.yaml).
-        kwargs.setdefault(
-            "xcom_sidecar_container_security_context",
-            k8s.V1SecurityContext(
-                run_as_non_root=True,
-                allow_privilege_escalation=False,
-                read_only_root_filesystem=True,
-                privileged=False,
-                capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            ),
-        )
         kwargs.setdefault("name", f"{model}-{step}".replace("_", "-"))
-        kwargs.setdefault("labels", {"app.kubernetes.io/part-of": "mlops", "mlops/model": model, "mlops/step": step})
-        kwargs.setdefault("container_resources", step_resources(step, gpus))
-        if gpus:
-            kwargs.setdefault("node_selector", dict(config.node_selector) if config else None)
-            kwargs.setdefault("tolerations", [_toleration(t) for t in config.tolerations] if config else None)
-            kwargs.setdefault("annotations", {"mlops/gpus": str(gpus)})
-        kwargs.setdefault(
-            "volumes",
-            [
-                k8s.V1Volume(
-                    name=ARTIFACT_VOLUME,
-                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                        claim_name=os.environ.get(K8S_PVC_ENV) or DEFAULT_PVC
-                    ),
-                )
-            ],
-        )
-        kwargs.setdefault("volume_mounts", [k8s.V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=root)])
-        kwargs.setdefault(
-            "env_vars",
-            [
-                k8s.V1EnvVar(name="MLOPS_ARTIFACT_ROOT", value=root),
-                k8s.V1EnvVar(name="MLOPS_GPUS", value=str(gpus)),
-            ],
-        )
-        super().__init__(image=image or trainer_image(), cmds=["python"], arguments=[], **kwargs)
+        kwargs.setdefault("labels", step_pods.pod_labels(step, model))
+        kwargs.setdefault("security_context", step_pods.pod_security_context())
+        kwargs.setdefault("container_security_context", step_pods.container_security_context())
+        kwargs.setdefault("container_resources", step_pods.step_resources(step, gpus))
+        kwargs.setdefault("image_pull_secrets", step_pods.image_pull_secrets())
+        for key, value in {**step_pods.model_settings(config), **step_pods.gpu_placement(config, gpus)}.items():
+            kwargs.setdefault(key, value)
+        kwargs.setdefault("schedule_timeout_seconds", DEFAULT_SCHEDULE_TIMEOUT_S)
+        volumes, mounts = step_pods.step_volumes(gpus)
+        kwargs.setdefault("volumes", volumes)
+        kwargs.setdefault("volume_mounts", mounts)
+        kwargs.setdefault("env_vars", step_pods.step_env(gpus))
+        super().__init__(image=image or step_image(step, model, gpus), cmds=["python"], arguments=[], **kwargs)
         self.step = step
         self.model = model
         self.gpus = gpus
         self.step_arguments = dict(step_arguments or {})
         self.resolve_arguments = resolve_arguments
         self.models_dir = models_dir
+
+    def _result_file(self, context: Context, root: Path) -> Path:
+        """This try's result file under ``root``: in the run folder, beside the step's ``--out``."""
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        attempt = f"try{ti.try_number}" if map_index is None or map_index < 0 else f"{map_index}-try{ti.try_number}"
+        return result_file_beside(run_dir(self.dag_id, context["dag_run"].run_id, self.task_id, root=root), attempt)
+
+    def _step_result(self, context: Context, pod_name: str) -> dict[str, Any]:
+        """The succeeded pod's result, read through the worker's own mount of the share."""
+        path = self._result_file(context, artifact_root())
+        result = read_pod_result(path, pod=pod_name, wait_s=self.result_file_wait_s)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        self.log.info("Step %r result: %s", self.step, json.dumps(result, sort_keys=True)[:2000])
+        return result
+
+    def execute_sync(self, context: Context) -> dict[str, Any]:
+        super().execute_sync(context)
+        return self._step_result(context, self.pod.metadata.name if self.pod is not None else self.name)
+
+    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        # The provider returns only for a pod that succeeded (also one already deleted by the cluster,
+        # whose result is still on the share); a failed pod raises from its cleanup.
+        super().trigger_reentry(context, event)
+        return self._step_result(context, event["name"])
 
     def cleanup(
         self,
@@ -415,12 +402,12 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
             if artifact_root() != root:
                 self.log.warning(
                     "This worker's artifact root %s differs from the pods' %s: tasks that run on the worker "
-                    "(the gates) will not see the steps' outputs. Mount the PVC at %s and set MLOPS_ARTIFACT_ROOT.",
+                    "(the gates) will not see the steps' outputs. Mount the share at %s and set MLOPS_ARTIFACT_ROOT.",
                     artifact_root(),
                     root,
                     root,
                 )
             arguments = self._resolved_arguments(context, root)
-            arguments["result_file"] = XCOM_RESULT_FILE
+            arguments["result_file"] = str(self._result_file(context, root))
             self.arguments = container_command(self.step, self.model, arguments)[1:]
         return super().build_pod_request_obj(context, dry_run=dry_run)

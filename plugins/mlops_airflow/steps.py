@@ -33,6 +33,7 @@ __all__ = [
     "StepFailedError",
     "raise_for_exit_code",
     "resolve_step_arguments",
+    "result_file_beside",
     "step_command",
 ]
 
@@ -94,3 +95,13 @@ def raise_for_exit_code(exit_code: int | None, message: str) -> NoReturn:
     if exit_code == EXIT_BAD_INPUT:
         raise StepBadInputError(f"{message}\n(exit {EXIT_BAD_INPUT}: bad input, so the task is not retried)")
     raise StepFailedError(message)
+
+
+def result_file_beside(out: Path, attempt: str) -> Path:
+    """Where a container step writes its JSON result (``--result-file``) for one attempt.
+
+    In the run folder, beside the step's ``--out`` folder rather than inside it: the
+    step replaces ``--out`` as a whole (staged, then renamed), and the file must be
+    on the artifact share that the worker reads it from.
+    """
+    return out.parent / f".{out.name}.result-{attempt}.json"

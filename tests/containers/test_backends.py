@@ -114,20 +114,27 @@ def test_local_dags_do_not_import_the_container_providers() -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_docker_operators_mount_remove_and_request_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def gpu_diabetes_dag(tmp_path: Path) -> object:
     import yaml
 
-    monkeypatch.setenv("MLOPS_BACKEND", "docker")
     raw = yaml.safe_load((PROJECT_ROOT / "include" / "models" / "diabetes.yaml").read_text())
     raw["train"]["gpus"] = 2
     (tmp_path / "diabetes.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "diabetes.py").write_text((PROJECT_ROOT / "include" / "models" / "diabetes.py").read_text())
-    dag = build_lifecycle_dag(load_model_config(tmp_path / "diabetes.yaml"), models_dir=str(tmp_path))
+    return build_lifecycle_dag(load_model_config(tmp_path / "diabetes.yaml"), models_dir=str(tmp_path))
+
+
+def test_docker_operators_mount_remove_and_request_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", "docker")
+    monkeypatch.delenv("MLOPS_TRAINER_IMAGE", raising=False)
+    monkeypatch.setenv("MLOPS_TRAINER_GPU_IMAGE", "mlops-trainer:local-cuda")
+    dag = gpu_diabetes_dag(tmp_path)
     for task_id in STEP_TASKS:
         task = dag.get_task(task_id)
         assert task.auto_remove == "force"
         assert task.mount_tmp_dir is False
-        assert task.image == "mlops-trainer:local"
+        # Only the steps that get GPUs run in the CUDA image.
+        assert task.image == ("mlops-trainer:local-cuda" if task_id in ("train", "optimize") else "mlops-trainer:local")
         requests = task.device_requests or []
         if task_id in ("train", "optimize"):
             assert [(r.count, r.capabilities) for r in requests] == [(2, [["gpu"]])], task_id
@@ -135,6 +142,20 @@ def test_docker_operators_mount_remove_and_request_gpus(monkeypatch: pytest.Monk
             assert requests == [], task_id
     # Parse time stays cheap: no engine is contacted while building the DAG.
     assert dag.get_task("train").container is None
+
+
+@pytest.mark.parametrize("backend", ["docker", "kubernetes"])
+def test_gpu_steps_fall_back_to_the_cpu_image_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", backend)
+    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", "registry.example.com/mlops-trainer:2.0")
+    monkeypatch.delenv("MLOPS_TRAINER_GPU_IMAGE", raising=False)
+    with caplog.at_level("WARNING", logger="mlops_airflow.container_operators"):
+        dag = gpu_diabetes_dag(tmp_path)
+    assert {dag.get_task(task_id).image for task_id in STEP_TASKS} == {"registry.example.com/mlops-trainer:2.0"}
+    warned = [r.getMessage() for r in caplog.records if "MLOPS_TRAINER_GPU_IMAGE is not set" in r.getMessage()]
+    assert len(warned) == 2 and "Step 'train' of model 'diabetes' asks for 2 GPU(s)" in warned[0]
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -50,4 +50,4 @@ def test_snapshot_step_runs_as_a_pod_and_returns_its_result() -> None:
     result = task.execute(context)
     assert result["rows"] > 0 and len(result["sha256"]) == 64
     assert result["data_uri"].startswith(str(task.volume_mounts[0].mount_path))
-    assert pushed["pod_namespace"] == "mlops"
+    assert pushed["pod_namespace"] == "mlops-steps"

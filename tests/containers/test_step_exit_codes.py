@@ -222,7 +222,7 @@ def failed_pod(exit_code: int) -> Any:
         state=k8s.V1ContainerState(terminated=terminated),
     )
     return k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="diabetes-validate-abc", namespace="mlops", annotations={}),
+        metadata=k8s.V1ObjectMeta(name="diabetes-validate-abc", namespace="mlops-steps", annotations={}),
         status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]),
     )
 

@@ -69,6 +69,30 @@ def _models_dir(tmp_path: Path, edit=None, name: str = "diabetes") -> Path:
         (lambda c: c.update(timeouts={"train": "1h"}), "timeouts.train", "must be a positive whole number of seconds"),
         (lambda c: c.update(serving_name="my model"), "serving_name", "not usable as a TF Serving model folder"),
         (lambda c: c.update(serving_name="2024"), "serving_name", "not usable as a TF Serving model folder"),
+        # Kubernetes placement: what the API server would refuse when the pod is submitted.
+        (
+            lambda c: c.update(tolerations=[{"key": "gpu", "operator": "Exists", "value": "a100"}]),
+            "tolerations[0].value",
+            "must be empty when operator is 'Exists'",
+        ),
+        (lambda c: c.update(tolerations=[{"value": "a100"}]), "tolerations[0].key", "is required when operator"),
+        (
+            lambda c: c.update(tolerations=[{"key": "gpu", "effect": "Never"}]),
+            "tolerations[0].effect",
+            "unknown value 'Never' (known: NoSchedule, PreferNoSchedule, NoExecute)",
+        ),
+        (
+            lambda c: c.update(tolerations=[{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 60}]),
+            "tolerations[0].toleration_seconds",
+            "only allowed with effect 'NoExecute'",
+        ),
+        (lambda c: c.update(tolerations=[{"key": "gpu", "colour": "x"}]), "tolerations[0].colour", "(allowed: effect,"),
+        (lambda c: c.update(node_selector={"pool": "gpu nodes"}), "node_selector.pool", "not a Kubernetes label"),
+        (lambda c: c.update(runtime_class_name="NVIDIA"), "runtime_class_name", "is not a Kubernetes object name"),
+        (lambda c: c.update(priority_class_name="high prio"), "priority_class_name", "not a Kubernetes object name"),
+        (lambda c: c.update(schedule_timeout_seconds=0), "schedule_timeout_seconds", "must be > 0, got 0"),
+        (lambda c: c.update(schedule_timeout_seconds=90000), "schedule_timeout_seconds", "must be <= 86400"),
+        (lambda c: c.update(schedule_timeout_seconds="10m"), "schedule_timeout_seconds", "expected int, got str"),
     ],
 )
 def test_bad_config_names_the_file_and_the_field(tmp_path: Path, edit, field: str, problem: str) -> None:
@@ -91,6 +115,37 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         load_model_config(_add_model(tmp_path / "models", two_mistakes))
     assert caught.value.field == "train.epochs"
     assert "field 'test_fraction': must be between 0 and 1" in str(caught.value)
+
+
+def test_kubernetes_placement_fields_default_and_parse(tmp_path: Path) -> None:
+    default = find_model_config("diabetes")
+    assert (default.tolerations, default.runtime_class_name, default.priority_class_name) == ((), None, None)
+    assert default.schedule_timeout_seconds == 600
+
+    def placed(config: dict) -> None:
+        config.update(
+            tolerations=[
+                {"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoExecute", "tolerationSeconds": 30}
+            ],
+            node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            runtime_class_name="nvidia",
+            priority_class_name="mlops-training",
+            schedule_timeout_seconds=1800,
+        )
+
+    config = load_model_config(_add_model(tmp_path / "models", placed))
+    (toleration,) = config.tolerations
+    assert (toleration.key, toleration.value, toleration.effect, toleration.toleration_seconds) == (
+        "gpu",
+        "a100",
+        "NoExecute",
+        30,
+    )
+    assert (config.runtime_class_name, config.priority_class_name, config.schedule_timeout_seconds) == (
+        "nvidia",
+        "mlops-training",
+        1800,
+    )
 
 
 def test_timeouts_default_per_step_and_the_config_overrides_some(tmp_path: Path) -> None:
