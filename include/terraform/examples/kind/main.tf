@@ -49,7 +49,7 @@ module "mlops" {
   source = "../.."
 
   image = {
-    repository = "registry.example.com/mlops/airflow-tf-lifecycle"
+    repository = "registry.example.com/airflow-tf-lifecycle"
     tag        = "0.1.0"
   }
   # One node: a directory on it stands in for the NFS share (prepared as above; the same folder as
