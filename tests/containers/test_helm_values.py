@@ -16,6 +16,7 @@ against the Kubernetes 1.33 schema, and every rendered pod against ``restricted`
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import posixpath
 import re
@@ -157,6 +158,19 @@ def test_executor_and_airflow_version_match_the_image() -> None:
     assert values["executor"] == "KubernetesExecutor"
     pins = dict(re.findall(r"^([\w.-]+)==(\S+)$", (PROJECT_ROOT / "requirements.txt").read_text(), re.MULTILINE))
     assert values["airflowVersion"] == pins["apache-airflow"], "airflowVersion must equal the image's Airflow pin"
+
+
+# What chart 1.22 puts in [core] auth_manager when the values leave it unset (Airflow 3).
+CHART_DEFAULT_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def test_the_auth_manager_the_chart_runs_is_installed_by_the_image() -> None:
+    # The image installs requirements.txt; an auth manager it lacks keeps the API server from starting.
+    auth_manager = load_values().get("config", {}).get("core", {}).get("auth_manager", CHART_DEFAULT_AUTH_MANAGER)
+    module, _, name = auth_manager.rpartition(".")
+    assert hasattr(importlib.import_module(module), name), auth_manager
+    pins = dict(re.findall(r"^([\w.-]+)==(\S+)$", (PROJECT_ROOT / "requirements.txt").read_text(), re.MULTILINE))
+    assert "apache-airflow-providers-fab" in pins or "fab" not in module
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -30,6 +30,7 @@ from tooling import require_executable
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.cli import build_parser
 from include.mlops.config import ModelConfig, load_model_config, load_model_configs
+from include.mlops.platform import pod_security
 from mlops_airflow import step_pods
 from mlops_airflow.lifecycle import build_lifecycle_dag
 
@@ -293,6 +294,12 @@ def test_security_context_is_the_restricted_profile_as_uid_gid_1000(pods: list[d
             assert context["allowPrivilegeEscalation"] is False, container["name"]
             assert context["readOnlyRootFilesystem"] is True, container["name"]
             assert context["capabilities"]["drop"] == ["ALL"], container["name"]
+
+
+def test_every_step_pod_passes_the_restricted_pod_security_standard(pods: list[dict[str, Any]]) -> None:
+    # mlops-steps enforces `restricted`: a pod that fails it is refused by the API server, field by field.
+    for built in pods:
+        assert pod_security.restricted_violations(built["manifest"]) == [], (built["config"].name, built["step"])
 
 
 def test_resources_and_volumes(pods: list[dict[str, Any]]) -> None:
