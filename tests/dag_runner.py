@@ -32,3 +32,26 @@ def run_dag_test(dag_id: str, logical_date: dt.datetime, conf: dict[str, Any] | 
     dag = project_dag(dag_id)
     dag.deadline = None
     return dag.test(logical_date=logical_date, run_conf=conf or {})
+
+
+def run_lifecycle(dag_id: str, logical_date: dt.datetime, conf: dict[str, Any]) -> dict[str, Any]:
+    """One DagRun of ``dag_id`` with ``dag.test()``: its state, the task states and types, the step XComs."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag_run = run_dag_test(dag_id, logical_date, conf)
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=dag_run.run_id).one()
+        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
+        xcoms = {
+            row.task_id: XComModel.deserialize_value(row)
+            for row in session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value")
+        }
+        return {
+            "state": str(run.state),
+            "run_id": run.run_id,
+            "states": states,
+            "xcoms": xcoms,
+            "tasks": {t.task_id: type(t).__name__ for t in project_dag(dag_id).tasks},
+        }

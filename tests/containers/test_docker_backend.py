@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException
-from dag_runner import project_dag, run_dag_test
+from dag_runner import run_lifecycle
 
 from include.mlops.artifacts import run_dir
 from include.mlops.registry import Registry
@@ -37,29 +37,6 @@ def containers_of(client: Any, image: str) -> list[Any]:
     return client.containers.list(all=True, filters={"ancestor": image})
 
 
-def run_lifecycle(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
-    """One DagRun with ``dag.test()``; the task states and the XComs of the step tasks."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    dag_run = run_dag_test(dag_id, DAY, conf)
-    with create_session() as session:
-        run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=dag_run.run_id).one()
-        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
-        xcoms = {
-            row.task_id: XComModel.deserialize_value(row)
-            for row in session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value")
-        }
-        return {
-            "state": str(run.state),
-            "run_id": run.run_id,
-            "states": states,
-            "xcoms": xcoms,
-            "tasks": {t.task_id: type(t).__name__ for t in project_dag(dag_id).tasks},
-        }
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("airflow_db")
 def test_docker_lifecycle_matches_local(
@@ -68,7 +45,7 @@ def test_docker_lifecycle_matches_local(
     dag_id = "lifecycle__diabetes"
     monkeypatch.setenv("MLOPS_BACKEND", "docker")
     before = {c.id for c in containers_of(docker_client, trainer_image)}
-    docker = run_lifecycle(dag_id, FAST)
+    docker = run_lifecycle(dag_id, DAY, FAST)
     assert docker["tasks"]["train"] == "DockerStepOperator"
     assert docker["state"] == "success", docker["states"]
     for task_id in ("snapshot", "validate", "train", "evaluate", "gate", "register", "deploy"):
@@ -94,7 +71,7 @@ def test_docker_lifecycle_matches_local(
     local_root.mkdir()
     monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(local_root))
     monkeypatch.setenv("MLOPS_BACKEND", "local")
-    local = run_lifecycle(dag_id, FAST)
+    local = run_lifecycle(dag_id, DAY, FAST)
     assert local["tasks"]["train"] == "LifecycleStepOperator"
     assert local["state"] == "success", local["states"]
     assert local["xcoms"]["snapshot"]["sha256"] == snapshot["sha256"]
