@@ -5,6 +5,8 @@ Routes (TF Serving's, matched case-insensitively with the same regexes):
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar predict
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify   tf.Example classification
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:regress    tf.Example regression
     GET  /monitoring/prometheus/metrics                          Prometheus exposition
 
 Responses are the JSON that TF Serving writes (status and metadata are
@@ -29,12 +31,14 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from include.mlops.serving import classify
 from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
     LoadedVersion,
@@ -46,6 +50,9 @@ from include.mlops.serving.models import (
 )
 from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -224,32 +231,90 @@ class ModelServer:
     def _predict_blocking(self, loaded: LoadedVersion, label: str | None, body: bytes) -> bytes:
         """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
         signature, feeds, columnar = parse_predict_request(body, loaded)
-        rows = next(iter(feeds.values())).shape[0]
-        start = time.perf_counter()
-        try:
-            outputs = loaded.run(signature, feeds)
-        except Exception as exc:
-            raise _model_error(exc) from None
-        self.metrics.record_runtime_latency(loaded.name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
-        self.metrics.record_examples(loaded.name, rows)
+        first = next(iter(feeds.values()))
+        rows = first.shape[0] if first.ndim else 1
+        outputs = self._run(loaded, "Predict", signature, feeds, rows)
         if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
             self.predlog.offer(
                 loaded.name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
             )
         return format_predict_response(outputs, loaded.outputs[signature], columnar)
 
+    def _run(
+        self, loaded: LoadedVersion, api: str, signature: str, feeds: Mapping[str, np.ndarray], rows: int
+    ) -> dict[str, np.ndarray]:
+        """Call the model, its own argument errors as 400s; record the runtime latency and examples."""
+        start = time.perf_counter()
+        try:
+            outputs = loaded.run(signature, feeds)
+        except Exception as exc:
+            raise _model_error(exc) from None
+        self.metrics.record_runtime_latency(loaded.name, api, "TF1", (time.perf_counter() - start) * 1e6)
+        self.metrics.record_examples(loaded.name, rows)
+        return outputs
+
+    # ------------------------------------------------------------------ classify and regress
+
+    async def classify_or_regress(
+        self, method: str, name: str, version: int | None, label: str | None, body: bytes
+    ) -> bytes:
+        loaded = self.models.state.resolve(name, version, label)
+        return await run_in_threadpool(self._classify_or_regress_blocking, method, loaded, body)
+
+    def _classify_or_regress_blocking(self, method: str, loaded: LoadedVersion, body: bytes) -> bytes:
+        import numpy as np
+
+        try:
+            signature, examples = classify.parse_examples(body, method)
+        except RecursionError:
+            raise invalid("JSON Value: the request nests lists or objects too deeply for a tf.Example") from None
+        classify.check_signature(loaded, signature, method)
+        feeds = {classify.INPUTS: np.asarray(examples, dtype=object)}
+        outputs = self._run(loaded, method.capitalize(), signature, feeds, len(examples))
+        if method == classify.CLASSIFY:
+            return classify.classification_response(outputs, len(examples))
+        return classify.regression_response(outputs, len(examples))
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _version(text: str | None) -> int | None:
+    """A path's version number; one that does not fit TF Serving's int64 is a 400 in TF Serving's words."""
+    if not text:
+        return None
+    version = int(text)
+    if version > _INT64_MAX:
+        raise invalid(f"Failed to convert version: {text}")
+    return version
+
 
 def _model_error(exc: Exception) -> ServingError:
-    """TensorFlow's own argument errors are the client's fault (400); anything else is ours (500)."""
+    """The model's own error with TF's code (so a bad argument is a 400 with the op's message, as in TF Serving).
+
+    Python-level argument errors from calling the signature (ValueError, TypeError) are the client's too.
+    """
     try:
         import tensorflow as tf
 
-        if isinstance(exc, tf.errors.InvalidArgumentError | ValueError | TypeError):
+        if isinstance(exc, tf.errors.OpError):
+            names = {getattr(tf.errors, code): code for code in HTTP_STATUS if hasattr(tf.errors, code)}
+            return ServingError(names.get(exc.error_code, "UNKNOWN"), _op_message(exc.message))
+        if isinstance(exc, ValueError | TypeError):
             return invalid(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     except ImportError:  # pragma: no cover - TensorFlow is always installed with the server
         pass
     log.exception("Model call failed")
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+def _op_message(message: str) -> str:
+    """The op's own words, without the Python stack eager TF puts before them or its function's name after."""
+    lines = message.strip().splitlines()
+    preamble = ("Graph execution error:", "Detected at node", "<stack traces unavailable>", " ")
+    while len(lines) > 1 and (not lines[0].strip() or lines[0].startswith(preamble)):
+        lines.pop(0)
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", "\n".join(lines)).strip()
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -345,14 +410,16 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
                 if match is None:
                     raise invalid(f"Malformed request: POST {path}")
                 model_name, version_str, label, method = match.groups()
-                version = int(version_str) if version_str else None
-                if method.lower() != "predict":
-                    raise ServingError("UNIMPLEMENTED", f"{method} is not supported by the local server; use :predict")
+                version = _version(version_str)
+                method = method.lower()
                 body = await read_body(request, settings.max_body_bytes)
-                content = await server.predict(model_name, version, label, body)
+                if method == "predict":
+                    content = await server.predict(model_name, version, label, body)
+                else:
+                    content = await server.classify_or_regress(method, model_name, version, label, body)
                 server.metrics.record_request(model_name, "OK")
                 server.metrics.record_request_latency(
-                    model_name, "Predict", "REST", (time.perf_counter() - start) * 1e6
+                    model_name, method.capitalize(), "REST", (time.perf_counter() - start) * 1e6
                 )
                 return _json_response(content)
             match = _STATUS_PATH.fullmatch(path)
@@ -361,7 +428,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             model_name, version_str, label, subresource = match.groups()
             if not model_name:
                 raise invalid("Missing model name in request.")
-            version = int(version_str) if version_str else None
+            version = _version(version_str)
             if subresource:
                 text = server.model_metadata(model_name, version, label)
                 api = "GetModelMetadata"
