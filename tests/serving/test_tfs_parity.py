@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tfs_models import ECHO_DTYPES, make_echo_model, make_half_plus_two_tf1, make_half_plus_two_tf2
 
+from include.mlops.deploy import DeployVerificationError, SmokeCheck, verify_deployment
 from include.mlops.registry import Registry
+from include.mlops.server_client import ModelServerClient
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.loaders import load_version
 from tests.serving.conftest import RunningServer, register, serve
@@ -348,3 +351,21 @@ def test_deeply_nested_json_is_a_400_on_every_api(client: httpx.Client, api: str
 def test_tf_servings_stable_error_words(client: httpx.Client, api: str) -> None:
     assert_error(post(client, f"/v1/models/{HP1}:{api}", b""), 400, "JSON Parse error: The document is empty")
     assert_error(post(client, f"/v1/models/{HP1}:{api}", b"[1]"), 400, "JSON Value: [1] Is not object")
+
+
+# --------------------------------------------------------------------------- deploy's smoke check
+
+
+def test_the_deploy_smoke_check_calls_every_classify_and_regress_signature(tfs: RunningServer) -> None:
+    rows, expected = np.array([[1.0], [3.0]], dtype="float32"), np.array([[2.5], [3.5]], dtype="float32")
+    check = SmokeCheck(rows=rows, expected=expected, served_format="saved_model", features=("x",))
+    with ModelServerClient(tfs.url, timeout=30) as server:
+        result = verify_deployment(HP1, 1, "stable", server, check)
+        assert result["example_signatures"] == {
+            "classify_labels": "classify",
+            "classify_x_to_y": "classify",
+            "regress_x_to_y": "regress",
+        }
+        wrong_names = SmokeCheck(rows=rows, expected=expected, served_format="saved_model", features=("z",))
+        with pytest.raises(DeployVerificationError, match="failed the classify smoke request on signature"):
+            verify_deployment(HP1, 1, "stable", server, wrong_names)
