@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or TF Serving's parse errors."""
-    if not body.strip():
+    if not body or body.isspace():
         raise invalid("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body)
