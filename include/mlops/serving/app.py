@@ -195,10 +195,19 @@ class ModelServer:
         first = next(iter(feeds.values()))
         rows = first.shape[0] if first.ndim else 1
         outputs = self._run(loaded, "Predict", signature, feeds, rows)
-        if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
-            self.predlog.offer(
-                loaded.name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
-            )
+        output = next(iter(outputs.values()), None)
+        # The log holds float rows: numeric single-input, single-output models only (not strings or scalars).
+        if (
+            self.predlog is not None
+            and len(feeds) == 1
+            and len(outputs) == 1
+            and first.ndim >= 1
+            and first.dtype.kind in "iufb"
+            and output is not None
+            and output.ndim >= 1
+            and output.dtype.kind in "iufb"
+        ):
+            self.predlog.offer(loaded.name, loaded.version, first, output, label=label)
         return format_predict_response(outputs, loaded.outputs[signature], columnar)
 
     def _run(
