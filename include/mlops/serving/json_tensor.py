@@ -184,7 +184,7 @@ def _fast_array(value: Any, np_dtype: np.dtype, may_hold_bools: bool) -> np.ndar
     if np_dtype.kind == "f" and kind in "iuf":
         with np.errstate(over="ignore"):  # an overflow is detected just below
             converted = array.astype(np_dtype, copy=False)
-        if np_dtype.itemsize < 8 and kind == "f" and np.isinf(converted).sum() != np.isinf(array).sum():
+        if np_dtype.itemsize < 8 and np.isinf(converted).any() and not np.isinf(array).all():
             return None  # a finite value overflowed: the walk names it
         return converted
     return None
