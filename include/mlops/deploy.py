@@ -68,6 +68,7 @@ class SmokeCheck:
     rows: np.ndarray
     expected: np.ndarray
     served_format: str
+    features: tuple[str, ...] = ()  # the rows' column names: the tf.Example features of :classify/:regress
 
 
 def journal_path(out: str | os.PathLike[str]) -> Path:
@@ -305,7 +306,7 @@ def prepare_smoke_check(
     artifact = served_artifact(version_dir)
     expected = load_served_fn(version_dir, len(config.features))(rows)
     log.info("Expected answers for %d smoke rows come from %s (%s)", len(rows), artifact.path, artifact.format)
-    return SmokeCheck(rows=rows, expected=expected, served_format=artifact.format)
+    return SmokeCheck(rows=rows, expected=expected, served_format=artifact.format, features=tuple(config.features))
 
 
 def verify_deployment(
@@ -347,6 +348,7 @@ def verify_deployment(
             f"served {served[worst].tolist()}, expected {expected[worst].tolist()}). The server may be serving "
             "another version, another artifact of it, or a different model under this name"
         )
+    examples = _smoke_examples(name, label, server, check)
     log.info(
         "%s: label %r serves version %d correctly (%d rows, max abs diff %.3g)",
         name,
@@ -360,4 +362,37 @@ def verify_deployment(
         "max_abs_diff": max_diff,
         "seconds": round(time.monotonic() - start, 3),
         "served_format": check.served_format,
+        "example_signatures": examples,
     }
+
+
+def _smoke_examples(name: str, label: str, server: ModelServerClient, check: SmokeCheck) -> dict[str, str]:
+    """Send the smoke rows as tf.Examples to every classify/regress signature the label serves.
+
+    Their answers have no offline reference here, so the check is that each
+    signature answers every example; returns ``{signature: method}``.
+    """
+    try:
+        signatures = server.example_signatures(name, label)
+    except (OSError, ServerNotReadyError) as exc:
+        raise DeployVerificationError(f"the smoke check could not read {name}'s signatures ({exc})") from None
+    if signatures and len(check.features) != check.rows.shape[1]:
+        raise DeployVerificationError(
+            f"{name} has classify/regress signatures {sorted(signatures)}, but the smoke rows have no feature "
+            "names to build tf.Examples from"
+        )
+    examples = [dict(zip(check.features, map(float, row), strict=True)) for row in check.rows]
+    for signature, method in signatures.items():
+        payload = {"signature_name": signature, "examples": examples}
+        try:
+            code, body = server.request("POST", f"/v1/models/{name}/labels/{label}:{method}", payload)
+        except OSError as exc:
+            raise DeployVerificationError(f"the {method} smoke request could not reach the server ({exc})") from None
+        results = body.get("results") if isinstance(body, Mapping) else None
+        if code != 200 or not isinstance(results, list) or len(results) != len(examples):
+            error = body.get("error") if isinstance(body, Mapping) else body
+            raise DeployVerificationError(
+                f"label {label!r} of {name} failed the {method} smoke request on signature {signature!r} "
+                f"({len(examples)} examples with features {list(check.features)}): HTTP {code}: {error}"
+            )
+    return signatures

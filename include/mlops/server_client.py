@@ -71,6 +71,16 @@ class ModelServerClient:
         except ValueError:
             return response.status_code, {"error": response.text[:500]}
 
+    def example_signatures(self, name: str, label: str) -> dict[str, str]:
+        """The signatures ``label`` serves that take tf.Examples: ``{signature: "classify" | "regress"}``."""
+        code, body = self.request("GET", f"/v1/models/{name}/labels/{label}/metadata")
+        if code != 200 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else body
+            raise ServerNotReadyError(f"{name} label {label!r}: metadata answered HTTP {code}: {error}")
+        defs = body.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
+        methods = {"tensorflow/serving/classify": "classify", "tensorflow/serving/regress": "regress"}
+        return {key: methods[d["method_name"]] for key, d in sorted(defs.items()) if d.get("method_name") in methods}
+
     def status(self, name: str, *, version: int | None = None, label: str | None = None) -> tuple[int, Any]:
         path = f"/v1/models/{name}" + (f"/versions/{version}" if version is not None else "")
         path += f"/labels/{label}" if label is not None else ""

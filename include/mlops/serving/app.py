@@ -5,6 +5,8 @@ Routes (TF Serving's, matched case-insensitively with the same regexes):
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar predict
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify   tf.Example classification
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:regress    tf.Example regression
     GET  /monitoring/prometheus/metrics                          Prometheus exposition
 
 Responses are the JSON that TF Serving writes (status and metadata are
@@ -29,12 +31,15 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from include.mlops.serving import classify
+from include.mlops.serving.errors import HTTP_STATUS, HttpError, PayloadTooLarge, model_error, parse_version
 from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
     LoadedVersion,
@@ -46,6 +51,9 @@ from include.mlops.serving.models import (
 )
 from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -59,52 +67,12 @@ _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
 )
 
-# TF Serving's ToHTTPStatusCode (http_server.cc), plus 413 for an oversized body.
-HTTP_STATUS = {
-    "OK": 200,
-    "CANCELLED": 499,
-    "UNKNOWN": 500,
-    "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501,
-    "INTERNAL": 500,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
-}
-
-
-class HttpError(ServingError):
-    """An error whose HTTP status is not TF Serving's mapping of its code (413, 405)."""
-
-    def __init__(self, code: str, message: str, http_status: int, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(code, message)
-        self.http_status = http_status
-        self.headers = dict(headers or {})
-
-
-class PayloadTooLarge(HttpError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            "RESOURCE_EXHAUSTED",
-            f"Request body is larger than the server's limit of {limit} bytes; send fewer rows per request "
-            "or raise --max-body-bytes",
-            413,
-        )
-
 
 def method_not_allowed(method: str, path: str, allow: str) -> HttpError:
     return HttpError(
         "UNIMPLEMENTED",
         f"Method {method} is not allowed on {path}; this path takes {allow} "
-        "(GET for status, metadata and metrics, POST for :predict)",
+        "(GET for status, metadata and metrics, POST for :predict, :classify and :regress)",
         405,
         {"Allow": allow},
     )
@@ -224,32 +192,58 @@ class ModelServer:
     def _predict_blocking(self, loaded: LoadedVersion, label: str | None, body: bytes) -> bytes:
         """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
         signature, feeds, columnar = parse_predict_request(body, loaded)
-        rows = next(iter(feeds.values())).shape[0]
+        first = next(iter(feeds.values()))
+        rows = first.shape[0] if first.ndim else 1
+        outputs = self._run(loaded, "Predict", signature, feeds, rows)
+        output = next(iter(outputs.values()), None)
+        # The log holds float rows: numeric single-input, single-output models only (not strings or scalars).
+        if (
+            self.predlog is not None
+            and len(feeds) == 1
+            and len(outputs) == 1
+            and first.ndim >= 1
+            and first.dtype.kind in "iufb"
+            and output is not None
+            and output.ndim >= 1
+            and output.dtype.kind in "iufb"
+        ):
+            self.predlog.offer(loaded.name, loaded.version, first, output, label=label)
+        return format_predict_response(outputs, loaded.outputs[signature], columnar)
+
+    def _run(
+        self, loaded: LoadedVersion, api: str, signature: str, feeds: Mapping[str, np.ndarray], rows: int
+    ) -> dict[str, np.ndarray]:
+        """Call the model, its own argument errors as 400s; record the runtime latency and examples."""
         start = time.perf_counter()
         try:
             outputs = loaded.run(signature, feeds)
         except Exception as exc:
-            raise _model_error(exc) from None
-        self.metrics.record_runtime_latency(loaded.name, "Predict", "TF1", (time.perf_counter() - start) * 1e6)
+            raise model_error(exc) from None
+        self.metrics.record_runtime_latency(loaded.name, api, "TF1", (time.perf_counter() - start) * 1e6)
         self.metrics.record_examples(loaded.name, rows)
-        if self.predlog is not None and len(feeds) == 1 and len(outputs) == 1:
-            self.predlog.offer(
-                loaded.name, loaded.version, next(iter(feeds.values())), next(iter(outputs.values())), label=label
-            )
-        return format_predict_response(outputs, loaded.outputs[signature], columnar)
+        return outputs
 
+    # ------------------------------------------------------------------ classify and regress
 
-def _model_error(exc: Exception) -> ServingError:
-    """TensorFlow's own argument errors are the client's fault (400); anything else is ours (500)."""
-    try:
-        import tensorflow as tf
+    async def classify_or_regress(
+        self, method: str, name: str, version: int | None, label: str | None, body: bytes
+    ) -> bytes:
+        loaded = self.models.state.resolve(name, version, label)
+        return await run_in_threadpool(self._classify_or_regress_blocking, method, loaded, body)
 
-        if isinstance(exc, tf.errors.InvalidArgumentError | ValueError | TypeError):
-            return invalid(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    except ImportError:  # pragma: no cover - TensorFlow is always installed with the server
-        pass
-    log.exception("Model call failed")
-    return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+    def _classify_or_regress_blocking(self, method: str, loaded: LoadedVersion, body: bytes) -> bytes:
+        import numpy as np
+
+        try:
+            signature, examples = classify.parse_examples(body, method)
+        except RecursionError:
+            raise invalid("JSON Value: the request nests lists or objects too deeply for a tf.Example") from None
+        classify.check_signature(loaded, signature, method)
+        feeds = {classify.INPUTS: np.asarray(examples, dtype=object)}
+        outputs = self._run(loaded, method.capitalize(), signature, feeds, len(examples))
+        if method == classify.CLASSIFY:
+            return classify.classification_response(outputs, len(examples))
+        return classify.regression_response(outputs, len(examples))
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -345,14 +339,16 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
                 if match is None:
                     raise invalid(f"Malformed request: POST {path}")
                 model_name, version_str, label, method = match.groups()
-                version = int(version_str) if version_str else None
-                if method.lower() != "predict":
-                    raise ServingError("UNIMPLEMENTED", f"{method} is not supported by the local server; use :predict")
+                version = parse_version(version_str)
+                method = method.lower()
                 body = await read_body(request, settings.max_body_bytes)
-                content = await server.predict(model_name, version, label, body)
+                if method == "predict":
+                    content = await server.predict(model_name, version, label, body)
+                else:
+                    content = await server.classify_or_regress(method, model_name, version, label, body)
                 server.metrics.record_request(model_name, "OK")
                 server.metrics.record_request_latency(
-                    model_name, "Predict", "REST", (time.perf_counter() - start) * 1e6
+                    model_name, method.capitalize(), "REST", (time.perf_counter() - start) * 1e6
                 )
                 return _json_response(content)
             match = _STATUS_PATH.fullmatch(path)
@@ -361,7 +357,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             model_name, version_str, label, subresource = match.groups()
             if not model_name:
                 raise invalid("Missing model name in request.")
-            version = int(version_str) if version_str else None
+            version = parse_version(version_str)
             if subresource:
                 text = server.model_metadata(model_name, version, label)
                 api = "GetModelMetadata"

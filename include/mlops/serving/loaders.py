@@ -36,7 +36,7 @@ class TensorSpecInfo:
 
     name: str
     dtype: str  # numpy dtype name, e.g. "float32"
-    shape: tuple[int | None, ...]
+    shape: tuple[int | None, ...] | None  # None: unknown rank (e.g. a serialized tf.Example batch)
 
 
 @dataclasses.dataclass
@@ -85,6 +85,11 @@ def _signature_def_map(path: Path) -> Any:
     return sig_map
 
 
+def _shape(shape: Any) -> tuple[int | None, ...] | None:
+    """A TensorShape as a tuple (None for unknown dims), or None when even its rank is unknown."""
+    return None if shape.rank is None else tuple(shape.as_list())
+
+
 def _load_saved_model(name: str, version: int, path: Path, artifact: ServedArtifact) -> LoadedVersion:
     import tensorflow as tf
 
@@ -97,7 +102,7 @@ def _load_saved_model(name: str, version: int, path: Path, artifact: ServedArtif
     for key, fn in loaded.signatures.items():
         _, kwargs = fn.structured_input_signature
         inputs[key] = {
-            arg: TensorSpecInfo(arg, spec.dtype.as_numpy_dtype.__name__, tuple(spec.shape.as_list() or ()))
+            arg: TensorSpecInfo(arg, spec.dtype.as_numpy_dtype.__name__, _shape(spec.shape))
             for arg, spec in kwargs.items()
         }
         outputs[key] = sorted(fn.structured_outputs)

@@ -85,7 +85,8 @@ class ModelState:
             return version
         target = self.labels.get(label)
         if target is None:
-            raise not_found(f"Unrecognized servable version label: {label}")
+            # TF Serving's ServerCore answers an unknown label with INVALID_ARGUMENT (400), not NOT_FOUND.
+            raise invalid(f"Unrecognized servable version label: {label}")
         return target
 
 
@@ -284,12 +285,34 @@ class ModelManager:
                 statuses[version] = VersionStatus(version, END)
         return ModelState(name=name, versions=versions, labels=labels, statuses=dict(sorted(statuses.items())))
 
-    def _load(self, name: str, version: int) -> tuple[LoadedVersion | None, VersionStatus]:
+    def _version_path(self, name: str, version: int) -> Path:
+        """The version's folder: ``<name>/<version>/``, or a zero-padded one (``<name>/00000123/``).
+
+        TF Serving reads a version folder's name as an integer, so its own layout pads them;
+        the registry writes plain numbers.
+        """
         path = self.registry.version_dir(name, version)
+        if path.is_dir():
+            return path
+        base = self.registry.model_dir(name)
+        padded = sorted(p for p in base.glob("0*") if p.is_dir() and p.name.isdigit() and int(p.name) == version)
+        return padded[0] if padded else path
+
+    def _load(self, name: str, version: int) -> tuple[LoadedVersion | None, VersionStatus]:
+        path = self._version_path(name, version)
         start = time.perf_counter()
         try:
             if not path.is_dir():
                 raise FileNotFoundError(f"{path} does not exist")
+            if self.verify_checksums and path.name != str(version):
+                raise CorruptVersionError(
+                    name,
+                    version,
+                    [
+                        f"{path.name} is not a registry folder, so it has no checksums to verify; serve a TF Serving "
+                        "model base path with --no-verify-checksums"
+                    ],
+                )
             if self.verify_checksums:
                 self.registry.verify(name, version)
             log.info("Loading %s version %d from %s", name, version, path)

@@ -1,8 +1,11 @@
 """TF Serving's predict JSON: request bodies to numpy feeds, outputs back to JSON.
 
 The row (``instances``) and columnar (``inputs``) formats and their errors,
-as TF Serving's REST API defines them.  Everything here is CPU work on the
-request body, called from the server's worker thread.
+as TF Serving's REST API defines them (``json_tensor.cc``); the tensors
+themselves are read and written by :mod:`include.mlops.serving.json_tensor`.
+As in TF Serving, a request's tensors are handed to the model as they are:
+their shapes are checked by the model, not here.  Everything here is CPU
+work on the request body, called from the server's worker thread.
 """
 
 from __future__ import annotations
@@ -11,18 +14,46 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.serving.models import (
-    DEFAULT_SIGNATURE,
-    LoadedVersion,
-    ServingError,
-    TensorSpecInfo,
-    invalid,
+from include.mlops.serving.json_tensor import (
+    debug_string,
+    dumps,
+    is_b64_object,
+    to_json_value,
+    to_tensor,
 )
+from include.mlops.serving.models import DEFAULT_SIGNATURE, LoadedVersion, ServingError, TensorSpecInfo, invalid
 
 if TYPE_CHECKING:
     import numpy as np
 
-_NUMERIC_KINDS = {"f": "iuf", "i": "iu", "u": "iu"}  # what JSON values may feed each input dtype kind
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or TF Serving's parse errors."""
+    if not body or body.isspace():
+        raise invalid("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        # json recurses once per nesting level; TF Serving's parser does not, and no tensor nests this deep.
+        raise invalid(
+            "JSON Parse error: the request nests arrays or objects too deeply; "
+            "send 'instances' as a list of rows (or 'inputs' as a list of columns)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"JSON Parse error: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"JSON Value: {debug_string(doc)} Is not object")
+    return doc
+
+
+def signature_name(doc: Mapping[str, Any]) -> str:
+    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise invalid(
+            f"JSON Value: {debug_string(dict(doc))} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
+    return signature or DEFAULT_SIGNATURE
 
 
 def parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
@@ -30,128 +61,136 @@ def parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict
     try:
         return _parse_predict_request(body, loaded)
     except RecursionError:
-        # json and the value walks recurse once per nesting level; the tensors we serve nest a few levels deep.
-        raise invalid(
-            "JSON Parse error: the request nests arrays or objects too deeply; "
-            "send 'instances' as a list of rows (or 'inputs' as a list of columns)"
-        ) from None
+        raise invalid("JSON Value: the request nests lists too deeply for any tensor") from None
 
 
 def _parse_predict_request(body: bytes, loaded: LoadedVersion) -> tuple[str, dict[str, np.ndarray], bool]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"JSON Parse error: {exc}") from None
-    if not isinstance(doc, dict):
-        raise invalid("JSON Value: request body must be a JSON object with 'instances' or 'inputs'")
-    signature = doc.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(signature, str):
-        raise invalid("'signature_name' key must be a string value.")
-    signature = signature or DEFAULT_SIGNATURE
+    doc = parse_json_object(body)
+    signature = signature_name(doc)
     if signature not in loaded.inputs:
         raise invalid(f'Serving signature name: "{signature}" not found in signature def')
     specs = loaded.inputs[signature]
+    if not specs:
+        raise invalid(f"Failed to get input map for signature: {signature}")
     has_rows, has_columns = "instances" in doc, "inputs" in doc
     if has_rows and has_columns:
-        raise invalid("Not formatted correctly, expecting only one of 'inputs' or 'instances' keys.")
+        raise invalid(
+            f"JSON Value: {debug_string(doc)} Not formatted correctly expecting only one of 'inputs' or "
+            "'instances' keys to exist "
+        )
     if not has_rows and not has_columns:
         raise invalid("Missing 'inputs' or 'instances' key")
-    values = doc["instances"] if has_rows else doc["inputs"]
-    # numpy turns [true, 1] into integers silently; only walk the values when the body has a boolean at all.
-    if (b"true" in body or b"false" in body) and _has_bool(values):
-        raise invalid("expected numbers, got booleans (true/false) among the input values")
+    # numpy reads [true, 1] as [1, 1]; only walk the values for booleans when the body has one at all.
+    bools = b"true" in body or b"false" in body
     if has_rows:
-        return signature, _feeds_from_rows(doc["instances"], specs), False
-    return signature, _feeds_from_columns(doc["inputs"], specs), True
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise invalid(f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array")
+        if not instances:
+            raise invalid(f"JSON Value: {debug_string(doc)} No values in 'instances' array")
+        return signature, _feeds_from_rows(instances, specs, bools), False
+    return signature, _feeds_from_columns(doc["inputs"], specs, bools), True
 
 
-def _has_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, list):
-        return any(_has_bool(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_bool(v) for v in value.values())
-    return False
+def _is_named_row(value: Any) -> bool:
+    return isinstance(value, dict) and not is_b64_object(value)
 
 
-def _feeds_from_rows(instances: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
-    if not isinstance(instances, list):
-        raise invalid("'instances' must be a JSON list of rows")
-    if not instances:
-        raise invalid("'instances' is an empty list: send at least one row")
-    names = list(specs)
-    if len(names) == 1 and not isinstance(instances[0], dict):
-        return {names[0]: _to_array(instances, specs[names[0]], "instances")}
+def _feeds_from_rows(instances: list[Any], specs: Mapping[str, TensorSpecInfo], bools: bool) -> dict[str, np.ndarray]:
+    names = sorted(specs)
+    if not _is_named_row(instances[0]):
+        if len(names) > 1:
+            raise invalid(
+                "instances is a plain list, but expecting list of objects as multiple input tensors required "
+                "as per tensorinfo_map"
+            )
+        for index, row in enumerate(instances):
+            if _is_named_row(row):
+                raise invalid(f"Expecting value/list but got object at item {index} of input list")
+        return {names[0]: _batch(instances, specs[names[0]], bools, None)}
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for index, row in enumerate(instances):
-        if not isinstance(row, dict):
-            raise invalid(f"instances[{index}] must be an object with keys {names} (mixed row formats)")
+        if not _is_named_row(row):
+            raise invalid(f"Expecting object but got list at item {index} of input list")
+        for key in row:
+            if key not in specs:
+                raise invalid(
+                    f"Failed to process element: {index} key: {key} of 'instances' list. "
+                    f"Error: JSON object: does not have named input: {key}"
+                )
         if set(row) != set(names):
-            raise invalid(f"instances[{index}] has keys {sorted(row)}; the signature takes {names}")
+            raise invalid(
+                f"Failed to process element: {index} of 'instances' list. JSON object: {debug_string(row)} "
+                f"keys must be equal to: {','.join(names)}"
+            )
         for name in names:
             columns[name].append(row[name])
-    return {name: _to_array(values, specs[name], f"instances.{name}") for name, values in columns.items()}
+    return {name: _batch(values, specs[name], bools, name) for name, values in columns.items()}
 
 
-def _feeds_from_columns(inputs: Any, specs: Mapping[str, TensorSpecInfo]) -> dict[str, np.ndarray]:
-    names = list(specs)
-    if isinstance(inputs, dict):
-        if set(inputs) != set(names):
-            raise invalid(f"'inputs' has keys {sorted(inputs)}; the signature takes {names}")
-        return {name: _to_array(inputs[name], specs[name], f"inputs.{name}") for name in names}
-    if len(names) != 1:
-        raise invalid(f"the signature takes several inputs {names}: send 'inputs' as an object keyed by them")
-    return {names[0]: _to_array(inputs, specs[names[0]], "inputs")}
-
-
-def _to_array(values: Any, spec: TensorSpecInfo, where: str) -> np.ndarray:
-    import numpy as np
-
+def _batch(rows: list[Any], spec: TensorSpecInfo, bools: bool, key: str | None) -> np.ndarray:
+    """Rows stacked into one tensor; every row must have the first row's shape (TF Serving's rule)."""
     try:
-        array = np.asarray(values)
-    except (ValueError, TypeError):
-        raise invalid(f"{where}: rows must all have the same shape (got ragged lists)") from None
-    wanted = np.dtype(spec.dtype)
-    allowed = _NUMERIC_KINDS.get(wanted.kind)
-    if allowed is None:
-        raise invalid(f"{where}: inputs of dtype {spec.dtype} are not supported by this server")
-    if array.dtype.kind not in allowed:
-        found = {"U": "strings", "S": "strings", "O": "mixed or non-numeric values", "b": "booleans"}.get(
-            array.dtype.kind, array.dtype.name
-        )
-        raise invalid(f"{where}: expected numbers for a {spec.dtype} input, got {found}")
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise invalid(f"{where}: the batch is empty: send at least one row")
-    if len(spec.shape) != array.ndim or any(
-        want is not None and want != got for want, got in zip(spec.shape, array.shape, strict=False)
-    ):
-        shape = [-1 if d is None else d for d in spec.shape]
-        raise invalid(f"{where}: got shape {list(array.shape)}, the signature expects {shape} (-1: any)")
-    if wanted.kind in "iu" and array.dtype.kind == "f":
-        raise invalid(f"{where}: expected integers for a {spec.dtype} input, got floats")
-    return array.astype(wanted, copy=False)
+        return to_tensor(rows, spec.dtype, bools)
+    except ServingError as error:
+        batch_error = error
+    # Name the row that breaks the rule, as TF Serving does ("Failed to process element: i ...").
+    where = f" key: {key}" if key else ""
+    first: np.ndarray | None = None
+    for index, row in enumerate(rows):
+        try:
+            tensor = to_tensor(row, spec.dtype, bools)
+        except ServingError as row_error:
+            raise invalid(
+                f"Failed to process element: {index}{where} of 'instances' list. Error: {row_error.message}"
+            ) from None
+        if first is None:
+            first = tensor
+        elif tensor.size != first.size:
+            raise invalid(
+                f"Failed to process element: {index}{where} of 'instances' list. "
+                f"Error: Expecting tensor size: {first.size} but got: {tensor.size}"
+            )
+        elif tensor.shape != first.shape:
+            raise invalid(
+                f"Failed to process element: {index}{where} of 'instances' list. Error: Expecting shape "
+                f"[{','.join(map(str, first.shape))}] but got: [{','.join(map(str, tensor.shape))}]"
+            )
+    raise batch_error
+
+
+def _feeds_from_columns(inputs: Any, specs: Mapping[str, TensorSpecInfo], bools: bool) -> dict[str, np.ndarray]:
+    names = sorted(specs)
+    if not _is_named_row(inputs):
+        if len(names) > 1:
+            raise invalid(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors required "
+                "as per tensorinfo_map"
+            )
+        return {names[0]: to_tensor(inputs, specs[names[0]].dtype, bools)}
+    feeds = {}
+    for name in names:
+        if name not in inputs:
+            raise invalid(f"Missing named input: {name} in 'inputs' object.")
+        feeds[name] = to_tensor(inputs[name], specs[name].dtype, bools)
+    return feeds
 
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], names: list[str], columnar: bool) -> bytes:
     """``{"predictions": [...]}`` (row format) or ``{"outputs": ...}`` (columnar), as TF Serving nests them."""
     if columnar:
         if len(names) == 1:
-            payload: Any = {"outputs": _jsonable(outputs[names[0]])}
-        else:
-            payload = {"outputs": {name: _jsonable(outputs[name]) for name in names}}
-    elif len(names) == 1:
-        payload = {"predictions": _jsonable(outputs[names[0]])}
-    else:
-        batch = len(outputs[names[0]])
-        lists = {name: _jsonable(outputs[name]) for name in names}
-        payload = {"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]}
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def _jsonable(array: np.ndarray) -> Any:
-    import numpy as np
-
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ServingError("INTERNAL", "the model returned NaN or infinite values, which JSON cannot carry")
-    return array.tolist()
+            return dumps({"outputs": to_json_value(outputs[names[0]], names[0])})
+        return dumps({"outputs": {name: to_json_value(outputs[name], name) for name in names}})
+    batch = -1
+    for name in names:
+        shape = outputs[name].shape
+        if not shape:
+            raise invalid(f"Tensor name: {name} has no shape information ")
+        if batch >= 0 and shape[0] != batch:
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch}")
+        batch = shape[0]
+    if len(names) == 1:
+        return dumps({"predictions": to_json_value(outputs[names[0]], names[0])})
+    lists = {name: to_json_value(outputs[name], name) for name in names}
+    return dumps({"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]})
