@@ -173,7 +173,7 @@ def test_an_unknown_drift_feature_is_bad_input(server: RunningServer, config: Mo
 
 def test_a_label_that_is_not_served_is_refused_before_sending(server: RunningServer, config: ModelConfig) -> None:
     before = request_counts(server, config.serving_name)
-    with pytest.raises(TrafficError, match=r"does not serve model 'diabetes' label 'canary': HTTP 404"):
+    with pytest.raises(TrafficError, match=r"does not serve model 'diabetes' label 'canary': HTTP 400"):
         send_traffic(config, server.url, label="canary", requests=5)
     assert request_counts(server, config.serving_name) == before
 
