@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk import DAG
+from stub_kube_api import stub_kubeconfig
 
 from include.mlops.artifacts import atomic_write_json
 from include.mlops.cli import build_parser
@@ -29,14 +30,6 @@ from mlops_airflow.steps import StepBadInputError
 RUN_ID = "manual__2026-11-20T00:00:00+00:00"
 POD_NAME = "diabetes-snapshot-abc123"
 NAMESPACE = "mlops-steps"
-KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{{name: stub, cluster: {{server: "{server}"}}}}]
-users: [{{name: nobody, user: {{}}}}]
-contexts: [{{name: stub, context: {{cluster: stub, user: nobody}}}}]
-current-context: stub
-"""
 
 
 def finished_pod(exit_code: int) -> dict[str, Any]:
@@ -104,14 +97,8 @@ class StubApi(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def kubeconfig(tmp_path: Path) -> Iterator[Path]:
     StubApi.pod, StubApi.requests = None, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG.format(server=f"http://127.0.0.1:{server.server_address[1]}"))
-    yield path
-    server.shutdown()
-    server.server_close()
+    with stub_kubeconfig(StubApi, tmp_path) as path:
+        yield path
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
+from stub_kube_api import stub_kubeconfig
 
 from include.mlops.config import DEFAULT_MODELS_DIR
 from mlops_airflow.steps import StepBadInputError, StepFailedError, raise_for_exit_code
@@ -227,16 +227,6 @@ def failed_pod(exit_code: int) -> Any:
     )
 
 
-KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{{name: stub, cluster: {{server: "{server}"}}}}]
-users: [{{name: nobody, user: {{}}}}]
-contexts: [{{name: stub, context: {{cluster: stub, user: nobody}}}}]
-current-context: stub
-"""
-
-
 class _PodGone(http.server.BaseHTTPRequestHandler):
     """An API server that has no pods: the operator's best-effort calls (label the pod) get a 404 at once."""
 
@@ -256,14 +246,8 @@ class _PodGone(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path) -> Iterator[Path]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PodGone)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG.format(server=f"http://127.0.0.1:{server.server_address[1]}"))
-    yield path
-    server.shutdown()
-    server.server_close()
+    with stub_kubeconfig(_PodGone, tmp_path) as path:
+        yield path
 
 
 @pytest.mark.parametrize(("exit_code", "retried"), [(3, False), (30, True), (137, True)])
