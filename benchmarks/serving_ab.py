@@ -65,7 +65,7 @@ def _window(port: int, path: str, body: Path, clients: int) -> tuple[float, floa
     return statistics.median(raw["latencies"]) * 1e3, len(raw["latencies"]) / raw["seconds"]
 
 
-def run(tree_a: Path, tree_b: Path, results_dir: Path) -> dict[str, Any]:
+def run(tree_a: Path, tree_b: Path, results_dir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="serving-ab-") as tmp:
         root = Path(tmp)
         config, _, rows = _build_registry(root)
@@ -77,7 +77,7 @@ def run(tree_a: Path, tree_b: Path, results_dir: Path) -> dict[str, Any]:
             for key, server in servers.items():
                 _wait_ready(f"http://127.0.0.1:{ports[key]}/v1/models/{name}/labels/stable", server)
             path = f"/v1/models/{name}/labels/stable:predict"
-            for round_ in range(ROUNDS):
+            for round_ in range(rounds):
                 for batch in BATCHES:
                     body = root / f"body-{batch}.json"
                     body.write_text(json.dumps({"instances": rows[:batch].tolist()}))
@@ -85,7 +85,7 @@ def run(tree_a: Path, tree_b: Path, results_dir: Path) -> dict[str, Any]:
                         case = windows.setdefault(f"batch_{batch}_clients_{clients}", {"a": [], "b": []})
                         for key in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
                             case[key].append(_window(ports[key], path, body, clients))
-                print(f"round {round_ + 1}/{ROUNDS} done", file=sys.stderr, flush=True)
+                print(f"round {round_ + 1}/{rounds} done", file=sys.stderr, flush=True)
         finally:
             for server in servers.values():
                 server.terminate()
@@ -105,7 +105,7 @@ def run(tree_a: Path, tree_b: Path, results_dir: Path) -> dict[str, Any]:
         "benchmark": "serving_ab",
         "tree_a": {"path": str(tree_a), "commit": _revision(tree_a)},
         "tree_b": {"path": str(tree_b), "commit": _revision(tree_b)},
-        "rounds": ROUNDS,
+        "rounds": rounds,
         "seconds_per_window": SECONDS_PER_WINDOW,
         "cpu_count": os.cpu_count(),
         "cases": cases,
@@ -119,9 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving_ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("tree_a", type=Path, help="the baseline source tree (e.g. a worktree of the previous commit)")
     parser.add_argument("tree_b", type=Path, help="the source tree to compare with it")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"load windows per tree and case (default {ROUNDS})")
     parser.add_argument("--results-dir", type=Path, default=PROJECT_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    print(json.dumps(run(args.tree_a.resolve(), args.tree_b.resolve(), args.results_dir), indent=2))
+    print(json.dumps(run(args.tree_a.resolve(), args.tree_b.resolve(), args.results_dir, args.rounds), indent=2))
 
 
 if __name__ == "__main__":
