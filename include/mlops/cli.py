@@ -130,7 +130,7 @@ def _run_evaluate(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 
 
 def _run_optimize(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.optimize import optimize
+    from include.mlops.optimize.tuning import optimize
 
     return optimize(config, args.data, args.out, failed=args.failed, overrides=args.overrides)
 

@@ -12,7 +12,7 @@ from ml_fixtures import make_snapshot
 from include.mlops.artifacts import dir_size_bytes
 from include.mlops.config import OptimizeConfig, find_model_config
 from include.mlops.evaluate import evaluate
-from include.mlops.optimize import optimize, optimize_hparams, should_quantize
+from include.mlops.optimize.tuning import optimize, optimize_hparams, should_quantize
 
 DIABETES = find_model_config("diabetes")
 DIGITS = find_model_config("digits")

@@ -1,0 +1,1 @@
+"""The optimize branch: tuning trials (``tuning``) and compression (``compress``)."""
