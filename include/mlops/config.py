@@ -220,7 +220,7 @@ class GateConfig:
 
 SearchableHparam = Literal["epochs", "batch_size", "learning_rate", "patience"]
 # The training hyperparameters that Keras reads as whole numbers (the others are floats).
-_INTEGER_HPARAMS = frozenset({"epochs", "batch_size", "patience"})
+INTEGER_HPARAMS = frozenset({"epochs", "batch_size", "patience"})
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -263,7 +263,7 @@ class SearchDimension:
 
     def values_checked(self, hparam: str) -> None:
         """Raise :class:`_FieldProblem` when this distribution can yield a value ``hparam`` cannot take."""
-        whole = hparam in _INTEGER_HPARAMS
+        whole = hparam in INTEGER_HPARAMS
         if self.type == "categorical":
             assert self.choices is not None
             for i, value in enumerate(self.choices):

@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from include.mlops.artifacts import atomic_write_json, read_json, step_output, to_jsonable
-from include.mlops.config import ModelConfig, SearchDimension
+from include.mlops.config import INTEGER_HPARAMS, ModelConfig, SearchDimension
 from include.mlops.modeling import ModelingError, export_saved_model, load_split, resolve_hparams, split_validation
 
 log = logging.getLogger(__name__)
-
-# Keras reads these as whole numbers; Optuna's categorical choices come from the config as floats.
-_INTEGER_HPARAMS = frozenset({"epochs", "batch_size", "patience"})
 
 
 class TuningError(ModelingError):
@@ -43,7 +40,7 @@ def _distribution(hparam: str, dimension: SearchDimension) -> Any:
 
     if dimension.type == "categorical":
         assert dimension.choices is not None
-        choices = [int(c) if hparam in _INTEGER_HPARAMS else float(c) for c in dimension.choices]
+        choices = [int(c) if hparam in INTEGER_HPARAMS else float(c) for c in dimension.choices]
         return CategoricalDistribution(choices)
     assert dimension.low is not None and dimension.high is not None
     if dimension.type == "int":
