@@ -40,13 +40,15 @@ VARIANTS = ("lifecycle", "empty_params", "empty", "config_load", "dag_file")
 
 # The lifecycle DAG's shape, for the EmptyOperator baselines (a test checks it against the real DAG).
 TASK_IDS = (
-    "snapshot", "validate", "train", "evaluate", "gate", "optimize", "evaluate_optimized",
+    "snapshot", "validate", "train", "evaluate", "gate", "tune_plan", "tune_trial", "tune_select", "compress",
+    "evaluate_optimized",
     "gate_optimized", "register", "deploy", "skip_deploy", "reject",
 )  # fmt: skip
 EDGES = (
     ("snapshot", "validate"), ("validate", "train"), ("train", "evaluate"), ("evaluate", "gate"),
-    ("gate", "register"), ("gate", "optimize"), ("gate", "skip_deploy"),
-    ("optimize", "evaluate_optimized"), ("evaluate_optimized", "gate_optimized"),
+    ("gate", "register"), ("gate", "tune_plan"), ("gate", "skip_deploy"),
+    ("tune_plan", "tune_trial"), ("tune_trial", "tune_select"), ("tune_select", "compress"),
+    ("compress", "evaluate_optimized"), ("evaluate_optimized", "gate_optimized"),
     ("gate_optimized", "register"), ("gate_optimized", "reject"), ("gate_optimized", "skip_deploy"),
     ("register", "deploy"),
 )  # fmt: skip

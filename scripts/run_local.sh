@@ -32,6 +32,8 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="${AIRFLOW__CORE__SIMPL
 echo "==> Preparing the metadata database in $AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 airflow pools set model_deploy 1 "One model deploy at a time" >/dev/null
+# Tuning trials (one training task each) run in this pool: its slots bound how many train at once.
+airflow pools set mlops_tuning "${MLOPS_TUNING_POOL_SLOTS:-2}" "Tuning trials training at once" >/dev/null
 # The deploy task finds the model server through this Connection (edit it in the UI to point elsewhere).
 airflow connections get model_server_default >/dev/null 2>&1 ||
   airflow connections add model_server_default --conn-type http --conn-host localhost \

@@ -126,6 +126,7 @@ class AirflowStack:
         (self.home / "passwords.json").write_text(json.dumps({"admin": ADMIN_PASSWORD}))
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "model_deploy", "1", "one deploy at a time")
+        self.airflow("pools", "set", "mlops_tuning", "2", "tuning trials training at once")
         log = open(self.home / "supervisor-console.log", "wb")
         self.supervisor = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(SUPERVISOR_CONF)],

@@ -36,13 +36,18 @@ for entry in (str(PROJECT_ROOT / "plugins"), str(PROJECT_ROOT)):
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME, with the deploy pool."""
+    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME, with the deploy and tuning pools."""
     home = Path(os.environ["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], check=True, capture_output=True)
     subprocess.run(
         [*airflow, "pools", "set", "model_deploy", "1", "one deploy at a time"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [*airflow, "pools", "set", "mlops_tuning", "2", "tuning trials training at once"],
+        check=True,
+        capture_output=True,
     )
     return home
 

@@ -129,10 +129,49 @@ def _run_evaluate(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
     )
 
 
-def _run_optimize(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.optimize.tuning import optimize
+def _run_tune_plan(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize.tuning import tune_plan
 
-    return optimize(config, args.data, args.out, failed=args.failed, overrides=args.overrides)
+    return tune_plan(config, args.out, overrides=args.overrides)
+
+
+def _run_tune_trial(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize.tuning import run_trial
+
+    return run_trial(config, args.data, args.out, trial=args.trial, hparams=args.hparams)
+
+
+def _run_tune_select(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize.tuning import select_best
+
+    return select_best(config, args.plan, args.trials_dir, args.out)
+
+
+def _run_compress(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Interim pass-through: the selected model as it is (dynamic-range TFLite when a budget failed).
+
+    Stands in for the compression step (variants, report) until it lands.
+    """
+    import shutil
+
+    from include.mlops.artifacts import step_output
+    from include.mlops.config import BUDGET_METRICS
+    from include.mlops.modeling import convert_to_tflite
+
+    out = Path(args.out).resolve()
+    quantize = config.optimize.quantize == "always" or (
+        config.optimize.quantize == "auto" and any(name in BUDGET_METRICS for name in args.failed)
+    )
+    with step_output(out) as staging:
+        shutil.copytree(args.candidate, staging / "model")
+        tflite = convert_to_tflite(staging / "model", staging / "model.tflite") if quantize else None
+    return {
+        "model_uri": str(out / "model"),
+        "tflite_uri": str(out / "model.tflite") if tflite is not None else None,
+        "served_variant": "dynamic" if tflite is not None else "float",
+        "report_uri": None,
+        "variants": {},
+    }
 
 
 def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +226,10 @@ STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str
     "validate": ("run the model's Great Expectations suite on a snapshot", _run_validate),
     "train": ("train the Keras model and export a SavedModel", _run_train),
     "evaluate": ("compute metrics on the held-out split, against the champion", _run_evaluate),
-    "optimize": ("retrain under the optimize settings, quantize if a budget failed", _run_optimize),
+    "tune-plan": ("plan the optimize branch's tuning trials (Optuna, seeded)", _run_tune_plan),
+    "tune-trial": ("train one tuning trial and export it", _run_tune_trial),
+    "tune-select": ("choose the best tuning trial on validation loss", _run_tune_select),
+    "compress": ("compress the selected model when a budget failed", _run_compress),
     "register": ("write a new registry version (atomic, never overwrites)", _run_register),
     "deploy": ("move a serving label to a registered version", _run_deploy),
     "drift": ("compare the window's logged requests with the training reference", _run_drift),
@@ -211,11 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
                 type=float,
                 help="seconds to wait for missing partitions to land (default: half the snapshot timeout)",
             )
-        if name in ("validate", "train", "evaluate", "optimize"):
+        if name in ("validate", "train", "evaluate", "tune-trial", "compress"):
             p.add_argument("--data", required=True, help="the snapshot's data.parquet")
-        if name in ("train", "optimize"):
+        if name in ("train", "tune-plan"):
             p.add_argument("--overrides", type=_json_object, default={}, help="JSON object of hyperparameters")
-        if name == "optimize":
+        if name == "tune-trial":
+            p.add_argument("--trial", type=int, required=True, help="the trial's index in the plan")
+            p.add_argument("--hparams", type=_json_object, required=True, help="JSON: the trial's hyperparameters")
+        if name == "tune-select":
+            p.add_argument("--plan", required=True, help="tune-plan's plan.json")
+            p.add_argument("--trials-dir", required=True, help="the folder holding one output folder per trial")
+        if name == "compress":
+            p.add_argument("--candidate", required=True, help="the selected trial's SavedModel")
+            p.add_argument("--weights", help="the selected trial's weights.npz")
+            p.add_argument("--hparams", type=_json_object, default={}, help="JSON: the selected trial's hparams")
+            p.add_argument("--trials", help="tune-select's trials.json")
             p.add_argument("--failed", type=_csv, default=[], help="comma-separated gate checks that failed")
         if name in ("evaluate", "register"):
             p.add_argument("--candidate", required=True, help="the candidate SavedModel folder")
@@ -266,6 +318,7 @@ BAD_INPUT_ERRORS = (
     # Training is seeded from the config, so a run that diverges (non-finite loss) diverges again.
     ("include.mlops.train", "TrainingError"),
     ("include.mlops.monitoring.drift", "DriftInputError"),
+    ("include.mlops.optimize.tuning", "TuningError"),
 )
 
 

@@ -65,12 +65,14 @@ DEFAULT_STEP_TIMEOUTS: dict[str, int] = {
     "validate": 900,
     "train": 7200,
     "evaluate": 1800,
-    "optimize": 14400,
+    "tune-plan": 300,
+    "tune-trial": 7200,
+    "tune-select": 900,
+    "compress": 7200,
     "register": 900,
     "deploy": 1200,
     "drift": 900,
 }
-SEARCHABLE_HPARAMS = ("epochs", "batch_size", "learning_rate", "patience")
 # Keys of the YAML document that each source kind reads.
 _SOURCE_KEYS = {
     "bundled": ("kind", "dataset", "start_date", "initial_fraction", "daily_rows"),
@@ -216,24 +218,114 @@ class GateConfig:
         return value
 
 
+SearchableHparam = Literal["epochs", "batch_size", "learning_rate", "patience"]
+# The training hyperparameters that Keras reads as whole numbers (the others are floats).
+INTEGER_HPARAMS = frozenset({"epochs", "batch_size", "patience"})
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class SearchDimension:
+    """One hyperparameter's Optuna distribution: ``float``/``int`` between ``low`` and ``high``, or ``categorical``.
+
+    The hyperparameter it belongs to is checked by :class:`SearchConfig` (an
+    integer hyperparameter takes ``int`` or whole-number choices, every value > 0).
+    """
+
+    type: Literal["float", "int", "categorical"]
+    low: Float | None = None
+    high: Float | None = None
+    log: bool = False
+    step: PositiveFloat | None = None
+    choices: tuple[Float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> SearchDimension:
+        if self.type == "categorical":
+            for name in ("low", "high", "step"):
+                if getattr(self, name) is not None:
+                    raise _FieldProblem(name, "is not used by a 'categorical' distribution (it takes 'choices')")
+            if not self.choices:
+                raise _FieldProblem("choices", "must list at least one value")
+            if len(set(self.choices)) != len(self.choices):
+                raise _FieldProblem("choices", f"lists a value twice: {list(self.choices)}")
+            return self
+        if self.choices is not None:
+            raise _FieldProblem("choices", f"is not used by a {self.type!r} distribution (it takes 'low' and 'high')")
+        for name in ("low", "high"):
+            if getattr(self, name) is None:
+                raise _FieldProblem(name, f"is required for a {self.type!r} distribution")
+        assert self.low is not None and self.high is not None
+        if self.low > self.high:
+            raise _FieldProblem("low", f"must not exceed high ({self.high:g}), got {self.low:g}")
+        if self.log and self.step is not None:
+            raise _FieldProblem("step", "cannot be combined with log: true (Optuna samples one or the other)")
+        return self
+
+    def values_checked(self, hparam: str) -> None:
+        """Raise :class:`_FieldProblem` when this distribution can yield a value ``hparam`` cannot take."""
+        whole = hparam in INTEGER_HPARAMS
+        if self.type == "categorical":
+            assert self.choices is not None
+            for i, value in enumerate(self.choices):
+                if value <= 0 or (whole and value != int(value)):
+                    kind = "a whole number > 0" if whole else "a number > 0"
+                    raise _FieldProblem(f"choices[{i}]", f"{hparam} must be {kind}, got {value!r}")
+            return
+        if whole != (self.type == "int"):
+            raise _FieldProblem("type", f"{hparam} takes type {'int' if whole else 'float'} or categorical")
+        assert self.low is not None and self.high is not None
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if value <= 0 or (whole and value != int(value)):
+                kind = "a whole number > 0" if whole else "a number > 0"
+                raise _FieldProblem(name, f"{hparam} must be {kind}, got {value!r}")
+
+
+def _default_space() -> dict[str, SearchDimension]:
+    return {"learning_rate": SearchDimension(type="float", low=1e-4, high=1e-2, log=True)}
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class SearchConfig:
+    """The optimize branch's hyperparameter search: one mapped training task per trial.
+
+    ``trials``: how many trials Optuna's seeded sampler proposes (= mapped tasks).
+    ``min_successful``: fewer successful trials than this fails the branch.
+    ``space``: hyperparameter -> Optuna distribution.
+    """
+
+    trials: Annotated[int, Strict(), Field(gt=0, le=1024)] = 4
+    min_successful: PositiveInt = 1
+    seed: Int = 42
+    space: Mapping[SearchableHparam, SearchDimension] = dataclasses.field(default_factory=_default_space)
+
+    @field_validator("space")
+    @classmethod
+    def _space_usable(cls, space: Mapping[str, SearchDimension]) -> Mapping[str, SearchDimension]:
+        if not space:
+            raise ValueError(f"must name at least one hyperparameter to search ({_known(get_args(SearchableHparam))})")
+        for hparam, dimension in space.items():
+            try:
+                dimension.values_checked(hparam)
+            except _FieldProblem as problem:
+                raise _FieldProblem(f"{hparam}.{problem.field}", problem.problem) from None
+        return space
+
+    @model_validator(mode="after")
+    def _enough_trials(self) -> SearchConfig:
+        if self.min_successful > self.trials:
+            raise _FieldProblem("min_successful", f"must not exceed trials ({self.trials}), got {self.min_successful}")
+        return self
+
+
 @dataclass(frozen=True, config=_CONFIG)
 class OptimizeConfig:
     """How the optimize branch retries a candidate that failed the gate."""
 
     epochs: PositiveInt | None = None
     patience: PositiveInt | None = None
-    grid: Mapping[Literal["epochs", "batch_size", "learning_rate", "patience"], tuple[Any, ...]] = dataclasses.field(
-        default_factory=dict
-    )
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     quantize: Literal["auto", "always", "never"] = "auto"  # auto: when a size or latency budget failed
-
-    @field_validator("grid")
-    @classmethod
-    def _values_given(cls, value: Mapping[str, tuple[Any, ...]]) -> Mapping[str, tuple[Any, ...]]:
-        for key, values in value.items():
-            if not values:
-                raise _FieldProblem(key, "must list at least one value")
-        return value
 
 
 @dataclass(frozen=True, config=_CONFIG)

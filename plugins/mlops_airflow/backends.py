@@ -48,6 +48,31 @@ def resolve_backend(name: str | None = None) -> str:
     return normalized
 
 
+def _operator_class_and_kwargs(
+    chosen: str,
+    *,
+    step: str,
+    model: str,
+    config: ModelConfig | None,
+    models_dir: str | None,
+    kwargs: dict[str, Any],
+) -> tuple[type[BaseOperator], dict[str, Any], str]:
+    """The operator class of ``chosen``, its keyword arguments, and the name of its step-arguments parameter."""
+    if config is not None:
+        kwargs.setdefault("execution_timeout", config.step_timeout(step))
+    common = {"step": step, "model": model, "models_dir": models_dir, **kwargs}
+    if chosen == "local":
+        from mlops_airflow.operators import LifecycleStepOperator
+
+        return LifecycleStepOperator, common, "arguments"
+    # Imported only here: the provider and client libraries cost parse time the local DAGs need not pay.
+    from mlops_airflow import container_operators as containers
+
+    if chosen == "docker":
+        return containers.DockerStepOperator, {**common, "gpus": containers.wants_gpus(step, config)}, "step_arguments"
+    return containers.KubernetesStepOperator, {**common, "config": config}, "step_arguments"
+
+
 def step_operator(
     backend: str | None = None,
     *,
@@ -67,34 +92,30 @@ def step_operator(
     selector and tolerations.  The other keyword arguments
     (``resolve_arguments``, ``trigger_rule``, ``pool``, ...) go to the operator.
     """
-    chosen = resolve_backend(backend)
-    if config is not None:
-        kwargs.setdefault("execution_timeout", config.step_timeout(step))
-    if chosen == "local":
-        from mlops_airflow.operators import LifecycleStepOperator
-
-        return LifecycleStepOperator(
-            task_id=task_id, step=step, model=model, models_dir=models_dir, arguments=arguments, **kwargs
-        )
-    # Imported only here: the provider and client libraries cost parse time the local DAGs need not pay.
-    from mlops_airflow import container_operators as containers
-
-    if chosen == "docker":
-        return containers.DockerStepOperator(
-            task_id=task_id,
-            step=step,
-            model=model,
-            models_dir=models_dir,
-            step_arguments=arguments,
-            gpus=containers.wants_gpus(step, config),
-            **kwargs,
-        )
-    return containers.KubernetesStepOperator(
-        task_id=task_id,
-        step=step,
-        model=model,
-        config=config,
-        models_dir=models_dir,
-        step_arguments=arguments,
-        **kwargs,
+    operator_class, operator_kwargs, arguments_name = _operator_class_and_kwargs(
+        resolve_backend(backend), step=step, model=model, config=config, models_dir=models_dir, kwargs=kwargs
     )
+    return operator_class(task_id=task_id, **{arguments_name: arguments}, **operator_kwargs)
+
+
+def mapped_step_operator(
+    backend: str | None = None,
+    *,
+    task_id: str,
+    step: str,
+    model: str,
+    expand_arguments: list[dict[str, Any]],
+    config: ModelConfig | None = None,
+    models_dir: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``step`` as a mapped task: one task instance per item of ``expand_arguments`` (``.partial().expand()``).
+
+    Each instance gets its item as its step arguments (on top of what
+    ``resolve_arguments`` adds) and writes under ``runs/<dag>/<run>/<task_id>/<map_index>/``.
+    Everything else is as :func:`step_operator` gives it, GPUs and placement included.
+    """
+    operator_class, operator_kwargs, arguments_name = _operator_class_and_kwargs(
+        resolve_backend(backend), step=step, model=model, config=config, models_dir=models_dir, kwargs=kwargs
+    )
+    return operator_class.partial(task_id=task_id, **operator_kwargs).expand(**{arguments_name: expand_arguments})

@@ -2,7 +2,8 @@
 
     snapshot -> validate -> train -> evaluate -> gate
         gate passes -> register -> deploy
-        gate fails  -> optimize -> evaluate_optimized -> gate_optimized -> register -> deploy | reject
+        gate fails  -> tune_plan -> tune_trial (mapped, one task per trial, pool mlops_tuning)
+                    -> tune_select -> compress -> evaluate_optimized -> gate_optimized -> register -> deploy | reject
         backfill runs and runs with skip_deploy -> skip_deploy (no registry write, no label move)
 
 Building a DAG only reads the model config: no TensorFlow, pandas or Great
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -32,13 +34,17 @@ from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from mlops_airflow import alerts
-from mlops_airflow.backends import step_operator
+from mlops_airflow.backends import mapped_step_operator, step_operator
 from mlops_airflow.monitoring import connection_url, drift_trigger, retrain_asset
 from mlops_airflow.params import UnknownParamsError, check_run_conf, lifecycle_params, training_overrides
 
 log = logging.getLogger(__name__)
 
 DEPLOY_POOL = "model_deploy"
+# Bounds how many tuning trials (each a training run, with GPUs on kubernetes) run at once, over all models.
+TUNING_POOL = "mlops_tuning"
+# The first gate's "optimize" route starts the optimize branch at this task.
+ROUTE_TASKS = {"optimize": "tune_plan"}
 MODEL_SERVER_CONN_ID = "model_server_default"
 DEFAULT_RETRIES = 1
 DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
@@ -55,8 +61,11 @@ DOC_TEMPLATE = """\
 Every night this DAG snapshots the day's data, validates it with the Great Expectations suite
 `include/gx/{name}.json`, trains, and evaluates the candidate against the `stable` version on the
 same held-out rows. The gate (thresholds, change threshold against `stable`, size and latency budgets)
-sends a passing candidate to `register` and `deploy`, and a failing one to `optimize`, which retrains
-(and quantizes when a budget failed) before a second gate deploys or rejects it.
+sends a passing candidate to `register` and `deploy`, and a failing one to the optimize branch:
+`tune_plan` asks Optuna for {trials} hyperparameter sets, `tune_trial` trains each as its own mapped task
+(pool `{tuning_pool}`), `tune_select` keeps the lowest validation loss (at least {min_successful} trial(s)
+must succeed), `compress` shrinks it when a budget failed, and a second gate deploys or rejects it
+(`gate_optimized/decision.json` links the optimization report).
 
 * **Trigger with config**: change epochs, learning rate, batch size, gate thresholds and max regression;
   `force_deploy` overrides the gate (recorded as an override), `skip_deploy` never deploys.
@@ -91,6 +100,9 @@ def _doc_md(config: ModelConfig) -> str:
         config_file=config.path.name,
         builder=config.builder,
         serving_name=config.serving_name,
+        trials=config.optimize.search.trials,
+        min_successful=config.optimize.search.min_successful,
+        tuning_pool=TUNING_POOL,
         gate_rows="\n".join(rows) or "| (none) | |",
         deadline=(
             f"A run not finished {config.monitor.deadline_minutes:g} min after it was queued alerts through the "
@@ -155,11 +167,21 @@ class GateOperator(BaseBranchOperator):
 
     ui_color = "#fff3d6"
 
-    def __init__(self, *, config: ModelConfig, evaluate_task_id: str, on_fail: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        evaluate_task_id: str,
+        on_fail: str,
+        report_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.config = config
         self.evaluate_task_id = evaluate_task_id
         self.on_fail = on_fail
+        # The task whose result names the optimization report (compress), recorded in decision.json.
+        self.report_task_id = report_task_id
 
     def choose_branch(self, context: Context) -> str:
         config, task_id = self.config, self.task_id
@@ -189,6 +211,8 @@ class GateOperator(BaseBranchOperator):
             "deploying_run": deploying,
             "not_deploying_because": why_not or None,
         }
+        if self.report_task_id is not None:
+            record["optimization_report"] = (ti.xcom_pull(task_ids=self.report_task_id) or {}).get("report_uri")
         atomic_write_json(out / "decision.json", record)
         atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{decision.to_markdown()}\n")
         for check in decision.checks:
@@ -219,7 +243,7 @@ class GateOperator(BaseBranchOperator):
         log.info(
             "gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else ""
         )
-        return route
+        return ROUTE_TASKS.get(route, route)
 
 
 class SkipDeployOperator(BaseOperator):
@@ -374,26 +398,67 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         )
         gate = GateOperator(task_id="gate", config=config, evaluate_task_id="evaluate", on_fail="optimize")
 
-        def optimize_arguments(context: Context) -> dict[str, Any]:
+        def tune_plan_arguments(context: Context) -> dict[str, Any]:
+            return {"overrides": training_overrides(context["params"])}
+
+        def plan(context: Context) -> Mapping[str, Any]:
+            return context["ti"].xcom_pull(task_ids="tune_plan")
+
+        def tune_trial_arguments(context: Context) -> dict[str, Any]:
+            # The mapped instance's own trial: map index i runs the plan's trial i.
+            index = context["ti"].map_index
+            return {"data": data(context), "hparams": plan(context)["trials"][index]["hparams"]}
+
+        def tune_select_arguments(context: Context) -> dict[str, Any]:
+            plan_uri = plan(context)["plan_uri"]
+            # The trials write beside the plan, under the same artifact root as the steps see it.
+            return {"plan": plan_uri, "trials_dir": str(Path(plan_uri).parent.parent / "tune_trial")}
+
+        def compress_arguments(context: Context) -> dict[str, Any]:
+            selected = context["ti"].xcom_pull(task_ids="tune_select")
             gate_outcome = context["ti"].xcom_pull(task_ids="gate", key="decision")
             return {
                 "data": data(context),
+                "candidate": selected["model_uri"],
+                "weights": selected["weights_uri"],
+                "hparams": selected["hparams"],
+                "trials": selected["trials_uri"],
                 "failed": ",".join(sorted(gate_outcome["failed_budgets"])),
-                "overrides": training_overrides(context["params"]),
             }
 
-        optimize = step("optimize", "optimize", resolve_arguments=optimize_arguments)
+        search = config.optimize.search
+        tune_plan = step("tune_plan", "tune-plan", resolve_arguments=tune_plan_arguments)
+        tune_trial = mapped_step_operator(
+            task_id="tune_trial",
+            step="tune-trial",
+            model=config.name,
+            config=config,
+            models_dir=models_dir,
+            expand_arguments=[{"trial": index} for index in range(search.trials)],
+            resolve_arguments=tune_trial_arguments,
+            pool=TUNING_POOL,
+        )
+        # Runs once every trial is done, failed ones included (selection needs min_successful of them);
+        # skipped with the branch when the gate did not route here.
+        tune_select = step(
+            "tune_select", "tune-select", resolve_arguments=tune_select_arguments, trigger_rule=TriggerRule.NONE_SKIPPED
+        )
+        compress = step("compress", "compress", resolve_arguments=compress_arguments)
         evaluate_optimized = step(
             "evaluate_optimized",
             "evaluate",
             resolve_arguments=lambda c: {
                 "data": data(c),
-                "candidate": c["ti"].xcom_pull(task_ids="optimize")["model_uri"],
-                "tflite": c["ti"].xcom_pull(task_ids="optimize").get("tflite_uri"),
+                "candidate": c["ti"].xcom_pull(task_ids="compress")["model_uri"],
+                "tflite": c["ti"].xcom_pull(task_ids="compress").get("tflite_uri"),
             },
         )
         gate_optimized = GateOperator(
-            task_id="gate_optimized", config=config, evaluate_task_id="evaluate_optimized", on_fail="reject"
+            task_id="gate_optimized",
+            config=config,
+            evaluate_task_id="evaluate_optimized",
+            on_fail="reject",
+            report_task_id="compress",
         )
 
         register = step(
@@ -413,8 +478,8 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         rejected = RejectOperator(task_id="reject")
 
         snapshot >> validate >> train >> evaluate >> gate
-        gate >> [register, optimize, skipped]
-        optimize >> evaluate_optimized >> gate_optimized
+        gate >> [register, tune_plan, skipped]
+        tune_plan >> tune_trial >> tune_select >> compress >> evaluate_optimized >> gate_optimized
         gate_optimized >> [register, rejected, skipped]
         register >> deploy
     return dag

@@ -48,13 +48,13 @@ SHM_SIZE_LIMIT = "2Gi"
 # The artifact share's group: step pods run as 1000:1000 and new files and folders stay group-writable.
 STEP_UID = STEP_GID = 1000
 # Steps that train, and so may use GPUs (config.train.gpus).
-GPU_STEPS = frozenset({"train", "optimize"})
+GPU_STEPS = frozenset({"train", "tune-trial"})
 # Requests and limits per step: a training step gets more than a bookkeeping one.
 STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "light": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
     "heavy": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
 }
-HEAVY_STEPS = frozenset({"train", "optimize", "evaluate"})
+HEAVY_STEPS = frozenset({"train", "tune-trial", "compress", "evaluate"})
 # On a shared filesystem (NFS) the worker may see a file the pod wrote only after its attribute cache
 # expires; a step's result file is waited for this long before it counts as missing.
 RESULT_FILE_WAIT_S = 30.0

@@ -75,14 +75,19 @@ def resolve_step_arguments(
     """The step's arguments for this try: ``static``, then the resolver's (upstream XComs), then ``--out``.
 
     ``--out`` is the task's run folder, ``runs/<dag_id>/<run_id>/<task_id>``
-    under ``root`` (the artifact root as the step sees it; the worker's by default).
+    under ``root`` (the artifact root as the step sees it; the worker's by default);
+    a mapped task instance gets its own ``<map_index>`` folder inside it.
     """
     arguments: dict[str, Any] = dict(static)
     if resolver is not None:
         arguments.update(resolver(context))
     if models_dir:
         arguments["models_dir"] = models_dir
-    arguments["out"] = str(run_dir(dag_id, context["dag_run"].run_id, task_id, root=root))
+    out = run_dir(dag_id, context["dag_run"].run_id, task_id, root=root)
+    map_index = getattr(context["ti"], "map_index", None)
+    if map_index is not None and map_index >= 0:
+        out = out / str(map_index)
+    arguments["out"] = str(out)
     return arguments
 
 

@@ -17,7 +17,18 @@ from mlops_airflow.lifecycle import build_lifecycle_dag
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = PROJECT_ROOT / "include" / "docker"
-STEP_TASKS = ("snapshot", "validate", "train", "evaluate", "optimize", "evaluate_optimized", "register", "deploy")
+STEP_TASKS = (
+    "snapshot",
+    "validate",
+    "train",
+    "evaluate",
+    "tune_plan",
+    "tune_select",
+    "compress",
+    "evaluate_optimized",
+    "register",
+    "deploy",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +82,8 @@ def test_every_step_task_gets_its_runtime_cap_from_the_config(
     assert caps["deploy"] == dt.timedelta(seconds=30)
     # Steps the config does not name keep their defaults.
     assert caps["snapshot"] == dt.timedelta(seconds=900)
-    assert caps["optimize"] == dt.timedelta(seconds=14400)
+    assert caps["compress"] == dt.timedelta(seconds=7200)
+    assert dag.get_task("tune_trial").partial_kwargs["execution_timeout"] == dt.timedelta(seconds=7200)
     assert caps["evaluate_optimized"] == dt.timedelta(seconds=1800)
 
 
@@ -134,9 +146,9 @@ def test_docker_operators_mount_remove_and_request_gpus(monkeypatch: pytest.Monk
         assert task.auto_remove == "force"
         assert task.mount_tmp_dir is False
         # Only the steps that get GPUs run in the CUDA image.
-        assert task.image == ("mlops-trainer:local-cuda" if task_id in ("train", "optimize") else "mlops-trainer:local")
+        assert task.image == ("mlops-trainer:local-cuda" if task_id == "train" else "mlops-trainer:local")
         requests = task.device_requests or []
-        if task_id in ("train", "optimize"):
+        if task_id == "train":
             assert [(r.count, r.capabilities) for r in requests] == [(2, [["gpu"]])], task_id
         else:
             assert requests == [], task_id
@@ -155,7 +167,14 @@ def test_gpu_steps_fall_back_to_the_cpu_image_with_a_warning(
         dag = gpu_diabetes_dag(tmp_path)
     assert {dag.get_task(task_id).image for task_id in STEP_TASKS} == {"registry.example.com/mlops-trainer:2.0"}
     warned = [r.getMessage() for r in caplog.records if "MLOPS_TRAINER_GPU_IMAGE is not set" in r.getMessage()]
-    assert len(warned) == 2 and "Step 'train' of model 'diabetes' asks for 2 GPU(s)" in warned[0]
+    # The mapped tuning trials build their operator when each runs, and warn then (below).
+    assert len(warned) == 1 and "Step 'train' of model 'diabetes' asks for 2 GPU(s)" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mlops_airflow.container_operators"):
+        arguments = next(iter(dag.get_task("tune_trial").expand_input.value))
+        trial = dag.get_task("tune_trial").unmap({arguments: {"trial": 0}})
+    assert trial.image == "registry.example.com/mlops-trainer:2.0"
+    assert any("Step 'tune-trial' of model 'diabetes' asks for 2 GPU(s)" in r.getMessage() for r in caplog.records)
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -176,3 +195,28 @@ def test_image_requirements_use_the_project_pins(image: str) -> None:
     assert "tensorflow" in slim
     assert {name: version for name, version in slim.items() if project.get(name) != version} == {}
     assert not any(name.startswith("apache-airflow") for name in slim)
+
+
+@pytest.mark.parametrize(
+    ("backend", "arguments_field"),
+    [("local", "arguments"), ("docker", "step_arguments"), ("kubernetes", "step_arguments")],
+)
+def test_tuning_trials_map_on_every_backend_with_gpus_as_train_gets_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, backend: str, arguments_field: str
+) -> None:
+    monkeypatch.setenv("MLOPS_BACKEND", backend)
+    monkeypatch.setenv("MLOPS_TRAINER_GPU_IMAGE", "mlops-trainer:local-cuda")
+    dag = gpu_diabetes_dag(tmp_path)
+    mapped = dag.get_task("tune_trial")
+    assert mapped.pool == "mlops_tuning"
+    assert mapped.expand_input.value == {arguments_field: [{"trial": 0}, {"trial": 1}, {"trial": 2}]}
+    # What a worker runs for map index 1: the backend's operator with that trial's arguments.
+    trial = mapped.unmap({arguments_field: {"trial": 1}})
+    assert getattr(trial, arguments_field) == {"trial": 1}
+    assert trial.step == "tune-trial" and trial.execution_timeout == dt.timedelta(seconds=7200)
+    if backend == "docker":
+        assert trial.image == "mlops-trainer:local-cuda"
+        assert [(r.count, r.capabilities) for r in trial.device_requests] == [(2, [["gpu"]])]
+    if backend == "kubernetes":
+        assert trial.image == "mlops-trainer:local-cuda"
+        assert trial.container_resources.limits["nvidia.com/gpu"] == "2"

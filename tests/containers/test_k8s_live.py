@@ -54,7 +54,18 @@ MODEL_SERVER_URL = f"http://{MODEL_SERVER}.{STEPS_NAMESPACE}.svc.cluster.local:8
 DAG_ID = "lifecycle__diabetes"
 DAY = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 FAST = {"epochs": 8, "batch_size": 64}
-STEP_TASKS = ("snapshot", "validate", "train", "evaluate", "optimize", "evaluate_optimized", "register", "deploy")
+STEP_TASKS = (
+    "snapshot",
+    "validate",
+    "train",
+    "evaluate",
+    "tune_plan",
+    "tune_select",
+    "compress",
+    "evaluate_optimized",
+    "register",
+    "deploy",
+)
 SETUP_DOC = 'docs/backends.md, "Trying it on kind"'
 
 

@@ -506,3 +506,14 @@ def test_deploy_pool_job_command_creates_the_pool_on_a_real_airflow_db(tmp_path:
     (pool,) = yaml.safe_load(listed.stdout)
     assert str(pool["slots"]) == "1"
     assert str(pool["include_deferred"]) == "True"
+    listed = subprocess.run(
+        [*airflow, "pools", "get", "mlops_tuning", "--output", "yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (tuning,) = yaml.safe_load(listed.stdout)
+    # Deferred trial pods hold their slot, or the pool would not bound the trials training at once.
+    assert str(tuning["slots"]) == "2" and str(tuning["include_deferred"]) == "True"

@@ -44,11 +44,15 @@ STEP_TASKS = {
     "validate": "validate",
     "train": "train",
     "evaluate": "evaluate",
-    "optimize": "optimize",
+    "tune_plan": "tune-plan",
+    "tune_trial": "tune-trial",
+    "tune_select": "tune-select",
+    "compress": "compress",
     "evaluate_optimized": "evaluate",
     "register": "register",
     "deploy": "deploy",
 }
+TRIAL = 1
 CPU_IMAGE = "registry.example.com/mlops-trainer:1.0"
 GPU_IMAGE = "registry.example.com/mlops-trainer:1.0-cuda"
 PULL_SECRETS = "regcred, mirror-cred"
@@ -88,12 +92,24 @@ def model_cases(gpu_models_dir: Path) -> list[tuple[ModelConfig, str | None]]:
     return cases
 
 
-def fake_context(dag: Any, task: Any) -> dict[str, Any]:
+def fake_context(dag: Any, task: Any, map_index: int = -1) -> dict[str, Any]:
     """What a task instance hands ``execute``: enough for the argument resolvers and pod labels."""
     pulls = {
         "snapshot": {"data_uri": f"{PODS_ROOT}/runs/x/snapshot/data.parquet", "sha256": "0" * 64},
         "train": {"model_uri": f"{PODS_ROOT}/runs/x/train/model"},
-        "optimize": {"model_uri": f"{PODS_ROOT}/runs/x/optimize/model", "tflite_uri": None},
+        "tune_plan": {
+            "plan_uri": f"{PODS_ROOT}/runs/x/tune_plan/plan.json",
+            "trials": [{"trial": i, "hparams": {"epochs": 3, "learning_rate": 0.001 * (i + 1)}} for i in range(3)],
+            "min_successful": 2,
+        },
+        "tune_select": {
+            "model_uri": f"{PODS_ROOT}/runs/x/tune_trial/1/model",
+            "weights_uri": f"{PODS_ROOT}/runs/x/tune_trial/1/weights.npz",
+            "hparams": {"epochs": 3, "learning_rate": 0.002},
+            "trials_uri": f"{PODS_ROOT}/runs/x/tune_select/trials.json",
+            "best": 1,
+        },
+        "compress": {"model_uri": f"{PODS_ROOT}/runs/x/compress/model", "tflite_uri": None},
         "register": {"version": 3},
     }
     candidate = {
@@ -111,7 +127,7 @@ def fake_context(dag: Any, task: Any) -> dict[str, Any]:
         return pulls.get(task_ids)
 
     ti = SimpleNamespace(
-        xcom_pull=xcom_pull, dag_id=dag.dag_id, task_id=task.task_id, map_index=-1, try_number=1, run_id=RUN_ID
+        xcom_pull=xcom_pull, dag_id=dag.dag_id, task_id=task.task_id, map_index=map_index, try_number=1, run_id=RUN_ID
     )
     dag_run = SimpleNamespace(
         run_id=RUN_ID, dag_id=dag.dag_id, run_type="manual", run_after=pendulum.now("UTC"), conf={"epochs": 3}
@@ -154,14 +170,17 @@ def pods(gpu_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         built = []
         for config, models_dir in model_cases(gpu_models_dir):
             dag = build_lifecycle_dag(config, models_dir=models_dir)
-            # optimize reads the first gate's record from the worker's artifact root.
+            # The optimize branch reads the first gate's record from the worker's artifact root.
             atomic_write_json(
                 run_dir(dag.dag_id, RUN_ID, "gate", root=worker_root) / "decision.json",
                 {"decision": {"passed": False, "checks": []}},
             )
             for task_id, step in STEP_TASKS.items():
-                task = dag.get_task(task_id)
-                pod = task.build_pod_request_obj(fake_context(dag, task), dry_run=True)
+                task, map_index = dag.get_task(task_id), -1
+                if task_id == "tune_trial":
+                    # The mapped trials: what the worker builds for map index 1.
+                    task, map_index = task.unmap({"step_arguments": {"trial": TRIAL}}), TRIAL
+                pod = task.build_pod_request_obj(fake_context(dag, task, map_index), dry_run=True)
                 built.append({"config": config, "task": task, "step": step, "pod": pod, "manifest": as_manifest(pod)})
         yield built
 
@@ -172,7 +191,7 @@ def base_container(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_gpu_step(built: dict[str, Any]) -> bool:
-    return bool(built["config"].train.gpus) and built["step"] in ("train", "optimize")
+    return bool(built["config"].train.gpus) and built["step"] in ("train", "tune-trial")
 
 
 def test_every_step_of_every_model_has_a_pod(pods: list[dict[str, Any]]) -> None:
@@ -196,13 +215,23 @@ def test_pod_command_is_the_step_cli_writing_its_result_to_the_share(pods: list[
         parsed = parser.parse_args(args[2:])
         assert parsed.step == step and parsed.model == config.name
         run_folder = f"{PODS_ROOT}/runs/{config.dag_id}/{RUN_ID.replace(':', '_').replace('+', '_')}"
-        assert parsed.out == f"{run_folder}/{task.task_id}"
-        # On the share, in the run folder, beside the --out folder that the step swaps in as a whole.
-        assert parsed.result_file == f"{run_folder}/.{task.task_id}.result-try1.json"
-        if step in ("validate", "train", "evaluate", "optimize"):
+        if step == "tune-trial":
+            # Each mapped trial in its own folder, with its own result file; the plan's trial TRIAL.
+            assert parsed.out == f"{run_folder}/{task.task_id}/{TRIAL}"
+            assert parsed.result_file == f"{run_folder}/.{task.task_id}.result-{TRIAL}-try1.json"
+            assert parsed.trial == TRIAL and parsed.hparams == {"epochs": 3, "learning_rate": 0.002}
+        else:
+            assert parsed.out == f"{run_folder}/{task.task_id}"
+            # On the share, in the run folder, beside the --out folder that the step swaps in as a whole.
+            assert parsed.result_file == f"{run_folder}/.{task.task_id}.result-try1.json"
+        if step in ("validate", "train", "evaluate", "tune-trial", "compress"):
             assert parsed.data == f"{PODS_ROOT}/runs/x/snapshot/data.parquet"
-        if step in ("train", "optimize"):
+        if step in ("train", "tune-plan"):
             assert parsed.overrides == {"epochs": 3}
+        if step == "tune-select":
+            assert parsed.trials_dir == f"{PODS_ROOT}/runs/x/tune_trial"
+        if step == "compress":
+            assert parsed.candidate == f"{PODS_ROOT}/runs/x/tune_trial/1/model" and parsed.failed == ["size_mb"]
         if step == "deploy":
             assert parsed.version == 3 and parsed.label == "stable"
         if step == "register":
@@ -212,7 +241,7 @@ def test_pod_command_is_the_step_cli_writing_its_result_to_the_share(pods: list[
 def test_gpu_steps_run_in_the_cuda_image_and_the_rest_in_the_cpu_image(pods: list[dict[str, Any]]) -> None:
     images = {(built["config"].name, built["step"]): base_container(built["manifest"])["image"] for built in pods}
     assert {key for key, image in images.items() if image == GPU_IMAGE} == {
-        (name, step) for name in GPU_VARIANTS for step in ("train", "optimize")
+        (name, step) for name in GPU_VARIANTS for step in ("train", "tune-trial")
     }
     assert {image for image in images.values() if image != GPU_IMAGE} == {CPU_IMAGE}
 

@@ -73,7 +73,10 @@ class TestLifecycleDag:
         chain = ["snapshot", "validate", "train", "evaluate", "gate"]
         for upstream, downstream in itertools.pairwise(chain):
             assert downstream in dag.get_task(upstream).downstream_task_ids
-        assert dag.get_task("gate").downstream_task_ids == {"register", "optimize", "skip_deploy"}
+        assert dag.get_task("gate").downstream_task_ids == {"register", "tune_plan", "skip_deploy"}
+        optimize_branch = ["tune_plan", "tune_trial", "tune_select", "compress", "evaluate_optimized", "gate_optimized"]
+        for upstream, downstream in itertools.pairwise(optimize_branch):
+            assert dag.get_task(upstream).downstream_task_ids == {downstream}, upstream
         assert dag.get_task("gate_optimized").downstream_task_ids == {"register", "reject", "skip_deploy"}
         assert dag.get_task("register").downstream_task_ids == {"deploy"}
         assert dag.get_task("register").trigger_rule == "none_failed_min_one_success"
@@ -81,3 +84,17 @@ class TestLifecycleDag:
     def test_single_deploy_at_a_time(self, dagbag: DagBag, dag_id: str) -> None:
         deploy = dagbag.dags[dag_id].get_task("deploy")
         assert deploy.pool == "model_deploy"
+
+
+@pytest.mark.parametrize("dag_id", EXPECTED_DAG_IDS)
+def test_tuning_trials_are_mapped_one_task_per_trial_in_the_tuning_pool(dagbag: DagBag, dag_id: str) -> None:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = dagbag.dags[dag_id]
+    config = next(c for c in load_model_configs() if c.dag_id == dag_id)
+    trial = dag.get_task("tune_trial")
+    assert isinstance(trial, MappedOperator)
+    assert trial.pool == "mlops_tuning"
+    assert trial.expand_input.value == {"arguments": [{"trial": i} for i in range(config.optimize.search.trials)]}
+    # Selection runs after failed trials too, but not when the gate routed elsewhere (skipped trials).
+    assert dag.get_task("tune_select").trigger_rule == "none_skipped"

@@ -64,7 +64,7 @@ def _models_dir(tmp_path: Path, edit=None, name: str = "diabetes") -> Path:
         (lambda c: c.update(colour="blue"), "colour", "unknown field (allowed: builder,"),
         (lambda c: c["train"].update(colour="blue"), "train.colour", "unknown field (allowed: batch_size,"),
         (lambda c: c.update(label="bmi"), "label", "also listed as a feature"),
-        (lambda c: c.update(timeouts={"trian": 60}), "timeouts.trian", "unknown step (steps: deploy,"),
+        (lambda c: c.update(timeouts={"trian": 60}), "timeouts.trian", "unknown step (steps: compress, deploy,"),
         (lambda c: c.update(timeouts={"train": 0}), "timeouts.train", "must be a positive whole number of seconds"),
         (lambda c: c.update(timeouts={"train": "1h"}), "timeouts.train", "must be a positive whole number of seconds"),
         (lambda c: c.update(serving_name="my model"), "serving_name", "not usable as a TF Serving model folder"),
@@ -156,7 +156,10 @@ def test_timeouts_default_per_step_and_the_config_overrides_some(tmp_path: Path)
         "validate": 900,
         "train": 7200,
         "evaluate": 1800,
-        "optimize": 14400,
+        "tune-plan": 300,
+        "tune-trial": 7200,
+        "tune-select": 900,
+        "compress": 7200,
         "register": 900,
         "deploy": 1200,
         "drift": 900,
@@ -270,3 +273,31 @@ def test_the_readme_example_model_is_a_valid_config_with_the_documented_metric_n
     for task, names in METRICS.items():
         listed = section.split(f"{task} `", 1)[1].split(";", 1)[0].split(". ", 1)[0]
         assert [m.strip(" `.") for m in listed.split(",")] == list(names), task
+
+
+@pytest.mark.parametrize(
+    ("space", "field", "problem"),
+    [
+        ({}, "optimize.search.space", "must name at least one hyperparameter"),
+        (
+            {"learning_rate": {"type": "float", "low": 0.01, "high": 0.001}},
+            "optimize.search.space.learning_rate.low",
+            "must not exceed high",
+        ),
+        (
+            {"batch_size": {"type": "categorical", "choices": [16, 0]}},
+            "optimize.search.space.batch_size.choices[1]",
+            "batch_size must be a whole number > 0",
+        ),
+        ({"dropout": {"type": "float", "low": 0.1, "high": 0.5}}, "optimize.search.space.dropout", "unknown field"),
+    ],
+)
+def test_an_empty_or_invalid_search_space_is_refused_at_dag_parse_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: dict, field: str, problem: str
+) -> None:
+    folder = _models_dir(tmp_path, lambda c: c["optimize"]["search"].update(space=space))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    stand_in = bag.dags["lifecycle__diabetes"]
+    assert stand_in.task_ids == ["config_error"]
+    assert f"field '{field}': {problem}" in stand_in.doc_md

@@ -277,6 +277,8 @@ def test_init_migrates_the_db_sets_up_the_admin_and_creates_the_deploy_pool(
     script = _command_text(init)
     assert "airflow db migrate" in script
     assert 'airflow pools set model_deploy 1 "one deploy at a time"' in script
+    # Rendered by compose: MLOPS_TUNING_POOL_SLOTS is unset in .env.example, so the default of 2 slots.
+    assert 'airflow pools set mlops_tuning "2" "tuning trials training at once"' in script
     # The admin's password comes from .env and lands in the file SimpleAuthManager reads.
     env_example = _read_env_file(ENV_EXAMPLE)
     env = init["environment"]

@@ -41,7 +41,10 @@ TASKS = (
     "train",
     "evaluate",
     "gate",
-    "optimize",
+    "tune_plan",
+    "tune_trial",
+    "tune_select",
+    "compress",
     "evaluate_optimized",
     "gate_optimized",
     "register",
@@ -50,7 +53,7 @@ TASKS = (
     "skip_deploy",
 )
 UP_TO_GATE = {"snapshot", "validate", "train", "evaluate", "gate"}
-OPTIMIZED = {"optimize", "evaluate_optimized", "gate_optimized"}
+OPTIMIZED = {"tune_plan", "tune_trial", "tune_select", "compress", "evaluate_optimized", "gate_optimized"}
 RELEASED = {"register", "deploy"}
 
 # Each branch is forced through inputs the test controls, never through how well a model happens
@@ -65,7 +68,7 @@ NO_QUALITY = {"r2": {"min": 1.5}}
 # A size budget between the two artifacts of the diabetes model, measured on TensorFlow 2.21 with
 # this repo's export (snapshot of 2026-11-20, 3 epochs; the size does not depend on training):
 #   SavedModel folder (what train exports and evaluate measures)   40,857 bytes = 0.0409 MB
-#   model.tflite (dynamic-range quantized by optimize)               3,156 bytes = 0.0032 MB
+#   model.tflite (dynamic-range quantized by compress)               3,156 bytes = 0.0032 MB
 # 0.012 MB is 3.4x below the SavedModel and 3.8x above the TFLite file, so the first gate fails on
 # size alone, and the quantized candidate passes.  (50 KB would not work: the SavedModel is smaller.)
 SIZE_BUDGET_MB = 0.012
@@ -148,7 +151,7 @@ def assert_released_version_1(root: Path, model: str, states: dict[str, str]) ->
     record = gate_record(root, dag_id, states["__run_id__"], "gate")
     assert record["route"] == "register" and record["decision"]["passed"]
     assert record["champion_version"] is None
-    assert not run_dir(dag_id, states["__run_id__"], "optimize", root=root).exists()
+    assert not run_dir(dag_id, states["__run_id__"], "tune_plan", root=root).exists()
 
 
 def test_a_gate_passes_then_register_and_deploy(diabetes_v1: Release) -> None:
@@ -168,7 +171,12 @@ def test_b_over_size_budget_then_optimize_quantizes_and_the_optimized_gate_deplo
     models = tmp_path / "models"
     config = copy_shipped_model(models)
     config["gate"]["budgets"]["size_mb"] = SIZE_BUDGET_MB
-    config["optimize"]["grid"] = {"learning_rate": [0.005]}  # one trial is enough to reach the second gate
+    # One trial is enough to reach the second gate.
+    config["optimize"]["search"] = {
+        "trials": 1,
+        "min_successful": 1,
+        "space": {"learning_rate": {"type": "categorical", "choices": [0.005]}},
+    }
     (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
     dag_id = "lifecycle__diabetes"
@@ -187,34 +195,111 @@ def test_b_over_size_budget_then_optimize_quantizes_and_the_optimized_gate_deplo
     assert size_check["passed"] and size_check["value"] < SIZE_BUDGET_MB
 
     # The quantized file the second gate measured is the one registered and now labelled stable.
-    gated = run_dir(dag_id, run_id, "optimize", root=artifact_root) / "model.tflite"
+    gated = run_dir(dag_id, run_id, "compress", root=artifact_root) / "model.tflite"
     reg = registry(artifact_root)
     assert reg.versions("diabetes") == [1] and reg.label_version("diabetes", "stable") == 1
     assert (reg.version_dir("diabetes", 1) / "model.tflite").read_bytes() == gated.read_bytes()
     reg.verify("diabetes", 1)
 
 
-def test_c_optimized_candidate_still_fails_then_reject_and_stable_stays(
-    diabetes_v1: Release, monkeypatch: pytest.MonkeyPatch
+# A learning rate of 1e30 makes the loss overflow in the first epoch: training stops with a non-finite
+# validation loss (exit 3, no retry).  With this seed Optuna's plan draws it for trial 0 only (seed 43:
+# for every trial); each test checks that in the run's own plan.
+DIVERGING_LR = 1e30
+
+
+def diverging_search(seed: int) -> dict[str, Any]:
+    return {
+        "trials": 3,
+        "min_successful": 2,
+        "seed": seed,
+        "space": {"learning_rate": {"type": "categorical", "choices": [0.005, DIVERGING_LR]}},
+    }
+
+
+def trial_states(dag_id: str, run_id: str) -> dict[int, str]:
+    """``{map_index: state}`` of the mapped tune_trial task instances of one run."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id, task_id="tune_trial")
+        return {ti.map_index: str(ti.state) for ti in rows}
+
+
+def test_c_optimize_maps_n_trials_survives_one_that_fails_then_rejects_and_stable_stays(
+    diabetes_v1: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The optimize branch maps N trials, and survives one trial that is made to fail."""
     root, dag_id = diabetes_v1.root, "lifecycle__diabetes"
     monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
+    models = tmp_path / "models"
+    config = copy_shipped_model(models)
+    config["optimize"]["search"] = diverging_search(seed=42)
+    (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
     serving_config = registry(root).config_path.read_bytes()
 
     states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"thresholds": NO_QUALITY, "epochs": EPOCHS})
 
-    assert_branch(states, UP_TO_GATE | OPTIMIZED | {"reject"})
     run_id = states["__run_id__"]
+    plan = json.loads((run_dir(dag_id, run_id, "tune_plan", root=root) / "plan.json").read_text())
+    assert [t["hparams"]["learning_rate"] for t in plan["trials"]] == [DIVERGING_LR, 0.005, 0.005]
+    # One task instance per planned trial; the diverging one failed and the branch went on.
+    assert trial_states(dag_id, run_id) == {0: "failed", 1: "success", 2: "success"}
+    states["tune_trial"] = "success"  # the collapsed per-task state; the instances are checked above
+    assert_branch(states, UP_TO_GATE | OPTIMIZED | {"reject"})
+    trials_dir = run_dir(dag_id, run_id, "tune_trial", root=root)
+    for index in (1, 2):
+        assert (trials_dir / str(index) / "model" / "saved_model.pb").is_file()
+        assert (trials_dir / str(index) / "weights.npz").is_file()
+    assert not (trials_dir / "0").exists()
+    selected = json.loads((run_dir(dag_id, run_id, "tune_select", root=root) / "trials.json").read_text())
+    assert [t["status"] for t in selected["trials"]] == ["failed", "success", "success"]
+    assert "not finite" in selected["trials"][0]["error"]
+    assert selected["best"] in (1, 2)
+    best_loss = selected["trials"][selected["best"]]["val_loss"]
+    assert best_loss == min(t["val_loss"] for t in selected["trials"][1:])
+
     first = gate_record(root, dag_id, run_id, "gate")
     assert first["route"] == "optimize" and first["champion_version"] == 1
     assert "r2" in first["decision"]["failed_metrics"]
     second = gate_record(root, dag_id, run_id, "gate_optimized")
     assert second["route"] == "reject" and not second["decision"]["passed"]
+    assert "optimization_report" in second
     reg = registry(root)
     assert reg.versions("diabetes") == [1] and reg.label_version("diabetes", "stable") == 1
     assert reg.config_path.read_bytes() == serving_config
     report = (run_dir(dag_id, run_id, "reject", root=root) / "report.md").read_text()
     assert "r2" in report and "stable" in report
+
+
+def test_c_every_trial_fails_then_the_branch_fails_and_stable_stays(
+    diabetes_v1: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, dag_id = diabetes_v1.root, "lifecycle__diabetes"
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
+    models = tmp_path / "models"
+    config = copy_shipped_model(models)
+    config["optimize"]["search"] = diverging_search(seed=43)
+    (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
+    serving_config = registry(root).config_path.read_bytes()
+
+    states = run_dag(dag_id, DAY + dt.timedelta(days=2), {"thresholds": NO_QUALITY, "epochs": EPOCHS})
+
+    run_id = states["__run_id__"]
+    plan = json.loads((run_dir(dag_id, run_id, "tune_plan", root=root) / "plan.json").read_text())
+    assert [t["hparams"]["learning_rate"] for t in plan["trials"]] == [DIVERGING_LR] * 3
+    assert states["__run__"] == "failed"
+    assert trial_states(dag_id, run_id) == {0: "failed", 1: "failed", 2: "failed"}
+    assert states["tune_select"] == "failed"
+    assert states["compress"] == "upstream_failed" and states["register"] != "success"
+    selected = json.loads((run_dir(dag_id, run_id, "tune_select", root=root) / "trials.json").read_text())
+    assert selected["best"] is None and {t["status"] for t in selected["trials"]} == {"failed"}
+    reg = registry(root)
+    assert reg.versions("diabetes") == [1] and reg.label_version("diabetes", "stable") == 1
+    assert reg.config_path.read_bytes() == serving_config
 
 
 def test_d_skip_deploy_ends_in_skip_deploy_without_a_registry_write(artifact_root: Path) -> None:
