@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem, serving_name_problem
+from include.mlops.optimize.compress_config import CompressConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "include" / "models"
@@ -225,7 +226,7 @@ class OptimizeConfig:
     grid: Mapping[Literal["epochs", "batch_size", "learning_rate", "patience"], tuple[Any, ...]] = dataclasses.field(
         default_factory=dict
     )
-    quantize: Literal["auto", "always", "never"] = "auto"  # auto: when a size or latency budget failed
+    compress: CompressConfig = dataclasses.field(default_factory=CompressConfig)
 
     @field_validator("grid")
     @classmethod

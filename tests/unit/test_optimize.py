@@ -39,12 +39,13 @@ def test_trials_layer_optimize_settings_overrides_and_grid() -> None:
         ("auto", ["latency_ms"], True),
         ("auto", ["mae", "r2"], False),
         ("auto", [], False),
-        ("always", [], True),
-        ("never", ["size_mb"], False),
+        ("tflite", [], True),
+        ("savedmodel", ["size_mb"], False),
     ],
 )
 def test_quantize_when_a_budget_failed_or_always(mode: str, failed: list[str], expected: bool) -> None:
-    config = dataclasses.replace(DIABETES, optimize=dataclasses.replace(DIABETES.optimize, quantize=mode))
+    compress = dataclasses.replace(DIABETES.optimize.compress, serve=mode)
+    config = dataclasses.replace(DIABETES, optimize=dataclasses.replace(DIABETES.optimize, compress=compress))
     assert should_quantize(config, failed) is expected
 
 

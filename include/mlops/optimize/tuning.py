@@ -43,10 +43,10 @@ def optimize_hparams(config: ModelConfig, overrides: Mapping[str, Any] | None = 
 
 def should_quantize(config: ModelConfig, failed: Sequence[str]) -> bool:
     """``always``; or ``auto`` when ``failed`` (the gate's ``failed_budgets``) names ``size_mb`` or ``latency_ms``."""
-    mode = config.optimize.quantize
-    if mode == "always":
+    mode = config.optimize.compress.serve
+    if mode == "tflite":
         return True
-    if mode == "never":
+    if mode == "savedmodel":
         return False
     return any(name in BUDGET_METRICS for name in failed)
 
@@ -77,7 +77,7 @@ def optimize(
         len(trials_hparams),
         dict(config.optimize.grid) or "no grid",
         quantize,
-        config.optimize.quantize,
+        config.optimize.compress.serve,
         list(failed),
     )
     with step_output(out) as staging:
