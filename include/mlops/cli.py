@@ -182,6 +182,21 @@ def _run_drift(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _run_compress(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize.compress import compress
+
+    return compress(
+        config,
+        args.data,
+        args.candidate,
+        args.out,
+        weights_uri=args.weights,
+        hparams=args.hparams,
+        trials_uri=args.trials,
+        failed=args.failed,
+    )
+
+
 STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str, Any]]]] = {
     "snapshot": ("materialise the data interval's training data", _run_snapshot),
     "validate": ("run the model's Great Expectations suite on a snapshot", _run_validate),
@@ -191,6 +206,7 @@ STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str
     "register": ("write a new registry version (atomic, never overwrites)", _run_register),
     "deploy": ("move a serving label to a registered version", _run_deploy),
     "drift": ("compare the window's logged requests with the training reference", _run_drift),
+    "compress": ("TFLite variants of the chosen model, kept within the compress budgets", _run_compress),
 }
 
 
@@ -248,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--predictions-root", help="folder holding predictions/<model>/ (default: the artifact root)"
             )
+        if name == "compress":
+            p.add_argument("--data", required=True, help="the snapshot's data.parquet")
+            p.add_argument("--candidate", required=True, help="the chosen SavedModel folder (tune_select's model)")
+            p.add_argument("--weights", help="the chosen trial's weights.npz (for the pruned and qat variants)")
+            p.add_argument("--hparams", type=_json_object, help="JSON object: the chosen trial's hyperparameters")
+            p.add_argument("--trials", help="tune_select's trials.json, shown in the report")
+            p.add_argument("--failed", type=_csv, default=[], help="comma-separated gate checks that failed")
     return parser
 
 
