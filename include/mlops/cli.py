@@ -147,33 +147,6 @@ def _run_tune_select(config: ModelConfig, args: argparse.Namespace) -> dict[str,
     return select_best(config, args.plan, args.trials_dir, args.out)
 
 
-def _run_compress(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    """Interim pass-through: the selected model as it is (dynamic-range TFLite when a budget failed).
-
-    Stands in for the compression step (variants, report) until it lands.
-    """
-    import shutil
-
-    from include.mlops.artifacts import step_output
-    from include.mlops.config import BUDGET_METRICS
-    from include.mlops.modeling import convert_to_tflite
-
-    out = Path(args.out).resolve()
-    quantize = config.optimize.quantize == "always" or (
-        config.optimize.quantize == "auto" and any(name in BUDGET_METRICS for name in args.failed)
-    )
-    with step_output(out) as staging:
-        shutil.copytree(args.candidate, staging / "model")
-        tflite = convert_to_tflite(staging / "model", staging / "model.tflite") if quantize else None
-    return {
-        "model_uri": str(out / "model"),
-        "tflite_uri": str(out / "model.tflite") if tflite is not None else None,
-        "served_variant": "dynamic" if tflite is not None else "float",
-        "report_uri": None,
-        "variants": {},
-    }
-
-
 def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     from include.mlops.register import register_model
 
@@ -221,6 +194,21 @@ def _run_drift(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _run_compress(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.optimize.compress import compress
+
+    return compress(
+        config,
+        args.data,
+        args.candidate,
+        args.out,
+        weights_uri=args.weights,
+        hparams=args.hparams,
+        trials_uri=args.trials,
+        failed=args.failed,
+    )
+
+
 STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str, Any]]]] = {
     "snapshot": ("materialise the data interval's training data", _run_snapshot),
     "validate": ("run the model's Great Expectations suite on a snapshot", _run_validate),
@@ -229,7 +217,7 @@ STEPS: dict[str, tuple[str, Callable[[ModelConfig, argparse.Namespace], dict[str
     "tune-plan": ("plan the optimize branch's tuning trials (Optuna, seeded)", _run_tune_plan),
     "tune-trial": ("train one tuning trial and export it", _run_tune_trial),
     "tune-select": ("choose the best tuning trial on validation loss", _run_tune_select),
-    "compress": ("compress the selected model when a budget failed", _run_compress),
+    "compress": ("TFLite variants of the chosen model, kept within the compress budgets", _run_compress),
     "register": ("write a new registry version (atomic, never overwrites)", _run_register),
     "deploy": ("move a serving label to a registered version", _run_deploy),
     "drift": ("compare the window's logged requests with the training reference", _run_drift),
@@ -253,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                 type=float,
                 help="seconds to wait for missing partitions to land (default: half the snapshot timeout)",
             )
-        if name in ("validate", "train", "evaluate", "tune-trial", "compress"):
+        if name in ("validate", "train", "evaluate", "tune-trial"):
             p.add_argument("--data", required=True, help="the snapshot's data.parquet")
         if name in ("train", "tune-plan"):
             p.add_argument("--overrides", type=_json_object, default={}, help="JSON object of hyperparameters")
@@ -263,12 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tune-select":
             p.add_argument("--plan", required=True, help="tune-plan's plan.json")
             p.add_argument("--trials-dir", required=True, help="the folder holding one output folder per trial")
-        if name == "compress":
-            p.add_argument("--candidate", required=True, help="the selected trial's SavedModel")
-            p.add_argument("--weights", help="the selected trial's weights.npz")
-            p.add_argument("--hparams", type=_json_object, default={}, help="JSON: the selected trial's hparams")
-            p.add_argument("--trials", help="tune-select's trials.json")
-            p.add_argument("--failed", type=_csv, default=[], help="comma-separated gate checks that failed")
         if name in ("evaluate", "register"):
             p.add_argument("--candidate", required=True, help="the candidate SavedModel folder")
             p.add_argument("--tflite", help="a quantized .tflite variant of the candidate")
@@ -300,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--predictions-root", help="folder holding predictions/<model>/ (default: the artifact root)"
             )
+        if name == "compress":
+            p.add_argument("--data", required=True, help="the snapshot's data.parquet")
+            p.add_argument("--candidate", required=True, help="the chosen SavedModel folder (tune_select's model)")
+            p.add_argument("--weights", help="the chosen trial's weights.npz (for the pruned and qat variants)")
+            p.add_argument("--hparams", type=_json_object, help="JSON object: the chosen trial's hyperparameters")
+            p.add_argument("--trials", help="tune_select's trials.json, shown in the report")
+            p.add_argument("--failed", type=_csv, default=[], help="comma-separated gate checks that failed")
     return parser
 
 

@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem, serving_name_problem
+from include.mlops.optimize.compress_config import CompressConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "include" / "models"
@@ -325,7 +326,7 @@ class OptimizeConfig:
     epochs: PositiveInt | None = None
     patience: PositiveInt | None = None
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    quantize: Literal["auto", "always", "never"] = "auto"  # auto: when a size or latency budget failed
+    compress: CompressConfig = dataclasses.field(default_factory=CompressConfig)
 
 
 @dataclass(frozen=True, config=_CONFIG)
