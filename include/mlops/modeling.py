@@ -257,21 +257,27 @@ def import_builder(config: ModelConfig) -> ModuleType:
 def build_model(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> keras.Model:
     """Call the builder and check that its model takes the config's features.
 
-    What it outputs is checked on real rows by :func:`check_outputs`.
+    Builders use ``tf.keras``: Keras 3 in every step, tf_keras in the compression
+    step's TFMOT process (``TF_USE_LEGACY_KERAS=1``), from the same code.  What
+    the model outputs is checked on real rows by :func:`check_outputs`.
     """
-    import keras
+    import tensorflow as tf
 
     model = import_builder(config).build(config, hparams, stats)
-    if not isinstance(model, keras.Model):
+    if not isinstance(model, tf.keras.Model):
+        running_keras = tf.keras.Model.__module__.split(".")[0]
+        kind = "a Keras 3 model" if type(model).__module__.startswith("keras") else type(model).__name__
         raise ModelingError(
-            f"builder {config.builder_path.name}: build() returned {type(model).__name__}, not a keras.Model"
+            f"builder {config.builder_path.name}: build() returned {kind}, not a {running_keras} "
+            "model; build it with tf.keras (import tensorflow as tf; tf.keras.Input, tf.keras.layers, "
+            "tf.keras.Model), not 'import keras', so that the same builder serves Keras 3 and tf_keras"
         )
     n_features = len(config.features)
     got_in = tuple(model.inputs[0].shape) if model.inputs else None
     if got_in != (None, n_features):
         raise ModelingError(
             f"builder {config.builder_path.name}: model takes {got_in}, but model {config.name!r} has "
-            f"{n_features} features; start it with keras.Input(({n_features},))"
+            f"{n_features} features; start it with tf.keras.Input(({n_features},))"
         )
     return model
 
@@ -292,7 +298,7 @@ def check_outputs(config: ModelConfig, outputs: Any, *, source: str) -> np.ndarr
     fix = (
         "end the model with a single-unit Dense layer"
         if config.task == "regression"
-        else f"end the model with keras.layers.Dense({want}, activation='softmax')"
+        else f"end the model with tf.keras.layers.Dense({want}, activation='softmax')"
     )
     if values.ndim != 2 or values.shape[1] != want:
         raise OutputContractError(
@@ -322,10 +328,10 @@ def set_seeds(seed: int, deterministic: bool = True) -> None:
     Op determinism costs little on CPU for these small models, and without
     it two runs of the same data may differ in the last digits.
     """
-    import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
+    # tf.keras: whichever Keras this process runs (Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1).
+    tf.keras.utils.set_random_seed(seed)
     if deterministic:
         try:
             tf.config.experimental.enable_op_determinism()

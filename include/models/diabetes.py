@@ -11,22 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import keras
 import numpy as np
+import tensorflow as tf
 
 from include.mlops.config import ModelConfig
 
 
-def build(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> keras.Model:
+def build(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> tf.keras.Model:
     n_features = len(config.features)
     mean = np.asarray(stats["feature_mean"], dtype="float32")
     variance = np.square(np.asarray(stats["feature_std"], dtype="float32"))
-    inputs = keras.Input((n_features,), dtype="float32", name="inputs")
-    x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(inputs)
-    x = keras.layers.Dense(int(hparams.get("units", 20)), activation="relu", name="hidden")(x)
-    x = keras.layers.Dense(1, name="scaled_prediction")(x)
+    inputs = tf.keras.Input((n_features,), dtype="float32", name="inputs")
+    x = tf.keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(inputs)
+    x = tf.keras.layers.Dense(int(hparams.get("units", 20)), activation="relu", name="hidden")(x)
+    x = tf.keras.layers.Dense(1, name="scaled_prediction")(x)
     # Starting at the label mean spares the optimizer hundreds of epochs of drift.
-    outputs = keras.layers.Rescaling(
+    outputs = tf.keras.layers.Rescaling(
         scale=float(stats["label_std"]), offset=float(stats["label_mean"]), name="prediction"
     )(x)
-    return keras.Model(inputs, outputs, name=config.name)
+    return tf.keras.Model(inputs, outputs, name=config.name)

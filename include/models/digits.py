@@ -10,25 +10,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import keras
+import tensorflow as tf
 
 from include.mlops.config import ModelConfig
 
 PIXEL_MAX = 16.0
 
 
-def build(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> keras.Model:
+def build(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> tf.keras.Model:
     n_features = len(config.features)
     shape = tuple(config.input_shape or (8, 8, 1))
-    inputs = keras.Input((n_features,), dtype="float32", name="inputs")
-    x = keras.layers.Reshape(shape, name="image")(inputs)
-    x = keras.layers.Rescaling(1.0 / PIXEL_MAX, name="unit_range")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(x)
-    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
-    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(64, activation="relu", name="hidden")(x)
-    x = keras.layers.Dropout(0.2, name="dropout")(x)
-    outputs = keras.layers.Dense(config.num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=config.name)
+    inputs = tf.keras.Input((n_features,), dtype="float32", name="inputs")
+    x = tf.keras.layers.Reshape(shape, name="image")(inputs)
+    x = tf.keras.layers.Rescaling(1.0 / PIXEL_MAX, name="unit_range")(x)
+    x = tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(x)
+    x = tf.keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = tf.keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = tf.keras.layers.Flatten(name="flatten")(x)
+    x = tf.keras.layers.Dense(64, activation="relu", name="hidden")(x)
+    x = tf.keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = tf.keras.layers.Dense(config.num_classes, activation="softmax", name="probabilities")(x)
+    return tf.keras.Model(inputs, outputs, name=config.name)
