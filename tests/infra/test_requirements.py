@@ -117,3 +117,49 @@ def test_each_image_installs_the_runtime_requirements_never_the_dev_ones(image: 
 def test_image_requirement_files_list_no_dev_tool(image: str) -> None:
     found = _dev_tools_in(set(_pins(ROOT / "include" / "docker" / image / "requirements.txt")))
     assert not found, f"include/docker/{image}/requirements.txt lists dev-only tools {found}"
+
+
+# Imported only inside a try/except that falls back to another package.
+OPTIONAL_STEP_IMPORTS = frozenset({"ai_edge_litert"})
+# Added by the trainer Dockerfile itself (build arg TF_PACKAGE), not by its requirements file.
+ADDED_BY_DOCKERFILE = {"trainer": frozenset({"tensorflow"}), "server": frozenset()}
+LIBRARY = ROOT / "include" / "mlops"
+
+
+def _third_party_imports(paths: list[Path]) -> set[str]:
+    import ast
+    import sys
+
+    modules: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names and m != "include"} - OPTIONAL_STEP_IMPORTS
+
+
+@pytest.mark.parametrize(
+    ("image", "sources"),
+    [
+        # The step CLI: everything in the library but the model server.
+        ("trainer", sorted(p for p in LIBRARY.rglob("*.py") if "serving" not in p.relative_to(LIBRARY).parts)),
+        ("server", sorted((LIBRARY / "serving").rglob("*.py"))),
+    ],
+    ids=["trainer", "server"],
+)
+def test_each_image_installs_every_package_its_code_imports(image: str, sources: list[Path]) -> None:
+    # Steps run in the trainer image on the docker and kubernetes backends, and the server in its own image,
+    # where requirements.txt is only the constraints file: a package the code imports but the image's own list
+    # lacks fails there with ModuleNotFoundError, and only there.
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    installed = set(_pins(ROOT / "include" / "docker" / image / "requirements.txt")) | ADDED_BY_DOCKERFILE[image]
+    missing = {}
+    for module in sorted(_third_party_imports(sources)):
+        owners = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        if not owners & installed:
+            missing[module] = sorted(owners)
+    assert not missing, f"include/docker/{image}/requirements.txt lacks what its code imports: {missing}"

@@ -283,13 +283,3 @@ def _pins(path: Path) -> dict[str, str]:
         if sep:
             pins[name.lower().replace("_", "-")] = version
     return pins
-
-
-def test_the_trainer_image_installs_what_the_tfmot_process_imports() -> None:
-    # Steps run in the trainer image on the docker and kubernetes backends; requirements.txt is only its
-    # constraints file there, so the packages themselves must be listed in the image's own requirements.
-    image = _pins(PROJECT_ROOT / "include" / "docker" / "trainer" / "requirements.txt")
-    project = _pins(PROJECT_ROOT / "requirements.txt")
-    for package in ("tf-keras", "tensorflow-model-optimization", "tensorflow"):
-        assert package in image, f"{package} is missing from include/docker/trainer/requirements.txt"
-        assert image[package] == project[package]

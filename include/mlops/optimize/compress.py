@@ -3,7 +3,7 @@
 From the chosen SavedModel, TensorFlow's converter makes a ``dynamic``-range,
 a ``float16`` and a full-``int8`` variant (calibrated on the snapshot's
 training rows); TF Model Optimization's ``pruned`` and ``qat`` variants come
-from :mod:`include.mlops.optimize.tfmot_variants` when it is installed.  Each
+from :mod:`include.mlops.optimize.tfmot_variants` (a tf_keras child process).  Each
 variant is measured in the same run as the float model: the config's primary
 gate metric on the validation rows, the size on disk, and the single-row and
 batch-32 CPU latency.  A variant is kept only when its metric is at most
@@ -19,6 +19,7 @@ Writes ``<out>/variants/<name>.tflite``, ``<out>/variants.json``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 VARIANTS_DIR = "variants"
 FLOAT = "float"  # the served_variant when no compressed variant is served
-TFMOT_UNAVAILABLE = "skipped: TF Model Optimization variants not available"
 
 
 class CompressError(ModelingError):
@@ -143,11 +143,8 @@ def _tfmot_variants(
     work_dir: Path,
 ) -> dict[str, dict[str, Any]]:
     """TF Model Optimization's results per kind (``tflite``, ``saved_model``, ``sparsity``, ``error``)."""
-    try:
-        from include.mlops.optimize.tfmot_variants import run_tfmot_variants
-    except ImportError as exc:
-        log.warning("compress %s: %s (%s)", config.name, TFMOT_UNAVAILABLE, exc)
-        return {kind: {"error": TFMOT_UNAVAILABLE} for kind in kinds}
+    from include.mlops.optimize.tfmot_variants import run_tfmot_variants
+
     if weights_uri is None or hparams is None:
         reason = "skipped: needs the chosen trial's weights.npz and hyperparameters (--weights, --hparams)"
         return {kind: {"error": reason} for kind in kinds}
@@ -159,8 +156,8 @@ def _tfmot_variants(
         data_uri,
         work_dir,
         kinds=tuple(kinds),
-        pruning=compress.pruning,
-        qat=compress.qat,
+        pruning=dataclasses.asdict(compress.pruning),
+        qat=dataclasses.asdict(compress.qat),
     )
 
 
