@@ -348,18 +348,19 @@ class Catalog:
         return path
 
     def _run(self, entry: os.DirEntry[str]) -> RunRecord:
-        """One run folder's record, rebuilt only when the folder or a gate folder in it changed.
+        """One run folder's record, rebuilt only when the folder or a gate decision in it changed.
 
         Steps swap their whole output folder in with renames (the run folder's mtime
-        changes); the gate tasks write decision.json inside their own folder (its mtime).
+        changes); the gate tasks replace decision.json inside their own folder.
         """
         path = entry.path
         signature = [entry.stat().st_mtime_ns]
         for task_id in GATE_TASKS:
             try:
-                signature.append(os.stat(os.path.join(path, task_id)).st_mtime_ns)
+                info = os.stat(os.path.join(path, task_id, "decision.json"))
+                signature += [info.st_mtime_ns, info.st_size]
             except OSError:
-                signature.append(0)
+                signature += [0, 0]
         cached = self._runs.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1]
