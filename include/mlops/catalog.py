@@ -216,13 +216,14 @@ class Catalog:
             return []
         return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and int(p.name) > 0 and p.is_dir())
 
-    def model(self, name: str) -> ModelRecord:
+    def model(self, name: str, runs: list[RunRecord] | None = None) -> ModelRecord:
+        """The model's summary; ``runs`` is :meth:`runs` when the caller already has it."""
         dag_id, serving_name, gate_metrics = self._identity(name)
         labels = self.labels(serving_name)
         versions = self.versions(name)
         stable = labels.get("stable")
         stable_metrics = self._metadata(serving_name, stable)["metrics"] or {} if stable in versions else {}
-        runs = self.runs(name)
+        runs = self.runs(name) if runs is None else runs
         deployed = next(
             (
                 {**r.deployed, "run_folder": r.folder, "run_id": None}
@@ -390,7 +391,10 @@ class Catalog:
         match = _RUN_FOLDER.match(entry.name)
         date = None
         if match:
-            date = match["date"] + (f"T{match['h']}:{match['m']}:{match['s']}" if match["h"] else "")
+            # Run ids carry UTC times (Airflow writes them with +00:00, which the folder name lost).
+            date = (
+                match["date"] + (f"T{match['h']}:{match['m']}:{match['s']}" if match["h"] else "T00:00:00") + "+00:00"
+            )
         return RunRecord(
             folder=entry.name,
             run_type=match["type"] if match else "unknown",

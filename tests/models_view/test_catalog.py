@@ -53,7 +53,7 @@ def test_runs_give_each_final_gate_decision_with_reasons(history: dict[str, Any]
     assert all(r.decision.task_id == "gate_optimized" and r.decision.reasons for r in rejected)  # type: ignore[union-attr]
     assert all(r.reports == ["evaluate", "evaluate_optimized"] for r in rejected)
     assert {r.run_type for r in runs} == {"backfill", "manual", "scheduled"}
-    assert runs[0].date == "2023-01-01T00:00:00"
+    assert runs[0].date == "2023-01-01T00:00:00+00:00"
     assert all(r.decision.metrics["r2"] is not None for r in runs)  # type: ignore[union-attr]
     assert runs[0].decision.bounds["r2"] == {"min": 0.2}  # type: ignore[union-attr]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
 from airflow.models.dagrun import DagRun
 from airflow.utils.session import create_session
@@ -27,9 +28,13 @@ class AirflowRun:
         return safe_segment(self.run_id)
 
 
-def _run(row: DagRun) -> AirflowRun:
-    # The data the run covers: its interval's start, else its logical date, else when it was due.
-    when = row.data_interval_start or row.logical_date or row.run_after
+# Only the columns shown, not whole DagRun objects: a model has a run a night, plus manual runs and backfills.
+_COLUMNS = (DagRun.dag_id, DagRun.run_id, DagRun.run_type, DagRun.state, DagRun.logical_date, DagRun.run_after)
+
+
+def _run(row: Any) -> AirflowRun:
+    # The logical date (the date in the run id, as for run folders the DB does not know), else when it was due.
+    when = row.logical_date or row.run_after
     return AirflowRun(row.dag_id, row.run_id, _plain(row.run_type), _plain(row.state), when)
 
 
@@ -41,7 +46,7 @@ def _plain(value: object) -> str:
 def runs_of(dag_id: str) -> dict[str, AirflowRun]:
     """Every run of ``dag_id`` by folder name."""
     with create_session() as session:
-        rows = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id)).all()
+        rows = session.execute(select(*_COLUMNS).where(DagRun.dag_id == dag_id)).all()
         return {run.folder: run for run in map(_run, rows)}
 
 
@@ -57,7 +62,9 @@ def last_runs(dag_ids: Iterable[str]) -> dict[str, AirflowRun]:
         .subquery()
     )
     with create_session() as session:
-        rows = session.scalars(
-            select(DagRun).join(latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.run_after == latest.c.run_after))
+        rows = session.execute(
+            select(*_COLUMNS).join(
+                latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.run_after == latest.c.run_after)
+            )
         ).all()
         return {run.dag_id: run for run in map(_run, rows)}
