@@ -24,6 +24,7 @@ BENCHMARKS = {
     "serving": "model server latency and throughput against the bare SavedModel",
     "monitoring": "drift scoring throughput against plain pandas, and the full drift check's breakdown",
     "optimize": "compressed TFLite variants of digits (size, CPU speedup, accuracy) against the float model",
+    "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
 }
 
