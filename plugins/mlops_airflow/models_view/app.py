@@ -1,0 +1,307 @@
+"""The Models view's FastAPI app: JSON under ``/api`` and server-rendered pages, all GET, all behind Airflow's auth.
+
+Mounted by the Airflow API server under ``/mlops`` (``plugins/mlops_plugin.py``).
+Each request reads the catalog (small files, cached on their mtimes) and, for
+run states and links, Airflow's metadata DB.  Names, versions and run folders
+in URLs are looked up in the catalog before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import jinja2
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.core_api.security import GetUserDep
+from airflow.configuration import conf
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from include.mlops.catalog import Catalog, RunRecord, UnknownError
+from include.mlops.quality_history import HistoryPoint, history_key, history_png
+from include.mlops.registry import CorruptVersionError, Registry
+from mlops_airflow.models_view import access, runs
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+URL_PREFIX = "/mlops"
+# Rejected candidates listed on the page (newest first); the JSON has them all.
+PAGE_REJECTED = 50
+
+
+def ui_root() -> str:
+    """The path the Airflow UI is served under ('' at the root), from ``[api] base_url``."""
+    return urlparse(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+
+
+@functools.cache
+def catalog() -> Catalog:
+    return Catalog()
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    return env
+
+
+@functools.cache
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    # Raw HTML in a card is shown as text, never run: cards quote user-set descriptions and trigger params.
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _page(template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates().get_template(template).render(ui=ui_root(), prefix=ui_root() + URL_PREFIX, **context)
+    return HTMLResponse(html, status_code=http_status)
+
+
+def _links(dag_id: str, run_id: str | None, task_id: str | None = None) -> dict[str, str | None]:
+    if not run_id:
+        return {"run": None, "task_log": None}
+    run = f"{ui_root()}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return {"run": run, "task_log": f"{run}/tasks/{quote(task_id, safe='')}" if task_id else None}
+
+
+def _visible_model(name: str, user: BaseUser) -> str:
+    """The model's DAG id, after the name is found in the catalog (404) and the user may read the DAG (403)."""
+    dag_id = catalog().dag_id(name)
+    access.require_dag_read(user, dag_id)
+    return dag_id
+
+
+def _summary(name: str, last_run: runs.AirflowRun | None) -> dict[str, Any]:
+    record = catalog().model(name)
+    data = dataclasses.asdict(record)
+    data["headline_metrics"] = {m: record.stable_metrics.get(m) for m in record.gate_metrics}
+    data["last_run"] = (
+        {
+            "run_id": last_run.run_id,
+            "run_type": last_run.run_type,
+            "state": last_run.state,
+            "when": last_run.when,
+            "links": _links(record.dag_id, last_run.run_id),
+        }
+        if last_run is not None
+        else None
+    )
+    deployed = data["deployed"]
+    if deployed is not None:
+        if deployed["run_id"] is None:
+            run = runs.runs_of(record.dag_id).get(deployed["run_folder"])
+            deployed["run_id"] = run.run_id if run else None
+        deployed["links"] = _links(record.dag_id, deployed["run_id"], "deploy")
+    return data
+
+
+def _history(name: str, dag_id: str) -> list[dict[str, Any]]:
+    """Every run, oldest first: the run folders joined with the DB's runs (either may lack the other)."""
+    known = runs.runs_of(dag_id)
+    rows: list[dict[str, Any]] = []
+    folders: set[str] = set()
+    for record in catalog().runs(name):
+        folders.add(record.folder)
+        rows.append(_history_row(dag_id, record, known.get(record.folder)))
+    for folder, run in known.items():
+        if folder not in folders:  # a run that wrote nothing yet (queued, or failed before its first step)
+            rows.append(_history_row(dag_id, None, run))
+    return sorted(rows, key=lambda r: (r["when"] or "", r["folder"]))
+
+
+def _history_row(dag_id: str, record: RunRecord | None, run: runs.AirflowRun | None) -> dict[str, Any]:
+    decision = record.decision if record is not None else None
+    run_id = run.run_id if run is not None else None
+    when = run.when.isoformat() if run is not None and run.when is not None else (record.date if record else None)
+    return {
+        "folder": record.folder if record is not None else run.folder,  # type: ignore[union-attr]
+        "run_id": run_id,
+        "run_type": run.run_type if run is not None else record.run_type,  # type: ignore[union-attr]
+        "state": run.state if run is not None else None,
+        "when": when,
+        "decision": dataclasses.asdict(decision) if decision else None,
+        "outcome": decision.outcome if decision else None,
+        "registered_version": record.registered_version if record else None,
+        "deployed": record.deployed if record else None,
+        "reports": record.reports if record else [],
+        "links": _links(dag_id, run_id, decision.task_id if decision else None),
+    }
+
+
+def _detail(name: str, dag_id: str) -> dict[str, Any]:
+    history = _history(name, dag_id)
+    by_folder_run = {h["folder"]: h["run_id"] for h in history}
+    versions = []
+    for record in catalog().version_records(name):
+        data = dataclasses.asdict(record)
+        data["gate_outcome"] = record.gate.outcome if record.gate else "no gate record"
+        data["override"] = bool(record.gate and record.gate.override)
+        lineage_run = record.lineage.get("run_id")
+        data["links"] = _links(record.lineage.get("dag_id") or dag_id, lineage_run, "register")
+        data["known_run"] = lineage_run in by_folder_run.values()
+        versions.append(data)
+    rejected = [h for h in reversed(history) if h["decision"] and not h["decision"]["passed"]]
+    return {"versions": versions, "rejected": rejected, "history": history}
+
+
+def _points(history: list[dict[str, Any]]) -> list[HistoryPoint]:
+    points = []
+    for row in history:
+        if row["decision"] is None or row["when"] is None:
+            continue
+        deployed = row["deployed"]
+        points.append(
+            HistoryPoint(
+                when=dt.datetime.fromisoformat(row["when"]),
+                run_type=row["run_type"],
+                metrics=row["decision"]["metrics"],
+                passed=row["decision"]["passed"],
+                deployed_version=deployed.get("version") if deployed and deployed.get("label") == "stable" else None,
+            )
+        )
+    return points
+
+
+def _bounds(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The bounds the latest decision applied (trigger-form overrides can change them per run)."""
+    latest = next((h["decision"] for h in reversed(history) if h["decision"]), None)
+    return latest["bounds"] if latest else {}
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Models view", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def _error(request: Request, status_code: int, detail: str) -> Response:
+        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/"):
+            return JSONResponse({"detail": detail}, status_code=status_code)
+        return _page("error.html", status_code, status_code=status_code, detail=detail, path=request.url.path)
+
+    @app.exception_handler(UnknownError)
+    async def unknown(request: Request, exc: UnknownError) -> Response:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return _error(request, 404, "not found")
+
+    # ------------------------------------------------------------------ JSON
+
+    @app.get("/api/models")
+    def api_models(user: GetUserDep) -> JSONResponse:
+        return JSONResponse(_jsonable({"models": _visible_summaries(user)}))
+
+    @app.get("/api/models/{name}")
+    def api_model(name: str, user: GetUserDep) -> JSONResponse:
+        dag_id = _visible_model(name, user)
+        last = runs.last_runs([dag_id]).get(dag_id)
+        return JSONResponse(_jsonable({**_summary(name, last), **_detail(name, dag_id)}))
+
+    @app.get("/api/models/{name}/versions/{version}")
+    def api_version(name: str, version: str, user: GetUserDep) -> JSONResponse:
+        dag_id = _visible_model(name, user)
+        record = catalog().version_record(name, version)
+        data = dataclasses.asdict(record)
+        data["model_card"] = catalog().model_card(name, record.version)
+        # One version: worth hashing every file, which the table (200 versions) cannot afford.
+        try:
+            files = Registry(catalog().registry_root).verify(catalog().model(name).serving_name, record.version)
+            data["checksums"] = {"verified": True, "files": len(files), "problems": []}
+        except CorruptVersionError as exc:
+            data["checksums"] = {"verified": False, "files": None, "problems": exc.problems}
+        data["links"] = _links(record.lineage.get("dag_id") or dag_id, record.lineage.get("run_id"), "register")
+        return JSONResponse(_jsonable(data))
+
+    # ------------------------------------------------------------------ pages
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_page(user: GetUserDep) -> HTMLResponse:
+        return _page("models.html", models=_visible_summaries(user), user=user.get_name())
+
+    @app.get("/models/by-dag/{dag_id}")
+    def model_of_dag(dag_id: str, user: GetUserDep) -> Response:
+        """The target of the DAG page's Model tab, which the UI shows on every DAG."""
+        for name in catalog().model_names():
+            if catalog().dag_id(name) == dag_id or dag_id == f"monitor__{name}":
+                access.require_dag_read(user, catalog().dag_id(name))
+                return RedirectResponse(f"{ui_root()}{URL_PREFIX}/models/{quote(name, safe='')}", status_code=307)
+        raise UnknownError(f"{dag_id} is not a model's lifecycle or monitor DAG, so it has no model page")
+
+    @app.get("/models/{name}", response_class=HTMLResponse)
+    def model_page(name: str, user: GetUserDep) -> HTMLResponse:
+        dag_id = _visible_model(name, user)
+        summary = _summary(name, runs.last_runs([dag_id]).get(dag_id))
+        detail = _detail(name, dag_id)
+        card_version = summary["stable_version"] or (detail["versions"][0]["version"] if detail["versions"] else None)
+        card = catalog().model_card(name, card_version) if card_version else None
+        points = _points(detail["history"])
+        return _page(
+            "model.html",
+            model=summary,
+            versions=detail["versions"],
+            rejected=detail["rejected"][:PAGE_REJECTED],
+            rejected_total=len(detail["rejected"]),
+            runs_total=len(detail["history"]),
+            plotted=len(points),
+            plot_key=history_key(points, summary["gate_metrics"], _bounds(detail["history"])),
+            card_version=card_version,
+            card_html=_markdown().render(card) if card else None,
+        )
+
+    @app.get("/models/{name}/quality-history.png")
+    def quality_history(name: str, user: GetUserDep) -> Response:
+        dag_id = _visible_model(name, user)
+        history = _history(name, dag_id)
+        image = history_png(_points(history), catalog().model(name).gate_metrics, _bounds(history))
+        if image is None:
+            raise UnknownError(f"model {name!r} has no run with gate metrics to plot yet")
+        # The page asks for it with ?k=<content key>, so a new run changes the URL and the cache may keep it.
+        return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/models/{name}/versions/{version}/report.html")
+    def version_report(name: str, version: str, user: GetUserDep) -> FileResponse:
+        _visible_model(name, user)
+        return FileResponse(catalog().version_report(name, version), media_type="text/html")
+
+    @app.get("/models/{name}/runs/{run}/{step}/report.html")
+    def run_report(name: str, run: str, step: str, user: GetUserDep) -> FileResponse:
+        _visible_model(name, user)
+        return FileResponse(catalog().run_report(name, run, step), media_type="text/html")
+
+    return app
+
+
+def _visible_summaries(user: BaseUser) -> list[dict[str, Any]]:
+    names = [n for n in catalog().model_names() if access.may_read_dag(user, catalog().dag_id(n))]
+    last = runs.last_runs(catalog().dag_id(n) for n in names)
+    return [_summary(name, last.get(catalog().dag_id(name))) for name in names]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
