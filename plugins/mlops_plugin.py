@@ -39,7 +39,7 @@ class MlopsPlugin(AirflowPlugin):
         models = f"{_ui_root()}{URL_PREFIX}/models"
         return [
             # Shown inside the UI (an iframe at /plugin/models), which sends the login's _token cookie.
-            {"name": "Models", "href": models, "destination": "nav", "url_route": "models"},
+            {"name": "Models", "href": models, "destination": "nav", "url_route": "models", "nav_top_level": True},
             # The UI offers a DAG tab on every DAG; by-dag/ sends lifecycle__<name> to its model, others to a 404.
             {"name": "Model", "href": f"{models}/by-dag/{{DAG_ID}}", "destination": "dag", "url_route": "model"},
         ]

@@ -1,0 +1,261 @@
+"""The Models view through a real Airflow API server (FAB auth manager), with tokens from POST /auth/token.
+
+One server for the module: synthetic histories of two models (diabetes, digits)
+in the real layout (benchmarks/ui.py), an admin, and a reader whose FAB role
+may read lifecycle__diabetes only.  One run is triggered through the REST API,
+so the page joins a run the metadata DB knows with its run folder.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from models_view.server import ApiServer, api_server
+
+from benchmarks.ui import write_history
+from include.mlops import artifacts
+from include.mlops.config import load_model_config
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ADMIN = {"username": "admin", "password": "admin-pass", "role": "Admin"}
+READER = {"username": "reader", "password": "reader-pass", "role": "DiabetesReader", "dags": ["lifecycle__diabetes"]}
+TRIGGERED = "manual__2026-11-20T10:00:00+00:00"
+
+
+class Elements(html.parser.HTMLParser):
+    """Every start tag of a page with its attributes (the contract names ids and classes)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def find(self, tag: str, cls: str | None = None, id_: str | None = None) -> list[dict[str, str]]:
+        return [
+            attrs
+            for name, attrs in self.tags
+            if name == tag
+            and (cls is None or cls in attrs.get("class", "").split())
+            and (id_ is None or attrs.get("id") == id_)
+        ]
+
+
+@pytest.fixture(scope="module")
+def view(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    workdir = tmp_path_factory.mktemp("models-view")
+    root = workdir / "artifacts"
+    written = {}
+    for name, versions, runs in (("diabetes", 3, 12), ("digits", 2, 8)):
+        config = load_model_config(PROJECT_ROOT / "include" / "models" / f"{name}.yaml")
+        written[name] = write_history(root, config, versions=versions, runs=runs)
+    # A file slipped into a version after registering: its checksum status must say so.
+    (artifacts.registry_root(root) / "digits" / "1" / "extra.bin").write_bytes(b"not registered")
+    with api_server(workdir, root, [ADMIN, READER]) as server:
+        # The DAGs in the DB (as the DAG processor would put them), then one run triggered over REST.
+        server.airflow("dags", "reserialize")
+        admin = server.token(ADMIN["username"], ADMIN["password"])
+        with server.client(admin) as client:
+            response = client.post(
+                "/api/v2/dags/lifecycle__diabetes/dagRuns",
+                json={"dag_run_id": TRIGGERED, "logical_date": "2026-11-20T10:00:00+00:00"},
+            )
+            assert response.status_code == 200, response.text
+        gate = artifacts.run_dir("lifecycle__diabetes", TRIGGERED, "gate", root=root)
+        decision = {"passed": False, "override": False, "checks": [], "reasons": ["r2 = 0.1 violates the threshold"]}
+        artifacts.atomic_write_json(gate / "decision.json", {"decision": decision, "route": "optimize"})
+        yield {
+            "server": server,
+            "root": root,
+            "written": written,
+            "admin": admin,
+            "reader": server.token(READER["username"], READER["password"]),
+        }
+
+
+def get(view: dict[str, Any], path: str, user: str | None = "admin", **kwargs: Any) -> httpx.Response:
+    server: ApiServer = view["server"]
+    with server.client(view[user] if user else None) as client:
+        return client.get(path, **kwargs)
+
+
+ENDPOINTS = (
+    "/mlops/api/models",
+    "/mlops/api/models/diabetes",
+    "/mlops/api/models/diabetes/versions/1",
+    "/mlops/models",
+    "/mlops/models/diabetes",
+    "/mlops/models/diabetes/quality-history.png",
+    "/mlops/models/diabetes/versions/1/report.html",
+    "/mlops/models/by-dag/lifecycle__diabetes",
+)
+
+
+def test_every_endpoint_answers_401_without_credentials(view: dict[str, Any]) -> None:
+    for path in ENDPOINTS:
+        response = get(view, path, user=None, follow_redirects=False)
+        assert response.status_code == 401, path
+    page = get(view, "/mlops/models", user=None)
+    assert "/auth/login/" in page.text, "the page without a login offers Airflow's login"
+
+
+def test_models_lists_each_model_with_its_stable_version_metrics_and_deployment(view: dict[str, Any]) -> None:
+    response = get(view, "/mlops/api/models")
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()["models"]}
+    assert sorted(models) == ["diabetes", "digits"]
+    diabetes = models["diabetes"]
+    stable = view["written"]["diabetes"]["versions"][-1]
+    assert diabetes["stable_version"] == stable and diabetes["labels"] == {"stable": stable}
+    registered = json.loads(
+        (artifacts.registry_root(view["root"]) / "diabetes" / str(stable) / "assets.extra" / "metrics.json").read_text()
+    )
+    assert diabetes["headline_metrics"] == {m: registered[m] for m in ("r2", "mae", "size_mb", "latency_ms")}
+    deployed_by = next(
+        run
+        for run in view["written"]["diabetes"]["runs"]
+        if artifacts.safe_segment(run) == diabetes["deployed"]["run_folder"]
+    )
+    assert diabetes["deployed"]["run_id"] == deployed_by, "the exact run id, not the sanitised folder name"
+    assert diabetes["deployed"]["links"]["run"] == f"/dags/lifecycle__diabetes/runs/{quote(deployed_by, safe='')}"
+    assert diabetes["last_run"]["run_id"] == TRIGGERED and diabetes["last_run"]["state"] == "queued"
+    assert models["digits"]["last_run"] is None
+
+
+def test_model_detail_has_versions_gate_decisions_rejections_and_history(view: dict[str, Any]) -> None:
+    body = get(view, "/mlops/api/models/diabetes").json()
+    written = view["written"]["diabetes"]
+    assert [v["version"] for v in body["versions"]] == sorted(written["versions"], reverse=True)
+    for version in body["versions"]:
+        assert version["override"] == (version["version"] in written["overrides"])
+        assert version["gate_outcome"] in ("passed", "passed by override")
+        assert version["lineage"]["run_id"] in written["runs"]
+        assert version["links"]["task_log"].endswith("/tasks/register")
+        assert version["checksum_problems"] == []
+    rejected = {r["folder"]: r for r in body["rejected"]}
+    for run in written["rejected"]:
+        row = rejected[artifacts.safe_segment(run)]
+        assert row["decision"]["task_id"] == "gate_optimized" and row["decision"]["reasons"]
+    triggered = rejected[artifacts.safe_segment(TRIGGERED)]
+    assert triggered["run_id"] == TRIGGERED and triggered["state"] == "queued"
+    assert triggered["links"]["task_log"].endswith("/tasks/gate")
+    assert {h["run_type"] for h in body["history"]} == {"backfill", "manual", "scheduled"}
+    assert len(body["history"]) == len(written["runs"]) + 1
+
+
+def test_version_endpoint_verifies_checksums_and_returns_the_model_card(view: dict[str, Any]) -> None:
+    good = get(view, "/mlops/api/models/diabetes/versions/1").json()
+    assert good["checksums"]["verified"] is True and good["checksums"]["problems"] == []
+    assert good["model_card"].startswith("# diabetes version 1")
+    tampered = get(view, "/mlops/api/models/digits/versions/1").json()
+    assert tampered["checksums"]["verified"] is False
+    assert tampered["checksums"]["problems"] == ["extra.bin is not listed in checksums.json"]
+    table = get(view, "/mlops/api/models/digits").json()["versions"]
+    assert [v["checksum_problems"] for v in table if v["version"] == 1] == [
+        ["extra.bin is not listed in checksums.json"]
+    ]
+
+
+def test_pages_have_the_tables_plot_and_links_the_contract_names(view: dict[str, Any]) -> None:
+    models = Elements(get(view, "/mlops/models").text)
+    assert models.find("table", id_="models")
+    assert [a["href"] for a in models.find("a", "model-link")] == ["/mlops/models/diabetes", "/mlops/models/digits"]
+    response = get(view, "/mlops/models/diabetes")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = Elements(response.text)
+    assert page.find("table", id_="versions")
+    assert len(page.find("tr", "version")) == len(view["written"]["diabetes"]["versions"])
+    plot = page.find("img", id_="quality-history")
+    assert plot, "the quality history plot"
+    image = get(view, plot[0]["src"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG\r\n\x1a\n")
+    run_links = [a["href"] for a in page.find("a", "run-link")]
+    assert run_links and all(h.startswith("/dags/lifecycle__diabetes/runs/") for h in run_links)
+    assert any(h.endswith("/tasks/register") for h in (a["href"] for a in page.find("a", "log-link")))
+    reports = [a["href"] for a in page.find("a", "report-link")]
+    assert all(get(view, href).status_code == 200 for href in reports[:3]) and reports
+    assert page.find("div", id_="model-card")
+
+
+def test_the_page_works_with_the_ui_login_cookie(view: dict[str, Any]) -> None:
+    server: ApiServer = view["server"]
+    with httpx.Client(base_url=server.base_url, cookies={"_token": view["admin"]}) as browser:
+        assert browser.get("/mlops/models/diabetes").status_code == 200
+
+
+def test_a_user_sees_only_the_models_whose_dag_they_may_read(view: dict[str, Any]) -> None:
+    listed = get(view, "/mlops/api/models", user="reader").json()["models"]
+    assert [m["name"] for m in listed] == ["diabetes"]
+    assert get(view, "/mlops/api/models/diabetes", user="reader").status_code == 200
+    for path in [p.replace("diabetes", "digits") for p in ENDPOINTS if "diabetes" in p]:
+        response = get(view, path, user="reader", follow_redirects=False)
+        assert response.status_code == 403, path
+    assert "digits" not in get(view, "/mlops/models", user="reader").text
+
+
+def test_unknown_models_versions_and_runs_are_404(view: dict[str, Any]) -> None:
+    for path in (
+        "/mlops/api/models/nope",
+        "/mlops/models/nope",
+        "/mlops/api/models/diabetes/versions/99",
+        "/mlops/api/models/diabetes/versions/0",
+        "/mlops/api/models/diabetes/versions/one",
+        "/mlops/models/diabetes/versions/99/report.html",
+        "/mlops/models/diabetes/runs/manual__1999-01-01/evaluate/report.html",
+        "/mlops/models/diabetes/runs/backfill__2023-01-01T00_00_00_00_00/train/report.html",
+        "/mlops/models/by-dag/some_other_dag",
+    ):
+        assert get(view, path).status_code == 404, path
+    assert "no model named 'nope'" in get(view, "/mlops/api/models/nope").json()["detail"]
+
+
+def test_path_traversal_is_refused(view: dict[str, Any]) -> None:
+    run = artifacts.safe_segment(view["written"]["diabetes"]["runs"][1])
+    attempts = (
+        "/mlops/api/models/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/mlops/api/models/%2Fetc%2Fpasswd",
+        "/mlops/api/models/..",
+        "/mlops/api/models/.stub-model",
+        "/mlops/api/models/diabetes%2F..%2Fdigits",
+        "/mlops/api/models/diabetes/versions/..%2F..%2Fdigits%2F1",
+        "/mlops/api/models/diabetes/versions/%2Fetc%2Fpasswd",
+        "/mlops/models/diabetes/versions/1%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd/report.html",
+        "/mlops/models/diabetes/runs/..%2F..%2Fmodels%2Fdiabetes%2F1/evaluate/report.html",
+        f"/mlops/models/diabetes/runs/{run}/..%2F..%2F..%2Fmodels/report.html",
+        "/mlops/models/diabetes/runs/%2Fetc/evaluate/report.html",
+        "/mlops/models/runs/quality-history.png",
+        "/mlops/models/models.config",
+    )
+    for path in attempts:
+        response = get(view, path, follow_redirects=False)
+        assert response.status_code == 404, (path, response.status_code, response.text[:200])
+        assert "root:" not in response.text
+
+
+def test_the_view_is_read_only(view: dict[str, Any]) -> None:
+    server: ApiServer = view["server"]
+    with server.client(view["admin"]) as client:
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            assert client.request(method, "/mlops/api/models/diabetes").status_code == 405, method
+
+
+def test_the_ui_gets_a_models_entry_and_a_model_tab_on_dag_pages(view: dict[str, Any]) -> None:
+    plugins = get(view, "/api/v2/plugins").json()["plugins"]
+    views = {v["name"]: v for p in plugins for v in p["external_views"]}
+    assert views["Models"]["href"] == "/mlops/models" and views["Models"]["destination"] == "nav"
+    assert views["Model"]["destination"] == "dag" and "{DAG_ID}" in views["Model"]["href"]
+    for dag_id in ("lifecycle__diabetes", "monitor__diabetes"):
+        tab = get(view, views["Model"]["href"].replace("{DAG_ID}", dag_id), follow_redirects=False)
+        assert tab.status_code == 307 and tab.headers["location"] == "/mlops/models/diabetes"
+    assert get(view, "/api/v2/plugins/importErrors").json()["import_errors"] == []
