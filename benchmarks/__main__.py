@@ -23,6 +23,7 @@ BENCHMARKS = {
     "spine": "DAG parse time and orchestration overhead of a real scheduler",
     "serving": "model server latency and throughput against the bare SavedModel",
     "monitoring": "drift scoring throughput against plain pandas, and the full drift check's breakdown",
+    "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
 }
 

@@ -7,13 +7,12 @@ deployed, evaluation reports) and registry versions made by the real
 :class:`include.mlops.registry.Registry` (a stub ``saved_model.pb``: the view
 never reads model files).  Nightly, manual and backfill runs are mixed.
 
-The timings go through the app's routes with FastAPI's TestClient, with
-Airflow's auth replaced by a fixed user (the real auth is in
-tests/models_view/test_api.py; here it would time the auth manager instead of
-the view) and no metadata DB runs (the page then shows the run folders alone).
-Cold is the first request of a fresh catalog (every file parsed); warm is the
-median of the next ``REPEATS`` requests, which re-read nothing that did not
-change.  The plot PNG is timed on its own: the page links it.
+The timings are HTTP requests to a real Airflow API server (FAB auth manager,
+a bearer token from /auth/token; tests/models_view/server.py), so they include
+Airflow's auth and the metadata DB query for the runs.  Cold is the first
+request after the server started (every file parsed); warm is the median of
+the next ``REPEATS`` requests, which re-read nothing that did not change.  The
+plot PNG is timed on its own: the page links it rather than inlining it.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +30,14 @@ from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, load_model_config
 from include.mlops.gate import decide_for_config
 from include.mlops.registry import Registry
+from tests.models_view.server import api_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = 200
 RUNS = 1_000
 REPEATS = 15
 TARGET_MS = 300.0
+URL_PREFIX = "/mlops"
 START = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
 
 
@@ -151,31 +150,6 @@ def _register(
     return result.version
 
 
-@contextmanager
-def view_client(root: Path) -> Iterator[Any]:
-    """A TestClient of the Models view over ``root``, with a fixed user and no metadata DB runs."""
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-    from airflow.api_fastapi.core_api.security import get_user
-    from fastapi.testclient import TestClient
-
-    from include.mlops.catalog import Catalog
-    from mlops_airflow.models_view import access, app, runs
-
-    saved = (app.catalog, access.may_read_dag, runs.runs_of, runs.last_runs)
-    catalog = Catalog(root)
-    app.catalog = lambda: catalog  # type: ignore[assignment]
-    access.may_read_dag = lambda user, dag_id: True  # type: ignore[assignment]
-    runs.runs_of = lambda dag_id: {}  # type: ignore[assignment]
-    runs.last_runs = lambda dag_ids: {}  # type: ignore[assignment]
-    view = app.create_app()
-    view.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="bench", role="admin")
-    try:
-        with TestClient(view) as client:
-            yield client
-    finally:
-        app.catalog, access.may_read_dag, runs.runs_of, runs.last_runs = saved  # type: ignore[assignment]
-
-
 def _time(client: Any, url: str) -> float:
     start = time.perf_counter()
     response = client.get(url)
@@ -193,15 +167,20 @@ def run(results_dir: Path) -> dict[str, Any]:
         generate_s = time.perf_counter() - start
         urls = {
             "models_page": "/models",
+            "models_json": "/api/models",
             "model_page": f"/models/{config.name}",
             "model_json": f"/api/models/{config.name}",
             "quality_history_png": f"/models/{config.name}/quality-history.png",
         }
         timings: dict[str, dict[str, float]] = {}
-        with view_client(root) as client:
+        user = {"username": "bench", "password": "bench-pass", "role": "Admin"}
+        with (
+            api_server(root / "server", root, [user]) as server,
+            server.client(server.token("bench", "bench-pass")) as client,
+        ):
             for name, url in urls.items():
-                cold = _time(client, url)
-                warm = [_time(client, url) for _ in range(REPEATS)]
+                cold = _time(client, URL_PREFIX + url)
+                warm = [_time(client, URL_PREFIX + url) for _ in range(REPEATS)]
                 timings[name] = {"cold_ms": round(cold, 1), "warm_median_ms": round(statistics.median(warm), 1)}
     result = {
         "benchmark": "ui",

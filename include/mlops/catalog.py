@@ -59,6 +59,9 @@ class Decision:
     metrics: dict[str, float | None]
     bounds: dict[str, dict[str, float | None]]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**_shallow(self), "outcome": self.outcome}
+
     @property
     def outcome(self) -> str:
         if self.override:
@@ -79,6 +82,9 @@ class RunRecord:
     reports: list[str]
     mtime: float
 
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class VersionRecord:
@@ -90,6 +96,9 @@ class VersionRecord:
     checksum_status: str
     checksum_problems: list[str]
     has_report: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +114,22 @@ class ModelRecord:
     deployed: dict[str, Any] | None
     last_run: RunRecord | None
 
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
+
 
 class _FileCache:
     """Parsed files keyed on (mtime_ns, size): a file that changed is parsed again, others are not."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[int, int, Any]] = {}
+        self._entries: dict[str, tuple[int, int, Any]] = {}
         self._lock = threading.Lock()
 
-    def json(self, path: Path) -> Any | None:
+    def json(self, path: str) -> Any | None:
         """The parsed JSON at ``path``, or None when it is missing or not JSON (logged)."""
+        # Plain strings, not pathlib: with 1,000 runs, building Path objects cost more than the reads.
         try:
-            info = path.stat()
+            info = os.stat(path)
         except OSError:
             return None
         key = (info.st_mtime_ns, info.st_size)
@@ -124,7 +137,8 @@ class _FileCache:
         if cached is not None and cached[:2] == key:
             return cached[2]
         try:
-            value = json.loads(path.read_bytes())
+            with open(path, "rb") as handle:
+                value = json.loads(handle.read())
         except (OSError, ValueError) as exc:
             log.warning("Models view: skipping %s (%s)", path, exc)
             value = None
@@ -144,6 +158,8 @@ class Catalog:
         self.registry_root = artifacts.registry_root(self.root)
         self.runs_root = self.root / "runs"
         self._files = _FileCache()
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[list[int], RunRecord]] = {}
         self._configs_key: tuple[Any, ...] | None = None
         self._configs: dict[str, ModelConfig] = {}
 
@@ -239,8 +255,8 @@ class Catalog:
     # ------------------------------------------------------------------ versions
 
     def _metadata(self, serving_name: str, version: int | None) -> dict[str, Any]:
-        folder = self.registry_root / serving_name / str(version) / "assets.extra"
-        return {key: self._files.json(folder / file) for key, file in _METADATA.items()}
+        folder = os.path.join(self.registry_root, serving_name, str(version), "assets.extra")
+        return {key: self._files.json(os.path.join(folder, file)) for key, file in _METADATA.items()}
 
     def version_records(self, name: str) -> list[VersionRecord]:
         """Every version of ``name``, newest first."""
@@ -293,12 +309,15 @@ class Catalog:
 
     def _listed_files_problems(self, folder: Path) -> list[str]:
         """Files missing from, or not listed in, checksums.json: a cheap check (no hashing; that is verify)."""
-        listed = self._files.json(folder / "assets.extra" / "checksums.json")
+        top = str(folder)
+        listed = self._files.json(os.path.join(top, "assets.extra", "checksums.json"))
         if not isinstance(listed, Mapping):
             return ["assets.extra/checksums.json is missing or not valid JSON"]
-        present = {
-            (Path(root) / f).relative_to(folder).as_posix() for root, _, files in os.walk(folder) for f in files
-        } - {"assets.extra/checksums.json"}
+        present = set()
+        for root, _, files in os.walk(top):
+            prefix = root[len(top) + 1 :].replace(os.sep, "/")
+            present.update(f"{prefix}/{f}" if prefix else f for f in files)
+        present.discard("assets.extra/checksums.json")
         problems = [f"{rel} is missing" for rel in sorted(set(listed) - present)]
         return problems + [f"{rel} is not listed in checksums.json" for rel in sorted(present - set(listed))]
 
@@ -329,20 +348,44 @@ class Catalog:
         return path
 
     def _run(self, entry: os.DirEntry[str]) -> RunRecord:
-        path = Path(entry.path)
+        """One run folder's record, rebuilt only when the folder or a gate decision in it changed.
+
+        Steps swap their whole output folder in with renames (the run folder's mtime
+        changes); the gate tasks replace decision.json inside their own folder.
+        """
+        path = entry.path
+        signature = [entry.stat().st_mtime_ns]
+        for task_id in GATE_TASKS:
+            try:
+                info = os.stat(os.path.join(path, task_id, "decision.json"))
+                signature += [info.st_mtime_ns, info.st_size]
+            except OSError:
+                signature += [0, 0]
+        cached = self._runs.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        record = self._read_run(entry)
+        with self._lock:
+            self._runs[path] = (signature, record)
+        return record
+
+    def _read_run(self, entry: os.DirEntry[str]) -> RunRecord:
+        path = entry.path
         steps = {e.name for e in os.scandir(path) if e.is_dir()}
         decision = None
         for task_id in GATE_TASKS:
             if task_id in steps:
-                record = self._files.json(path / task_id / "decision.json")
+                record = self._files.json(os.path.join(path, task_id, "decision.json"))
                 if isinstance(record, Mapping) and isinstance(record.get("decision"), Mapping):
                     decision = _decision(task_id, record["decision"], record.get("route"))
                     break
-        registered = self._files.json(path / "register" / "result.json") if "register" in steps else None
-        deployed = self._files.json(path / "deploy" / "result.json") if "deploy" in steps else None
+        result = os.path.join(path, "register", "result.json")
+        registered = self._files.json(result) if "register" in steps else None
+        result = os.path.join(path, "deploy", "result.json")
+        deployed = self._files.json(result) if "deploy" in steps else None
         if isinstance(deployed, Mapping):
             # When the label moved: the deploy step writes its result.json right after moving it.
-            moved = dt.datetime.fromtimestamp((path / "deploy" / "result.json").stat().st_mtime, dt.UTC)
+            moved = dt.datetime.fromtimestamp(os.stat(result).st_mtime, dt.UTC)
             deployed = {**deployed, "deployed_at": moved.isoformat(timespec="seconds")}
         match = _RUN_FOLDER.match(entry.name)
         date = None
@@ -355,9 +398,18 @@ class Catalog:
             decision=decision,
             registered_version=registered.get("version") if isinstance(registered, Mapping) else None,
             deployed=dict(deployed) if isinstance(deployed, Mapping) else None,
-            reports=[s for s in REPORT_STEPS if s in steps and (path / s / REPORT_FILE).is_file()],
+            reports=[s for s in REPORT_STEPS if s in steps and os.path.isfile(os.path.join(path, s, REPORT_FILE))],
             mtime=entry.stat().st_mtime,
         )
+
+
+def _shallow(record: Any) -> dict[str, Any]:
+    """A record as a dict for JSON and templates, sharing its values (dataclasses.asdict deep-copies: 10x slower)."""
+    out = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        out[field.name] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
 
 
 def _decision(task_id: str, data: Mapping[str, Any], route: str | None) -> Decision:

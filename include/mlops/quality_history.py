@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
-import json
 import logging
 import math
 import threading
@@ -61,12 +60,12 @@ def plotted_metrics(points: Sequence[HistoryPoint], metrics: Sequence[str]) -> l
 
 def history_key(points: Sequence[HistoryPoint], metrics: Sequence[str], bounds: Bounds) -> str:
     """A digest of everything the plot shows: equal keys, identical images."""
-    content = [
-        [[p.when.isoformat(), p.run_type, dict(p.metrics), p.passed, p.deployed_version] for p in points],
+    content = (
+        [(p.when, p.run_type, sorted(p.metrics.items()), p.passed, p.deployed_version) for p in points],
         list(metrics),
-        {k: dict(v) for k, v in bounds.items()},
-    ]
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        sorted((k, sorted(v.items())) for k, v in bounds.items()),
+    )
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:32]
 
 
 def history_png(points: Sequence[HistoryPoint], metrics: Sequence[str], bounds: Bounds) -> bytes | None:

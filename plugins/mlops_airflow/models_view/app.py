@@ -8,7 +8,6 @@ in URLs are looked up in the catalog before any path is built from them.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -38,6 +37,7 @@ URL_PREFIX = "/mlops"
 PAGE_REJECTED = 50
 
 
+@functools.cache
 def ui_root() -> str:
     """The path the Airflow UI is served under ('' at the root), from ``[api] base_url``."""
     return urlparse(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
@@ -74,6 +74,17 @@ def _page(template: str, http_status: int = 200, **context: Any) -> HTMLResponse
     return HTMLResponse(html, status_code=http_status)
 
 
+def _login_url(request: Request) -> str:
+    """The configured auth manager's login page, coming back to this page."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    try:
+        return get_auth_manager().get_url_login(next_url=str(request.url))
+    except Exception:  # an auth manager without a login page of its own: Airflow's default path
+        log.exception("Models view: the auth manager gave no login URL")
+        return f"{ui_root()}/auth/login"
+
+
 def _links(dag_id: str, run_id: str | None, task_id: str | None = None) -> dict[str, str | None]:
     if not run_id:
         return {"run": None, "task_log": None}
@@ -90,7 +101,7 @@ def _visible_model(name: str, user: BaseUser) -> str:
 
 def _summary(name: str, last_run: runs.AirflowRun | None) -> dict[str, Any]:
     record = catalog().model(name)
-    data = dataclasses.asdict(record)
+    data = record.to_dict()
     data["headline_metrics"] = {m: record.stable_metrics.get(m) for m in record.gate_metrics}
     data["last_run"] = (
         {
@@ -136,7 +147,7 @@ def _history_row(dag_id: str, record: RunRecord | None, run: runs.AirflowRun | N
         "run_type": run.run_type if run is not None else record.run_type,  # type: ignore[union-attr]
         "state": run.state if run is not None else None,
         "when": when,
-        "decision": dataclasses.asdict(decision) if decision else None,
+        "decision": decision.to_dict() if decision else None,
         "outcome": decision.outcome if decision else None,
         "registered_version": record.registered_version if record else None,
         "deployed": record.deployed if record else None,
@@ -150,7 +161,7 @@ def _detail(name: str, dag_id: str) -> dict[str, Any]:
     by_folder_run = {h["folder"]: h["run_id"] for h in history}
     versions = []
     for record in catalog().version_records(name):
-        data = dataclasses.asdict(record)
+        data = record.to_dict()
         data["gate_outcome"] = record.gate.outcome if record.gate else "no gate record"
         data["override"] = bool(record.gate and record.gate.override)
         lineage_run = record.lineage.get("run_id")
@@ -191,7 +202,7 @@ def create_app() -> FastAPI:
     def _error(request: Request, status_code: int, detail: str) -> Response:
         if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/"):
             return JSONResponse({"detail": detail}, status_code=status_code)
-        return _page("error.html", status_code, status_code=status_code, detail=detail, path=request.url.path)
+        return _page("error.html", status_code, status_code=status_code, detail=detail, login=_login_url(request))
 
     @app.exception_handler(UnknownError)
     async def unknown(request: Request, exc: UnknownError) -> Response:
@@ -221,7 +232,7 @@ def create_app() -> FastAPI:
     def api_version(name: str, version: str, user: GetUserDep) -> JSONResponse:
         dag_id = _visible_model(name, user)
         record = catalog().version_record(name, version)
-        data = dataclasses.asdict(record)
+        data = record.to_dict()
         data["model_card"] = catalog().model_card(name, record.version)
         # One version: worth hashing every file, which the table (200 versions) cannot afford.
         try:
