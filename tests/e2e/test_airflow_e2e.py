@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import psutil
 import pytest
-from airflow_stack import AirflowStack, airflow_stack
+from airflow_stack import ADMIN_PASSWORD, AirflowStack, airflow_stack
+from browser import AirflowUI, headless_chromium, screenshot, screenshot_on_failure
+from selenium.webdriver.common.by import By
 
 from include.mlops.artifacts import run_dir
 from include.mlops.registry import Registry
@@ -69,6 +71,33 @@ def test_first_nightly_runs_succeed_on_first_try(stack: AirflowStack) -> None:
         ran = {task: attempt for task, (state, attempt) in tries.items() if state == "success"}
         assert "snapshot" in ran and "deploy" in ran, tries
         assert set(ran.values()) == {1}, f"tasks of {dag_id}'s first run needed more than one try: {tries}"
+
+
+@pytest.mark.browser
+def test_models_view_in_a_real_browser(stack: AirflowStack) -> None:
+    # As a person would, right after the first nightly run made version 1: log in through the UI's
+    # form, open Models from the nav, then diabetes; see the versions and the quality plot; follow
+    # the link to the run that made the version into the Airflow UI.
+    [nightly] = stack.wait_for_runs(DAG_ID, count=1, run_type="scheduled", timeout=1800)
+    assert nightly["state"] == "success", stack.task_states(DAG_ID, nightly["dag_run_id"])
+    run_page = f"/dags/{DAG_ID}/runs/{nightly['dag_run_id']}"
+    with headless_chromium() as driver, screenshot_on_failure(driver, "models-view"):
+        ui = AirflowUI(driver, stack.base_url)
+        ui.log_in("admin", ADMIN_PASSWORD)
+        ui.nav_entry("Models").click()
+        ui.enter_plugin_frame()
+        ui.visible("table#models")
+        screenshot(driver, "models-view-models")
+        ui.link_to("table#models a.model-link", "/models/diabetes").click()
+
+        ui.visible("table#versions")
+        assert driver.find_elements(By.CSS_SELECTOR, "table#versions tr.version"), "no version row after a deploy"
+        ui.assert_plot_drawn("#quality-history")
+        screenshot(driver, "models-view-diabetes")
+
+        ui.link_to("a.run-link", run_page).click()
+        ui.wait_for_run_page(run_page, nightly["dag_run_id"])
+        screenshot(driver, "models-view-run")
 
 
 @pytest.mark.parametrize(
