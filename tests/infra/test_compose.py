@@ -274,6 +274,8 @@ def test_model_server_serves_the_registry_the_dags_write(services: dict[str, dic
     assert any(src.endswith("/artifacts") and dst == "/opt/mlops/artifacts" for src, dst in mounts), mounts
     assert server["command"] == ["--registry", "/opt/mlops/artifacts/models"]
     assert server.get("healthcheck")
+    # It writes its prediction log under the artifact root, which airflow-init hands to AIRFLOW_UID.
+    assert server["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     for name in AIRFLOW_SERVICES:
         assert services[name]["environment"]["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == "http://model-server:8501"
 
