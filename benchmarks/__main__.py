@@ -24,6 +24,7 @@ BENCHMARKS = {
     "serving": "model server latency and throughput against the bare SavedModel",
     "monitoring": "drift scoring throughput against plain pandas, and the full drift check's breakdown",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
+    "compose": "docker-compose.yaml up to healthy, and one lifecycle run against make run's (needs Docker)",
 }
 
 
@@ -40,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     names = args.names or list(BENCHMARKS)
-    if "containers" in names and not args.names and shutil.which("docker") is None:
-        print("containers: skipped, no Docker engine on this machine", file=sys.stderr)
-        names.remove("containers")
+    for needs_docker in ("containers", "compose"):
+        if needs_docker in names and not args.names and shutil.which("docker") is None:
+            print(f"{needs_docker}: skipped, no Docker engine on this machine", file=sys.stderr)
+            names.remove(needs_docker)
     for name in names:
         print(f"==> {name}: {BENCHMARKS[name]}", flush=True)
         start = time.perf_counter()
