@@ -26,6 +26,7 @@ BENCHMARKS = {
     "optimize": "compressed TFLite variants of digits (size, CPU speedup, accuracy) against the float model",
     "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
+    "compose": "docker-compose.yaml up to healthy, and one lifecycle run against make run's (needs Docker)",
 }
 
 
@@ -42,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     names = args.names or list(BENCHMARKS)
-    if "containers" in names and not args.names and shutil.which("docker") is None:
-        print("containers: skipped, no Docker engine on this machine", file=sys.stderr)
-        names.remove("containers")
+    for needs_docker in ("containers", "compose"):
+        if needs_docker in names and not args.names and shutil.which("docker") is None:
+            print(f"{needs_docker}: skipped, no Docker engine on this machine", file=sys.stderr)
+            names.remove(needs_docker)
     for name in names:
         print(f"==> {name}: {BENCHMARKS[name]}", flush=True)
         start = time.perf_counter()

@@ -199,18 +199,26 @@ def _published(service: dict[str, Any]) -> list[dict[str, Any]]:
 MONITORING_SERVICES = {"prometheus": 9090, "pushgateway": 9091, "grafana": 3000}
 
 
-def test_only_the_api_server_and_the_model_server_publish_ports_on_every_interface(
-    services: dict[str, dict[str, Any]],
-) -> None:
+def test_only_the_api_server_publishes_a_port_on_every_interface(services: dict[str, dict[str, Any]]) -> None:
     assert {"published": 8080, "target": 8080} in _published(services["airflow-apiserver"])
-    assert {"published": 8501, "target": 8501} in _published(services["model-server"])
     everywhere = sorted(
         name for name, service in services.items() if any("host_ip" not in p for p in _published(service))
     )
-    assert everywhere == ["airflow-apiserver", "model-server"], f"unexpected published ports: {everywhere}"
-    # Monitoring UIs carry no login of their own (Prometheus, Pushgateway): loopback only.
-    for name, port in MONITORING_SERVICES.items():
+    assert everywhere == ["airflow-apiserver"], f"unexpected published ports: {everywhere}"
+    # No login of their own (the model server, Prometheus, the Pushgateway; Grafana's admin aside):
+    # loopback only.
+    for name, port in {"model-server": 8501, **MONITORING_SERVICES}.items():
         assert _published(services[name]) == [{"host_ip": "127.0.0.1", "published": port, "target": port}], name
+
+
+def test_the_model_server_is_exposed_to_other_hosts_only_on_purpose(tmp_path: Path) -> None:
+    # docs/compose.md: MODEL_SERVER_BIND_ADDRESS=0.0.0.0 in .env, behind something that authenticates.
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\nMODEL_SERVER_BIND_ADDRESS=0.0.0.0\nMODEL_SERVER_PORT=18501\n")
+    result = _compose("config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    server = yaml.safe_load(result.stdout)["services"]["model-server"]
+    assert _published(server) == [{"host_ip": "0.0.0.0", "published": 18501, "target": 8501}]
 
 
 def test_monitoring_services_mount_the_project_configs_read_only(services: dict[str, dict[str, Any]]) -> None:
@@ -266,6 +274,8 @@ def test_model_server_serves_the_registry_the_dags_write(services: dict[str, dic
     assert any(src.endswith("/artifacts") and dst == "/opt/mlops/artifacts" for src, dst in mounts), mounts
     assert server["command"] == ["--registry", "/opt/mlops/artifacts/models"]
     assert server.get("healthcheck")
+    # It writes its prediction log under the artifact root, which airflow-init hands to AIRFLOW_UID.
+    assert server["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     for name in AIRFLOW_SERVICES:
         assert services[name]["environment"]["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == "http://model-server:8501"
 
@@ -368,3 +378,33 @@ def test_ci_workflow_runs_the_project_entry_point() -> None:
     (job,) = workflow["jobs"].values()
     # The workflow runs what the project's CI runs, so the two cannot drift apart.
     assert job["steps"][-1]["run"].strip().endswith("bash .ci/run")
+
+
+CI_DIR = ROOT / "include" / "docker" / "ci"
+
+
+def test_ci_images_replace_every_official_image_but_grafanas(tmp_path: Path) -> None:
+    # What CI runs (include/docker/ci/images.env over .env.example): only images built on the machine,
+    # except Grafana's, which nothing here can build (its service is checked by `config` only).
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\n" + (CI_DIR / "images.env").read_text())
+    result = _compose("config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    local = set(_read_env_file(CI_DIR / "images.env").values())
+    official = {name: s["image"] for name, s in services.items() if s["image"] not in local}
+    assert official == {"grafana": "grafana/grafana:10.4.2"}, official
+    assert services["airflow-apiserver"]["build"]["args"]["AIRFLOW_IMAGE"] in local
+    assert services["model-server"]["build"]["args"]["BASE_IMAGE"] in local
+
+
+def test_the_airflow_stand_in_keeps_the_official_images_contract() -> None:
+    # The project image (include/docker/airflow/Dockerfile) and docker-compose.yaml rely on these.
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    env = final_stage(CI_DIR / "airflow" / "Dockerfile").env
+    assert env["AIRFLOW_VERSION"] == pins["apache-airflow"], "the stand-in must install the pinned Airflow"
+    assert (env["AIRFLOW_UID"], env["AIRFLOW_HOME"], env["AIRFLOW_USER_HOME_DIR"]) == (
+        "50000",
+        "/opt/airflow",
+        "/home/airflow",
+    )
