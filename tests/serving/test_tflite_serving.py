@@ -118,6 +118,21 @@ def test_a_version_with_model_tflite_is_served_by_the_interpreter_from_the_gated
             thread.join(timeout=60)
         assert failures == []
 
+        # A request of the wrong width is the client's mistake, a 400 naming the shapes, as the SavedModel path
+        # answers; and the same message every time (the interpreter keeps no error text between requests).
+        answers = [
+            client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"instances": [[1.0] * (N_FEATURES - 1)]})
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in answers] == [400, 400, 400], answers[0].text
+        errors = {a.json()["error"] for a in answers}
+        assert len(errors) == 1, errors
+        assert f"[1, {N_FEATURES - 1}]" in errors.pop()
+        assert (
+            client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"instances": rows.tolist()}).status_code
+            == 200
+        )
+
         # Unloading the version removes its info series.
         reg.remove_label(MODEL, "stable")
         assert wait_for(lambda: f'version="{version}"' not in client.get("/monitoring/prometheus/metrics").text)

@@ -146,6 +146,15 @@ def _load_tflite(name: str, version: int, path: Path, artifact: ServedArtifact) 
     lock = threading.Lock()
 
     def run(signature: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The interpreter reports a wrong shape only as a RuntimeError from deep inside (and keeps that text
+        # for the next call), so the request is checked against the signature here, as a client error.
+        for arg, array in feeds.items():
+            spec = inputs[signature].get(arg)
+            if spec is not None and not _shape_fits(array.shape, spec.shape):
+                raise ValueError(
+                    f"input '{arg}' has shape {list(array.shape)}, but the model takes "
+                    f"{[-1 if d is None else d for d in spec.shape]} (-1: any size)"
+                )
         with lock:
             # The runner resizes its inputs to the batch it gets and returns copies of the outputs.
             return dict(runners[signature](**feeds))
@@ -153,3 +162,10 @@ def _load_tflite(name: str, version: int, path: Path, artifact: ServedArtifact) 
     sig_map = _signature_def_map(path)
     digest = hashlib.sha256(content).hexdigest()
     return LoadedVersion(name, version, path, artifact, digest, inputs, outputs, sig_map, run, interpreter)
+
+
+def _shape_fits(shape: tuple[int, ...], signature: tuple[int | None, ...]) -> bool:
+    """``shape`` has the signature's rank and its size wherever the signature fixes one."""
+    return len(shape) == len(signature) and all(
+        want is None or got == want for got, want in zip(shape, signature, strict=False)
+    )
