@@ -20,6 +20,21 @@ from airflow.dag_processing.dagbag import DagBag
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+# The lifecycle tasks that run a step on the configured backend (tune_trial is mapped: one task per trial).
+LIFECYCLE_STEP_TASKS = (
+    "snapshot",
+    "validate",
+    "train",
+    "evaluate",
+    "tune_plan",
+    "tune_select",
+    "compress",
+    "evaluate_optimized",
+    "register",
+    "deploy",
+)
+
+
 def project_dag(dag_id: str) -> Any:
     """``dag_id`` as the DAG processor parses it from ``dags/`` (no import errors allowed)."""
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))

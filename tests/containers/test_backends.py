@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from dag_runner import LIFECYCLE_STEP_TASKS
 
 from include.mlops.config import load_model_config
 from mlops_airflow import backends
@@ -17,18 +18,7 @@ from mlops_airflow.lifecycle import build_lifecycle_dag
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = PROJECT_ROOT / "include" / "docker"
-STEP_TASKS = (
-    "snapshot",
-    "validate",
-    "train",
-    "evaluate",
-    "tune_plan",
-    "tune_select",
-    "compress",
-    "evaluate_optimized",
-    "register",
-    "deploy",
-)
+STEP_TASKS = LIFECYCLE_STEP_TASKS
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ import httpx
 import pytest
 import yaml
 from airflow.sdk import DAG
-from dag_runner import run_lifecycle
+from dag_runner import LIFECYCLE_STEP_TASKS, run_lifecycle
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 from tooling import require_executable
 
@@ -54,18 +54,7 @@ MODEL_SERVER_URL = f"http://{MODEL_SERVER}.{STEPS_NAMESPACE}.svc.cluster.local:8
 DAG_ID = "lifecycle__diabetes"
 DAY = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 FAST = {"epochs": 8, "batch_size": 64}
-STEP_TASKS = (
-    "snapshot",
-    "validate",
-    "train",
-    "evaluate",
-    "tune_plan",
-    "tune_select",
-    "compress",
-    "evaluate_optimized",
-    "register",
-    "deploy",
-)
+STEP_TASKS = LIFECYCLE_STEP_TASKS
 SETUP_DOC = 'docs/backends.md, "Trying it on kind"'
 
 

@@ -227,20 +227,26 @@ def trial_states(dag_id: str, run_id: str) -> dict[int, str]:
         return {ti.map_index: str(ti.state) for ti in rows}
 
 
+def run_with_diverging_search(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seed: int, day: dt.datetime
+) -> dict[str, str]:
+    """One diabetes run on ``root`` whose quality gate fails, with a seeded search that has diverging trials."""
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
+    models = tmp_path / "models"
+    config = copy_shipped_model(models)
+    config["optimize"]["search"] = diverging_search(seed=seed)
+    (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
+    return run_dag("lifecycle__diabetes", day, {"thresholds": NO_QUALITY, "epochs": EPOCHS})
+
+
 def test_c_optimize_maps_n_trials_survives_one_that_fails_then_rejects_and_stable_stays(
     diabetes_v1: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The optimize branch maps N trials, and survives one trial that is made to fail."""
     root, dag_id = diabetes_v1.root, "lifecycle__diabetes"
-    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
-    models = tmp_path / "models"
-    config = copy_shipped_model(models)
-    config["optimize"]["search"] = diverging_search(seed=42)
-    (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
     serving_config = registry(root).config_path.read_bytes()
-
-    states = run_dag(dag_id, DAY + dt.timedelta(days=1), {"thresholds": NO_QUALITY, "epochs": EPOCHS})
+    states = run_with_diverging_search(root, tmp_path, monkeypatch, seed=42, day=DAY + dt.timedelta(days=1))
 
     run_id = states["__run_id__"]
     plan = json.loads((run_dir(dag_id, run_id, "tune_plan", root=root) / "plan.json").read_text())
@@ -278,15 +284,8 @@ def test_c_every_trial_fails_then_the_branch_fails_and_stable_stays(
     diabetes_v1: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, dag_id = diabetes_v1.root, "lifecycle__diabetes"
-    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
-    models = tmp_path / "models"
-    config = copy_shipped_model(models)
-    config["optimize"]["search"] = diverging_search(seed=43)
-    (models / "diabetes.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
     serving_config = registry(root).config_path.read_bytes()
-
-    states = run_dag(dag_id, DAY + dt.timedelta(days=2), {"thresholds": NO_QUALITY, "epochs": EPOCHS})
+    states = run_with_diverging_search(root, tmp_path, monkeypatch, seed=43, day=DAY + dt.timedelta(days=2))
 
     run_id = states["__run_id__"]
     plan = json.loads((run_dir(dag_id, run_id, "tune_plan", root=root) / "plan.json").read_text())
