@@ -1,7 +1,7 @@
 """Benchmark of the compressed variants of the digits model against the float model, in one run.
 
-The digits model is trained on the whole bundled dataset (its config's
-hyperparameters, capped at ``EPOCHS``), then the compress step makes and
+The digits model is trained on the whole bundled dataset as one tuning trial
+(its config's hyperparameters, capped at ``EPOCHS``), then the compress step makes and
 measures every variant.  Latencies are medians over ``ROUNDS`` rounds of 50
 timed calls each (after warm-up), on CPU, the float SavedModel measured in
 the same rounds.
@@ -40,14 +40,23 @@ def run(results_dir: Path) -> dict[str, Any]:
 
     from include.mlops.config import find_model_config
     from include.mlops.optimize.compress import compress
-    from include.mlops.train import train
+    from include.mlops.optimize.tuning import run_trial
 
     config = find_model_config("digits")
     with tempfile.TemporaryDirectory(prefix="bench-optimize-") as tmp:
         base = Path(tmp)
         snapshot = make_snapshot(config, base / "snapshot")
-        trained = train(config, snapshot, base / "train", overrides={"epochs": EPOCHS})
-        compress(config, snapshot, trained["model_uri"], base / "compress", latency_rounds=ROUNDS)
+        # Trained as one tuning trial, so the pruned and qat variants get its weights.npz, as in the DAG.
+        trial = run_trial(config, snapshot, base / "tune_trial", trial=0, hparams={"epochs": EPOCHS})
+        compress(
+            config,
+            snapshot,
+            trial["model_uri"],
+            base / "compress",
+            weights_uri=trial["weights_uri"],
+            hparams=trial["hparams"],
+            latency_rounds=ROUNDS,
+        )
         summary = json.loads((base / "compress" / "variants.json").read_text())
     reference = summary["reference"]
     float_model, float32 = reference["float"], reference["float32"]
@@ -73,6 +82,8 @@ def run(results_dir: Path) -> dict[str, Any]:
             "kept": variant["kept"],
             "reason": variant["reason"],
         }
+        if variant.get("sparsity") is not None:
+            variants[name]["sparsity"] = round(variant["sparsity"], 4)
     result = {
         "benchmark": "optimize",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "processor": platform.machine()},
