@@ -17,7 +17,7 @@ from markupsafe import escape
 from include.mlops.cli import main
 from include.mlops.config import ModelConfig, find_model_config
 from include.mlops.optimize.compress import (
-    TFMOT_UNAVAILABLE,
+    NEEDS_TRIAL_WEIGHTS,
     budgets,
     choose_served,
     compress,
@@ -110,9 +110,9 @@ def test_int8_is_at_most_035x_the_float32_tflite_and_within_the_accuracy_toleran
     for name in ("dynamic", "float16", "int8"):
         variant = summary["variants"][name]
         assert variant["speedup_1"] > 0 and variant["speedup_32"] > 0 and variant["latency_32_ms"] > 0
-    # TF Model Optimization is not on this branch: pruned and qat say so instead of pretending.
+    # Without the trial's weights (not given here) pruned and qat say so instead of pretending.
     for name in ("pruned", "qat"):
-        assert result["variants"][name] == {**result["variants"][name], "kept": False, "reason": TFMOT_UNAVAILABLE}
+        assert result["variants"][name] == {**result["variants"][name], "kept": False, "reason": NEEDS_TRIAL_WEIGHTS}
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_the_report_shows_trials_variants_with_reasons_and_embedded_plots(
     variants_table = html.split('id="variants-table"')[1].split("</table>")[0]
     for name in ("dynamic", "float16", "int8", "pruned", "qat"):
         assert f"<td>{name}" in variants_table
-    assert TFMOT_UNAVAILABLE in variants_table
+    assert escape(NEEDS_TRIAL_WEIGHTS) in variants_table
     assert len(re.findall(r'src="data:image/svg\+xml;base64,[A-Za-z0-9+/=]{200,}"', html)) == 4
 
 

@@ -63,6 +63,10 @@ class Budgets:
     max_size_mb: float | None
 
 
+# The pruned and qat variants fine-tune the chosen trial's weights: without them they are skipped, saying so.
+NEEDS_TRIAL_WEIGHTS = "skipped: needs the chosen trial's weights.npz and hyperparameters (--weights, --hparams)"
+
+
 def budgets(config: ModelConfig) -> Budgets:
     """The compress block's budgets, with unset size/latency bounds taken from ``gate.budgets``."""
     compress = config.optimize.compress
@@ -146,8 +150,7 @@ def _tfmot_variants(
     from include.mlops.optimize.tfmot_variants import run_tfmot_variants
 
     if weights_uri is None or hparams is None:
-        reason = "skipped: needs the chosen trial's weights.npz and hyperparameters (--weights, --hparams)"
-        return {kind: {"error": reason} for kind in kinds}
+        return {kind: {"error": NEEDS_TRIAL_WEIGHTS} for kind in kinds}
     compress = config.optimize.compress
     return run_tfmot_variants(
         config,
