@@ -167,7 +167,7 @@ def test_nightly_then_triggered_run_deploy_and_serve_then_backfill_never_moves_s
     [run] = stack.wait_for_runs(DAG_ID, {run_id})
     states = stack.task_states(DAG_ID, run_id)
     assert run["state"] == "success", states
-    assert states["deploy"] == "success" and states["optimize"] == "skipped"
+    assert states["deploy"] == "success" and states["tune_plan"] == "skipped"
     assert served_version(stack) == 2
     assert predict_through_stable(stack)
 
