@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import yaml
 from cryptography.fernet import Fernet
+from dotenv import dotenv_values
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,8 @@ class ComposeError(RuntimeError):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines of an env file (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            values[name.strip()] = value.strip()
-    return values
+    """``NAME=value`` lines of an env file, read as docker-compose reads them (python-dotenv)."""
+    return {name: value or "" for name, value in dotenv_values(path).items()}
 
 
 def local_images() -> dict[str, str]:

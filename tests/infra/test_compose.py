@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from dockerfiles import final_stage
+from dotenv import dotenv_values
 from tooling import require_executable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,13 +68,8 @@ def _compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            values[name.strip()] = value.strip()
-    return values
+    """``NAME=value`` lines of an env file, read as docker-compose reads them (python-dotenv)."""
+    return {name: value or "" for name, value in dotenv_values(path).items()}
 
 
 @pytest.fixture(scope="module")
