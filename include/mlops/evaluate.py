@@ -44,19 +44,25 @@ def _predict_all(predict: Callable[[np.ndarray], np.ndarray], features: np.ndarr
     return np.concatenate(chunks, axis=0).astype("float64")
 
 
+def batch_latency_ms(
+    predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, calls: int = LATENCY_CALLS
+) -> float:
+    """Median wall time of one prediction of ``rows`` (the batch), after warm-up calls."""
+    for _ in range(WARMUP_CALLS):
+        predict(rows)
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        predict(rows)
+        timings.append((time.perf_counter() - started) * 1000.0)
+    return float(statistics.median(timings))
+
+
 def measure_latency_ms(
     predict: Callable[[np.ndarray], np.ndarray], row: np.ndarray, calls: int = LATENCY_CALLS
 ) -> float:
     """Median wall time of a one-row prediction, after warm-up calls."""
-    batch = row.reshape(1, -1)
-    for _ in range(WARMUP_CALLS):
-        predict(batch)
-    timings = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        predict(batch)
-        timings.append((time.perf_counter() - started) * 1000.0)
-    return float(statistics.median(timings))
+    return batch_latency_ms(predict, row.reshape(1, -1), calls)
 
 
 def task_metrics(config: ModelConfig, labels: np.ndarray, outputs: np.ndarray) -> dict[str, float]:

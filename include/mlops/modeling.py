@@ -254,6 +254,13 @@ def import_builder(config: ModelConfig) -> ModuleType:
     return module
 
 
+def training_objective(config: ModelConfig) -> tuple[str, list[str]]:
+    """The Keras loss and metrics a model of the config's task trains with (train, tuning, TFMOT fine-tuning)."""
+    if config.task == "regression":
+        return "mse", ["mae"]
+    return "sparse_categorical_crossentropy", ["accuracy"]
+
+
 def build_model(config: ModelConfig, hparams: Mapping[str, Any], stats: Mapping[str, Any]) -> keras.Model:
     """Call the builder and check that its model takes the config's features.
 

@@ -30,6 +30,7 @@ from include.mlops.modeling import (
     resolve_hparams,
     set_seeds,
     split_validation,
+    training_objective,
     training_stats,
 )
 
@@ -126,10 +127,7 @@ def fit_model(
     )
     with strategy.scope():
         model = build_model(config, hparams, stats)
-        if config.task == "regression":
-            loss, metrics = "mse", ["mae"]
-        else:
-            loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+        loss, metrics = training_objective(config)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=float(hparams["learning_rate"])), loss=loss, metrics=metrics
         )

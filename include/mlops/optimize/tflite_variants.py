@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import ModelConfig
-from include.mlops.evaluate import BYTES_PER_MB, LATENCY_CALLS, WARMUP_CALLS, measure_latency_ms, task_metrics
+from include.mlops.evaluate import BYTES_PER_MB, batch_latency_ms, measure_latency_ms, task_metrics
 from include.mlops.modeling import SIGNATURE_KEY, Dataset, check_outputs
 from include.mlops.optimize.compress_config import CONVERTER_VARIANTS
 
@@ -121,20 +121,6 @@ def calibration_rows(config: ModelConfig, fit: Dataset) -> tuple[np.ndarray | No
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-def batch_latency_ms(
-    predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, calls: int = LATENCY_CALLS
-) -> float:
-    """Median wall time of one prediction of ``rows`` (the batch), after warm-up calls."""
-    for _ in range(WARMUP_CALLS):
-        predict(rows)
-    timings = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        predict(rows)
-        timings.append((time.perf_counter() - started) * 1000.0)
-    return float(statistics.median(timings))
 
 
 def measure(

@@ -32,6 +32,7 @@ from include.mlops.modeling import (
     load_tflite_fn,
     set_seeds,
     split_validation,
+    training_objective,
     training_stats,
 )
 
@@ -104,7 +105,7 @@ def _compile(model: tf_keras.Model, config: ModelConfig, hparams: Mapping[str, A
     import tensorflow as tf
 
     # The train step's losses, so fine-tuning continues the same objective.
-    loss = "mse" if config.task == "regression" else "sparse_categorical_crossentropy"
+    loss, _ = training_objective(config)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=float(hparams["learning_rate"])), loss=loss)
 
 
