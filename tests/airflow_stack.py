@@ -4,14 +4,21 @@ Used by the end-to-end tests and by the benchmarks.  Nothing is mocked: the
 components are started by supervisord from ``scripts/supervisord.conf``, the same
 file ``make run`` uses, on loopback ports of a private home, with a SQLite
 metadata DB and the LocalExecutor.
+
+The model configs are copied with their schedules moved off the wall clock: each
+DAG still starts its latest scheduled run by itself, but its next one falls twelve
+hours away, so a test that runs across midnight (or the hour) does not see a second
+nightly run it did not ask for.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_PASSWORD = "lifecycle-e2e"
@@ -34,6 +42,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def models_off_the_clock(source: Path, folder: Path) -> Path:
+    """Copy the model configs and builders in ``source`` to ``folder``, every schedule daily twelve hours from now.
+
+    The latest scheduled interval of each DAG (lifecycle and monitor) has ended, so its run
+    starts as soon as the DAG is unpaused, as under ``make run``; the next one is half a day away.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    hour = (dt.datetime.now(dt.UTC).hour + 12) % 24
+    off_the_clock = f"0 {hour} * * *"
+    for path in sorted(source.iterdir()):
+        if path.suffix == ".py":
+            shutil.copy(path, folder / path.name)
+        elif path.suffix in (".yaml", ".yml"):
+            document = yaml.safe_load(path.read_text())
+            document["schedule"] = off_the_clock
+            document.setdefault("monitor", {})["schedule"] = off_the_clock
+            (folder / path.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    return folder
 
 
 class AirflowStack:
@@ -262,7 +290,10 @@ class AirflowStack:
 
 @contextmanager
 def airflow_stack(workdir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[AirflowStack]:
-    stack = AirflowStack(workdir / "airflow-home", workdir / "artifacts", extra_env)
+    env = dict(extra_env or {})
+    source = Path(env.get("MLOPS_MODELS_DIR", PROJECT_ROOT / "include" / "models"))
+    env["MLOPS_MODELS_DIR"] = str(models_off_the_clock(source, workdir / "models-off-the-clock"))
+    stack = AirflowStack(workdir / "airflow-home", workdir / "artifacts", env)
     try:
         stack.start()
         yield stack

@@ -2,8 +2,8 @@
 
 Starts the stack of ``make run`` (API server, scheduler, DAG processor, triggerer and
 model server under supervisord, from ``scripts/supervisord.conf``) on a private home and
-loopback ports.  One stack serves the whole module, so the tests run in file order:
-the first nightly runs of both DAGs succeed with no retry; a run triggered over REST
+loopback ports, with each schedule twelve hours away from the wall clock.  One stack serves
+the whole module, so the tests run in file order: the first nightly runs of both DAGs succeed with no retry; a run triggered over REST
 deploys; a backfill never moves ``stable``; a ``kill -9`` of the model server or of the
 scheduler (during ``train``) heals by itself; stopping supervisord leaves no process.
 """
@@ -176,7 +176,9 @@ def test_nightly_then_triggered_run_deploy_and_serve_then_backfill_never_moves_s
     assert registry.label_version("diabetes", "stable") == 2
     config_before = (stack.artifact_root / "models" / "models.config").read_bytes()
 
-    stack.create_backfill(DAG_ID, "2026-11-12", "2026-11-13")
+    # The stack's nightly runs at an hour away from the wall clock (airflow_stack.models_off_the_clock),
+    # so each day's run is reached by its end rather than its midnight.
+    stack.create_backfill(DAG_ID, "2026-11-12", "2026-11-13T23:59:59")
     backfill_runs = stack.wait_for_runs(DAG_ID, count=2, run_type="backfill")
     assert sorted(r["logical_date"][:10] for r in backfill_runs) == ["2026-11-12", "2026-11-13"]
     for backfill_run in backfill_runs:
@@ -203,7 +205,7 @@ def latest_backfill(stack: AirflowStack) -> dict:
 
 def test_a_finished_backfill_is_marked_completed_then_the_next_one_may_start(stack: AirflowStack) -> None:
     wait_until(lambda: latest_backfill(stack)["completed_at"] is not None, 120, "the backfill's completion")
-    stack.create_backfill(DAG_ID, "2026-11-14", "2026-11-14")
+    stack.create_backfill(DAG_ID, "2026-11-14", "2026-11-14T23:59:59")
     assert latest_backfill(stack)["completed_at"] is None
 
 
