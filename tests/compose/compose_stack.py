@@ -225,7 +225,7 @@ def run_paused_dag(
 
     The run takes the DAG's next scheduled logical date, so unpausing adds no scheduled run of that
     date beside it (the scheduler skips a date that already has a run). The result also holds the
-    run's task states and the ids of every run of the DAG.
+    run's task states and every run of the DAG as ``(run id, logical date)``.
     """
     deadline = time.monotonic() + timeout
     while (dag := api.get(f"/api/v2/dags/{dag_id}")).status_code == 404:
@@ -244,7 +244,8 @@ def run_paused_dag(
         time.sleep(3)
     instances = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
     run["task_states"] = {ti["task_id"]: ti["state"] for ti in instances.json()["task_instances"]}
-    run["all_runs"] = [r["dag_run_id"] for r in api.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"]]
+    runs = api.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"]
+    run["all_runs"] = [(r["dag_run_id"], r["logical_date"]) for r in runs]
     return run
 
 
