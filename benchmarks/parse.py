@@ -47,7 +47,7 @@ TASK_IDS = (
 EDGES = (
     ("snapshot", "validate"), ("validate", "train"), ("train", "evaluate"), ("evaluate", "gate"),
     ("gate", "register"), ("gate", "tune_plan"), ("gate", "skip_deploy"),
-    ("tune_plan", "tune_trial"), ("tune_trial", "tune_select"), ("tune_select", "compress"),
+    ("tune_plan", "tune_trial"), ("tune_plan", "tune_select"), ("tune_trial", "tune_select"), ("tune_select", "compress"),
     ("compress", "evaluate_optimized"), ("evaluate_optimized", "gate_optimized"),
     ("gate_optimized", "register"), ("gate_optimized", "reject"), ("gate_optimized", "skip_deploy"),
     ("register", "deploy"),

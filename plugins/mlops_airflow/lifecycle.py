@@ -438,10 +438,15 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
             resolve_arguments=tune_trial_arguments,
             pool=TUNING_POOL,
         )
-        # Runs once every trial is done, failed ones included (selection needs min_successful of them);
-        # skipped with the branch when the gate did not route here.
+        # Upstream: tune_plan and every trial.  Runs once the plan succeeded and every trial is done,
+        # failed ones included (selection needs min_successful of them, and says why when it has fewer);
+        # skipped with the branch when the gate did not route here; upstream_failed, never run, when
+        # an earlier task failed (no plan, so no trial).
         tune_select = step(
-            "tune_select", "tune-select", resolve_arguments=tune_select_arguments, trigger_rule=TriggerRule.NONE_SKIPPED
+            "tune_select",
+            "tune-select",
+            resolve_arguments=tune_select_arguments,
+            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
         )
         compress = step("compress", "compress", resolve_arguments=compress_arguments)
         evaluate_optimized = step(
@@ -480,6 +485,7 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         snapshot >> validate >> train >> evaluate >> gate
         gate >> [register, tune_plan, skipped]
         tune_plan >> tune_trial >> tune_select >> compress >> evaluate_optimized >> gate_optimized
+        tune_plan >> tune_select
         gate_optimized >> [register, rejected, skipped]
         register >> deploy
     return dag

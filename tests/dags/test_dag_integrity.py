@@ -76,7 +76,11 @@ class TestLifecycleDag:
         assert dag.get_task("gate").downstream_task_ids == {"register", "tune_plan", "skip_deploy"}
         optimize_branch = ["tune_plan", "tune_trial", "tune_select", "compress", "evaluate_optimized", "gate_optimized"]
         for upstream, downstream in itertools.pairwise(optimize_branch):
-            assert dag.get_task(upstream).downstream_task_ids == {downstream}, upstream
+            assert downstream in dag.get_task(upstream).downstream_task_ids, upstream
+        # tune_plan also feeds tune_select directly (its trigger rule needs the plan's success).
+        assert dag.get_task("tune_plan").downstream_task_ids == {"tune_trial", "tune_select"}
+        for task_id, downstream in itertools.pairwise(optimize_branch[1:]):
+            assert dag.get_task(task_id).downstream_task_ids == {downstream}, task_id
         assert dag.get_task("gate_optimized").downstream_task_ids == {"register", "reject", "skip_deploy"}
         assert dag.get_task("register").downstream_task_ids == {"deploy"}
         assert dag.get_task("register").trigger_rule == "none_failed_min_one_success"
@@ -96,5 +100,8 @@ def test_tuning_trials_are_mapped_one_task_per_trial_in_the_tuning_pool(dagbag: 
     assert isinstance(trial, MappedOperator)
     assert trial.pool == "mlops_tuning"
     assert trial.expand_input.value == {"arguments": [{"trial": i} for i in range(config.optimize.search.trials)]}
-    # Selection runs after failed trials too, but not when the gate routed elsewhere (skipped trials).
-    assert dag.get_task("tune_select").trigger_rule == "none_skipped"
+    # Selection runs after failed trials too once the plan succeeded, but not when the gate routed
+    # elsewhere (skipped plan and trials) nor when an earlier task failed (no plan).
+    select = dag.get_task("tune_select")
+    assert select.trigger_rule == "all_done_min_one_success"
+    assert select.upstream_task_ids == {"tune_plan", "tune_trial"}

@@ -124,6 +124,8 @@ def test_a_misspelled_setting_fails_the_first_task_once_and_never_deploys(stack:
     assert run["state"] == "failed", tries
     assert tries["snapshot"] == ("failed", 1), tries
     assert not [task for task, (state, _) in tries.items() if state == "success"], tries
+    # Nothing else ran, tune_select included (it runs after failed trials, but only once the plan succeeded).
+    assert {state for task, (state, _) in tries.items() if task != "snapshot"} == {"upstream_failed"}, tries
     log = stack.api().get(
         f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/snapshot/logs/1",
         params={"full_content": True},

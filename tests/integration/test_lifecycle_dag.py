@@ -353,7 +353,7 @@ def test_corrupted_data_blocks_the_run(
     states = run_dag("lifecycle__diabetes", DAY)
     assert states["__run__"] == "failed"
     assert states["snapshot"] == "success" and states["validate"] == "failed"
-    assert states["train"] == "upstream_failed"
+    assert states["train"] == "upstream_failed" and states["tune_select"] == "upstream_failed"
     assert not (artifact_root / "models" / "diabetes").exists()
     validation = run_dir("lifecycle__diabetes", states["__run_id__"], "validate", root=artifact_root)
     assert (validation / "validation.json").is_file()
@@ -364,5 +364,9 @@ def test_unknown_trigger_setting_fails_the_first_task_before_any_work(artifact_r
     states = run_dag("lifecycle__diabetes", DAY, {"unknown_param": 1})
     assert states["__run__"] == "failed", states
     assert states["snapshot"] == "failed" and states["validate"] == "upstream_failed"
+    # Nothing runs after the failure: not tune_select either, although it runs after failed trials.
+    assert {task: state for task, state in states.items() if task in TASKS and task != "snapshot"} == {
+        task: "upstream_failed" for task in TASKS if task != "snapshot"
+    }, states
     assert not run_dir("lifecycle__diabetes", states["__run_id__"], "snapshot", root=artifact_root).exists()
     assert not (artifact_root / "models").exists()
