@@ -67,11 +67,6 @@ def _compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines of an env file, read as docker-compose reads them (python-dotenv)."""
-    return {name: value or "" for name, value in dotenv_values(path).items()}
-
-
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
     """``docker-compose config`` of the file with .env.example's values: what `up` would run."""
@@ -286,7 +281,7 @@ def test_init_migrates_the_db_sets_up_the_admin_and_creates_the_deploy_pool(
     # Rendered by compose: MLOPS_TUNING_POOL_SLOTS is unset in .env.example, so the default of 2 slots.
     assert 'airflow pools set mlops_tuning "2" "tuning trials training at once"' in script
     # The admin's password comes from .env and lands in the file SimpleAuthManager reads.
-    env_example = _read_env_file(ENV_EXAMPLE)
+    env_example = dotenv_values(ENV_EXAMPLE)
     env = init["environment"]
     assert env["_MLOPS_ADMIN_PASSWORD"] == env_example["AIRFLOW_ADMIN_PASSWORD"]
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == f"{env_example['AIRFLOW_ADMIN_USERNAME']}:admin"
@@ -346,7 +341,7 @@ def test_missing_secrets_stop_compose_with_a_pointer_to_env(tmp_path: Path) -> N
 def test_env_example_declares_every_required_variable_with_placeholders_only(raw_compose: dict[str, Any]) -> None:
     required = {name for text in _strings(raw_compose) for name in REQUIRED_VARIABLE.findall(text)}
     assert required, "expected the secrets to be required (${VAR:?...}) variables"
-    example = _read_env_file(ENV_EXAMPLE)
+    example = dotenv_values(ENV_EXAMPLE)
     assert not required - example.keys(), f".env.example lacks {sorted(required - example.keys())}"
     secrets = {name: value for name, value in example.items() if SECRET_KEY.search(name)}
     assert secrets, ".env.example declares no secrets"
@@ -387,7 +382,7 @@ def test_ci_images_replace_every_official_image_but_grafanas(tmp_path: Path) -> 
     result = _compose("config", env_file=env_file)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    local = set(_read_env_file(CI_DIR / "images.env").values())
+    local = set(dotenv_values(CI_DIR / "images.env").values())
     official = {name: s["image"] for name, s in services.items() if s["image"] not in local}
     assert official == {"grafana": "grafana/grafana:10.4.2"}, official
     assert services["airflow-apiserver"]["build"]["args"]["AIRFLOW_IMAGE"] in local
