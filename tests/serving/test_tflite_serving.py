@@ -78,7 +78,9 @@ def test_a_version_with_model_tflite_is_served_by_the_interpreter_from_the_gated
         response = client.post(f"/v1/models/{MODEL}/labels/stable:predict", json={"instances": rows.tolist()})
         assert response.status_code == 200, response.text
         served = np.asarray(response.json()["predictions"], dtype="float32")
-        np.testing.assert_array_equal(served, expected)
+        # The interpreter's kernels (XNNPACK, chosen by CPU features) may round the last bit differently at another
+        # batch size or thread count, so equal means equal to float32 precision; x1 against x3 is a factor of 3.
+        np.testing.assert_allclose(served, expected, rtol=1e-6)
         np.testing.assert_allclose(served[:, 0], rows.sum(axis=1) * 3.0, rtol=1e-2)  # x3: the tflite, not the x1
 
         # Metadata still describes the signature (from the version's SavedModel).
@@ -108,7 +110,8 @@ def test_a_version_with_model_tflite_is_served_by_the_interpreter_from_the_gated
                 for _ in range(15):
                     answer = own.post(f"/v1/models/{MODEL}:predict", json={"instances": rows[:batch].tolist()})
                     got = np.asarray(answer.json().get("predictions"), dtype="float32")
-                    if answer.status_code != 200 or not np.array_equal(got, expected[:batch]):
+                    mixed = got.shape != expected[:batch].shape or not np.allclose(got, expected[:batch], rtol=1e-6)
+                    if answer.status_code != 200 or mixed:
                         failures.append(f"batch {batch}: {answer.status_code} {answer.text[:200]}")
 
         threads = [threading.Thread(target=client_loop, args=(batch,)) for batch in (1, 3, 5, 7)]
