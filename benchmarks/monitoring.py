@@ -60,7 +60,7 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def _window(config: Any, rows: int) -> Any:
     import numpy as np
 
-    from include.mlops.data import load_bundled
+    from include.mlops.data.sources import load_bundled
 
     digits = load_bundled("digits", config.label)[list(config.features)].to_numpy(np.float32)
     rng = np.random.default_rng(7)
@@ -92,7 +92,7 @@ def run(results_dir: Path) -> dict[str, Any]:
 
     from include.mlops import artifacts
     from include.mlops.config import find_model_config
-    from include.mlops.data import load_bundled
+    from include.mlops.data.sources import load_bundled
     from include.mlops.monitoring.drift import check_drift, read_window
     from include.mlops.monitoring.expectations import validate_sample
     from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference

@@ -78,7 +78,7 @@ def _csv(value: str) -> list[str]:
 
 
 def _run_snapshot(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.snapshot import snapshot
+    from include.mlops.data.snapshot import snapshot
 
     wait = args.wait_for_data
     if wait is None:
@@ -88,7 +88,7 @@ def _run_snapshot(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 
 
 def _run_validate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.validate import validate
+    from include.mlops.data.validate import validate
 
     return validate(config, args.data, args.out)
 
@@ -298,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 #   wrongly, and the label was moved back.  That is the server's state, not the input's: a retry may pass.
 # - snapshot.PartitionNotLandedError: the data may still land; the task retries after its delay.
 BAD_INPUT_ERRORS = (
-    ("include.mlops.validate", "DataValidationError"),
-    ("include.mlops.validate", "SuiteNotFoundError"),
-    ("include.mlops.data", "SnapshotError"),
+    ("include.mlops.data.validate", "DataValidationError"),
+    ("include.mlops.data.validate", "SuiteNotFoundError"),
+    ("include.mlops.data.sources", "SnapshotError"),
     ("include.mlops.registry", "CorruptVersionError"),
     ("include.mlops.modeling", "ModelingError"),
     ("include.mlops.register", "CandidateModelError"),

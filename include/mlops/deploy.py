@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.data import SPLIT_COLUMN, TEST, snapshot_path
+from include.mlops.data.sources import SPLIT_COLUMN, TEST, snapshot_path
 from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.registry import Registry
 from include.mlops.server_client import ModelServerClient, ServerNotReadyError

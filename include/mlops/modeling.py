@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DEFAULT_MODELS_DIR, ModelConfig
-from include.mlops.data import DATA_FILE, SPLIT_COLUMN, row_hashes, snapshot_path
+from include.mlops.data.sources import DATA_FILE, SPLIT_COLUMN, row_hashes, snapshot_path
 
 if TYPE_CHECKING:
     import keras

@@ -17,7 +17,7 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
-from include.mlops.data import snapshot_path
+from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
@@ -25,7 +25,7 @@ from include.mlops.modeling import check_outputs, load_split
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
 from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
-from include.mlops.snapshot import MANIFEST_FILE
+from include.mlops.data.snapshot import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 

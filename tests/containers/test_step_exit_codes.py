@@ -178,7 +178,7 @@ def test_partition_not_landed_exits_retryable_with_the_clear_message(tmp_path: P
 @pytest.fixture
 def diabetes_snapshot(tmp_path: Path) -> Path:
     from include.mlops.config import find_model_config
-    from include.mlops.snapshot import snapshot
+    from include.mlops.data.snapshot import snapshot
 
     return Path(snapshot(find_model_config("diabetes"), DAY - dt.timedelta(days=1), DAY, tmp_path / "snap")["data_uri"])
 

@@ -44,7 +44,7 @@ def test_router_levels() -> None:
 def run_train_step(tmp_path: Path) -> list[dict[str, Any]]:
     """The real train step through the local operator; the task log's events."""
     from include.mlops.config import find_model_config
-    from include.mlops.snapshot import snapshot
+    from include.mlops.data.snapshot import snapshot
 
     data = snapshot(find_model_config("diabetes"), DAY - dt.timedelta(days=1), DAY, tmp_path / "snap")["data_uri"]
     with structlog.testing.capture_logs() as events:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from include.mlops.config import ModelConfig, SourceConfig, find_model_config
-from include.mlops.data import load_bundled
+from include.mlops.data.sources import load_bundled
 
 
 @pytest.fixture(scope="session")

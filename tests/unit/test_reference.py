@@ -16,7 +16,7 @@ from include.mlops.config import find_model_config
 from include.mlops.monitoring.reference import REFERENCE_FILE, bin_index, build_reference
 from include.mlops.register import register_model
 from include.mlops.registry import Registry
-from include.mlops.snapshot import snapshot
+from include.mlops.data.snapshot import snapshot
 
 
 def test_every_value_falls_in_a_bin_and_constant_and_low_cardinality_features_get_distinct_edges() -> None:

@@ -21,7 +21,7 @@ from include.mlops.evaluate import evaluate
 from include.mlops.modeling import convert_to_tflite
 from include.mlops.register import MeasuredArtifactError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry
-from include.mlops.snapshot import snapshot
+from include.mlops.data.snapshot import snapshot
 from include.mlops.train import train
 
 DIABETES = find_model_config("diabetes")

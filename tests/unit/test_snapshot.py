@@ -12,14 +12,14 @@ import time
 import pandas as pd
 import pytest
 
-from include.mlops.data import (
+from include.mlops.data.sources import (
     SPLIT_COLUMN,
     SnapshotError,
     assign_split,
     lookback_days,
     row_hashes,
 )
-from include.mlops.snapshot import DATA_FILE, MANIFEST_FILE, PartitionNotLandedError, snapshot
+from include.mlops.data.snapshot import DATA_FILE, MANIFEST_FILE, PartitionNotLandedError, snapshot
 
 FIRST_DAY = "2026-11-01"  # start_date of both demo configs
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.mlops.snapshot import snapshot
-from include.mlops.suites import build_suite
-from include.mlops.validate import RESULT_FILE, SUMMARY_FILE, DataValidationError, SuiteNotFoundError, validate
+from include.mlops.data.snapshot import snapshot
+from include.mlops.data.suites import build_suite
+from include.mlops.data.validate import RESULT_FILE, SUMMARY_FILE, DataValidationError, SuiteNotFoundError, validate
 
 DS = "2026-11-03"
 
@@ -283,7 +283,7 @@ def test_missing_snapshot_is_a_clear_error(diabetes_config, tmp_path):
 def _run_suites(models: Path, *args: str) -> subprocess.CompletedProcess[str]:
     project = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        [sys.executable, "-m", "include.mlops.suites", *args],
+        [sys.executable, "-m", "include.mlops.data.suites", *args],
         cwd=project,
         env={**os.environ, "MLOPS_MODELS_DIR": str(models), "MLOPS_GX_DIR": str(models)},
         capture_output=True,

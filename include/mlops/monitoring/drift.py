@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.data import as_utc
+from include.mlops.data.sources import as_utc
 from include.mlops.monitoring.reference import read_reference
 
 if TYPE_CHECKING:

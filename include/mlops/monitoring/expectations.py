@@ -9,7 +9,7 @@ it never fires before PSI would on the same bins; it is the GX record of it).
 
 GX costs seconds per million rows, so it validates at most
 ``max_validation_rows`` rows, a seeded uniform sample; the PSI scores use
-every row.  The project's one GX runner (:func:`include.mlops.validate.run_suite`)
+every row.  The project's one GX runner (:func:`include.mlops.data.validate.run_suite`)
 runs the suite.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DriftConfig
-from include.mlops.suites import RANGE_MARGIN
+from include.mlops.data.suites import RANGE_MARGIN
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,7 @@ def validate_sample(
     """GX's result on a sample of ``rows`` for the ``checked`` features, and ``(feature, line)`` per failure."""
     import pandas as pd
 
-    from include.mlops.validate import describe_failure, run_suite
+    from include.mlops.data.validate import describe_failure, run_suite
 
     sample, sampled = sample_rows(rows, drift.max_validation_rows)
     frame = pd.DataFrame(sample.astype("float64"), columns=list(features))[list(checked)]

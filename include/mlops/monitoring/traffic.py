@@ -96,7 +96,7 @@ class TrafficSummary:
 
 def latest_snapshot(config: ModelConfig, root: Path | None = None) -> Path | None:
     """The newest ``data.parquet`` any lifecycle run of the model snapshotted, or None."""
-    from include.mlops.data import DATA_FILE
+    from include.mlops.data.sources import DATA_FILE
 
     runs = (root if root is not None else artifact_root()) / "runs" / safe_segment(config.dag_id)
     candidates = list(runs.glob(f"*/snapshot/{DATA_FILE}")) if runs.is_dir() else []
@@ -112,7 +112,7 @@ def held_out_rows(config: ModelConfig, rows_from: str | Path | None = None) -> n
     """
     import pandas as pd
 
-    from include.mlops.data import SPLIT_COLUMN, TEST, assign_split, data_columns, read_source, snapshot_path
+    from include.mlops.data.sources import SPLIT_COLUMN, TEST, assign_split, data_columns, read_source, snapshot_path
 
     source: str
     if rows_from is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.data import (
+from include.mlops.data.sources import (
     DATA_FILE,
     EXTRA_COLUMNS_ATTR,
     SPLIT_COLUMN,

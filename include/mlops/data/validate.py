@@ -1,7 +1,7 @@
 """The validate step: run the model's Great Expectations suite on a snapshot.
 
 The suite is data (``include/gx/<model>.json``, written once by
-:mod:`include.mlops.suites` and reviewed like code).  It runs with an
+:mod:`include.mlops.data.suites` and reviewed like code).  It runs with an
 ephemeral GX 1.x context on a pandas dataframe asset, so validation needs no
 GX project folder, no store and no network.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.data import ROW_HASH_COLUMN, data_columns, row_hashes
+from include.mlops.data.sources import ROW_HASH_COLUMN, data_columns, row_hashes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +70,7 @@ def load_suite(config: ModelConfig) -> dict[str, Any]:
     if not path.is_file():
         raise SuiteNotFoundError(
             f"model {config.name!r} has no expectation suite at {path}; "
-            f"generate one with: python -m include.mlops.suites {config.name} [--data REFERENCE.parquet]"
+            f"generate one with: python -m include.mlops.data.suites {config.name} [--data REFERENCE.parquet]"
         )
     suite = json.loads(path.read_text())
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
@@ -97,7 +97,7 @@ def extra_columns(data_uri: str | Path) -> list[str]:
     """
     import fsspec
 
-    from include.mlops.snapshot import MANIFEST_FILE
+    from include.mlops.data.snapshot import MANIFEST_FILE
 
     fs, path = fsspec.core.url_to_fs(str(data_uri))
     manifest_path = f"{path.rsplit('/', 1)[0]}/{MANIFEST_FILE}" if "/" in path else MANIFEST_FILE

@@ -4,8 +4,8 @@ The suites are data, committed beside the configs and reviewed like code; this
 generator only writes their first version, so that the bounds come from the
 data rather than from guesses::
 
-    python -m include.mlops.suites diabetes digits        # from the bundled datasets
-    python -m include.mlops.suites mymodel --data ref.parquet
+    python -m include.mlops.data.suites diabetes digits        # from the bundled datasets
+    python -m include.mlops.data.suites mymodel --data ref.parquet
 
 What a suite checks, and how the bounds are derived:
 
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.cli import EXIT_BAD_INPUT
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
-from include.mlops.data import ROW_HASH_COLUMN, SPLIT_COLUMN, TEST, TRAIN, load_bundled
+from include.mlops.data.sources import ROW_HASH_COLUMN, SPLIT_COLUMN, TEST, TRAIN, load_bundled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -223,7 +223,7 @@ def build_suite(config: ModelConfig, reference: pd.DataFrame | None = None) -> d
     return {
         "name": config.name,
         "meta": {
-            "generated_by": "python -m include.mlops.suites",
+            "generated_by": "python -m include.mlops.data.suites",
             "reference_rows": rows,
             "model": config.name,
             "task": config.task,
@@ -244,7 +244,7 @@ def write_suite(config: ModelConfig, reference: pd.DataFrame | None = None, path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.mlops.suites", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m include.mlops.data.suites", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model config names (include/models/<name>.yaml)")
     parser.add_argument("--data", help="reference data (parquet or csv) instead of the bundled dataset")
     parser.add_argument("--out", help="write here instead of include/gx/<name>.json (one model only)")
