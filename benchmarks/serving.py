@@ -95,7 +95,7 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
     import numpy as np
 
     from include.mlops.config import find_model_config
-    from include.mlops.modeling import Dataset, build_model, export_saved_model, resolve_hparams, training_stats
+    from include.mlops.training.modeling import Dataset, build_model, export_saved_model, resolve_hparams, training_stats
     from include.mlops.registry import Registry
 
     config = find_model_config("diabetes")
@@ -115,7 +115,7 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
 
 
 def _bare_model(version_dir: Path, rows: Any, batch: int, seconds: float = 2.0) -> dict[str, float]:
-    from include.mlops.modeling import load_serving_fn
+    from include.mlops.training.modeling import load_serving_fn
 
     predict = load_serving_fn(version_dir)
     sample = rows[:batch]

@@ -80,7 +80,7 @@ def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, 
     from include.mlops.register import register_model
     from include.mlops.registry import Registry
     from include.mlops.data.snapshot import snapshot
-    from include.mlops.train import train
+    from include.mlops.training.train import train
     from include.mlops.data.validate import validate
 
     config = find_model_config("diabetes")

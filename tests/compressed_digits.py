@@ -28,7 +28,7 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> TrainedDigits:
     """The digits snapshot (all 1,797 rows) and a SavedModel trained on it, made once per session."""
     from unit.ml_fixtures import make_snapshot
 
-    from include.mlops.train import train
+    from include.mlops.training.train import train
 
     config = find_model_config("digits")
     base = tmp_path_factory.getbasetemp() / "compressed-digits"

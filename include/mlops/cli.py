@@ -94,7 +94,7 @@ def _run_validate(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 
 
 def _run_train(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.train import train
+    from include.mlops.training.train import train
 
     return train(config, args.data, args.out, overrides=args.overrides)
 
@@ -302,10 +302,10 @@ BAD_INPUT_ERRORS = (
     ("include.mlops.data.validate", "SuiteNotFoundError"),
     ("include.mlops.data.sources", "SnapshotError"),
     ("include.mlops.registry", "CorruptVersionError"),
-    ("include.mlops.modeling", "ModelingError"),
+    ("include.mlops.training.modeling", "ModelingError"),
     ("include.mlops.register", "CandidateModelError"),
     # Training is seeded from the config, so a run that diverges (non-finite loss) diverges again.
-    ("include.mlops.train", "TrainingError"),
+    ("include.mlops.training.train", "TrainingError"),
     ("include.mlops.monitoring.drift", "DriftInputError"),
     ("include.mlops.optimize.tuning", "TuningError"),
 )

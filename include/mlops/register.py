@@ -21,7 +21,7 @@ from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluate import PREDICTIONS_FILE
 from include.mlops.gate import GateDecision
 from include.mlops.model_card import model_card
-from include.mlops.modeling import check_outputs, load_split
+from include.mlops.training.modeling import check_outputs, load_split
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
 from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256

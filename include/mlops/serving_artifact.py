@@ -65,7 +65,7 @@ def artifact_sha256(fmt: str, path: str | os.PathLike[str]) -> str:
 
 def load_served_fn(version_dir: Path, n_features: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The served artifact of ``version_dir`` as ``features -> outputs``, loaded as the server loads it."""
-    from include.mlops.modeling import load_serving_fn, load_tflite_fn
+    from include.mlops.training.modeling import load_serving_fn, load_tflite_fn
 
     artifact = served_artifact(version_dir)
     if artifact.format == TFLITE:

@@ -1,7 +1,7 @@
 """Readable step logs: the step's own lines as they are, the ML runtime's stderr at its own severity.
 
 A step's output mixes two voices.  The step's own log lines (Python
-``logging``: ``2026-11-27 11:47:49,229 INFO include.mlops.train: ...``) and
+``logging``: ``2026-11-27 11:47:49,229 INFO include.mlops.training.train: ...``) and
 its JSON result go to the task log at INFO, unchanged.  TensorFlow's C++
 runtime writes to the same stderr in absl's format
 (``E0000 00:00:1795780069.087334   21460 cuda_platform.cc:52] failed call to cuInit: ...``)

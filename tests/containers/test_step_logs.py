@@ -24,7 +24,7 @@ NODEDEF = (
     "E0000 00:00:1795780071.154165   21460 node_def_util.cc:682] NodeDef mentions attribute "
     "use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset; ...>"
 )
-STEP_LINE = "2026-11-27 11:47:51,915 INFO include.mlops.train: train diabetes: epoch 1/2 loss=9687 mae=83.51"
+STEP_LINE = "2026-11-27 11:47:51,915 INFO include.mlops.training.train: train diabetes: epoch 1/2 loss=9687 mae=83.51"
 OOM = "2026-11-27 11:00:00.123456: W tensorflow/core/framework/cpu_allocator_impl.cc:83] Allocation exceeds 10%"
 
 
@@ -73,7 +73,7 @@ def test_train_log_keeps_step_lines_and_drops_cpu_noise(
     epoch = [
         (e["log_level"], t)
         for e, t in zip(events, texts, strict=True)
-        if "include.mlops.train: train diabetes: epoch 1/1" in t
+        if "include.mlops.training.train: train diabetes: epoch 1/1" in t
     ]
     assert len(epoch) == 1 and epoch[0][0] == "info"
     assert not [t for t in texts if "failed call to cuInit" in t or "use_unbounded_threadpool" in t]
@@ -92,5 +92,5 @@ def test_show_everything_switch_keeps_runtime_lines_at_their_level(
     assert cuinit and set(cuinit) == {"error"}
     assert nodedef and set(nodedef) == {"error"}
     assert any(
-        "include.mlops.train: train diabetes: epoch 1/1" in text and level == "info" for text, level in levels.items()
+        "include.mlops.training.train: train diabetes: epoch 1/1" in text and level == "info" for text, level in levels.items()
     )

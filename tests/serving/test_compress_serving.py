@@ -12,7 +12,7 @@ import pytest
 from compressed_digits import trained_digits
 
 from include.mlops.deploy import prepare_smoke_check, verify_deployment
-from include.mlops.modeling import load_split, load_tflite_fn
+from include.mlops.training.modeling import load_split, load_tflite_fn
 from include.mlops.optimize.compress import compress
 from include.mlops.registry import Registry
 from include.mlops.server_client import ModelServerClient

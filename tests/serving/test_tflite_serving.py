@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from include.mlops.modeling import convert_to_tflite
+from include.mlops.training.modeling import convert_to_tflite
 from include.mlops.registry import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.metrics import SERVED_ARTIFACT_INFO

@@ -15,8 +15,8 @@ from ml_fixtures import make_snapshot
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
 from include.mlops.evaluate import evaluate, task_metrics
-from include.mlops.modeling import ModelingError, load_serving_fn, load_split
-from include.mlops.train import train
+from include.mlops.training.modeling import ModelingError, load_serving_fn, load_split
+from include.mlops.training.train import train
 
 DIABETES = find_model_config("diabetes")
 DIGITS = find_model_config("digits")
@@ -253,7 +253,7 @@ def test_a_champion_with_model_tflite_is_measured_on_it(
     artifact_root: Path, diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
 ) -> None:
     from include.mlops.artifacts import sha256_file
-    from include.mlops.modeling import convert_to_tflite
+    from include.mlops.training.modeling import convert_to_tflite
     from include.mlops.registry import Registry
 
     registry = Registry(artifact_root / "models")

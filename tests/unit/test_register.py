@@ -18,11 +18,11 @@ from include.mlops import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_dir, sha256_file
 from include.mlops.config import ModelConfig, find_model_config
 from include.mlops.evaluate import evaluate
-from include.mlops.modeling import convert_to_tflite
+from include.mlops.training.modeling import convert_to_tflite
 from include.mlops.register import MeasuredArtifactError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry
 from include.mlops.data.snapshot import snapshot
-from include.mlops.train import train
+from include.mlops.training.train import train
 
 DIABETES = find_model_config("diabetes")
 DAG_ID = DIABETES.dag_id

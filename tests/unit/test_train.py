@@ -13,7 +13,7 @@ import pytest
 from ml_fixtures import make_snapshot
 
 from include.mlops.config import find_model_config, load_model_config
-from include.mlops.modeling import (
+from include.mlops.training.modeling import (
     ModelingError,
     OutputContractError,
     check_outputs,
@@ -23,7 +23,7 @@ from include.mlops.modeling import (
     resolve_hparams,
     split_validation,
 )
-from include.mlops.train import replica_count, train
+from include.mlops.training.train import replica_count, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DIABETES = find_model_config("diabetes")

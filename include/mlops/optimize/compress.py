@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, read_json, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, ModelConfig
-from include.mlops.modeling import (
+from include.mlops.training.modeling import (
     ModelingError,
     OutputContractError,
     load_serving_fn,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import ModelConfig
-from include.mlops.modeling import (
+from include.mlops.training.modeling import (
     CONTRACT_CHECK_ROWS,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -220,7 +220,7 @@ def make_qat(
 def export_legacy_saved_model(model: tf_keras.Model, path: Path, n_features: int) -> Path:
     """A tf_keras model as a SavedModel with the serving contract's signature.
 
-    (:func:`include.mlops.modeling.export_saved_model` uses Keras 3's ExportArchive,
+    (:func:`include.mlops.training.modeling.export_saved_model` uses Keras 3's ExportArchive,
     which does not take tf_keras models.)
     """
     import tensorflow as tf

@@ -25,7 +25,7 @@ from typing import Any
 
 from include.mlops.artifacts import atomic_write_json, read_json, step_output, to_jsonable
 from include.mlops.config import INTEGER_HPARAMS, ModelConfig, SearchDimension
-from include.mlops.modeling import ModelingError, export_saved_model, load_split, resolve_hparams, split_validation
+from include.mlops.training.modeling import ModelingError, export_saved_model, load_split, resolve_hparams, split_validation
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _train_trial(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from include.mlops.train import fit_model, history_payload
+    from include.mlops.training.train import fit_model, history_payload
 
     resolved = resolve_hparams(config, hparams)
     data = load_split(config, data_uri, "train")

@@ -4,7 +4,7 @@ Training runs under ``tf.distribute.MirroredStrategy`` over the visible GPUs
 (one replica on CPU), with fixed seeds, early stopping on a validation set
 carved from the training rows, and TensorBoard logs in ``<out>/tensorboard``.
 The result is a SavedModel in ``<out>/model`` with the serving contract's
-``serving_default`` signature (see :mod:`include.mlops.modeling`).
+``serving_default`` signature (see :mod:`include.mlops.training.modeling`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import ModelConfig
-from include.mlops.modeling import (
+from include.mlops.training.modeling import (
     CONTRACT_CHECK_ROWS,
     Dataset,
     build_model,
