@@ -31,7 +31,7 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, load_model_config
-from include.mlops.gate import decide_for_config
+from include.mlops.evaluation.gate import decide_for_config
 from include.mlops.registry import Registry
 from tests.models_view.server import api_server
 

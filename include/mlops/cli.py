@@ -115,7 +115,7 @@ def _champion(config: ModelConfig, choice: str) -> tuple[str | None, int | None]
 
 
 def _run_evaluate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.evaluate import evaluate
+    from include.mlops.evaluation.evaluate import evaluate
 
     champion_uri, champion_version = _champion(config, args.champion)
     return evaluate(

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from include.mlops.gate import GateDecision
-from include.mlops.reports import render
+from include.mlops.evaluation.gate import GateDecision
+from include.mlops.evaluation.reports import render
 
 
 def model_card(

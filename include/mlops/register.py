@@ -18,8 +18,8 @@ from typing import Any
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
 from include.mlops.data.sources import snapshot_path
-from include.mlops.evaluate import PREDICTIONS_FILE
-from include.mlops.gate import GateDecision
+from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
+from include.mlops.evaluation.gate import GateDecision
 from include.mlops.model_card import model_card
 from include.mlops.training.modeling import check_outputs, load_split
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference

@@ -30,7 +30,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.mlops import gate as gate_lib
+from include.mlops.evaluation import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from mlops_airflow import alerts
@@ -156,7 +156,7 @@ def is_deploying_run(context: Context) -> tuple[bool, str]:
 
 
 class GateOperator(BaseBranchOperator):
-    """Apply the gate to one evaluation and branch to the route :func:`include.mlops.gate.route` picks.
+    """Apply the gate to one evaluation and branch to the route :func:`include.mlops.evaluation.gate.route` picks.
 
     Writes ``decision.json`` and ``decision.md`` to the task's run folder and
     pushes XCom ``decision`` (route, outcome, failed budgets: what optimize

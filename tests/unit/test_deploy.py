@@ -14,7 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
 from include.mlops.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
-from include.mlops.gate import decide
+from include.mlops.evaluation.gate import decide
 from include.mlops.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry, VersionNotFoundError
 

@@ -14,7 +14,7 @@ import pytest
 from ml_fixtures import make_snapshot
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.evaluate import evaluate, task_metrics
+from include.mlops.evaluation.evaluate import evaluate, task_metrics
 from include.mlops.training.modeling import ModelingError, load_serving_fn, load_split
 from include.mlops.training.train import train
 
@@ -162,7 +162,7 @@ def test_demo_models_pass_their_gate_with_the_default_config(config: ModelConfig
 def test_report_html_escapes_config_text_and_paths() -> None:
     import dataclasses
 
-    from include.mlops.evaluate import _report_html
+    from include.mlops.evaluation.evaluate import _report_html
 
     config = dataclasses.replace(DIABETES, description="<script>alert('x')</script> & more")
     metrics = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
@@ -241,7 +241,7 @@ def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
     assert "champion unavailable: model &#39;diabetes&#39;" in report
     assert "The change checks against the champion were skipped" in report
 
-    from include.mlops.gate import decide_for_config
+    from include.mlops.evaluation.gate import decide_for_config
 
     decision = decide_for_config(DIABETES, written["metrics"], written["champion"])
     assert not decision.has_champion

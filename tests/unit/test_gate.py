@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from include.mlops import gate as gate_lib
+from include.mlops.evaluation import gate as gate_lib
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, GateConfig, ModelConfig
-from include.mlops.gate import GateCheck, GateDecision, GateError, decide, decide_for_config, with_overrides
+from include.mlops.evaluation.gate import GateCheck, GateDecision, GateError, decide, decide_for_config, with_overrides
 
 REGRESSION = {**METRICS["regression"], **BUDGET_METRICS}
 CLASSIFICATION = {**METRICS["classification"], **BUDGET_METRICS}
@@ -354,7 +354,7 @@ def test_invalid_overrides_raise_gate_error(thresholds: object, max_regression: 
 
 def test_importing_the_gate_stays_light() -> None:
     # DAG files import the gate at parse time: no TensorFlow, pandas or protobuf.
-    code = "import sys, include.mlops.gate; print(sorted(m for m in ('tensorflow', 'pandas', 'numpy', 'google.protobuf') if m in sys.modules))"
+    code = "import sys, include.mlops.evaluation.gate; print(sorted(m for m in ('tensorflow', 'pandas', 'numpy', 'google.protobuf') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from model_factory import make_saved_model
 
-from include.mlops import gate as gate_lib
+from include.mlops.evaluation import gate as gate_lib
 from include.mlops.config import find_model_config
 from include.mlops.monitoring.reference import REFERENCE_FILE, bin_index, build_reference
 from include.mlops.register import register_model

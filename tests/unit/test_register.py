@@ -14,10 +14,10 @@ import pendulum
 import pytest
 from model_factory import make_saved_model
 
-from include.mlops import gate as gate_lib
+from include.mlops.evaluation import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_dir, sha256_file
 from include.mlops.config import ModelConfig, find_model_config
-from include.mlops.evaluate import evaluate
+from include.mlops.evaluation.evaluate import evaluate
 from include.mlops.training.modeling import convert_to_tflite
 from include.mlops.register import MeasuredArtifactError, RegisterError, register_model
 from include.mlops.registry import CorruptVersionError, Registry

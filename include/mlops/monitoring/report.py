@@ -21,7 +21,7 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.reports import render
+from include.mlops.evaluation.reports import render
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import ModelConfig
-from include.mlops.reports import render
+from include.mlops.evaluation.reports import render
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,4 +1,4 @@
-"""Renders the Jinja2 templates under ``include/mlops/templates/`` (the model card and the evaluation report).
+"""Renders the Jinja2 templates under ``include/mlops/evaluation/templates/`` (the model card and the evaluation report).
 
 HTML templates are autoescaped, so a model description or a path with ``<``
 or ``&`` in it cannot break the report; Markdown templates are not.
