@@ -97,7 +97,7 @@ def run(results_dir: Path) -> dict[str, Any]:
     from include.mlops.monitoring.expectations import validate_sample
     from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
     from include.mlops.monitoring.scoring import score_rows
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
     from include.mlops.serving.predlog import PredictionLogger
 
     results_dir = Path(results_dir)

@@ -77,8 +77,8 @@ def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, 
     from include.mlops.config import find_model_config
     from include.mlops.deploy import deploy
     from include.mlops.evaluation.evaluate import evaluate
-    from include.mlops.register import register_model
-    from include.mlops.registry import Registry
+    from include.mlops.registry.register import register_model
+    from include.mlops.registry.filesystem import Registry
     from include.mlops.data.snapshot import snapshot
     from include.mlops.training.train import train
     from include.mlops.data.validate import validate

@@ -4,7 +4,7 @@
 (``gate/decision.json`` from the real gate, ``gate_optimized/`` for the runs
 that failed, ``register/result.json`` and ``deploy/result.json`` for those that
 deployed, evaluation reports) and registry versions made by the real
-:class:`include.mlops.registry.Registry` (a stub ``saved_model.pb``: the view
+:class:`include.mlops.registry.filesystem.Registry` (a stub ``saved_model.pb``: the view
 never reads model files).  Nightly, manual and backfill runs are mixed.
 
 The timings are HTTP requests to a real Airflow API server (FAB auth manager,
@@ -32,7 +32,7 @@ from typing import Any
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, load_model_config
 from include.mlops.evaluation.gate import decide_for_config
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from tests.models_view.server import api_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

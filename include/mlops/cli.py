@@ -105,7 +105,7 @@ def _champion(config: ModelConfig, choice: str) -> tuple[str | None, int | None]
         return None, None
     if choice != "auto":
         return choice, None
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
     registry = Registry(registry_root())
     version = registry.label_version(config.serving_name, "stable")
@@ -148,7 +148,7 @@ def _run_tune_select(config: ModelConfig, args: argparse.Namespace) -> dict[str,
 
 
 def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.register import register_model
+    from include.mlops.registry.register import register_model
 
     # The gate task's record: {"decision": GateDecision.to_dict(), "route": ..., ...}.
     gate_decision = json.loads(Path(args.gate).read_text())["decision"] if args.gate else None
@@ -301,9 +301,9 @@ BAD_INPUT_ERRORS = (
     ("include.mlops.data.validate", "DataValidationError"),
     ("include.mlops.data.validate", "SuiteNotFoundError"),
     ("include.mlops.data.sources", "SnapshotError"),
-    ("include.mlops.registry", "CorruptVersionError"),
+    ("include.mlops.registry.filesystem", "CorruptVersionError"),
     ("include.mlops.training.modeling", "ModelingError"),
-    ("include.mlops.register", "CandidateModelError"),
+    ("include.mlops.registry.register", "CandidateModelError"),
     # Training is seeded from the config, so a run that diverges (non-finite loss) diverges again.
     ("include.mlops.training.train", "TrainingError"),
     ("include.mlops.monitoring.drift", "DriftInputError"),

@@ -7,7 +7,7 @@ put into service.  With a model server it is a transaction:
 1. Everything that can fail without the server is done first, while the old
    version still serves: checksums, the held-out smoke rows, and the expected
    answers of the artifact the server will load (``model.tflite`` when the
-   version has one, else the SavedModel; see :mod:`include.mlops.serving_artifact`).
+   version has one, else the SavedModel; see :mod:`include.mlops.registry.serving_artifact`).
 2. The previous version is written to the **deploy journal**, the file
    ``<out>.journal.json`` beside the step's ``out`` folder (beside it, because
    ``artifacts.step_output`` swaps the whole ``out`` folder in at the end).
@@ -39,9 +39,9 @@ from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data.sources import SPLIT_COLUMN, TEST, snapshot_path
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.server_client import ModelServerClient, ServerNotReadyError
-from include.mlops.serving_artifact import load_served_fn, served_artifact
+from include.mlops.registry.serving_artifact import load_served_fn, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np

@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowException
 from dag_runner import run_lifecycle
 
 from include.mlops.artifacts import run_dir
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from mlops_airflow.container_operators import ContainerBackendError, DockerStepOperator
 from mlops_airflow.steps import StepBadInputError, StepFailedError
 

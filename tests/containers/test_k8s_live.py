@@ -39,7 +39,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from tooling import require_executable
 
 from include.mlops.artifacts import registry_root
-from include.mlops.registry import CONFIG_FILE, Registry
+from include.mlops.registry.filesystem import CONFIG_FILE, Registry
 from mlops_airflow import step_pods
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ from tooling import require_executable
 
 from include.mlops.artifacts import registry_root
 from include.mlops.platform.pod_security import has_pod_spec, violations
-from include.mlops.registry import CONFIG_FILE, Registry
+from include.mlops.registry.filesystem import CONFIG_FILE, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "include" / "k8s"

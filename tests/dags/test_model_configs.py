@@ -20,7 +20,7 @@ from include.mlops.config import (
     load_model_configs,
     scan_model_configs,
 )
-from include.mlops.registry import Registry, RegistryError
+from include.mlops.registry.filesystem import Registry, RegistryError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = PROJECT_ROOT / "include" / "models"

@@ -24,7 +24,7 @@ from browser import AirflowUI, headless_chromium, screenshot, screenshot_on_fail
 from selenium.webdriver.common.by import By
 
 from include.mlops.artifacts import run_dir
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -34,7 +34,7 @@ from tooling import require_executable
 from include.mlops.artifacts import run_dir
 from include.mlops.config import find_model_config
 from include.mlops.monitoring.traffic import latest_snapshot, send_traffic
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -28,7 +28,7 @@ from dag_runner import run_dag_test
 from include.mlops.artifacts import run_dir
 from include.mlops.config import load_model_config
 from include.mlops.data.sources import load_bundled
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 

@@ -1,4 +1,4 @@
-"""The Models view's data: include.mlops.catalog and the quality history plot, over real files in the real layout."""
+"""The Models view's data: include.mlops.registry.catalog and the quality history plot, over real files in the real layout."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from benchmarks.ui import write_history
 from include.mlops import artifacts
-from include.mlops.catalog import Catalog, UnknownError
+from include.mlops.registry.catalog import Catalog, UnknownError
 from include.mlops.config import load_model_config
-from include.mlops.quality_history import HistoryPoint, history_key, history_png
+from include.mlops.registry.quality_history import HistoryPoint, history_key, history_png
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = PROJECT_ROOT / "include" / "models"

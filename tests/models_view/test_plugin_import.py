@@ -27,7 +27,7 @@ def test_loading_plugins_imports_neither_the_app_nor_its_plotting() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "mlops" in result["plugins"]
     modules = set(result["before_apps"])
-    assert not {"mlops_airflow.models_view.app", "matplotlib", "include.mlops.catalog"} & modules
+    assert not {"mlops_airflow.models_view.app", "matplotlib", "include.mlops.registry.catalog"} & modules
     # The plugin loader imports every .py file of the plugins folder by its bare name; models_view/ is ignored.
     assert not {"app", "access", "runs"} & modules
     assert result["app_prefix"] == "/mlops"

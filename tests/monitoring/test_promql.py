@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_stack import PrometheusStack, prometheus_stack
 
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from tests.monitoring.promql_sources import (
     RULES,

@@ -27,7 +27,7 @@ from include.mlops.monitoring.slo import (
     slo_queries,
 )
 from include.mlops.monitoring.traffic import TrafficSummary, held_out_rows, send_traffic
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.metrics import REQUEST_COUNT
 

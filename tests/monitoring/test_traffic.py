@@ -27,7 +27,7 @@ from include.mlops.monitoring.traffic import (
     malformed_body,
     send_traffic,
 )
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.metrics import REQUEST_COUNT
 from include.mlops.serving.predlog import read_prediction_log

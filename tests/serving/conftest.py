@@ -14,7 +14,7 @@ import httpx
 import pytest
 from model_factory import make_saved_model
 
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ModelServer, ServerSettings, create_app
 
 N_FEATURES = 10

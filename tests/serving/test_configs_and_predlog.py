@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import PROJECT_ROOT
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.predlog import PredictionLogger, log_files, read_prediction_log
 from tests.serving.conftest import MODEL
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.metrics import SERVED_VERSION
 from tests.serving.conftest import MODEL, RunningServer, corrupt_weights, wait_for
 

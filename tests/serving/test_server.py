@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving import app as app_module
 from include.mlops.serving.loaders import LoadedVersion, load_version
 from include.mlops.serving.metrics import INITIAL_STATUSES, LATENCY_BUCKETS_US, UNKNOWN_MODEL

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.server_client import ModelServerClient, ServerNotReadyError, ServerUnreachableError
 from tests.serving.conftest import MODEL, RunningServer, corrupt_weights, free_port
 

@@ -19,7 +19,7 @@ from include.mlops import artifacts
 from include.mlops.config import PROJECT_ROOT, DriftConfig, ModelConfig, MonitorConfig, find_model_config
 from include.mlops.monitoring.drift import MISSING_REASON, DriftInputError, check_drift
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.predlog import PredictionLogger, log_files
 
 DIABETES = find_model_config("diabetes")

@@ -184,7 +184,7 @@ def test_report_html_escapes_config_text_and_paths() -> None:
 @pytest.fixture
 def stable_champion(artifact_root: Path, champion: str) -> Path:
     """The trained champion registered as version 1 of diabetes and labelled stable, in a real registry."""
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
     registry = Registry(artifact_root / "models")
     result = registry.register("diabetes", champion, metrics={}, lineage={"dag_id": "d", "run_id": "r"})
@@ -254,7 +254,7 @@ def test_a_champion_with_model_tflite_is_measured_on_it(
 ) -> None:
     from include.mlops.artifacts import sha256_file
     from include.mlops.training.modeling import convert_to_tflite
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
     registry = Registry(artifact_root / "models")
     tflite = convert_to_tflite(champion, tmp_path / "champion.tflite")

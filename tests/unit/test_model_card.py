@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from include.mlops.config import load_model_config
-from include.mlops.model_card import model_card
+from include.mlops.registry.model_card import model_card
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LINEAGE = {"dag_id": "lifecycle__diabetes", "run_id": "asset_triggered__2026-11-27T10:05:00+00:00"}

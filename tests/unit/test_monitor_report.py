@@ -11,7 +11,7 @@ import pytest
 from test_drift import DIABETES, log_requests, registry_with_reference, run, small_config, training_rows
 
 from include.mlops.monitoring.report import write_report
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 SLO_OK = {
     "status": "ok",

@@ -14,8 +14,8 @@ from model_factory import make_saved_model
 from include.mlops.evaluation import gate as gate_lib
 from include.mlops.config import find_model_config
 from include.mlops.monitoring.reference import REFERENCE_FILE, bin_index, build_reference
-from include.mlops.register import register_model
-from include.mlops.registry import Registry
+from include.mlops.registry.register import register_model
+from include.mlops.registry.filesystem import Registry
 from include.mlops.data.snapshot import snapshot
 
 

@@ -19,8 +19,8 @@ from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_di
 from include.mlops.config import ModelConfig, find_model_config
 from include.mlops.evaluation.evaluate import evaluate
 from include.mlops.training.modeling import convert_to_tflite
-from include.mlops.register import MeasuredArtifactError, RegisterError, register_model
-from include.mlops.registry import CorruptVersionError, Registry
+from include.mlops.registry.register import MeasuredArtifactError, RegisterError, register_model
+from include.mlops.registry.filesystem import CorruptVersionError, Registry
 from include.mlops.data.snapshot import snapshot
 from include.mlops.training.train import train
 

@@ -18,7 +18,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.config import PROJECT_ROOT
-from include.mlops.registry import (
+from include.mlops.registry.filesystem import (
     CorruptVersionError,
     Registry,
     RegistryError,
@@ -174,7 +174,7 @@ def test_retry_of_the_same_run_and_model_returns_the_existing_version(
 _REGISTER_SCRIPT = """
 import json, os, sys, time
 from pathlib import Path
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 root, model, run_id, go = sys.argv[1:5]
 while not os.path.exists(go):
@@ -219,7 +219,7 @@ def test_concurrent_registers_in_separate_processes_get_distinct_versions(
 _KILLED_SCRIPT = """
 import sys, time
 from pathlib import Path
-from include.mlops import registry as reg
+from include.mlops.registry import filesystem as reg
 
 root, model, marker = sys.argv[1:4]
 real_copy = reg._copy_file
@@ -365,7 +365,7 @@ def test_label_moves_keep_other_models_and_honour_the_serving_base_path(
 
 _LABEL_SCRIPT = """
 import sys
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 
 root, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 registry = Registry(root)

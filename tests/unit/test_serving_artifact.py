@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from include.mlops.config import PROJECT_ROOT
-from include.mlops.serving_artifact import ServedArtifact, served_artifact
+from include.mlops.registry.serving_artifact import ServedArtifact, served_artifact
 
 
 def test_a_version_with_model_tflite_is_served_from_it(tmp_path: Path) -> None:
@@ -18,6 +18,6 @@ def test_a_version_with_model_tflite_is_served_from_it(tmp_path: Path) -> None:
 
 
 def test_importing_the_rule_does_not_import_tensorflow() -> None:
-    code = "import sys, include.mlops.serving_artifact; print('tensorflow' in sys.modules)"
+    code = "import sys, include.mlops.registry.serving_artifact; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -45,7 +45,7 @@ import os, sys
 from pathlib import Path
 os.umask(0o002)  # what the step CLI does first (test_step_cli_sets_the_shared_umask)
 from include.mlops import artifacts
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 root = artifacts.artifact_root()
 with artifacts.step_output(root / "{run}/train") as staging:
     model = staging / "model"
@@ -68,7 +68,7 @@ from airflow.sdk.listener import get_listener_manager
 # What the Task SDK does in a task's process before execute (the project's plugin listens).
 get_listener_manager().hook.on_task_instance_running(previous_state=None, task_instance=None)
 from include.mlops import artifacts
-from include.mlops.registry import Registry
+from include.mlops.registry.filesystem import Registry
 from mlops_airflow.alerts import record_alert
 root = artifacts.artifact_root()
 assert (root / "{run}/.snapshot.result.json").is_file()
@@ -170,7 +170,7 @@ def test_step_pods_and_workers_share_runs_and_registry(share: Path) -> None:
     # And the worker once more, over files the step pod replaced.
     _run(WORKER, share, _python(WORKER_TASKS), "gate+alert+label again")
 
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
     registry = Registry(share / "models")
     assert registry.versions("diabetes") == [1, 2]

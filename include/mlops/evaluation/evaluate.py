@@ -22,7 +22,7 @@ from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_outp
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.training.modeling import Dataset, ModelingError, check_outputs, load_serving_fn, load_split, load_tflite_fn
 from include.mlops.evaluation.reports import render
-from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
+from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -248,7 +248,7 @@ def champion_problem(champion_uri: str | os.PathLike[str], champion_version: int
     (what ``--champion auto`` resolves the stable label to), is verified
     against its checksums.json.  Returns None when the champion can be used.
     """
-    from include.mlops.registry import Registry, RegistryError
+    from include.mlops.registry.filesystem import Registry, RegistryError
 
     path = Path(champion_uri)
     if champion_version is None or path.name != str(champion_version):

@@ -32,7 +32,7 @@ from include.mlops.monitoring.reference import read_reference
 if TYPE_CHECKING:
     import numpy as np
 
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def check_drift(
     from include.mlops.monitoring.expectations import validate_sample
     from include.mlops.monitoring.push import PushError, push_drift
     from include.mlops.monitoring.scoring import score_rows
-    from include.mlops.registry import Registry
+    from include.mlops.registry.filesystem import Registry
 
     if as_utc(window_start) >= as_utc(window_end):
         raise DriftInputError(

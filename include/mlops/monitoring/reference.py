@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
-from include.mlops.registry import METADATA_DIR
+from include.mlops.registry.filesystem import METADATA_DIR
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,7 +1,7 @@
 """Loading one registry version for serving: its SavedModel, or its ``model.tflite`` when it has one.
 
 Which of the two serves a version is decided by
-:func:`include.mlops.serving_artifact.served_artifact` (the rule deploy
+:func:`include.mlops.registry.serving_artifact.served_artifact` (the rule deploy
 verifies against too).  Either way the result is a :class:`LoadedVersion`
 whose ``run`` takes numpy feeds by signature input name and returns numpy
 outputs by name, and whose ``sha256`` names the bytes that answer requests
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.registry import RegistryError
-from include.mlops.serving_artifact import TFLITE, ServedArtifact, served_artifact
+from include.mlops.registry.filesystem import RegistryError
+from include.mlops.registry.serving_artifact import TFLITE, ServedArtifact, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from include.mlops.registry import CorruptVersionError, Registry
+from include.mlops.registry.filesystem import CorruptVersionError, Registry
 from include.mlops.serving.loaders import LoadedVersion, TensorSpecInfo, load_version
 from include.mlops.serving.metrics import ServingMetrics
 

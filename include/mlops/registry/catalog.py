@@ -450,7 +450,7 @@ def _labels_text(config_path: Path, serving_name: str) -> dict[str, int]:
     cached = _LABELS_CACHE.get(config_path)
     if cached is None or cached[0] != key:
         # The registry's own parser (TF Serving's protos), so the view reads the file exactly as serving does.
-        from include.mlops.registry import Registry
+        from include.mlops.registry.filesystem import Registry
 
         config = Registry(config_path.parent).read_serving_config()
         labels = {e.name: dict(e.version_labels) for e in config.model_config_list.config}

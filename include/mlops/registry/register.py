@@ -20,11 +20,11 @@ from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelCon
 from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.evaluation.gate import GateDecision
-from include.mlops.model_card import model_card
+from include.mlops.registry.model_card import model_card
 from include.mlops.training.modeling import check_outputs, load_split
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
-from include.mlops.registry import EVIDENCE_DIR, TFLITE_FILE, Registry
-from include.mlops.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
+from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE, Registry
+from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
 from include.mlops.data.snapshot import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def check_measured_artifact(
     """Refuse to register files other than the ones the evaluation measured.
 
     A version with ``model.tflite`` is served from it, otherwise from its
-    SavedModel (:mod:`include.mlops.serving_artifact`), so ``model.tflite``
+    SavedModel (:mod:`include.mlops.registry.serving_artifact`), so ``model.tflite``
     goes into the version iff the evaluation measured that very file, and the
     SavedModel must be the one measured when no TFLite file was.  Returns the
     evaluation's ``measured_artifact`` (None for an evaluation that predates it).

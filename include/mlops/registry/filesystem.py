@@ -55,7 +55,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.names import serving_name_problem
-from include.mlops.serving_artifact import TFLITE_FILE
+from include.mlops.registry.serving_artifact import TFLITE_FILE
 
 log = logging.getLogger(__name__)
 
