@@ -75,7 +75,7 @@ def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, 
     from include.mlops.evaluation import gate as gate_lib
     from include.mlops.artifacts import registry_root
     from include.mlops.config import find_model_config
-    from include.mlops.deploy import deploy
+    from include.mlops.deploy.deploy import deploy
     from include.mlops.evaluation.evaluate import evaluate
     from include.mlops.registry.register import register_model
     from include.mlops.registry.filesystem import Registry

@@ -164,7 +164,7 @@ def _run_register(config: ModelConfig, args: argparse.Namespace) -> dict[str, An
 
 
 def _run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
-    from include.mlops.deploy import deploy
+    from include.mlops.deploy.deploy import deploy
 
     return deploy(
         config,

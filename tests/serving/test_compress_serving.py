@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from compressed_digits import trained_digits
 
-from include.mlops.deploy import prepare_smoke_check, verify_deployment
+from include.mlops.deploy.deploy import prepare_smoke_check, verify_deployment
 from include.mlops.training.modeling import load_split, load_tflite_fn
 from include.mlops.optimize.compress import compress
 from include.mlops.registry.filesystem import Registry
-from include.mlops.server_client import ModelServerClient
+from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.serving.app import ServerSettings
 from tests.serving.conftest import RunningServer
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from include.mlops.config import PROJECT_ROOT, find_model_config
-from include.mlops.deploy import FAULT_AFTER_LABEL_MOVE_ENV, journal_path
+from include.mlops.deploy.deploy import FAULT_AFTER_LABEL_MOVE_ENV, journal_path
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from tests.serving.conftest import RunningServer, register, serve, wait_for

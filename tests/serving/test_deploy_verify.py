@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from include.mlops.config import ModelConfig, find_model_config
-from include.mlops.deploy import DeployError, DeployVerificationError, deploy, journal_path, prepare_smoke_check
+from include.mlops.deploy.deploy import DeployError, DeployVerificationError, deploy, journal_path, prepare_smoke_check
 from include.mlops.training.modeling import convert_to_tflite
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings

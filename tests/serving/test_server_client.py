@@ -7,7 +7,7 @@ import time
 import pytest
 
 from include.mlops.registry.filesystem import Registry
-from include.mlops.server_client import ModelServerClient, ServerNotReadyError, ServerUnreachableError
+from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError, ServerUnreachableError
 from tests.serving.conftest import MODEL, RunningServer, corrupt_weights, free_port
 
 pytestmark = pytest.mark.slow

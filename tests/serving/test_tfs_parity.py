@@ -21,9 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tfs_models import ECHO_DTYPES, make_echo_model, make_half_plus_two_tf1, make_half_plus_two_tf2
 
-from include.mlops.deploy import DeployVerificationError, SmokeCheck, verify_deployment
+from include.mlops.deploy.deploy import DeployVerificationError, SmokeCheck, verify_deployment
 from include.mlops.registry.filesystem import Registry
-from include.mlops.server_client import ModelServerClient
+from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.loaders import load_version
 from tests.serving.conftest import RunningServer, register, serve

@@ -13,7 +13,7 @@ from model_factory import make_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
+from include.mlops.deploy.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
 from include.mlops.evaluation.gate import decide
 from include.mlops.registry.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry.filesystem import CorruptVersionError, Registry, VersionNotFoundError
