@@ -95,8 +95,14 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
     import numpy as np
 
     from include.mlops.config import find_model_config
-    from include.mlops.training.modeling import Dataset, build_model, export_saved_model, resolve_hparams, training_stats
     from include.mlops.registry.filesystem import Registry
+    from include.mlops.training.modeling import (
+        Dataset,
+        build_model,
+        export_saved_model,
+        resolve_hparams,
+        training_stats,
+    )
 
     config = find_model_config("diabetes")
     n = len(config.features)

@@ -72,16 +72,16 @@ def bench_parse(repeats: int) -> dict[str, Any]:
 def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, tag: str) -> float:
     """The lifecycle's steps back to back in this process, timed: the same work as one DAG run."""
     os.environ["MLOPS_ARTIFACT_ROOT"] = str(root)
-    from include.mlops.evaluation import gate as gate_lib
     from include.mlops.artifacts import registry_root
     from include.mlops.config import find_model_config
-    from include.mlops.deploy.deploy import deploy
-    from include.mlops.evaluation.evaluate import evaluate
-    from include.mlops.registry.register import register_model
-    from include.mlops.registry.filesystem import Registry
     from include.mlops.data.snapshot import snapshot
-    from include.mlops.training.train import train
     from include.mlops.data.validate import validate
+    from include.mlops.deploy.deploy import deploy
+    from include.mlops.evaluation import gate as gate_lib
+    from include.mlops.evaluation.evaluate import evaluate
+    from include.mlops.registry.filesystem import Registry
+    from include.mlops.registry.register import register_model
+    from include.mlops.training.train import train
 
     config = find_model_config("diabetes")
     out = root / "runs" / "inprocess" / tag

@@ -30,9 +30,9 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.mlops.evaluation import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
+from include.mlops.evaluation import gate as gate_lib
 from mlops_airflow import alerts
 from mlops_airflow.backends import mapped_step_operator, step_operator
 from mlops_airflow.monitoring import connection_url, drift_trigger, retrain_asset

@@ -265,9 +265,7 @@ def test_the_password_check_catches_clear_secrets(patch: dict[str, Any], expecte
 
 
 def test_every_security_context_passes_restricted_as_the_pod_it_runs_in() -> None:
-    pod_security = pytest.importorskip(
-        "include.mlops.platform.pod_security", reason="the Pod Security checker (include/mlops/platform) is absent"
-    )
+    pod_security = pytest.importorskip("tools.pod_security", reason="the Pod Security checker (tools/) is absent")
     values = load_values()
     blocks = security_context_blocks(values)
     default_pod = blocks.pop("")["pod"]
@@ -318,7 +316,7 @@ def test_chart_lints_and_renders_valid_restricted_pods() -> None:
     helm, chart = shutil.which("helm"), os.environ.get("MLOPS_AIRFLOW_CHART")
     if not helm or not chart:
         pytest.skip("needs `helm` on PATH and MLOPS_AIRFLOW_CHART (the airflow chart 1.22.0, .tgz or folder)")
-    pod_security = pytest.importorskip("include.mlops.platform.pod_security")
+    pod_security = pytest.importorskip("tools.pod_security")
     common = ["--namespace", RELEASE_NAMESPACE, "-f", str(VALUES_PATH)]
     lint = subprocess.run([helm, "lint", chart, *common], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -2,7 +2,7 @@
 
 No cluster here, so each rendered object is validated against the Kubernetes 1.33 OpenAPI schema
 (kubernetes-validate, strict) and every pod-bearing object against the Pod Security level its namespace
-enforces, warns and audits (include.mlops.platform.pod_security).  RBAC, NetworkPolicies, storage and the
+enforces, warns and audits (tools.pod_security).  RBAC, NetworkPolicies, storage and the
 model server are checked field by field, and the two shell Jobs run their real scripts/commands here.
 """
 
@@ -26,8 +26,8 @@ import yaml
 from tooling import require_executable
 
 from include.mlops.artifacts import registry_root
-from include.mlops.platform.pod_security import has_pod_spec, violations
 from include.mlops.registry.filesystem import CONFIG_FILE, Registry
+from tools.pod_security import has_pod_spec, violations
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "include" / "k8s"

@@ -30,9 +30,9 @@ from tooling import require_executable
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.cli import build_parser
 from include.mlops.config import ModelConfig, load_model_config, load_model_configs
-from include.mlops.platform import pod_security
 from mlops_airflow import step_pods
 from mlops_airflow.lifecycle import build_lifecycle_dag
+from tools import pod_security
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = PROJECT_ROOT / "include" / "k8s"

@@ -92,5 +92,6 @@ def test_show_everything_switch_keeps_runtime_lines_at_their_level(
     assert cuinit and set(cuinit) == {"error"}
     assert nodedef and set(nodedef) == {"error"}
     assert any(
-        "include.mlops.training.train: train diabetes: epoch 1/1" in text and level == "info" for text, level in levels.items()
+        "include.mlops.training.train: train diabetes: epoch 1/1" in text and level == "info"
+        for text, level in levels.items()
     )

@@ -11,8 +11,8 @@ import pytest
 
 from benchmarks.ui import write_history
 from include.mlops import artifacts
-from include.mlops.registry.catalog import Catalog, UnknownError
 from include.mlops.config import load_model_config
+from include.mlops.registry.catalog import Catalog, UnknownError
 from include.mlops.registry.quality_history import HistoryPoint, history_key, history_png
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.conftest import RunningServer, free_port, make_linear_model, register, serve
 
 from include.mlops.config import PROJECT_ROOT, ModelConfig, find_model_config
+from include.mlops.data.snapshot import snapshot
 from include.mlops.data.sources import SPLIT_COLUMN, TEST
 from include.mlops.monitoring.traffic import (
     MALFORMED_KINDS,
@@ -31,7 +32,6 @@ from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.metrics import REQUEST_COUNT
 from include.mlops.serving.predlog import read_prediction_log
-from include.mlops.data.snapshot import snapshot
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import pytest
 from compressed_digits import trained_digits
 
 from include.mlops.deploy.deploy import prepare_smoke_check, verify_deployment
-from include.mlops.training.modeling import load_split, load_tflite_fn
+from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.optimize.compress import compress
 from include.mlops.registry.filesystem import Registry
-from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.serving.app import ServerSettings
+from include.mlops.training.modeling import load_split, load_tflite_fn
 from tests.serving.conftest import RunningServer
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from include.mlops.registry.filesystem import Registry
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError, ServerUnreachableError
+from include.mlops.registry.filesystem import Registry
 from tests.serving.conftest import MODEL, RunningServer, corrupt_weights, free_port
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tfs_models import ECHO_DTYPES, make_echo_model, make_half_plus_two_tf1, make_half_plus_two_tf2
 
 from include.mlops.deploy.deploy import DeployVerificationError, SmokeCheck, verify_deployment
-from include.mlops.registry.filesystem import Registry
 from include.mlops.deploy.server_client import ModelServerClient
+from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.loaders import load_version
 from tests.serving.conftest import RunningServer, register, serve

@@ -15,8 +15,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
 from include.mlops.deploy.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
 from include.mlops.evaluation.gate import decide
-from include.mlops.registry.register import CandidateModelError, RegisterError, register_model
 from include.mlops.registry.filesystem import CorruptVersionError, Registry, VersionNotFoundError
+from include.mlops.registry.register import CandidateModelError, RegisterError, register_model
 
 CANDIDATE = {"mae": 44.0, "mse": 3000.0, "rmse": 54.8, "r2": 0.47, "size_mb": 0.02, "latency_ms": 1.5}
 CHAMPION = {"mae": 46.0, "mse": 3200.0, "rmse": 56.6, "r2": 0.44, "size_mb": 0.02, "latency_ms": 1.4}

@@ -253,8 +253,8 @@ def test_a_champion_with_model_tflite_is_measured_on_it(
     artifact_root: Path, diabetes_snapshot: Path, candidate: str, champion: str, tmp_path: Path
 ) -> None:
     from include.mlops.artifacts import sha256_file
-    from include.mlops.training.modeling import convert_to_tflite
     from include.mlops.registry.filesystem import Registry
+    from include.mlops.training.modeling import convert_to_tflite
 
     registry = Registry(artifact_root / "models")
     tflite = convert_to_tflite(champion, tmp_path / "champion.tflite")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from include.mlops.evaluation import gate as gate_lib
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, GateConfig, ModelConfig
+from include.mlops.evaluation import gate as gate_lib
 from include.mlops.evaluation.gate import GateCheck, GateDecision, GateError, decide, decide_for_config, with_overrides
 
 REGRESSION = {**METRICS["regression"], **BUDGET_METRICS}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from include.mlops.platform.pod_security import (
+from tools.pod_security import (
     NotAPodError,
     baseline_violations,
     main,
@@ -269,7 +269,7 @@ def test_cli_runs_as_a_module() -> None:
         [
             sys.executable,
             "-m",
-            "include.mlops.platform.pod_security",
+            "tools.pod_security",
             str(ROOT / "include" / "k8s" / "pod_template.yaml"),
         ],
         cwd=ROOT,

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from model_factory import make_saved_model
 
-from include.mlops.evaluation import gate as gate_lib
 from include.mlops.config import find_model_config
-from include.mlops.monitoring.reference import REFERENCE_FILE, bin_index, build_reference
-from include.mlops.registry.register import register_model
-from include.mlops.registry.filesystem import Registry
 from include.mlops.data.snapshot import snapshot
+from include.mlops.evaluation import gate as gate_lib
+from include.mlops.monitoring.reference import REFERENCE_FILE, bin_index, build_reference
+from include.mlops.registry.filesystem import Registry
+from include.mlops.registry.register import register_model
 
 
 def test_every_value_falls_in_a_bin_and_constant_and_low_cardinality_features_get_distinct_edges() -> None:

@@ -14,14 +14,14 @@ import pendulum
 import pytest
 from model_factory import make_saved_model
 
-from include.mlops.evaluation import gate as gate_lib
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, run_dir, sha256_file
 from include.mlops.config import ModelConfig, find_model_config
-from include.mlops.evaluation.evaluate import evaluate
-from include.mlops.training.modeling import convert_to_tflite
-from include.mlops.registry.register import MeasuredArtifactError, RegisterError, register_model
-from include.mlops.registry.filesystem import CorruptVersionError, Registry
 from include.mlops.data.snapshot import snapshot
+from include.mlops.evaluation import gate as gate_lib
+from include.mlops.evaluation.evaluate import evaluate
+from include.mlops.registry.filesystem import CorruptVersionError, Registry
+from include.mlops.registry.register import MeasuredArtifactError, RegisterError, register_model
+from include.mlops.training.modeling import convert_to_tflite
 from include.mlops.training.train import train
 
 DIABETES = find_model_config("diabetes")

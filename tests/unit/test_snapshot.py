@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 
+from include.mlops.data.snapshot import DATA_FILE, MANIFEST_FILE, PartitionNotLandedError, snapshot
 from include.mlops.data.sources import (
     SPLIT_COLUMN,
     SnapshotError,
@@ -19,7 +20,6 @@ from include.mlops.data.sources import (
     lookback_days,
     row_hashes,
 )
-from include.mlops.data.snapshot import DATA_FILE, MANIFEST_FILE, PartitionNotLandedError, snapshot
 
 FIRST_DAY = "2026-11-01"  # start_date of both demo configs
 

@@ -23,6 +23,8 @@ import pytest
 from ml_fixtures import make_snapshot
 
 from include.mlops.config import PROJECT_ROOT, ModelConfig, find_model_config, load_model_config
+from include.mlops.optimize.tfmot_keras import make_variants
+from include.mlops.optimize.tfmot_variants import run_tfmot_variants
 from include.mlops.training.modeling import (
     build_model,
     load_serving_fn,
@@ -31,8 +33,6 @@ from include.mlops.training.modeling import (
     resolve_hparams,
     split_validation,
 )
-from include.mlops.optimize.tfmot_keras import make_variants
-from include.mlops.optimize.tfmot_variants import run_tfmot_variants
 from include.mlops.training.train import fit_model
 
 DIGITS = find_model_config("digits")

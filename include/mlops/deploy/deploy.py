@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data.sources import SPLIT_COLUMN, TEST, snapshot_path
+from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.registry.filesystem import Registry
-from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.registry.serving_artifact import load_served_fn, served_artifact
 
 if TYPE_CHECKING:

@@ -20,9 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from include.mlops.training.modeling import Dataset, ModelingError, check_outputs, load_serving_fn, load_split, load_tflite_fn
 from include.mlops.evaluation.reports import render
 from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
+from include.mlops.training.modeling import (
+    Dataset,
+    ModelingError,
+    check_outputs,
+    load_serving_fn,
+    load_split,
+    load_tflite_fn,
+)
 
 if TYPE_CHECKING:
     import numpy as np

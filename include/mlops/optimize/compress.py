@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, dir_size_bytes, read_json, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, ModelConfig
+from include.mlops.optimize.compress_config import CONVERTER_VARIANTS, TFMOT_VARIANTS
+from include.mlops.optimize.tflite_variants import FLOAT32_TFLITE, calibration_rows, convert_variant, measure
 from include.mlops.training.modeling import (
     ModelingError,
     OutputContractError,
@@ -38,8 +40,6 @@ from include.mlops.training.modeling import (
     load_tflite_fn,
     split_validation,
 )
-from include.mlops.optimize.compress_config import CONVERTER_VARIANTS, TFMOT_VARIANTS
-from include.mlops.optimize.tflite_variants import FLOAT32_TFLITE, calibration_rows, convert_variant, measure
 
 if TYPE_CHECKING:
     import numpy as np

@@ -25,7 +25,13 @@ from typing import Any
 
 from include.mlops.artifacts import atomic_write_json, read_json, step_output, to_jsonable
 from include.mlops.config import INTEGER_HPARAMS, ModelConfig, SearchDimension
-from include.mlops.training.modeling import ModelingError, export_saved_model, load_split, resolve_hparams, split_validation
+from include.mlops.training.modeling import (
+    ModelingError,
+    export_saved_model,
+    load_split,
+    resolve_hparams,
+    split_validation,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
+from include.mlops.data.snapshot import MANIFEST_FILE
 from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.evaluation.gate import GateDecision
-from include.mlops.registry.model_card import model_card
-from include.mlops.training.modeling import check_outputs, load_split
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE, Registry
+from include.mlops.registry.model_card import model_card
 from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
-from include.mlops.data.snapshot import MANIFEST_FILE
+from include.mlops.training.modeling import check_outputs, load_split
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.mlops.registry.catalog import Catalog, RunRecord, UnknownError
-from include.mlops.registry.quality_history import HistoryPoint, history_key, history_png
 from include.mlops.registry.filesystem import CorruptVersionError, Registry
+from include.mlops.registry.quality_history import HistoryPoint, history_key, history_png
 from mlops_airflow.models_view import access, runs
 
 log = logging.getLogger(__name__)

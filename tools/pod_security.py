@@ -13,7 +13,7 @@ combine: a container field overrides the pod field, and for ``runAsNonRoot`` and
 unset container field is satisfied by the pod-level value.  Pods with ``spec.os.name: windows`` are
 exempt from the restricted seccomp, privilege-escalation and capabilities rules, as the standard says.
 
-CLI: ``python -m include.mlops.platform.pod_security [--level restricted|baseline] FILE_OR_DIR...``
+CLI: ``python -m tools.pod_security [--level restricted|baseline] FILE_OR_DIR...``
 reads every ``*.yaml``/``*.yml`` (multi-document) and exits 1 listing the violations, 3 on unreadable
 input, 0 when every pod-bearing object passes.
 """
@@ -381,7 +381,7 @@ def check_paths(paths: Sequence[Path], level: str) -> tuple[int, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m include.mlops.platform.pod_security",
+        prog="python -m tools.pod_security",
         description=f"Check manifests against the Kubernetes Pod Security Standards ({POLICY_VERSION}).",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="YAML files or folders (searched for *.yaml, *.yml)")

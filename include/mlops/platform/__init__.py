@@ -1,1 +1,0 @@
-"""Platform checks for the deployables (Kubernetes manifests); no Airflow, no cluster needed."""
