@@ -26,15 +26,9 @@ from typing import Any, NoReturn
 
 from include.mlops.artifacts import atomic_write_json, registry_root, to_jsonable, use_shared_umask
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
+from include.mlops.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, BadInputError
 
 log = logging.getLogger("include.mlops")
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 3
-
-
-class BadInputError(Exception):
-    """An error that a retry cannot fix: reported with exit code 3."""
 
 
 class _ArgumentParser(argparse.ArgumentParser):

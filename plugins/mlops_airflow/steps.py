@@ -22,7 +22,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from include.mlops.artifacts import run_dir
-from include.mlops.cli import EXIT_BAD_INPUT
+from include.mlops.exit_codes import EXIT_BAD_INPUT
 
 ArgumentResolver = Callable[[Context], Mapping[str, Any]]
 

@@ -39,9 +39,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.cli import EXIT_BAD_INPUT
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
 from include.mlops.data.sources import ROW_HASH_COLUMN, SPLIT_COLUMN, TEST, TRAIN, load_bundled
+from include.mlops.exit_codes import EXIT_BAD_INPUT
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from include.mlops.cli import EXIT_BAD_INPUT, EXIT_FAILED
 from include.mlops.config import PROJECT_ROOT, ConfigError, ModelConfig, load_model_configs
+from include.mlops.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED
 
 log = logging.getLogger(__name__)
 
