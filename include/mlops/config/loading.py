@@ -41,7 +41,7 @@ from pydantic.dataclasses import dataclass
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem, serving_name_problem
 from include.mlops.optimize.compress_config import CompressConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "include" / "models"
 DEFAULT_GX_DIR = PROJECT_ROOT / "include" / "gx"
 
