@@ -1,4 +1,4 @@
-"""The model gate: TFX Evaluator semantics as a pure function.
+"""The gate's rules: threshold, change and budget checks, and overrides of them.
 
 A candidate passes when every check passes:
 
@@ -18,26 +18,19 @@ negative values (an r2 below zero) and for a champion value of exactly zero,
 where the candidate must simply not be worse.  A metric that is missing, not a
 number, NaN or infinite fails every check that needs it.
 
-``force=True`` (a manual override from the trigger form) makes the gate pass,
-but the decision records ``override=True`` and keeps the failed checks, so the
-model card and the run report show what was overridden.
-
-This module is imported by the DAG files at parse time: standard library and
-:mod:`include.mlops.config` only.
+:func:`with_overrides` merges the trigger form's thresholds and tolerance into a
+gate config, and refuses values that would make a check meaningless.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from include.mlops.config import BUDGET_METRICS, METRICS, GateConfig, ModelConfig
-
-log = logging.getLogger(__name__)
+from include.mlops.config import BUDGET_METRICS, METRICS, GateConfig
 
 CHECK_KINDS = ("threshold", "change", "budget")
 # Every metric name any task knows, with its direction; used to validate form overrides.
@@ -99,121 +92,18 @@ class GateCheck:
         )
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    """The gate's outcome with every check, as written to the run report and the model card.
-
-    ``passed`` is what the pipeline branches on.  ``override`` is True when the
-    checks failed and ``force`` passed the candidate anyway; ``forced`` records
-    that a force was requested at all (even when it was not needed).
-    """
-
-    passed: bool
-    override: bool
-    checks: tuple[GateCheck, ...]
-    forced: bool = False
-    has_champion: bool = False
-    # Why the stable version was not compared, when evaluate could not verify it (None: no champion yet).
-    champion_unavailable: str | None = None
-
-    @property
-    def failed_checks(self) -> tuple[GateCheck, ...]:
-        return tuple(c for c in self.checks if not c.passed)
-
-    @property
-    def checks_passed(self) -> bool:
-        """Whether the candidate passed on its merits, ignoring any force."""
-        return not self.failed_checks
-
-    @property
-    def failed_budgets(self) -> tuple[str, ...]:
-        """Budget metrics (size_mb, latency_ms) over budget: what quantization should fix."""
-        return tuple(dict.fromkeys(c.metric for c in self.failed_checks if c.kind == "budget"))
-
-    @property
-    def failed_metrics(self) -> tuple[str, ...]:
-        """Every metric with at least one failed check, in check order, without repeats."""
-        return tuple(dict.fromkeys(c.metric for c in self.failed_checks))
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        return tuple(c.message for c in self.failed_checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (non-finite numbers become ``None``); derived fields are included for readers."""
-        return {
-            "passed": self.passed,
-            "override": self.override,
-            "forced": self.forced,
-            "has_champion": self.has_champion,
-            "champion_unavailable": self.champion_unavailable,
-            "checks": [c.to_dict() for c in self.checks],
-            "reasons": list(self.reasons),
-            "failed_budgets": list(self.failed_budgets),
-            "failed_metrics": list(self.failed_metrics),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GateDecision:
-        try:
-            checks = tuple(GateCheck.from_dict(c) for c in data["checks"])
-            return cls(
-                passed=bool(data["passed"]),
-                override=bool(data.get("override", False)),
-                checks=checks,
-                forced=bool(data.get("forced", False)),
-                has_champion=bool(data.get("has_champion", False)),
-                champion_unavailable=data.get("champion_unavailable"),
-            )
-        except (KeyError, TypeError) as exc:
-            raise GateError(f"not a gate decision (expected the output of GateDecision.to_dict()): {exc!r}") from None
-
-    def summary(self) -> str:
-        if self.override:
-            return f"PASSED by override ({len(self.failed_checks)} failed check(s) overridden)"
-        return "PASSED" if self.passed else f"FAILED ({len(self.failed_checks)} failed check(s))"
-
-    def to_markdown(self) -> str:
-        """A Markdown table of every check, for run reports and model cards."""
-        lines = [f"**Gate: {self.summary()}**", ""]
-        if self.champion_unavailable:
-            lines += [f"{self.champion_unavailable}: change thresholds were skipped.", ""]
-        elif not self.has_champion:
-            lines += ["No champion (first version): change thresholds were skipped.", ""]
-        if not self.checks:
-            lines.append("The gate has no checks configured.")
-            return "\n".join(lines) + "\n"
-        lines += [
-            "| kind | metric | value | bound | champion | result |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in self.checks:
-            result = "skipped" if c.skipped else ("pass" if c.passed else "**FAIL**")
-            bound = f"{c.comparison} {_fmt(c.bound)}" if c.bound is not None else "-"
-            lines.append(f"| {c.kind} | {c.metric} | {_fmt(c.value)} | {bound} | {_fmt(c.champion_value)} | {result} |")
-        if self.reasons:
-            lines += ["", "Failed checks:" + (" (overridden)" if self.override else ""), ""]
-            lines += [f"- {reason}" for reason in self.reasons]
-        return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- decision
-
-
-def decide(
+def run_checks(
     candidate: Mapping[str, float],
     champion: Mapping[str, float] | None,
     gate: GateConfig,
     higher_is_better: Mapping[str, bool],
     *,
-    force: bool = False,
     champion_unavailable: str | None = None,
-) -> GateDecision:
-    """Check ``candidate`` metrics against ``gate`` and the ``champion``'s metrics.
+) -> tuple[GateCheck, ...]:
+    """Every check ``gate`` configures, in order: thresholds, change thresholds, budgets.
 
-    ``champion`` is None on the first run, and when the stable version could not
-    be compared (``champion_unavailable`` says why: evaluate found it corrupt);
-    the change checks are then skipped and say which of the two it was.
+    ``champion`` is None when there is nothing to compare against;
+    ``champion_unavailable`` then says why, in the skipped change checks.
     """
     checks: list[GateCheck] = []
     for metric, bounds in gate.thresholds.items():
@@ -233,40 +123,7 @@ def decide(
         )
     for metric, budget in gate.budgets.items():
         checks.append(_bound_check("budget", metric, candidate, float(budget), "max"))
-
-    checks_passed = all(c.passed for c in checks)
-    decision = GateDecision(
-        passed=checks_passed or force,
-        override=force and not checks_passed,
-        checks=tuple(checks),
-        forced=force,
-        has_champion=champion is not None,
-        champion_unavailable=champion_unavailable if champion is None else None,
-    )
-    if decision.override:
-        log.warning(
-            "Gate forced open; overriding %d failed check(s): %s", len(decision.reasons), "; ".join(decision.reasons)
-        )
-    elif decision.passed:
-        log.info("Gate passed (%d checks)", len(checks))
-    else:
-        log.info("Gate failed: %s", "; ".join(decision.reasons))
-    return decision
-
-
-def decide_for_config(
-    config: ModelConfig,
-    candidate: Mapping[str, float],
-    champion: Mapping[str, float] | None,
-    *,
-    gate: GateConfig | None = None,
-    force: bool = False,
-    champion_unavailable: str | None = None,
-) -> GateDecision:
-    """:func:`decide` with the directions of ``config``'s task (``gate`` defaults to ``config.gate``)."""
-    directions = {**METRICS[config.task], **BUDGET_METRICS}
-    gate = gate if gate is not None else config.gate
-    return decide(candidate, champion, gate, directions, force=force, champion_unavailable=champion_unavailable)
+    return tuple(checks)
 
 
 def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
@@ -306,13 +163,13 @@ def _bound_check(kind: str, metric: str, candidate: Mapping[str, Any], bound: fl
     if value is None:
         return GateCheck(
             kind, metric, _raw_float(candidate, metric), bound, comparison, False,
-            f"{metric}: the candidate's value {problem}; the {label} needs {metric} {comparison} {_fmt(bound)}",
+            f"{metric}: the candidate's value {problem}; the {label} needs {metric} {comparison} {fmt_number(bound)}",
         )  # fmt: skip
     passed = _meets(value, bound, comparison)
     verdict = "meets" if passed else "violates"
     return GateCheck(
         kind, metric, value, bound, comparison, passed,
-        f"{metric} = {_fmt(value)} {verdict} the {label} {comparison} {_fmt(bound)}",
+        f"{metric} = {fmt_number(value)} {verdict} the {label} {comparison} {fmt_number(bound)}",
     )  # fmt: skip
 
 
@@ -363,8 +220,8 @@ def _change_check(
     verdict = "within" if passed else "beyond"
     return GateCheck(
         "change", metric, value, bound, comparison, passed,
-        f"{metric} = {_fmt(value)} vs champion {_fmt(champ_value)} ({change}): {verdict} the allowed {allowed} "
-        f"(needs {comparison} {_fmt(bound)})",
+        f"{metric} = {fmt_number(value)} vs champion {fmt_number(champ_value)} ({change}): {verdict} the allowed {allowed} "
+        f"(needs {comparison} {fmt_number(bound)})",
         champion_value=champ_value, tolerance=tolerance,
     )  # fmt: skip
 
@@ -379,38 +236,13 @@ def _json_number(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def _fmt(value: float | None) -> str:
+def fmt_number(value: float | None) -> str:
+    """A metric or bound as the gate's messages and tables show it (``-`` for none)."""
     if value is None:
         return "-"
     if math.isnan(value) or math.isinf(value):
         return str(value)
     return f"{value:.6g}"
-
-
-# --------------------------------------------------------------------------- routing
-
-# The first gate sends a failing candidate to optimize; the gate after optimize rejects it.
-GATE_FAIL_ROUTES = ("optimize", "reject")
-ROUTES = ("register", "optimize", "reject", "skip_deploy")
-
-
-def route(passed: bool, *, deploying: bool, on_fail: str) -> str:
-    """The task a gate's outcome leads to: ``register``, ``optimize``, ``reject`` or ``skip_deploy``.
-
-    ``passed`` is the decision's outcome (overrides included), ``deploying``
-    whether the run may register and move a label (backfills and
-    ``skip_deploy`` runs may not), and ``on_fail`` where this gate sends a
-    failing candidate (one of :data:`GATE_FAIL_ROUTES`).  A run that may not
-    deploy never registers and is not optimized (optimizing serves only a
-    deploy); a rejection is still reported, because that is its evaluation.
-    """
-    if on_fail not in GATE_FAIL_ROUTES:
-        raise GateError(f"a gate sends a failing candidate to one of {', '.join(GATE_FAIL_ROUTES)}, not {on_fail!r}")
-    if passed:
-        return "register" if deploying else "skip_deploy"
-    if on_fail == "reject":
-        return "reject"
-    return "optimize" if deploying else "skip_deploy"
 
 
 # --------------------------------------------------------------------------- overrides
@@ -514,13 +346,9 @@ def _tolerance(value: Any) -> float:
 
 __all__ = [
     "CHECK_KINDS",
-    "GATE_FAIL_ROUTES",
-    "ROUTES",
     "GateCheck",
-    "GateDecision",
     "GateError",
-    "decide",
-    "decide_for_config",
-    "route",
+    "fmt_number",
+    "run_checks",
     "with_overrides",
 ]
