@@ -41,6 +41,7 @@ from include.mlops.data.sources import SPLIT_COLUMN, TEST, snapshot_path
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.registry.filesystem import Registry
+from include.mlops.registry.protocol import ModelRegistry
 from include.mlops.registry.serving_artifact import load_served_fn, served_artifact
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def deploy(
     nothing and reports the ``previous`` version recorded in ``out/result.json``.
     """
     out = Path(out)
-    registry = Registry()
+    registry: ModelRegistry = Registry()
     name = config.serving_name
     journal = journal_path(out)
     # First, before anything can fail: a label left on an unverified version by a crashed attempt goes back.
@@ -182,7 +183,7 @@ def _finish(
 
 
 def _load_first(
-    registry: Registry, server: ModelServerClient, name: str, label: str, version: int, current: int | None
+    registry: ModelRegistry, server: ModelServerClient, name: str, label: str, version: int, current: int | None
 ) -> None:
     """TF Serving refuses a label on a version it has not loaded: load it and wait until AVAILABLE."""
     registry.preload(name, version)
@@ -204,7 +205,7 @@ def _fault_injection_point() -> None:
         raise RuntimeError(f"fault injected by {FAULT_AFTER_LABEL_MOVE_ENV}=raise after the label moved")
 
 
-def _recover_half_done_deploy(registry: Registry, journal: Path) -> None:
+def _recover_half_done_deploy(registry: ModelRegistry, journal: Path) -> None:
     """Undo a deploy that died between moving its label and finishing (its journal is still there)."""
     if not journal.is_file():
         return
@@ -225,7 +226,7 @@ def _recover_half_done_deploy(registry: Registry, journal: Path) -> None:
     artifacts.fsync_dir(journal.parent)
 
 
-def _restore_label(registry: Registry, name: str, label: str, moved_to: int, previous: int | None) -> str:
+def _restore_label(registry: ModelRegistry, name: str, label: str, moved_to: int, previous: int | None) -> str:
     """Point ``label`` back at ``previous`` (or remove it); returns a sentence for messages."""
     now = registry.label_version(name, label)
     if now not in (moved_to, previous):
@@ -241,7 +242,7 @@ def _restore_label(registry: Registry, name: str, label: str, moved_to: int, pre
     return f"Label {label!r} was moved back to version {previous}, which keeps serving."
 
 
-def _unload_unlabelled(registry: Registry, name: str) -> None:
+def _unload_unlabelled(registry: ModelRegistry, name: str) -> None:
     """Undo a :meth:`Registry.preload` whose version was never labelled (keep only labelled versions)."""
     labels = registry.labels(name)
     if labels:

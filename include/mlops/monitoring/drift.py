@@ -32,7 +32,7 @@ from include.mlops.monitoring.reference import read_reference
 if TYPE_CHECKING:
     import numpy as np
 
-    from include.mlops.registry.filesystem import Registry
+    from include.mlops.registry.protocol import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_drift(
     window_start: dt.datetime,
     window_end: dt.datetime,
     out: str | os.PathLike[str],
-    registry: Registry | str | os.PathLike[str] | None = None,
+    registry: ModelRegistry | str | os.PathLike[str] | None = None,
     predictions_root: str | os.PathLike[str] | None = None,
     pushgateway_url: str | None = None,
 ) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def check_drift(
         raise DriftInputError(
             f"the drift window must start before it ends, got {window_start.isoformat()} .. {window_end.isoformat()}"
         )
-    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    registry = Registry(registry) if registry is None or isinstance(registry, str | os.PathLike) else registry
     root = Path(predictions_root) if predictions_root is not None else artifacts.artifact_root()
     drift = config.monitor.drift
     features = list(config.features)
@@ -280,7 +280,7 @@ def full_result(result: Mapping[str, Any]) -> dict[str, Any]:
     return dict(result)
 
 
-def _reference_of(registry: Registry, name: str, version: int) -> dict[str, Any] | None:
+def _reference_of(registry: ModelRegistry, name: str, version: int) -> dict[str, Any] | None:
     return read_reference(registry.version_dir(name, version))
 
 

@@ -10,6 +10,11 @@ Every lookup by name, version or run folder is checked against what exists
 (the model configs, the registry's version folders, the run folders) before a
 path is built from it: a URL cannot name a file outside those.
 
+The run folders are read by :mod:`include.mlops.registry.run_folders`; the
+labels come through the :class:`~include.mlops.registry.protocol.ModelRegistry`
+(TF Serving's own parser of ``models.config``), and version metadata straight
+from the version folders, cached like the run files.
+
 No Airflow imports: the Airflow glue (``plugins/mlops_airflow/models_view``)
 adds what only Airflow knows (run states, permissions, links).
 """
@@ -17,73 +22,38 @@ adds what only Airflow knows (run states, permissions, links).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 import os
-import re
-import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig, models_dir, scan_model_configs
+from include.mlops.registry.run_folders import GATE_TASKS as GATE_TASKS  # re-exported with the run records
+from include.mlops.registry.run_folders import (
+    REPORT_FILE,
+    REPORT_STEPS,
+    Decision,
+    FileCache,
+    RunHistory,
+    RunRecord,
+    as_dict,
+    parse_decision,
+)
+from include.mlops.registry.version_files import CHECKSUMS_FILE, GATE_FILE, LINEAGE_FILE, METRICS_FILE, MODEL_CARD_FILE
+
+if TYPE_CHECKING:
+    from include.mlops.registry.protocol import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-# The gate tasks of the lifecycle DAG, last first: a run's final decision is the last one that ran.
-GATE_TASKS = ("gate_optimized", "gate")
-REPORT_STEPS = ("evaluate", "evaluate_optimized")
-REPORT_FILE = "report.html"
 VERSION_REPORT = "assets.extra/evidence/evaluate/report.html"
-_METADATA = {"metrics": "metrics.json", "lineage": "lineage.json", "gate": "gate.json"}
-_RUN_FOLDER = re.compile(
-    r"^(?P<type>[a-z_]+?)__(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<h>\d{2})_(?P<m>\d{2})_(?P<s>\d{2}))?"
-)
+_METADATA = {"metrics": METRICS_FILE, "lineage": LINEAGE_FILE, "gate": GATE_FILE}
 
 
 class UnknownError(LookupError):
     """A model, version or run that the registry and run folders do not hold (an HTTP 404)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """One gate decision, reduced to what the page shows."""
-
-    task_id: str
-    passed: bool
-    override: bool
-    reasons: list[str]
-    route: str | None
-    metrics: dict[str, float | None]
-    bounds: dict[str, dict[str, float | None]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**_shallow(self), "outcome": self.outcome}
-
-    @property
-    def outcome(self) -> str:
-        if self.override:
-            return "passed by override"
-        return "passed" if self.passed else "failed"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """One run folder of a lifecycle DAG: its final gate decision, what it registered and deployed."""
-
-    folder: str
-    run_type: str
-    date: str | None
-    decision: Decision | None
-    registered_version: int | None
-    deployed: dict[str, Any] | None
-    reports: list[str]
-    mtime: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return _shallow(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +68,7 @@ class VersionRecord:
     has_report: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return _shallow(self)
+        return as_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,36 +85,7 @@ class ModelRecord:
     last_run: RunRecord | None
 
     def to_dict(self) -> dict[str, Any]:
-        return _shallow(self)
-
-
-class _FileCache:
-    """Parsed files keyed on (mtime_ns, size): a file that changed is parsed again, others are not."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[int, int, Any]] = {}
-        self._lock = threading.Lock()
-
-    def json(self, path: str) -> Any | None:
-        """The parsed JSON at ``path``, or None when it is missing or not JSON (logged)."""
-        # Plain strings, not pathlib: with 1,000 runs, building Path objects cost more than the reads.
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        key = (info.st_mtime_ns, info.st_size)
-        cached = self._entries.get(path)
-        if cached is not None and cached[:2] == key:
-            return cached[2]
-        try:
-            with open(path, "rb") as handle:
-                value = json.loads(handle.read())
-        except (OSError, ValueError) as exc:
-            log.warning("Models view: skipping %s (%s)", path, exc)
-            value = None
-        with self._lock:
-            self._entries[path] = (*key, value)
-        return value
+        return as_dict(self)
 
 
 class Catalog:
@@ -157,9 +98,9 @@ class Catalog:
         self.models_dir = Path(models) if models is not None else models_dir()
         self.registry_root = artifacts.registry_root(self.root)
         self.runs_root = self.root / "runs"
-        self._files = _FileCache()
-        self._lock = threading.Lock()
-        self._runs: dict[str, tuple[list[int], RunRecord]] = {}
+        self._files = FileCache()
+        self._history = RunHistory(self._files)
+        self._registry: ModelRegistry | None = None
         self._configs_key: tuple[Any, ...] | None = None
         self._configs: dict[str, ModelConfig] = {}
 
@@ -207,8 +148,16 @@ class Catalog:
     def dag_id(self, name: str) -> str:
         return self._identity(name)[0]
 
+    def registry(self) -> ModelRegistry:
+        """The registry under this artifact root (built on first use: it loads TF Serving's protos)."""
+        if self._registry is None:
+            from include.mlops.registry.filesystem import Registry
+
+            self._registry = Registry(self.registry_root)
+        return self._registry
+
     def labels(self, serving_name: str) -> dict[str, int]:
-        return _labels_text(self.registry_root / "models.config", serving_name)
+        return _labels(self.registry(), serving_name)
 
     def versions(self, name: str) -> list[int]:
         base = self.registry_root / self._identity(name)[1]
@@ -256,7 +205,7 @@ class Catalog:
     # ------------------------------------------------------------------ versions
 
     def _metadata(self, serving_name: str, version: int | None) -> dict[str, Any]:
-        folder = os.path.join(self.registry_root, serving_name, str(version), "assets.extra")
+        folder = os.path.join(self.registry_root, serving_name, str(version))
         return {key: self._files.json(os.path.join(folder, file)) for key, file in _METADATA.items()}
 
     def version_records(self, name: str) -> list[VersionRecord]:
@@ -276,7 +225,7 @@ class Catalog:
                     labels=sorted(by_version.get(version, [])),
                     metrics=meta["metrics"] or {},
                     lineage=meta["lineage"] or {},
-                    gate=_decision("gate", meta["gate"], None) if meta["gate"] else None,
+                    gate=parse_decision("gate", meta["gate"], None) if meta["gate"] else None,
                     checksum_status="files match checksums.json's list" if not problems else "problem",
                     checksum_problems=problems,
                     has_report=(folder / VERSION_REPORT).is_file(),
@@ -299,7 +248,7 @@ class Catalog:
         return self.registry_root / self._identity(name)[1] / str(self.check_version(name, version))
 
     def model_card(self, name: str, version: str | int) -> str | None:
-        path = self.version_dir(name, version) / "assets.extra" / "model_card.md"
+        path = self.version_dir(name, version) / MODEL_CARD_FILE
         return path.read_text(encoding="utf-8") if path.is_file() else None
 
     def version_report(self, name: str, version: str | int) -> Path:
@@ -311,14 +260,14 @@ class Catalog:
     def _listed_files_problems(self, folder: Path) -> list[str]:
         """Files missing from, or not listed in, checksums.json: a cheap check (no hashing; that is verify)."""
         top = str(folder)
-        listed = self._files.json(os.path.join(top, "assets.extra", "checksums.json"))
+        listed = self._files.json(os.path.join(top, CHECKSUMS_FILE))
         if not isinstance(listed, Mapping):
-            return ["assets.extra/checksums.json is missing or not valid JSON"]
+            return [f"{CHECKSUMS_FILE} is missing or not valid JSON"]
         present = set()
         for root, _, files in os.walk(top):
             prefix = root[len(top) + 1 :].replace(os.sep, "/")
             present.update(f"{prefix}/{f}" if prefix else f for f in files)
-        present.discard("assets.extra/checksums.json")
+        present.discard(CHECKSUMS_FILE)
         problems = [f"{rel} is missing" for rel in sorted(set(listed) - present)]
         return problems + [f"{rel} is not listed in checksums.json" for rel in sorted(present - set(listed))]
 
@@ -326,11 +275,7 @@ class Catalog:
 
     def runs(self, name: str) -> list[RunRecord]:
         """Every run folder of the model's lifecycle DAG, oldest first (by run date, then folder name)."""
-        folder = self.runs_root / artifacts.safe_segment(self.dag_id(name))
-        if not folder.is_dir():
-            return []
-        records = [self._run(entry) for entry in os.scandir(folder) if entry.is_dir() and entry.name[0] != "."]
-        return sorted(records, key=lambda r: (r.date or "", r.folder))
+        return self._history.records(self.runs_root / artifacts.safe_segment(self.dag_id(name)))
 
     def run_folder(self, name: str, run: str) -> Path:
         """The folder of one run of ``name``, if that run exists; :class:`UnknownError` otherwise."""
@@ -348,100 +293,13 @@ class Catalog:
             raise UnknownError(f"run {run!r} of model {name!r} has no {step} report")
         return path
 
-    def _run(self, entry: os.DirEntry[str]) -> RunRecord:
-        """One run folder's record, rebuilt only when the folder or a gate decision in it changed.
-
-        Steps swap their whole output folder in with renames (the run folder's mtime
-        changes); the gate tasks replace decision.json inside their own folder.
-        """
-        path = entry.path
-        signature = [entry.stat().st_mtime_ns]
-        for task_id in GATE_TASKS:
-            try:
-                info = os.stat(os.path.join(path, task_id, "decision.json"))
-                signature += [info.st_mtime_ns, info.st_size]
-            except OSError:
-                signature += [0, 0]
-        cached = self._runs.get(path)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        record = self._read_run(entry)
-        with self._lock:
-            self._runs[path] = (signature, record)
-        return record
-
-    def _read_run(self, entry: os.DirEntry[str]) -> RunRecord:
-        path = entry.path
-        steps = {e.name for e in os.scandir(path) if e.is_dir()}
-        decision = None
-        for task_id in GATE_TASKS:
-            if task_id in steps:
-                record = self._files.json(os.path.join(path, task_id, "decision.json"))
-                if isinstance(record, Mapping) and isinstance(record.get("decision"), Mapping):
-                    decision = _decision(task_id, record["decision"], record.get("route"))
-                    break
-        result = os.path.join(path, "register", "result.json")
-        registered = self._files.json(result) if "register" in steps else None
-        result = os.path.join(path, "deploy", "result.json")
-        deployed = self._files.json(result) if "deploy" in steps else None
-        if isinstance(deployed, Mapping):
-            # When the label moved: the deploy step writes its result.json right after moving it.
-            moved = dt.datetime.fromtimestamp(os.stat(result).st_mtime, dt.UTC)
-            deployed = {**deployed, "deployed_at": moved.isoformat(timespec="seconds")}
-        match = _RUN_FOLDER.match(entry.name)
-        date = None
-        if match:
-            # Run ids carry UTC times (Airflow writes them with +00:00, which the folder name lost).
-            date = (
-                match["date"] + (f"T{match['h']}:{match['m']}:{match['s']}" if match["h"] else "T00:00:00") + "+00:00"
-            )
-        return RunRecord(
-            folder=entry.name,
-            run_type=match["type"] if match else "unknown",
-            date=date,
-            decision=decision,
-            registered_version=registered.get("version") if isinstance(registered, Mapping) else None,
-            deployed=dict(deployed) if isinstance(deployed, Mapping) else None,
-            reports=[s for s in REPORT_STEPS if s in steps and os.path.isfile(os.path.join(path, s, REPORT_FILE))],
-            mtime=entry.stat().st_mtime,
-        )
-
-
-def _shallow(record: Any) -> dict[str, Any]:
-    """A record as a dict for JSON and templates, sharing its values (dataclasses.asdict deep-copies: 10x slower)."""
-    out = {}
-    for field in dataclasses.fields(record):
-        value = getattr(record, field.name)
-        out[field.name] = value.to_dict() if hasattr(value, "to_dict") else value
-    return out
-
-
-def _decision(task_id: str, data: Mapping[str, Any], route: str | None) -> Decision:
-    checks = [c for c in data.get("checks") or [] if isinstance(c, Mapping)]
-    metrics: dict[str, float | None] = {}
-    bounds: dict[str, dict[str, float | None]] = {}
-    for check in checks:
-        metric = str(check.get("metric"))
-        metrics.setdefault(metric, check.get("value"))
-        if check.get("kind") in ("threshold", "budget") and check.get("bound") is not None:
-            side = "min" if check.get("comparison") == ">=" else "max"
-            bounds.setdefault(metric, {})[side] = check.get("bound")
-    return Decision(
-        task_id=task_id,
-        passed=bool(data.get("passed")),
-        override=bool(data.get("override")),
-        reasons=[str(r) for r in data.get("reasons") or []],
-        route=route,
-        metrics=metrics,
-        bounds=bounds,
-    )
-
 
 _LABELS_CACHE: dict[Path, tuple[tuple[int, int], dict[str, dict[str, int]]]] = {}
 
 
-def _labels_text(config_path: Path, serving_name: str) -> dict[str, int]:
-    """The version labels of one model in TF Serving's model config file, parsed once per change of the file."""
+def _labels(registry: ModelRegistry, serving_name: str) -> dict[str, int]:
+    """The version labels of one model in the registry's model config file, parsed once per change of the file."""
+    config_path = registry.config_path
     try:
         info = config_path.stat()
     except OSError:
@@ -449,10 +307,7 @@ def _labels_text(config_path: Path, serving_name: str) -> dict[str, int]:
     key = (info.st_mtime_ns, info.st_size)
     cached = _LABELS_CACHE.get(config_path)
     if cached is None or cached[0] != key:
-        # The registry's own parser (TF Serving's protos), so the view reads the file exactly as serving does.
-        from include.mlops.registry.filesystem import Registry
-
-        config = Registry(config_path.parent).read_serving_config()
+        config = registry.read_serving_config()
         labels = {e.name: dict(e.version_labels) for e in config.model_config_list.config}
         cached = (key, labels)
         _LABELS_CACHE[config_path] = cached

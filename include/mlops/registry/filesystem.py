@@ -24,84 +24,56 @@ it to its number, all under an exclusive ``flock`` on the model's lock file.
 Holding the lock for the whole write (models here are megabytes) means the
 version number is known while the metadata is written, so the model card and
 lineage can name it, and that any staging folder found while holding the lock
-belongs to a writer that died (the kernel releases a dead process's lock).
-Version folders are never overwritten or modified after the rename.
+belongs to a writer that died (see :mod:`include.mlops.registry.file_lock`).
+Version folders are never overwritten or modified after the rename.  The
+labels live in TF Serving's model config file
+(:mod:`include.mlops.registry.model_config_file`); what a version folder holds
+besides the model is :mod:`include.mlops.registry.version_files`.  The
+interface callers rely on is :class:`include.mlops.registry.protocol.ModelRegistry`.
 
 Lock files, staging folders and versions get the shared modes of
 :mod:`include.mlops.artifacts` (group-writable, setgid folders), so the step
 pods and Airflow's workers, which run as different users, can both write here.
 
-``flock`` is reliable on local disks and most PVCs; on NFS, use a volume whose
-locks are honoured or run a single registering worker (the deploy pool has one
-slot anyway).
+On NFS, use a volume whose ``flock`` locks are honoured or run a single
+registering worker (the deploy pool has one slot anyway).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
-import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.names import serving_name_problem
+from include.mlops.registry import model_config_file, version_files
+from include.mlops.registry.file_lock import locked
+from include.mlops.registry.model_config_file import CONFIG_FILE
+from include.mlops.registry.protocol import CorruptVersionError, RegisterResult, RegistryError, VersionNotFoundError
 from include.mlops.registry.serving_artifact import TFLITE_FILE
+from include.mlops.registry.version_files import (
+    CHECKSUMS_FILE,
+    EVIDENCE_DIR,
+    GATE_FILE,
+    LINEAGE_FILE,
+    METADATA_DIR,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+)
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-METADATA_DIR = "assets.extra"
-CHECKSUMS_FILE = f"{METADATA_DIR}/checksums.json"
-METRICS_FILE = f"{METADATA_DIR}/metrics.json"
-LINEAGE_FILE = f"{METADATA_DIR}/lineage.json"
-GATE_FILE = f"{METADATA_DIR}/gate.json"
-MODEL_CARD_FILE = f"{METADATA_DIR}/model_card.md"
-EVIDENCE_DIR = f"{METADATA_DIR}/evidence"
-CONFIG_FILE = "models.config"
 SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 
 _STAGING_PREFIX = ".staging-"
-# assets.extra files the registry writes itself; extra metadata may not replace them.
-_OWN_METADATA = frozenset({"metrics.json", "lineage.json", "gate.json", "checksums.json"})
-_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-
-
-class RegistryError(RuntimeError):
-    """A registry operation cannot be done; the message says what to fix."""
-
-
-class VersionNotFoundError(RegistryError):
-    """The requested model version does not exist."""
-
-
-class CorruptVersionError(RegistryError):
-    """A version's files no longer match its checksums.json: do not serve it."""
-
-    def __init__(self, name: str, version: int, problems: list[str]) -> None:
-        self.name = name
-        self.version = version
-        self.problems = problems
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        super().__init__(
-            f"model {name!r} version {version} is corrupt ({len(problems)} problem(s)): {shown}. "
-            "Do not serve it: register the model again (a new version) or restore the folder from a backup."
-        )
-
-
-@dataclass(frozen=True)
-class RegisterResult:
-    version: int
-    created: bool
-    version_dir: Path
 
 
 def _copy_file(src: str, dst: str) -> str:
@@ -114,30 +86,6 @@ def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         artifacts.fsync_path(path)
     artifacts.fsync_path(root)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    artifacts.make_dirs(lock_path.parent)
-    # Opened for writing (NFS needs that for an exclusive lock), so every user of the share's group
-    # must be able to open it: whoever creates it makes it group-writable, whatever its umask.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, artifacts.FILE_MODE)
-    try:
-        info = os.fstat(fd)
-        if info.st_uid == os.geteuid() and info.st_mode & 0o777 != artifacts.FILE_MODE:
-            os.fchmod(fd, artifacts.FILE_MODE)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _model_files(checksums: Mapping[str, str]) -> dict[str, str]:
-    """The checksums of the model itself (what TF Serving loads), without our metadata."""
-    return {k: v for k, v in checksums.items() if not k.startswith(METADATA_DIR + "/")}
 
 
 class Registry:
@@ -190,18 +138,7 @@ class Registry:
     def verify(self, name: str, version: int) -> dict[str, str]:
         """Check every file of a version against its checksums.json; raise :class:`CorruptVersionError`."""
         path = self.require_version(name, version)
-        sums_path = path / CHECKSUMS_FILE
-        if not sums_path.is_file():
-            raise CorruptVersionError(name, version, [f"{CHECKSUMS_FILE} is missing"])
-        try:
-            expected = artifacts.read_json(sums_path)
-        except ValueError as exc:
-            raise CorruptVersionError(name, version, [f"{CHECKSUMS_FILE} is not valid JSON ({exc})"]) from None
-        actual = artifacts.dir_checksums(path, exclude=(CHECKSUMS_FILE,))
-        problems = [f"{rel} is missing" for rel in sorted(set(expected) - set(actual))]
-        problems += [f"{rel} is not listed in checksums.json" for rel in sorted(set(actual) - set(expected))]
-        changed = [rel for rel in sorted(set(expected) & set(actual)) if expected[rel] != actual[rel]]
-        problems += [f"{rel} has changed (sha256 mismatch)" for rel in changed]
+        actual, problems = version_files.checksum_problems(path)
         if problems:
             raise CorruptVersionError(name, version, problems)
         log.info("Verified %s version %d: %d files match their checksums", name, version, len(actual))
@@ -240,24 +177,24 @@ class Registry:
         tflite = Path(tflite_path) if tflite_path is not None else None
         if tflite is not None and not tflite.is_file():
             raise RegistryError(f"TFLite model {tflite} does not exist")
-        evidence_files = _evidence_files(evidence or {})
-        for file_name in metadata or {}:
-            if "/" in file_name or not file_name.endswith(".json") or file_name in _OWN_METADATA:
-                raise RegistryError(
-                    f"metadata file name {file_name!r} must be a plain *.json name other than {sorted(_OWN_METADATA)}"
-                )
-        for key in ("dag_id", "run_id"):
-            if not lineage.get(key):
-                raise RegistryError(
-                    f"lineage needs a non-empty {key!r} (it makes retries idempotent); got {dict(lineage)!r}"
-                )
+        evidence_files = {rel: Path(evidence_source) for rel, evidence_source in (evidence or {}).items()}
+        problems = [version_files.evidence_problem(rel, path) for rel, path in evidence_files.items()]
+        problems += [version_files.metadata_name_problem(file_name) for file_name in metadata or {}]
+        problems += [
+            f"lineage needs a non-empty {key!r} (it makes retries idempotent); got {dict(lineage)!r}"
+            for key in ("dag_id", "run_id")
+            if not lineage.get(key)
+        ]
+        first_problem = next((problem for problem in problems if problem), None)
+        if first_problem is not None:
+            raise RegistryError(first_problem)
 
-        candidate = _model_files(artifacts.dir_checksums(source))
+        candidate = version_files.model_files(artifacts.dir_checksums(source))
         if tflite is not None:
             candidate[TFLITE_FILE] = artifacts.sha256_file(tflite)
         base = self.model_dir(name)
         artifacts.make_dirs(base)
-        with _locked(base / ".lock"):
+        with locked(base / ".lock"):
             self._remove_dead_staging(base)
             existing = self._find_same_run(name, lineage, candidate)
             if existing is not None:
@@ -280,19 +217,19 @@ class Registry:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     _copy_file(str(evidence_source), str(target))
                 full_lineage = {**artifacts.to_jsonable(dict(lineage)), "model_name": name, "version": version}
-                artifacts.atomic_write_json(meta / "metrics.json", artifacts.to_jsonable(dict(metrics)))
-                artifacts.atomic_write_json(meta / "lineage.json", full_lineage)
+                artifacts.atomic_write_json(staging / METRICS_FILE, artifacts.to_jsonable(dict(metrics)))
+                artifacts.atomic_write_json(staging / LINEAGE_FILE, full_lineage)
                 for file_name, payload in (metadata or {}).items():
                     artifacts.atomic_write_json(meta / file_name, artifacts.to_jsonable(payload))
                 if gate_decision is not None:
-                    artifacts.atomic_write_json(meta / "gate.json", artifacts.to_jsonable(dict(gate_decision)))
+                    artifacts.atomic_write_json(staging / GATE_FILE, artifacts.to_jsonable(dict(gate_decision)))
                 if callable(model_card):
                     card = model_card(version)
                 else:
-                    card = model_card or _default_card(name, version, metrics, full_lineage)
-                artifacts.atomic_write_text(meta / "model_card.md", card)
+                    card = model_card or version_files.default_card(name, version, metrics, full_lineage)
+                artifacts.atomic_write_text(staging / MODEL_CARD_FILE, card)
                 sums = artifacts.dir_checksums(staging, exclude=(CHECKSUMS_FILE,))
-                if _model_files(sums) != candidate:
+                if version_files.model_files(sums) != candidate:
                     raise RegistryError(f"{source} changed while it was being copied; retry the register step")
                 artifacts.atomic_write_json(staging / CHECKSUMS_FILE, sums)
                 # copytree copied the source's modes (TensorFlow makes SavedModel folders 0755).
@@ -323,7 +260,7 @@ class Registry:
             if (
                 other.get("dag_id") == lineage["dag_id"]
                 and other.get("run_id") == lineage["run_id"]
-                and _model_files(sums) == dict(candidate)
+                and version_files.model_files(sums) == dict(candidate)
             ):
                 return version
         return None
@@ -338,20 +275,10 @@ class Registry:
 
     def read_serving_config(self) -> model_server_config_pb2.ModelServerConfig:
         """models.config parsed with TF Serving's protos (empty when it does not exist yet)."""
-        config = model_server_config_pb2.ModelServerConfig()
-        if self.config_path.is_file():
-            try:
-                text_format.Parse(self.config_path.read_text(), config)
-            except text_format.ParseError as exc:
-                raise RegistryError(
-                    f"{self.config_path} is not a valid TF Serving model config file ({exc}); fix or remove it"
-                ) from None
-        if config.WhichOneof("config") == "custom_model_config":
-            raise RegistryError(f"{self.config_path} uses custom_model_config; only model_config_list is supported")
-        return config
+        return model_config_file.read_model_config(self.config_path)
 
     def labels(self, name: str) -> dict[str, int]:
-        entry = _find_entry(self.read_serving_config(), name)
+        entry = model_config_file.find_entry(self.read_serving_config(), name)
         return dict(entry.version_labels) if entry is not None else {}
 
     def label_version(self, name: str, label: str) -> int | None:
@@ -359,7 +286,7 @@ class Registry:
 
     def served_versions(self, name: str) -> list[int]:
         """The versions the config asks TF Serving to keep loaded."""
-        entry = _find_entry(self.read_serving_config(), name)
+        entry = model_config_file.find_entry(self.read_serving_config(), name)
         return sorted(entry.model_version_policy.specific.versions) if entry is not None else []
 
     def set_label(self, name: str, label: str, version: int) -> int | None:
@@ -372,14 +299,13 @@ class Registry:
         AVAILABLE (or run it with ``--allow_version_labels_for_unavailable_models``
         for labels that are new).
         """
-        if not _LABEL.match(label):
-            raise RegistryError(f"label must be letters, digits, '_' or '-', starting with a letter; got {label!r}")
+        model_config_file.check_label(label)
         self.require_version(name, version)
 
         def change(entry: Any) -> int | None:
             previous = entry.version_labels[label] if label in entry.version_labels else None
             entry.version_labels[label] = version
-            _set_policy(entry, set(entry.version_labels.values()))
+            model_config_file.set_policy(entry, set(entry.version_labels.values()))
             return previous
 
         previous = self._edit_entry(name, change)
@@ -390,7 +316,8 @@ class Registry:
         """Add ``version`` to the loaded versions without labelling it (step one of a label move)."""
         self.require_version(name, version)
         self._edit_entry(
-            name, lambda entry: _set_policy(entry, {*entry.model_version_policy.specific.versions, version})
+            name,
+            lambda entry: model_config_file.set_policy(entry, {*entry.model_version_policy.specific.versions, version}),
         )
 
     def remove_label(self, name: str, label: str) -> int | None:
@@ -399,7 +326,7 @@ class Registry:
                 return None
             previous = entry.version_labels[label]
             del entry.version_labels[label]
-            _set_policy(entry, set(entry.version_labels.values()))
+            model_config_file.set_policy(entry, set(entry.version_labels.values()))
             return previous
 
         return self._edit_entry(name, change)
@@ -411,58 +338,13 @@ class Registry:
             return f"{prefix.rstrip('/')}/{name}"
         return str(self.model_dir(name))
 
-    def _edit_entry(self, name: str, change: Any) -> Any:
-        artifacts.make_dirs(self.root)
-        with _locked(self.root / f".{CONFIG_FILE}.lock"):
-            config = self.read_serving_config()
-            entry = _find_entry(config, name)
-            if entry is None:
-                entry = config.model_config_list.config.add()
-                entry.name = name
-            # Refreshed on every write, so a changed $MLOPS_SERVING_BASE_PATH takes effect.
-            entry.base_path = self.base_path(name)
-            entry.model_platform = "tensorflow"
-            result = change(entry)
-            artifacts.atomic_write_text(self.config_path, text_format.MessageToString(config))
-        return result
-
-
-def _evidence_files(evidence: Mapping[str, str | os.PathLike[str]]) -> dict[str, Path]:
-    """Check evidence names (relative POSIX paths, no '..') and that each source is a file."""
-    files: dict[str, Path] = {}
-    for rel, source in evidence.items():
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise RegistryError(f"evidence name {rel!r} must be a relative path like 'evaluate/metrics.json'")
-        path = Path(source)
-        if not path.is_file():
-            raise RegistryError(f"evidence file {path} (for {EVIDENCE_DIR}/{rel}) does not exist")
-        files[rel] = path
-    return files
-
-
-def _find_entry(config: model_server_config_pb2.ModelServerConfig, name: str) -> Any | None:
-    for entry in config.model_config_list.config:
-        if entry.name == name:
-            return entry
-    return None
-
-
-def _set_policy(entry: Any, versions: set[int]) -> None:
-    entry.model_version_policy.specific.ClearField("versions")
-    entry.model_version_policy.specific.versions.extend(sorted(versions))
+    def _edit_entry(self, name: str, change: Callable[[Any], _T]) -> _T:
+        _check_name(name)  # base_path does not when $MLOPS_SERVING_BASE_PATH is set
+        # The base path is refreshed on every write, so a changed $MLOPS_SERVING_BASE_PATH takes effect.
+        return model_config_file.edit_entry(self.config_path, name, self.base_path(name), change)
 
 
 def _check_name(name: str) -> None:
     problem = serving_name_problem(name)
     if problem is not None:
         raise RegistryError(f"model name {problem}")
-
-
-def _default_card(name: str, version: int, metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(metrics.items()))
-    return (
-        f"# {name} version {version}\n\n"
-        f"Registered by run `{lineage.get('run_id')}` of `{lineage.get('dag_id')}`.\n\n"
-        f"| metric | value |\n|---|---|\n{rows}\n"
-    )

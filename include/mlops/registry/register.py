@@ -24,6 +24,7 @@ from include.mlops.evaluation.gate import GateDecision
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE, Registry
 from include.mlops.registry.model_card import model_card
+from include.mlops.registry.protocol import ModelRegistry
 from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
 from include.mlops.training.modeling import check_outputs, load_split
 
@@ -238,7 +239,7 @@ def register_model(
     signature = check_serving_signature(config, model_uri)
     reference = training_reference(config, full_lineage)
 
-    registry = Registry()
+    registry: ModelRegistry = Registry()
     result = registry.register(
         config.serving_name,
         model_uri,

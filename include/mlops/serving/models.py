@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from include.mlops.registry.filesystem import CorruptVersionError, Registry
+from include.mlops.registry.protocol import ModelRegistry
 from include.mlops.serving.loaders import LoadedVersion, TensorSpecInfo, load_version
 from include.mlops.serving.metrics import ServingMetrics
 
@@ -141,7 +142,7 @@ class ModelManager:
         verify_checksums: bool = True,
         loader: Callable[[str, int, Path], LoadedVersion] = load_version,
     ) -> None:
-        self.registry = Registry(registry_root)
+        self.registry: ModelRegistry = Registry(registry_root)
         self.metrics = metrics or ServingMetrics()
         self.poll_seconds = poll_seconds
         self.verify_checksums = verify_checksums
