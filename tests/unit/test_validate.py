@@ -268,7 +268,7 @@ def test_rerun_replaces_earlier_result(diabetes_config, reference_rows, bad_snap
 def test_missing_suite_says_how_to_make_one(diabetes_config, interval, tmp_path):
     data_uri = snapshot(diabetes_config, *interval(DS), tmp_path / "snapshot")["data_uri"]
     unknown = dataclasses.replace(diabetes_config, name="no_such_model")
-    with pytest.raises(SuiteNotFoundError, match=r"python -m include\.mlops\.suites no_such_model"):
+    with pytest.raises(SuiteNotFoundError, match=r"python -m include\.mlops\.data\.suites no_such_model"):
         validate(unknown, data_uri, tmp_path / "validate")
 
 
