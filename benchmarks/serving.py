@@ -96,13 +96,9 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
 
     from include.mlops.config import find_model_config
     from include.mlops.registry.filesystem import Registry
-    from include.mlops.training.modeling import (
-        Dataset,
-        build_model,
-        export_saved_model,
-        resolve_hparams,
-        training_stats,
-    )
+    from include.mlops.training.datasets import Dataset, training_stats
+    from include.mlops.training.modeling import build_model, resolve_hparams
+    from include.mlops.training.savedmodel import export_saved_model
 
     config = find_model_config("diabetes")
     n = len(config.features)
@@ -121,7 +117,7 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
 
 
 def _bare_model(version_dir: Path, rows: Any, batch: int, seconds: float = 2.0) -> dict[str, float]:
-    from include.mlops.training.modeling import load_serving_fn
+    from include.mlops.training.savedmodel import load_serving_fn
 
     predict = load_serving_fn(version_dir)
     sample = rows[:batch]

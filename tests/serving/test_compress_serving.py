@@ -16,7 +16,8 @@ from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.optimize.compress import compress
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
-from include.mlops.training.modeling import load_split, load_tflite_fn
+from include.mlops.training.datasets import load_split
+from include.mlops.training.savedmodel import load_tflite_fn
 from tests.serving.conftest import RunningServer
 
 

@@ -13,7 +13,7 @@ from include.mlops.config import ModelConfig, find_model_config
 from include.mlops.deploy.deploy import DeployError, DeployVerificationError, deploy, journal_path, prepare_smoke_check
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
-from include.mlops.training.modeling import convert_to_tflite
+from include.mlops.training.savedmodel import convert_to_tflite
 from tests.serving.conftest import free_port, register, serve, wait_for
 
 # Each test starts a real model server or loads real models with TensorFlow.

@@ -17,7 +17,7 @@ from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, served_artifact
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.metrics import SERVED_ARTIFACT_INFO
-from include.mlops.training.modeling import convert_to_tflite
+from include.mlops.training.savedmodel import convert_to_tflite
 from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, make_linear_model, register, wait_for
 
 

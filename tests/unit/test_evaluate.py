@@ -15,7 +15,9 @@ from ml_fixtures import make_snapshot
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
 from include.mlops.evaluation.evaluate import evaluate, task_metrics
-from include.mlops.training.modeling import ModelingError, load_serving_fn, load_split
+from include.mlops.training.datasets import load_split
+from include.mlops.training.errors import ModelingError
+from include.mlops.training.savedmodel import load_serving_fn
 from include.mlops.training.train import train
 
 DIABETES = find_model_config("diabetes")
@@ -254,7 +256,7 @@ def test_a_champion_with_model_tflite_is_measured_on_it(
 ) -> None:
     from include.mlops.artifacts import sha256_file
     from include.mlops.registry.filesystem import Registry
-    from include.mlops.training.modeling import convert_to_tflite
+    from include.mlops.training.savedmodel import convert_to_tflite
 
     registry = Registry(artifact_root / "models")
     tflite = convert_to_tflite(champion, tmp_path / "champion.tflite")

@@ -21,7 +21,7 @@ from include.mlops.evaluation import gate as gate_lib
 from include.mlops.evaluation.evaluate import evaluate
 from include.mlops.registry.filesystem import CorruptVersionError, Registry
 from include.mlops.registry.register import MeasuredArtifactError, RegisterError, register_model
-from include.mlops.training.modeling import convert_to_tflite
+from include.mlops.training.savedmodel import convert_to_tflite
 from include.mlops.training.train import train
 
 DIABETES = find_model_config("diabetes")

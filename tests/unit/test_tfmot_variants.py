@@ -25,14 +25,9 @@ from ml_fixtures import make_snapshot
 from include.mlops.config import PROJECT_ROOT, ModelConfig, find_model_config, load_model_config
 from include.mlops.optimize.tfmot_keras import make_variants
 from include.mlops.optimize.tfmot_variants import run_tfmot_variants
-from include.mlops.training.modeling import (
-    build_model,
-    load_serving_fn,
-    load_split,
-    load_tflite_fn,
-    resolve_hparams,
-    split_validation,
-)
+from include.mlops.training.datasets import load_split, split_validation
+from include.mlops.training.modeling import build_model, resolve_hparams
+from include.mlops.training.savedmodel import load_serving_fn, load_tflite_fn
 from include.mlops.training.train import fit_model
 
 DIGITS = find_model_config("digits")
@@ -140,7 +135,7 @@ _LEGACY_PREDICT = textwrap.dedent(
     import tensorflow as tf
 
     from include.mlops.config import load_model_config
-    from include.mlops.training.modeling import load_split, split_validation
+    from include.mlops.training.datasets import load_split, split_validation
     from include.mlops.optimize.tfmot_keras import build_with_weights
 
     assert tf.keras.Model.__module__.startswith("tf_keras"), tf.keras.Model.__module__

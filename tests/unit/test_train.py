@@ -13,16 +13,10 @@ import pytest
 from ml_fixtures import make_snapshot
 
 from include.mlops.config import find_model_config, load_model_config
-from include.mlops.training.modeling import (
-    ModelingError,
-    OutputContractError,
-    check_outputs,
-    import_builder,
-    load_serving_fn,
-    load_split,
-    resolve_hparams,
-    split_validation,
-)
+from include.mlops.training.datasets import load_split, split_validation
+from include.mlops.training.errors import ModelingError
+from include.mlops.training.modeling import import_builder, resolve_hparams
+from include.mlops.training.savedmodel import OutputContractError, check_outputs, load_serving_fn
 from include.mlops.training.train import replica_count, train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -32,14 +32,9 @@ from include.mlops.artifacts import atomic_write_json, dir_size_bytes, read_json
 from include.mlops.config import BUDGET_METRICS, ModelConfig
 from include.mlops.optimize.compress_config import CONVERTER_VARIANTS, TFMOT_VARIANTS
 from include.mlops.optimize.tflite_variants import FLOAT32_TFLITE, calibration_rows, convert_variant, measure
-from include.mlops.training.modeling import (
-    ModelingError,
-    OutputContractError,
-    load_serving_fn,
-    load_split,
-    load_tflite_fn,
-    split_validation,
-)
+from include.mlops.training.datasets import load_split, split_validation
+from include.mlops.training.errors import ModelingError
+from include.mlops.training.savedmodel import OutputContractError, load_serving_fn, load_tflite_fn
 
 if TYPE_CHECKING:
     import numpy as np

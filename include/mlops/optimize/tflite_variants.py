@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.config import ModelConfig
 from include.mlops.evaluation.evaluate import BYTES_PER_MB, batch_latency_ms, measure_latency_ms, task_metrics
 from include.mlops.optimize.compress_config import CONVERTER_VARIANTS
-from include.mlops.training.modeling import SIGNATURE_KEY, Dataset, check_outputs
+from include.mlops.training.datasets import Dataset
+from include.mlops.training.savedmodel import SIGNATURE_KEY, check_outputs
 
 if TYPE_CHECKING:
     import numpy as np

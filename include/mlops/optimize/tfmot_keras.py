@@ -18,22 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import ModelConfig
-from include.mlops.training.modeling import (
+from include.mlops.training.datasets import Dataset, load_split, split_validation, training_stats
+from include.mlops.training.modeling import build_model, set_seeds, training_objective
+from include.mlops.training.savedmodel import (
     CONTRACT_CHECK_ROWS,
     INPUT_NAME,
     OUTPUT_NAME,
     SIGNATURE_KEY,
-    Dataset,
-    build_model,
     check_outputs,
     convert_to_tflite,
     load_serving_fn,
-    load_split,
     load_tflite_fn,
-    set_seeds,
-    split_validation,
-    training_objective,
-    training_stats,
 )
 
 if TYPE_CHECKING:
@@ -220,7 +215,7 @@ def make_qat(
 def export_legacy_saved_model(model: tf_keras.Model, path: Path, n_features: int) -> Path:
     """A tf_keras model as a SavedModel with the serving contract's signature.
 
-    (:func:`include.mlops.training.modeling.export_saved_model` uses Keras 3's ExportArchive,
+    (:func:`include.mlops.training.savedmodel.export_saved_model` uses Keras 3's ExportArchive,
     which does not take tf_keras models.)
     """
     import tensorflow as tf

@@ -25,13 +25,10 @@ from typing import Any
 
 from include.mlops.artifacts import atomic_write_json, read_json, step_output, to_jsonable
 from include.mlops.config import INTEGER_HPARAMS, ModelConfig, SearchDimension
-from include.mlops.training.modeling import (
-    ModelingError,
-    export_saved_model,
-    load_split,
-    resolve_hparams,
-    split_validation,
-)
+from include.mlops.training.datasets import load_split, split_validation
+from include.mlops.training.errors import ModelingError
+from include.mlops.training.modeling import resolve_hparams
+from include.mlops.training.savedmodel import export_saved_model
 
 log = logging.getLogger(__name__)
 

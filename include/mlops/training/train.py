@@ -4,7 +4,7 @@ Training runs under ``tf.distribute.MirroredStrategy`` over the visible GPUs
 (one replica on CPU), with fixed seeds, early stopping on a validation set
 carved from the training rows, and TensorBoard logs in ``<out>/tensorboard``.
 The result is a SavedModel in ``<out>/model`` with the serving contract's
-``serving_default`` signature (see :mod:`include.mlops.training.modeling`).
+``serving_default`` signature (see :mod:`include.mlops.training.savedmodel`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import ModelConfig
-from include.mlops.training.modeling import (
-    CONTRACT_CHECK_ROWS,
-    Dataset,
-    build_model,
-    check_outputs,
-    export_saved_model,
-    load_split,
-    resolve_hparams,
-    set_seeds,
-    split_validation,
-    training_objective,
-    training_stats,
-)
+from include.mlops.training.datasets import Dataset, load_split, split_validation, training_stats
+from include.mlops.training.modeling import build_model, resolve_hparams, set_seeds, training_objective
+from include.mlops.training.savedmodel import CONTRACT_CHECK_ROWS, check_outputs, export_saved_model
 
 if TYPE_CHECKING:
     import keras
