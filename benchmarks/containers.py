@@ -58,7 +58,7 @@ def run(results_dir: Path, repeats: int = REPEATS) -> dict[str, Any]:
     previous = os.environ.get("MLOPS_ARTIFACT_ROOT")
     os.environ["MLOPS_ARTIFACT_ROOT"] = str(root)
     try:
-        from mlops_airflow.container_operators import trainer_image
+        from mlops_airflow.container_steps import trainer_image
 
         times: dict[str, dict[str, list[float]]] = {s: {"local": [], "docker": []} for s in ("snapshot", "validate")}
         digests: set[str] = set()

@@ -94,14 +94,15 @@ def empty_dag(config: Any, *, with_params: bool) -> Any:
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG
 
-    from mlops_airflow.lifecycle import DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, _schedule, _start_date
+    from mlops_airflow.lifecycle import DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, _schedule
     from mlops_airflow.params import lifecycle_params
+    from mlops_airflow.schedules import dag_start_date
 
     with DAG(
         dag_id=config.dag_id,
         description=config.description,
         schedule=_schedule(config),
-        start_date=_start_date(config),
+        start_date=dag_start_date(config),
         catchup=False,
         max_active_runs=1,
         tags=["lifecycle", config.task, *config.tags],

@@ -17,7 +17,7 @@ import pendulum
 from airflow.sdk import DAG, CronDataIntervalTimetable, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from mlops_airflow.lifecycle import DEFAULT_START_DATE
+from mlops_airflow.schedules import DEFAULT_START_DATE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ are the same whichever backend runs the steps.
   reads it there once the pod has succeeded.
 
 Both backends run CPU steps in ``$MLOPS_TRAINER_IMAGE`` and GPU steps in
-``$MLOPS_TRAINER_GPU_IMAGE`` (the CUDA build of the same image).
+``$MLOPS_TRAINER_GPU_IMAGE`` (the CUDA build of the same image); which image
+and argv a step gets is :mod:`mlops_airflow.container_steps`.
 
 The provider modules (docker, kubernetes client) are imported when this module
 is, which the backend factory does only for a container backend, so the
@@ -50,20 +51,11 @@ from kubernetes.client import models as k8s
 from include.mlops.artifacts import artifact_root, run_dir
 from include.mlops.config import DEFAULT_SCHEDULE_TIMEOUT_S, PROJECT_ROOT, ModelConfig
 from mlops_airflow import step_pods
+from mlops_airflow.container_steps import IMAGE_ENV, container_command, step_image
 from mlops_airflow.step_pods import pod_exit_code, read_pod_result, wants_gpus
-from mlops_airflow.steps import (
-    ArgumentResolver,
-    raise_for_exit_code,
-    resolve_step_arguments,
-    result_file_beside,
-    step_command,
-)
+from mlops_airflow.steps import ArgumentResolver, raise_for_exit_code, resolve_step_arguments, result_file_beside
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IMAGE = "mlops-trainer:local"
-IMAGE_ENV = "MLOPS_TRAINER_IMAGE"
-GPU_IMAGE_ENV = "MLOPS_TRAINER_GPU_IMAGE"
 
 # --- docker
 DOCKER_URL_ENV = "MLOPS_DOCKER_URL"
@@ -84,39 +76,6 @@ STARTUP_TIMEOUT_S = 900
 
 class ContainerBackendError(AirflowFailException):
     """A container backend is misconfigured (missing image, no GPU runtime): retrying cannot help."""
-
-
-def trainer_image() -> str:
-    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
-
-
-def step_image(step: str, model: str, gpus: int) -> str:
-    """The image a step runs in: the CUDA trainer image for a step that gets GPUs, else the CPU one.
-
-    Without ``$MLOPS_TRAINER_GPU_IMAGE`` a GPU step falls back to the CPU image,
-    where TensorFlow finds no CUDA and trains on the CPU; the log says so.
-    """
-    if not gpus:
-        return trainer_image()
-    gpu_image = os.environ.get(GPU_IMAGE_ENV)
-    if gpu_image:
-        return gpu_image
-    log.warning(
-        "Step %r of model %r asks for %d GPU(s) but %s is not set: it runs in the CPU image %s, which has no "
-        "CUDA, so TensorFlow will not use the GPUs. Set %s to the CUDA trainer image.",
-        step,
-        model,
-        gpus,
-        GPU_IMAGE_ENV,
-        trainer_image(),
-        GPU_IMAGE_ENV,
-    )
-    return trainer_image()
-
-
-def container_command(step: str, model: str, arguments: Mapping[str, Any]) -> list[str]:
-    """The step CLI's argv inside the image: the local backend's, with the image's ``python``."""
-    return ["python", *step_command(step, model, arguments)[1:]]
 
 
 class _StepArguments:

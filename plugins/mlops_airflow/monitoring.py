@@ -29,6 +29,7 @@ from include.mlops.config import ModelConfig
 from include.mlops.monitoring import outcome as outcome_lib
 from mlops_airflow import alerts
 from mlops_airflow.backends import step_operator
+from mlops_airflow.schedules import dag_start_date
 
 log = logging.getLogger(__name__)
 
@@ -323,15 +324,13 @@ def _doc_md(config: ModelConfig) -> str:
 
 def build_monitor_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
     """The monitor DAG of one model.  Pure: reads only ``config``."""
-    from mlops_airflow.lifecycle import _start_date
-
     with DAG(
         dag_id=config.monitor_dag_id,
         description=f"SLOs and input drift of the served model {config.serving_name}",
         doc_md=_doc_md(config),
         # Data-interval semantics: the run after hour H measures the window that ends at H+1.
         schedule=CronDataIntervalTimetable(config.monitor.schedule, timezone="UTC"),
-        start_date=_start_date(config),
+        start_date=dag_start_date(config),
         catchup=False,
         max_active_runs=1,
         tags=["monitor", config.task, *config.tags],

@@ -44,7 +44,7 @@ def docker_client() -> Any:
 def trainer_image(docker_client: Any) -> str:
     from docker.errors import ImageNotFound
 
-    from mlops_airflow.container_operators import trainer_image as configured_image
+    from mlops_airflow.container_steps import trainer_image as configured_image
 
     image = configured_image()
     try:

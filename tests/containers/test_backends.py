@@ -153,14 +153,14 @@ def test_gpu_steps_fall_back_to_the_cpu_image_with_a_warning(
     monkeypatch.setenv("MLOPS_BACKEND", backend)
     monkeypatch.setenv("MLOPS_TRAINER_IMAGE", "registry.example.com/mlops-trainer:2.0")
     monkeypatch.delenv("MLOPS_TRAINER_GPU_IMAGE", raising=False)
-    with caplog.at_level("WARNING", logger="mlops_airflow.container_operators"):
+    with caplog.at_level("WARNING", logger="mlops_airflow.container_steps"):
         dag = gpu_diabetes_dag(tmp_path)
     assert {dag.get_task(task_id).image for task_id in STEP_TASKS} == {"registry.example.com/mlops-trainer:2.0"}
     warned = [r.getMessage() for r in caplog.records if "MLOPS_TRAINER_GPU_IMAGE is not set" in r.getMessage()]
     # The mapped tuning trials build their operator when each runs, and warn then (below).
     assert len(warned) == 1 and "Step 'train' of model 'diabetes' asks for 2 GPU(s)" in warned[0]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mlops_airflow.container_operators"):
+    with caplog.at_level("WARNING", logger="mlops_airflow.container_steps"):
         arguments = next(iter(dag.get_task("tune_trial").expand_input.value))
         trial = dag.get_task("tune_trial").unmap({arguments: {"trial": 0}})
     assert trial.image == "registry.example.com/mlops-trainer:2.0"

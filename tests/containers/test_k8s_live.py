@@ -164,7 +164,7 @@ def require_image_on_a_node(image: str) -> None:
 @pytest.fixture
 def kind_share(monkeypatch: pytest.MonkeyPatch) -> Path:
     """The worker's environment on kind: the share at the pods' path, the trainer image, the checks first."""
-    from mlops_airflow.container_operators import DEFAULT_IMAGE, IMAGE_ENV
+    from mlops_airflow.container_steps import DEFAULT_IMAGE, IMAGE_ENV
 
     require_share()
     image = os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
@@ -340,7 +340,7 @@ def test_kind_cluster_mounts_the_host_share_where_the_overlay_volumes_point() ->
 
 
 def test_kind_overlay_runs_the_trainer_image_that_kind_loads() -> None:
-    from mlops_airflow.container_operators import DEFAULT_IMAGE
+    from mlops_airflow.container_steps import DEFAULT_IMAGE
 
     jobs = {o["metadata"]["name"]: o for o in kind_overlay_objects() if o["kind"] == "Job"}
     (container,) = jobs["mlops-prepare-share"]["spec"]["template"]["spec"]["containers"]

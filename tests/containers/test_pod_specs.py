@@ -388,7 +388,7 @@ def test_no_pull_secrets_and_the_cpu_image_fallback_when_unset(
     for name in ("MLOPS_K8S_IMAGE_PULL_SECRETS", "MLOPS_TRAINER_GPU_IMAGE", "MLOPS_K8S_GPU_NODE_SELECTOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLOPS_TRAINER_IMAGE", CPU_IMAGE)
-    with caplog.at_level("WARNING", logger="mlops_airflow.container_operators"):
+    with caplog.at_level("WARNING", logger="mlops_airflow.container_steps"):
         task = build_one_pod(monkeypatch, gpu_models_dir, "diabetes_gpu1")
     assert task.image == CPU_IMAGE
     assert "MLOPS_TRAINER_GPU_IMAGE is not set" in caplog.text and "'train' of model 'diabetes_gpu1'" in caplog.text
