@@ -19,6 +19,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from include.mlops.config import ModelConfig
+from include.mlops.steps import get_step, runtime_cap
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ def _operator_class_and_kwargs(
     kwargs: dict[str, Any],
 ) -> tuple[type[BaseOperator], dict[str, Any], str]:
     """The operator class of ``chosen``, its keyword arguments, and the name of its step-arguments parameter."""
-    if config is not None:
-        kwargs.setdefault("execution_timeout", config.step_timeout(step))
+    # A step nobody declared is an import error of the DAG, not a failure of its first run.
+    get_step(step)
+    if config is not None and "execution_timeout" not in kwargs:
+        kwargs["execution_timeout"] = runtime_cap(step, config.timeouts)
     common = {"step": step, "model": model, "models_dir": models_dir, **kwargs}
     if chosen == "local":
         from mlops_airflow.operators import LifecycleStepOperator
@@ -86,10 +89,11 @@ def step_operator(
 ) -> BaseOperator:
     """The task running lifecycle step ``step`` of ``model`` on ``backend``.
 
-    ``config`` gives every backend the step's runtime cap (``execution_timeout``
-    from ``timeouts`` in the model config; the kubernetes pods also get it as
-    ``activeDeadlineSeconds``) and the container backends the GPU count, node
-    selector and tolerations.  The other keyword arguments
+    ``step`` is a declared step (:mod:`include.mlops.steps`).  ``config`` gives
+    every backend the step's runtime cap (``execution_timeout`` from ``timeouts``
+    in the model config, else the step's declared default; the kubernetes pods
+    also get it as ``activeDeadlineSeconds``) and the container backends the GPU
+    count, node selector and tolerations.  The other keyword arguments
     (``resolve_arguments``, ``trigger_rule``, ``pool``, ...) go to the operator.
     """
     operator_class, operator_kwargs, arguments_name = _operator_class_and_kwargs(

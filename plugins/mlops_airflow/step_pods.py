@@ -10,6 +10,8 @@ the two equal).  The rules are the platform contract's:
 - every pod carries the labels the NetworkPolicies select on;
 - the step leaves its JSON result on the artifact share (no XCom sidecar,
   whose reading needs ``pods/exec``), where the worker reads it;
+- each step's declaration (:mod:`include.mlops.steps`) says whether it gets
+  GPUs (``gpus``) and the larger requests (``heavy``);
 - GPU steps get ``nvidia.com/gpu`` limits, a toleration for the GPU taint
   unless the model config gives its own, a node selector from the model config
   or ``$MLOPS_K8S_GPU_NODE_SELECTOR``, the model's RuntimeClass, and a memory
@@ -30,6 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from include.mlops.config import ModelConfig, Toleration
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem
+from include.mlops.steps import get_step
 
 NAMESPACE_ENV = "MLOPS_K8S_NAMESPACE"
 ARTIFACT_ROOT_ENV = "MLOPS_K8S_ARTIFACT_ROOT"
@@ -47,14 +50,12 @@ SHM_VOLUME = "dshm"
 SHM_SIZE_LIMIT = "2Gi"
 # The artifact share's group: step pods run as 1000:1000 and new files and folders stay group-writable.
 STEP_UID = STEP_GID = 1000
-# Steps that train, and so may use GPUs (config.train.gpus).
-GPU_STEPS = frozenset({"train", "tune-trial"})
-# Requests and limits per step: a training step gets more than a bookkeeping one.
+# Requests and limits per step: a step declared heavy (training, compressing, evaluating) gets more than a
+# bookkeeping one.
 STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "light": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
     "heavy": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
 }
-HEAVY_STEPS = frozenset({"train", "tune-trial", "compress", "evaluate"})
 # On a shared filesystem (NFS) the worker may see a file the pod wrote only after its attribute cache
 # expires; a step's result file is waited for this long before it counts as missing.
 RESULT_FILE_WAIT_S = 30.0
@@ -68,8 +69,8 @@ class StepPodSettingError(ValueError):
 
 
 def wants_gpus(step: str, config: ModelConfig | None) -> int:
-    """GPUs a step asks for: ``train.gpus`` for the training steps, none for the others."""
-    if config is None or step not in GPU_STEPS:
+    """GPUs a step asks for: ``train.gpus`` for the steps declared with ``gpus`` (they train), none for the others."""
+    if config is None or not get_step(step).gpus:
         return 0
     return int(config.train.gpus)
 
@@ -121,7 +122,7 @@ def container_security_context() -> k8s.V1SecurityContext:
 
 
 def step_resources(step: str, gpus: int) -> k8s.V1ResourceRequirements:
-    size = STEP_RESOURCES["heavy" if step in HEAVY_STEPS else "light"]
+    size = STEP_RESOURCES["heavy" if get_step(step).heavy else "light"]
     requests, limits = dict(size["requests"]), dict(size["limits"])
     if gpus:
         # Extended resources are limits-only (requests default to them); a pod asking for N

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.api.datamodels._generated import DagRunType
 
-from mlops_airflow.lifecycle import is_deploying_run, run_type
+from mlops_airflow.gate_operators import is_deploying_run, run_type
 
 
 @pytest.mark.parametrize(

@@ -15,23 +15,11 @@ from pydantic.dataclasses import dataclass
 
 from include.mlops.config._fields import STRICT, FieldProblem, Int, Str, known_names
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem
+from include.mlops.steps.declaration import DEFAULT_STEP_TIMEOUTS
 
-# Seconds each step may run before Airflow stops it (the task's execution_timeout);
-# a config's ``timeouts`` overrides some of them.  Training and optimizing get hours,
-# so that a hung step frees its GPU the same night.
-DEFAULT_STEP_TIMEOUTS: dict[str, int] = {
-    "snapshot": 900,
-    "validate": 900,
-    "train": 7200,
-    "evaluate": 1800,
-    "tune-plan": 300,
-    "tune-trial": 7200,
-    "tune-select": 900,
-    "compress": 7200,
-    "register": 900,
-    "deploy": 1200,
-    "drift": 900,
-}
+# DEFAULT_STEP_TIMEOUTS: step -> seconds each step may run before Airflow stops it (the task's
+# execution_timeout), from the step declarations (include/mlops/steps/lifecycle.py); a config's
+# ``timeouts`` overrides some of them.
 # A pod that cannot be scheduled (no GPU node free, no matching toleration) fails after this many
 # seconds, with the scheduler's reason in the task log, instead of waiting forever.
 DEFAULT_SCHEDULE_TIMEOUT_S = 600

@@ -1,0 +1,166 @@
+"""The lifecycle DAG's gates and the ends they route to besides ``register``: ``skip_deploy`` and ``reject``.
+
+A gate applies :mod:`include.mlops.evaluation.gate` to one evaluation and
+branches; whether the run may deploy at all (not a backfill, no
+``skip_deploy``) is decided here too, since both the gates and ``skip_deploy``
+ask it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.sdk import BaseOperator, Context
+
+from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
+from include.mlops.config import ModelConfig
+from include.mlops.evaluation import gate as gate_lib
+
+log = logging.getLogger(__name__)
+
+# The first gate's "optimize" route starts the optimize branch at this task.
+ROUTE_TASKS = {"optimize": "tune_plan"}
+BACKFILL_RUN_TYPE = "backfill"
+
+
+def run_type(dag_run: Any) -> str:
+    """The run type as its plain value (``"backfill"``, ``"manual"``, ...).
+
+    The Task SDK gives a ``str`` enum, whose ``str()`` is ``"DagRunType.BACKFILL"``.
+    """
+    value = dag_run.run_type
+    return str(getattr(value, "value", value))
+
+
+def is_deploying_run(context: Context) -> tuple[bool, str]:
+    """Whether this run may register and move a label, and why not."""
+    if run_type(context["dag_run"]) == BACKFILL_RUN_TYPE:
+        return False, "backfill runs never deploy (they record model quality only)"
+    if context["params"].get("skip_deploy"):
+        return False, "the run was triggered with skip_deploy"
+    return True, ""
+
+
+class GateOperator(BaseBranchOperator):
+    """Apply the gate to one evaluation and branch to the route :func:`include.mlops.evaluation.gate.route` picks.
+
+    Writes ``decision.json`` and ``decision.md`` to the task's run folder and
+    pushes XCom ``decision`` (route, outcome, failed budgets: what optimize
+    needs) and, when the route is ``register``, ``candidate``.  A classic
+    operator rather than ``@task.branch``: the decorator's machinery costs more
+    parse time per DAG than everything else in this operator.
+    """
+
+    ui_color = "#fff3d6"
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        evaluate_task_id: str,
+        on_fail: str,
+        report_task_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.evaluate_task_id = evaluate_task_id
+        self.on_fail = on_fail
+        # The task whose result names the optimization report (compress), recorded in decision.json.
+        self.report_task_id = report_task_id
+
+    def choose_branch(self, context: Context) -> str:
+        config, task_id = self.config, self.task_id
+        ti, params, dag_run = context["ti"], context["params"], context["dag_run"]
+        evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=self.evaluate_task_id)
+        champion = evaluation.get("champion") or None
+        gate_config = gate_lib.with_overrides(
+            config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
+        )
+        decision = gate_lib.decide_for_config(
+            config,
+            evaluation["metrics"],
+            champion["metrics"] if champion else None,
+            gate=gate_config,
+            force=bool(params.get("force_deploy")),
+            champion_unavailable=evaluation.get("champion_unavailable"),
+        )
+        deploying, why_not = is_deploying_run(context)
+        route = gate_lib.route(decision.passed, deploying=deploying, on_fail=self.on_fail)
+        out = run_dir(config.dag_id, dag_run.run_id, task_id)
+        record = {
+            "decision": decision.to_dict(),
+            "route": route,
+            "champion_version": champion.get("version") if champion else None,
+            "champion_unavailable": evaluation.get("champion_unavailable"),
+            "params": {k: params.get(k) for k in ("thresholds", "max_regression", "force_deploy", "skip_deploy")},
+            "deploying_run": deploying,
+            "not_deploying_because": why_not or None,
+        }
+        if self.report_task_id is not None:
+            record["optimization_report"] = (ti.xcom_pull(task_ids=self.report_task_id) or {}).get("report_uri")
+        atomic_write_json(out / "decision.json", record)
+        atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{decision.to_markdown()}\n")
+        for check in decision.checks:
+            log.info("gate check: %s", check.message)
+        if decision.override:
+            log.warning(
+                "force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons
+            )
+        ti.xcom_push(
+            key="decision",
+            value={
+                "route": route,
+                "passed": decision.passed,
+                "failed_budgets": list(decision.failed_budgets),
+                "decision_uri": str(out / "decision.json"),
+            },
+        )
+        if route == "register":
+            ti.xcom_push(
+                key="candidate",
+                value={
+                    "model_uri": evaluation["model_uri"],
+                    "tflite_uri": evaluation.get("tflite_uri"),
+                    "evaluation_uri": str(run_dir(config.dag_id, dag_run.run_id, self.evaluate_task_id)),
+                    "decision_uri": str(out / "decision.json"),
+                },
+            )
+        log.info(
+            "gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else ""
+        )
+        return ROUTE_TASKS.get(route, route)
+
+
+class SkipDeployOperator(BaseOperator):
+    """The end of a run that does not deploy (a backfill, or ``skip_deploy``): says why, changes nothing."""
+
+    def execute(self, context: Context) -> str:
+        _, why = is_deploying_run(context)
+        log.info(
+            "Not deploying: %s. The evaluation reports are under %s",
+            why,
+            run_dir(self.dag_id, context["dag_run"].run_id, ""),
+        )
+        return why
+
+
+class RejectOperator(BaseOperator):
+    """The optimized candidate still failed the gate: write the report; ``stable`` keeps serving."""
+
+    gate_task_id = "gate_optimized"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run_id = context["dag_run"].run_id
+        record = read_json(run_dir(self.dag_id, run_id, self.gate_task_id) / "decision.json")
+        reasons = record["decision"].get("reasons", [])
+        out = run_dir(self.dag_id, run_id, self.task_id)
+        lines = [f"# Candidate rejected: DAG `{self.dag_id}`, run `{run_id}`", ""]
+        lines += ["The optimized candidate still failed the gate, so the `stable` version keeps serving.", ""]
+        lines += [f"- {reason}" for reason in reasons]
+        atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+        log.warning("Candidate rejected; stable is unchanged. Reasons: %s", "; ".join(reasons))
+        return {"rejected": True, "reasons": reasons, "report_uri": str(out / "report.md")}
