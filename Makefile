@@ -15,8 +15,9 @@ export PATH := $(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 PYTEST_ARGS ?=
+ARGS ?= --help
 
-.PHONY: setup run test lint format bench clean help
+.PHONY: setup run test lint format bench clean help airflow
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,6 +43,13 @@ lint: setup  ## ruff, including Airflow's AIR rules
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The same metadata DB as `make run` (scripts/run_local.sh), with the same 30 s wait for SQLite's lock.
+airflow: setup  ## the Airflow CLI on this project's home, DB, DAGs and plugins: make airflow ARGS="dags list"
+	@if [ -z "$${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ] && [ ! -s "$(AIRFLOW_HOME)/airflow.db" ]; then \
+	  echo "note: no metadata DB in $(AIRFLOW_HOME) yet (make run prepares it; or ARGS=\"db migrate\")" >&2; fi
+	@AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$(AIRFLOW_HOME)/airflow.db?timeout=30}" \
+	  $(VENV)/bin/airflow $(ARGS)
 
 bench: setup  ## run the benchmarks; results go to benchmarks/results/
 	$(VENV)/bin/python -m benchmarks
