@@ -85,6 +85,20 @@ def register(registry: ModelRegistry, model: Path, run_id: str, name: str = "tin
 # --------------------------------------------------------------------------- the Protocol itself
 
 
+def run_beside_a_reader(
+    work: Callable[[int], None], workers: int, read: Callable[[], None], done: threading.Event
+) -> None:
+    """Run ``work(i)`` in ``workers`` threads while ``read`` runs in another, until the workers end."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    reader = threading.Thread(target=read)
+    for thread in [*threads, reader]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    done.set()
+    reader.join(timeout=60)
+
+
 def test_the_filesystem_registry_satisfies_the_protocol(scratch: Path) -> None:
     _: ModelRegistry = Registry(scratch / "models")
     assert isinstance(_, ModelRegistry)
@@ -176,14 +190,7 @@ def test_concurrent_claims_in_threads_never_share_a_version(registry: ModelRegis
                 except RegistryError as exc:
                     seen_incomplete.append(str(exc))
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-    reader = threading.Thread(target=read)
-    for thread in [*threads, reader]:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    done.set()
-    reader.join(timeout=60)
+    run_beside_a_reader(write, writers, read, done)
 
     assert not errors and not seen_incomplete, (errors, seen_incomplete)
     assert sorted(r.version for r in results.values()) == list(range(1, writers + 1))
@@ -333,14 +340,7 @@ def test_concurrent_label_moves_lose_no_update_and_never_tear(
                 errors.append(exc)
                 return
 
-    threads = [threading.Thread(target=move, args=(i,)) for i in range(movers)]
-    reader = threading.Thread(target=read)
-    for thread in [*threads, reader]:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    done.set()
-    reader.join(timeout=60)
+    run_beside_a_reader(move, movers, read, done)
 
     assert not errors, errors
     final = 1 + (rounds - 1) % 2
