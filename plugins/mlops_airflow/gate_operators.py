@@ -14,10 +14,12 @@ from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.evaluation import gate as gate_lib
+from mlops_airflow.params import GATE_PARAMS, run_gate_config
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ class GateOperator(BaseBranchOperator):
 
     Writes ``decision.json`` and ``decision.md`` to the task's run folder and
     pushes XCom ``decision`` (route, outcome, failed budgets: what optimize
-    needs) and, when the route is ``register``, ``candidate``.  A classic
+    needs) and, when the route is ``register``, ``candidate``.  The gate fails
+    closed: a champion that evaluate could not score fails the task without
+    retrying (AirflowFailException, the gate's exit 3), unless the run was
+    triggered with ``accept_without_champion``.  A classic
     operator rather than ``@task.branch``: the decorator's machinery costs more
     parse time per DAG than everything else in this operator.
     """
@@ -77,17 +82,18 @@ class GateOperator(BaseBranchOperator):
         ti, params, dag_run = context["ti"], context["params"], context["dag_run"]
         evaluation: Mapping[str, Any] = ti.xcom_pull(task_ids=self.evaluate_task_id)
         champion = evaluation.get("champion") or None
-        gate_config = gate_lib.with_overrides(
-            config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
-        )
-        decision = gate_lib.decide_for_config(
-            config,
-            evaluation["metrics"],
-            champion["metrics"] if champion else None,
-            gate=gate_config,
-            force=bool(params.get("force_deploy")),
-            champion_unavailable=evaluation.get("champion_unavailable"),
-        )
+        try:
+            decision = gate_lib.decide_for_config(
+                config,
+                evaluation["metrics"],
+                champion["metrics"] if champion else None,
+                gate=run_gate_config(config, params),
+                force=bool(params.get("force_deploy")),
+                champion_unscored=evaluation.get("champion_unscored"),
+                accept_without_champion=bool(params.get(gate_lib.ACCEPT_WITHOUT_CHAMPION)),
+            )
+        except gate_lib.GateError as exc:  # bad input (exit 3): a retry decides the same
+            raise AirflowFailException(str(exc)) from None
         deploying, why_not = is_deploying_run(context)
         route = gate_lib.route(decision.passed, deploying=deploying, on_fail=self.on_fail)
         out = run_dir(config.dag_id, dag_run.run_id, task_id)
@@ -96,7 +102,9 @@ class GateOperator(BaseBranchOperator):
             "route": route,
             "champion_version": champion.get("version") if champion else None,
             "champion_unavailable": evaluation.get("champion_unavailable"),
-            "params": {k: params.get(k) for k in ("thresholds", "max_regression", "force_deploy", "skip_deploy")},
+            "champion_unscored": decision.champion_unscored.to_dict() if decision.champion_unscored else None,
+            "accepted_without_champion": decision.accepted_without_champion,
+            "params": {k: params.get(k) for k in GATE_PARAMS},
             "deploying_run": deploying,
             "not_deploying_because": why_not or None,
         }

@@ -37,7 +37,13 @@ from mlops_airflow import alerts
 from mlops_airflow.backends import mapped_step_operator, step_operator
 from mlops_airflow.gate_operators import GateOperator, RejectOperator, SkipDeployOperator, run_type
 from mlops_airflow.monitoring import connection_url, drift_trigger, retrain_asset
-from mlops_airflow.params import UnknownParamsError, check_run_conf, lifecycle_params, training_overrides
+from mlops_airflow.params import (
+    RefusedParamsError,
+    check_gate_params,
+    check_run_conf,
+    lifecycle_params,
+    training_overrides,
+)
 from mlops_airflow.schedules import dag_start_date as _start_date
 
 log = logging.getLogger(__name__)
@@ -66,7 +72,8 @@ must succeed), `compress` shrinks it when a budget failed, and a second gate dep
 (`gate_optimized/decision.json` links the optimization report).
 
 * **Trigger with config**: change epochs, learning rate, batch size, gate thresholds and max regression;
-  `force_deploy` overrides the gate (recorded as an override), `skip_deploy` never deploys.
+  `force_deploy` overrides the gate (recorded as an override), `skip_deploy` never deploys. A `stable` version
+  that evaluate cannot score fails the gate (it fails closed) unless `accept_without_champion` is set (recorded).
 * **Backfill** past days with `airflow backfill create --dag-id {dag_id} --from-date ... --to-date ...`:
   backfill runs train and evaluate (quality history) but never register or move a label.
 * **Retraining on drift**: besides its cron, a run starts when `monitor__{name}` emits the Asset
@@ -130,11 +137,12 @@ def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def check_trigger_conf(context: Context) -> None:
-    """Fail the task, without retries, when the run's conf names a setting the DAG has no Param for."""
+def check_trigger_conf(context: Context, config: ModelConfig) -> None:
+    """Fail the task, without retries, on a conf key that is no Param or gate thresholds no model can meet."""
     try:
         check_run_conf(context["dag_run"].conf, context["dag"].params.keys())
-    except UnknownParamsError as exc:
+        check_gate_params(config, context["params"])
+    except RefusedParamsError as exc:
         raise AirflowFailException(str(exc)) from None
 
 
@@ -226,8 +234,8 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
     ) as dag:
 
         def snapshot_arguments(context: Context) -> dict[str, str]:
-            # The first task: a misspelt trigger setting stops the run before any work.
-            check_trigger_conf(context)
+            # The first task: a misspelt trigger setting or an impossible threshold stops the run before any work.
+            check_trigger_conf(context, config)
             start, end = data_interval(context)
             return {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
 

@@ -8,7 +8,9 @@ a Param required when its schema's ``type`` excludes ``null``).
 
 Airflow does not refuse conf keys that are not Params (it adds them as
 untyped Params), so :func:`check_run_conf` is the rule the run's first task
-applies before any work.
+applies before any work.  The first task also refuses gate thresholds that no
+model can meet (:func:`check_gate_params`), with the same code the gate
+applies them with (:func:`run_gate_config`).
 
 Parse cost: every DAG validates its Params against their schemas, and every
 operator deep-copies the DAG's Params (several times for operators with
@@ -23,12 +25,15 @@ from typing import Any, NoReturn
 
 from airflow.sdk import Param
 
-from include.mlops.config import METRICS, ModelConfig
+from include.mlops.config import METRICS, GateConfig, ModelConfig
+from include.mlops.evaluation import gate as gate_lib
 
 # jsonschema checks a schema against its meta-schema on every validation; draft 7's meta-schema
 # is one small document, while the default (2020-12) resolves a dozen vocabularies through $refs,
 # about 5x slower.  Draft 7 has every keyword these schemas use.
 SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+# The Params the gates read; each gate's decision.json records them.
+GATE_PARAMS = ("thresholds", "max_regression", "force_deploy", gate_lib.ACCEPT_WITHOUT_CHAMPION, "skip_deploy")
 # Placeholders for an example bound when the config has no threshold on the metric.
 _EXAMPLE_MIN = 0.5
 _EXAMPLE_MAX = 1.0
@@ -129,7 +134,8 @@ def lifecycle_params(config: ModelConfig) -> dict[str, Param]:
                 + json.dumps(threshold_example(config))
                 + ". Metrics: "
                 + ", ".join(metric_names)
-                + ". Empty: the config's."
+                + ". A bound no model can meet (r2 above 1, a negative error, a max on a metric where higher "
+                "is better) fails the run's first task. Empty: the config's."
             ),
             type=["null", "object"],
             title="Gate thresholds",
@@ -158,6 +164,18 @@ def lifecycle_params(config: ModelConfig) -> dict[str, Param]:
             type=["null", "boolean"],
             title="Force deploy",
         ),
+        gate_lib.ACCEPT_WITHOUT_CHAMPION: _param(
+            False,
+            (
+                "Let the gate decide without the stable version when evaluate could not score it (a corrupt "
+                "version, or one built for other features than today's config). Off: such a run fails at the "
+                "gate, since no candidate may skip the regression check against stable. On: the absolute "
+                "thresholds and budgets alone decide; recorded in decision.json, the version's lineage and its "
+                "model card."
+            ),
+            type=["null", "boolean"],
+            title="Accept without champion",
+        ),
         "skip_deploy": _param(
             False,
             "Train and evaluate only: never register or move a serving label in this run.",
@@ -167,8 +185,16 @@ def lifecycle_params(config: ModelConfig) -> dict[str, Param]:
     }
 
 
-class UnknownParamsError(ValueError):
+class RefusedParamsError(ValueError):
+    """A run was triggered with settings it must not start with; the first task fails without retrying."""
+
+
+class UnknownParamsError(RefusedParamsError):
     """A run was triggered with conf keys that are not Params of the DAG."""
+
+
+class ImpossibleGateError(RefusedParamsError):
+    """A run was triggered with gate thresholds that no model can meet, or that would fail the better models."""
 
 
 def check_run_conf(conf: Mapping[str, Any] | None, allowed: Iterable[str]) -> None:
@@ -180,6 +206,28 @@ def check_run_conf(conf: Mapping[str, Any] | None, allowed: Iterable[str]) -> No
             f"the run was triggered with unknown parameter(s) {', '.join(map(repr, unknown))}; "
             f"this DAG accepts: {', '.join(allowed)}. Nothing was run: trigger it again with the right names."
         )
+
+
+def run_gate_config(config: ModelConfig, params: Mapping[str, Any]) -> GateConfig:
+    """The gate of this run: the config's, with the run's ``thresholds`` and ``max_regression``.
+
+    Raises :class:`~include.mlops.evaluation.gate.GateError` for an override
+    the gate refuses (:func:`~include.mlops.evaluation.gate.with_overrides`).
+    """
+    return gate_lib.with_overrides(
+        config.gate, params.get("thresholds"), params.get("max_regression"), metrics=config.metrics
+    )
+
+
+def check_gate_params(config: ModelConfig, params: Mapping[str, Any]) -> None:
+    """Refuse gate settings that no model can meet, before any work rather than at the gate."""
+    try:
+        run_gate_config(config, params)
+    except gate_lib.GateError as exc:
+        raise ImpossibleGateError(
+            f"the run was triggered with a gate setting that is refused: {exc}. Nothing was run: trigger it "
+            "again with bounds that a model can meet (empty: the config's own)."
+        ) from None
 
 
 def training_overrides(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class TestLifecycleDag:
             "thresholds",
             "max_regression",
             "force_deploy",
+            "accept_without_champion",
             "skip_deploy",
         }
         assert set(params.keys()) == expected

@@ -57,13 +57,14 @@ OPTIMIZED = {"tune_plan", "tune_trial", "tune_select", "compress", "evaluate_opt
 RELEASED = {"register", "deploy"}
 
 # Each branch is forced through inputs the test controls, never through how well a model happens
-# to train: quality bounds that any model meets, or that none can (r2 is at most 1), and few epochs.
+# to train: quality bounds that any model meets, or that only a perfect one could (r2 is at most 1),
+# and few epochs.  (A bound that no model can meet, r2 min 1.5, is refused by the run's first task.)
 EPOCHS = 3
 ANY_QUALITY = {
     "diabetes": {"r2": {"min": -1000.0}, "mae": {"max": 1000.0}},
     "digits": {"accuracy": {"min": 0.0}},
 }
-NO_QUALITY = {"r2": {"min": 1.5}}
+NO_QUALITY = {"r2": {"min": 1.0}}
 
 # A size budget between the two artifacts of the diabetes model, measured on TensorFlow 2.21 with
 # this repo's export (snapshot of 2026-11-20, 3 epochs; the size does not depend on training):
@@ -301,6 +302,46 @@ def test_c_every_trial_fails_then_the_branch_fails_and_stable_stays(
     assert reg.config_path.read_bytes() == serving_config
 
 
+def test_e_an_unscorable_champion_fails_the_gate_closed_until_a_person_accepts_deciding_without_it(
+    diabetes_v1: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A copy of the released root, whose stable version 1 can no longer be scored (its weights changed).
+    root, dag_id = tmp_path / "artifacts", "lifecycle__diabetes"
+    shutil.copytree(diabetes_v1.root, root)
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
+    weights = next((registry(root).version_dir("diabetes", 1) / "variables").glob("variables.data-*"))
+    damaged = bytearray(weights.read_bytes())
+    damaged[0] ^= 0x01
+    weights.write_bytes(bytes(damaged))
+    conf = {"thresholds": ANY_QUALITY["diabetes"], "epochs": EPOCHS}
+
+    states = run_dag(dag_id, DAY + dt.timedelta(days=3), conf)
+    assert states["__run__"] == "failed", states
+    ran = {"snapshot", "validate", "train", "evaluate"}
+    assert {task: state for task, state in states.items() if task in TASKS} == {
+        task: "success" if task in ran else "failed" if task == "gate" else "upstream_failed" for task in TASKS
+    }, states
+    assert task_tries(dag_id, states["__run_id__"], "gate") == 1  # bad input: no retry
+    output = capfd.readouterr()
+    assert (
+        "the gate fails closed: the champion (version 1) could not be scored: model 'diabetes' version 1 is "
+        "corrupt" in output.out + output.err
+    )
+    assert registry(root).versions("diabetes") == [1] and registry(root).label_version("diabetes", "stable") == 1
+
+    states = run_dag(dag_id, DAY + dt.timedelta(days=4), {**conf, "accept_without_champion": True})
+    assert_branch(states, UP_TO_GATE | RELEASED)
+    record = gate_record(root, dag_id, states["__run_id__"], "gate")
+    assert record["decision"]["accepted_without_champion"] is True
+    assert record["decision"]["champion_unscored"]["version"] == 1
+    assert registry(root).label_version("diabetes", "stable") == 2
+    extra = registry(root).version_dir("diabetes", 2) / "assets.extra"
+    lineage = json.loads((extra / "lineage.json").read_text())
+    assert lineage["accepted_without_champion"] is True and lineage["champion_unscored"]["version"] == 1
+    card = (extra / "model_card.md").read_text()
+    assert "- **Accepted without champion**: the champion (version 1) could not be scored" in card
+
+
 def test_d_skip_deploy_ends_in_skip_deploy_without_a_registry_write(artifact_root: Path) -> None:
     # Backfill runs take the same route (dag.test() makes only manual runs; the rule is
     # tested in tests/dags/test_run_routing.py).
@@ -370,3 +411,36 @@ def test_unknown_trigger_setting_fails_the_first_task_before_any_work(artifact_r
     }, states
     assert not run_dir("lifecycle__diabetes", states["__run_id__"], "snapshot", root=artifact_root).exists()
     assert not (artifact_root / "models").exists()
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "reason"),
+    [
+        ({"r2": {"min": 1.5}}, "threshold override r2 min 1.5 can never be met: r2 is at most 1"),
+        ({"mae": {"max": -1}}, "threshold override mae max -1 can never be met: mae is at least 0"),
+        ({"r2": {"max": 0.1}}, "threshold override r2 max 0.1 is on the wrong side: higher r2 is better"),
+    ],
+    ids=["r2-min-1.5", "mae-max-minus-1", "r2-max-0.1"],
+)
+def test_thresholds_no_model_can_meet_fail_the_first_task_before_any_work(
+    artifact_root: Path, thresholds: dict[str, Any], reason: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    states = run_dag("lifecycle__diabetes", DAY, {"thresholds": thresholds, "epochs": EPOCHS})
+    assert states["__run__"] == "failed", states
+    assert {task: state for task, state in states.items() if task in TASKS} == {
+        task: "failed" if task == "snapshot" else "upstream_failed" for task in TASKS
+    }, states
+    assert task_tries("lifecycle__diabetes", states["__run_id__"], "snapshot") == 1  # failed once: no retry
+    output = capfd.readouterr()
+    assert reason in output.out + output.err
+    assert not run_dir("lifecycle__diabetes", states["__run_id__"], "snapshot", root=artifact_root).exists()
+    assert not (artifact_root / "models").exists()
+
+
+def task_tries(dag_id: str, run_id: str, task_id: str) -> int:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id).one()
+        return int(ti.try_number)

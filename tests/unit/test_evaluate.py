@@ -217,7 +217,7 @@ def test_a_verified_champion_is_compared(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["corrupt weights", "missing file", "missing version"])
-def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
+def test_a_corrupt_champion_is_reported_and_the_gate_fails_closed(
     diabetes_snapshot: Path, candidate: str, stable_champion: Path, tmp_path: Path, damage: str
 ) -> None:
     import shutil
@@ -236,18 +236,57 @@ def test_a_corrupt_champion_is_reported_and_only_absolute_checks_apply(
         why = r"champion unavailable: model 'diabetes' has no version 1"
 
     out = tmp_path / "evaluate"
-    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, out)  # the run goes on: exit code 0
+    written = _evaluate_through_the_cli(diabetes_snapshot, candidate, out)  # evaluate reports it: exit code 0
     assert written["champion"] is None
     assert re.match(why, written["champion_unavailable"]), written["champion_unavailable"]
+    unscored = written["champion_unscored"]
+    assert unscored["version"] == 1 and unscored["model_uri"] == str(stable_champion)
+    assert re.match(why.removeprefix("champion unavailable: "), unscored["reason"]), unscored
     report = (out / "report.html").read_text()
     assert "champion unavailable: model &#39;diabetes&#39;" in report
-    assert "The change checks against the champion were skipped" in report
+    assert "the gate\nfails closed" in report or "the gate fails closed" in report.replace("\n", " ")
 
-    from include.mlops.evaluation.gate import decide_for_config
+    _assert_the_gate_fails_closed_unless_accepted(written)
 
-    decision = decide_for_config(DIABETES, written["metrics"], written["champion"])
-    assert not decision.has_champion
-    assert all(check.kind != "change" or check.passed for check in decision.checks)
+
+def _assert_the_gate_fails_closed_unless_accepted(written: dict[str, Any]) -> None:
+    """The gate on evaluate's metrics.json: fails closed on the unscored champion, decides when a person accepts."""
+    from include.mlops.evaluation.gate import ChampionUnscoredError, decide_for_config
+
+    with pytest.raises(ChampionUnscoredError, match=r"the champion \(version 1\) could not be scored"):
+        decide_for_config(DIABETES, written["metrics"], None, champion_unscored=written["champion_unscored"])
+    decision = decide_for_config(
+        DIABETES, written["metrics"], None, champion_unscored=written["champion_unscored"], accept_without_champion=True
+    )
+    assert decision.accepted_without_champion and not decision.has_champion
+    assert decision.champion_unscored is not None and decision.champion_unscored.version == 1
+    assert all(check.skipped for check in decision.checks if check.kind == "change")
+
+
+def test_a_champion_built_for_other_features_is_unscored_and_the_gate_fails_closed(
+    artifact_root: Path, tmp_path: Path
+) -> None:
+    # The stable version was trained before a feature was added to the config: it takes one input fewer.
+    from model_factory import make_saved_model
+
+    from include.mlops.registry.filesystem import Registry
+
+    n_features = len(DIABETES.features)
+    older = make_saved_model(tmp_path / "older", n_features - 1, 1, seed=1)
+    registry = Registry(artifact_root / "models")
+    version_dir = registry.register("diabetes", older, metrics={}, lineage={"dag_id": "d", "run_id": "r"}).version_dir
+    registry.set_label("diabetes", "stable", 1)
+    candidate = make_saved_model(tmp_path / "candidate", n_features, 1, seed=2)
+    snapshot = make_snapshot(DIABETES, tmp_path / "snapshot", rows=120)
+
+    out = tmp_path / "evaluate"
+    written = _evaluate_through_the_cli(snapshot, str(candidate), out)
+    assert written["champion"] is None
+    unscored = written["champion_unscored"]
+    assert unscored["version"] == 1 and unscored["model_uri"] == str(version_dir)
+    assert str(n_features) in unscored["reason"], unscored
+    assert written["champion_unavailable"] == f"champion unavailable: {unscored['reason']}"
+    _assert_the_gate_fails_closed_unless_accepted(written)
 
 
 @pytest.mark.slow

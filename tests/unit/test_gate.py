@@ -11,7 +11,17 @@ import pytest
 
 from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, GateConfig, ModelConfig
 from include.mlops.evaluation import gate as gate_lib
-from include.mlops.evaluation.gate import GateCheck, GateDecision, GateError, decide, decide_for_config, with_overrides
+from include.mlops.evaluation.gate import (
+    ChampionUnscoredError,
+    GateCheck,
+    GateDecision,
+    GateError,
+    UnscoredChampion,
+    decide,
+    decide_for_config,
+    with_overrides,
+)
+from include.mlops.exit_codes import BadInputError
 
 REGRESSION = {**METRICS["regression"], **BUDGET_METRICS}
 CLASSIFICATION = {**METRICS["classification"], **BUDGET_METRICS}
@@ -50,15 +60,63 @@ def test_first_run_skips_change_thresholds_and_records_them_as_skipped() -> None
     assert [c.kind for c in decision.checks].count("budget") == 2
 
 
-def test_an_unavailable_champion_skips_change_checks_and_says_why() -> None:
-    why = "champion unavailable: diabetes version 3 is corrupt (variables.index checksum mismatch)"
-    decision = decide(GOOD, None, GATE, REGRESSION, champion_unavailable=why)
+UNSCORED = {
+    "version": 3,
+    "reason": "model /models/diabetes/3 expects 10 features, the config has 11",
+    "model_uri": "/models/diabetes/3",
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force_deploy"])
+def test_an_unscored_champion_fails_the_gate_closed_naming_the_version_and_why(force: bool) -> None:
+    # The candidate meets every absolute check: without the champion it would pass, however much worse it is.
+    with pytest.raises(ChampionUnscoredError) as caught:
+        decide(GOOD, None, GATE, REGRESSION, force=force, champion_unscored=UNSCORED)
+    message = str(caught.value)
+    assert "the gate fails closed: the champion (version 3) could not be scored" in message
+    assert UNSCORED["reason"] in message
+    assert "accept_without_champion=true" in message
+    assert caught.value.unscored == UnscoredChampion(3, UNSCORED["reason"], "/models/diabetes/3")
+    # Bad input: exit 3 from a CLI, no retry; a GateError like the gate's other refusals.
+    assert isinstance(caught.value, BadInputError) and isinstance(caught.value, GateError)
+
+
+def test_an_unscored_champion_given_by_path_is_named_by_its_path(diabetes_config: ModelConfig) -> None:
+    unscored = {"version": None, "reason": "no model at /tmp/champ", "model_uri": "/tmp/champ"}
+    with pytest.raises(ChampionUnscoredError, match=r"the champion \(/tmp/champ\) could not be scored: no model at"):
+        decide_for_config(diabetes_config, GOOD, None, champion_unscored=unscored)
+
+
+def test_accept_without_champion_decides_on_the_absolute_checks_and_records_it() -> None:
+    decision = decide(GOOD, None, GATE, REGRESSION, champion_unscored=UNSCORED, accept_without_champion=True)
+    assert decision.passed and not decision.override and not decision.has_champion
+    assert decision.accepted_without_champion
+    assert decision.champion_unscored == UnscoredChampion.from_dict(UNSCORED)
     changes = [c for c in decision.checks if c.kind == "change"]
     assert changes and all(c.skipped and c.passed for c in changes)
-    assert all(why in c.message and "first version" not in c.message for c in changes)
-    assert why in decision.to_markdown()
-    # The absolute thresholds still decide.
-    assert not decide({**GOOD, "r2": 0.1}, None, GATE, REGRESSION, champion_unavailable=why).passed
+    assert all("could not be scored" in c.message and "accepted without a champion" in c.message for c in changes)
+    record = decision.to_dict()
+    assert record["accepted_without_champion"] is True and record["champion_unscored"] == UNSCORED
+    assert GateDecision.from_dict(json.loads(json.dumps(record))) == decision
+    assert decision.lineage_record() == {"accepted_without_champion": True, "champion_unscored": UNSCORED}
+    markdown = decision.to_markdown()
+    assert "accepted without a champion" in decision.summary()
+    assert "**Accepted without a champion**: the champion (version 3) could not be scored" in markdown
+    # The absolute thresholds and budgets still decide.
+    worse = decide(
+        {**GOOD, "r2": 0.1}, None, GATE, REGRESSION, champion_unscored=UNSCORED, accept_without_champion=True
+    )
+    assert not worse.passed and worse.failed_metrics == ("r2",)
+
+
+def test_accept_without_champion_changes_nothing_when_the_champion_was_scored() -> None:
+    champion = {**GOOD, "mae": 40.0}
+    decision = decide(GOOD, champion, GATE, REGRESSION, accept_without_champion=True)
+    assert not decision.accepted_without_champion and decision.champion_unscored is None
+    assert not decision.passed and decision.failed_metrics == ("mae",)  # 12.5 % worse than the champion
+    assert decision.lineage_record() == {"accepted_without_champion": False, "champion_unscored": None}
+    first = decide(GOOD, None, GATE, REGRESSION, accept_without_champion=True)  # no champion at all: the first run
+    assert first.passed and not first.accepted_without_champion
 
 
 def test_first_run_still_fails_on_absolute_thresholds() -> None:
@@ -299,8 +357,8 @@ def test_decide_for_config_uses_the_config_gate_and_task_directions(
 
 
 def test_overrides_merge_bounds_and_leave_the_original_alone() -> None:
-    merged = with_overrides(GATE, {"r2": {"min": 0.3, "max": 0.99}, "rmse": 70.0, "mae": {"max": None}}, None)
-    assert merged.thresholds == {"r2": {"min": 0.3, "max": 0.99}, "rmse": {"max": 70.0}}
+    merged = with_overrides(GATE, {"r2": {"min": 0.3}, "rmse": 70.0, "mae": {"max": None}}, None)
+    assert merged.thresholds == {"r2": {"min": 0.3}, "rmse": {"max": 70.0}}
     assert GATE.thresholds["r2"] == {"min": 0.2} and "mae" in GATE.thresholds
     assert merged.max_regression == GATE.max_regression and merged.budgets == GATE.budgets
 
@@ -342,7 +400,6 @@ def test_max_regression_override_without_configured_change_thresholds_uses_metri
         ({"r2": {"low": 0.5}}, None, "'min' and/or 'max'"),
         ({"r2": "high"}, None, "finite number"),
         ({"r2": math.nan}, None, "finite number"),
-        ({"r2": {"min": 0.9, "max": 0.5}}, None, "above max"),
         (None, -0.1, "number >= 0"),
         (None, math.inf, "number >= 0"),
     ],
@@ -350,6 +407,75 @@ def test_max_regression_override_without_configured_change_thresholds_uses_metri
 def test_invalid_overrides_raise_gate_error(thresholds: object, max_regression: object, match: str) -> None:
     with pytest.raises(GateError, match=match):
         with_overrides(GATE, thresholds, max_regression)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- overrides no model can meet
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "message"),
+    [
+        # What a new user tries: out of the metric's range, or a bound on the wrong side for its direction.
+        ({"r2": {"min": 1.5}}, "threshold override r2 min 1.5 can never be met: r2 is at most 1"),
+        ({"mae": {"max": -1}}, "threshold override mae max -1 can never be met: mae is at least 0"),
+        (
+            {"r2": {"max": 0.1}},
+            "threshold override r2 max 0.1 is on the wrong side: higher r2 is better, so a max would fail the "
+            'better models; bound r2 with a min, e.g. {"r2": {"min": 0.1}}',
+        ),
+        ({"r2": 1.5}, "r2 min 1.5 can never be met"),
+        ({"mae": -1}, "mae max -1 can never be met"),
+        ({"accuracy": {"min": 1.2}}, "accuracy min 1.2 can never be met: accuracy is at most 1"),
+        ({"macro_f1": {"min": -0.1}}, "macro_f1 min -0.1 can never be met: macro_f1 is at least 0"),
+        ({"log_loss": {"max": -0.5}}, "log_loss max -0.5 can never be met: log_loss is at least 0"),
+        ({"rmse": {"max": -3}}, "rmse max -3 can never be met"),
+        ({"mae": {"min": 10}}, "mae min 10 is on the wrong side: lower mae is better"),
+        ({"accuracy": {"max": 0.5}}, "accuracy max 0.5 is on the wrong side: higher accuracy is better"),
+        ({"size_mb": {"max": -1}}, "size_mb max -1 can never be met: size_mb is at least 0"),
+        ({"latency_ms": {"min": 1}}, "budget 'latency_ms' is an upper bound"),
+    ],
+)
+def test_overrides_no_model_can_meet_are_refused_with_the_reason(thresholds: dict, message: str) -> None:
+    with pytest.raises(GateError) as caught:
+        with_overrides(GATE, thresholds, None)
+    assert message in str(caught.value)
+
+
+def test_a_min_above_the_configs_max_is_refused_once_merged() -> None:
+    # A config may bound both sides (a sanity maximum); an override's min must not cross it.
+    config_gate = GateConfig(thresholds={"r2": {"min": 0.2, "max": 0.95}})
+    with pytest.raises(GateError, match=r"leaves min 0.97 above max 0.95 \(merged with the config's bounds\)"):
+        with_overrides(config_gate, {"r2": {"min": 0.97}}, None)
+    assert with_overrides(config_gate, {"r2": {"min": 0.9}}, None).thresholds == {"r2": {"min": 0.9, "max": 0.95}}
+    # Removing a configured bound is always allowed, whichever side it is on.
+    assert with_overrides(config_gate, {"r2": {"min": 0.97, "max": None}}, None).thresholds == {"r2": {"min": 0.97}}
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        {"r2": {"min": 1.0}},  # only a perfect model meets it, but one can
+        {"r2": {"min": -5.0}},  # r2 has no lower bound
+        {"mae": {"max": 0.0}},
+        {"accuracy": {"min": 1.0}},
+        {"accuracy": {"min": 0.0}},
+        {"log_loss": 0.0},
+        {"size_mb": {"max": 0.01}},
+    ],
+)
+def test_bounds_at_the_edge_of_a_metrics_range_are_allowed(thresholds: dict) -> None:
+    with_overrides(GATE, thresholds, None)
+
+
+def test_every_metric_has_a_range_that_agrees_with_its_direction() -> None:
+    from include.mlops.config.gate import METRIC_RANGES
+
+    known = {m for task in METRICS.values() for m in task} | set(BUDGET_METRICS)
+    assert set(METRIC_RANGES) == known
+    for metric, (lowest, highest) in METRIC_RANGES.items():
+        assert lowest is not None or highest is not None, metric
+        if lowest is not None and highest is not None:
+            assert lowest < highest, metric
 
 
 def test_importing_the_gate_stays_light() -> None:

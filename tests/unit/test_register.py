@@ -243,3 +243,101 @@ def test_register_arguments_carry_the_try_number_and_the_cited_run_files() -> No
     assert lineage["try_number"] == 3
     assert lineage["gate_uri"] == "/runs/x/gate/decision.json"
     assert lineage["data_uri"] == "/runs/x/snapshot/data.parquet"
+
+
+# --------------------------------------------------------------------------- the champion's figures on the card
+
+
+def _card_row(card: str, metric: str) -> list[str]:
+    line = next(line for line in card.splitlines() if line.startswith(f"| {metric} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_the_cards_champion_figures_are_the_champions_own(
+    artifact_root: Path, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    # Version 1, registered with its evidence (report, plot, predictions) in assets.extra/, labelled stable.
+    first = evaluate(DIABETES, tiny["a"], tiny["snapshot"], tmp_path / "run1" / "evaluate")
+    gate_1 = write_gate_record(DIABETES, first, tmp_path / "run1" / "gate")
+    lineage_1 = {"dag_id": DAG_ID, "run_id": RUN_ID, "gate_uri": str(gate_1)}
+    v1 = register_model(
+        DIABETES, tiny["a"], tmp_path / "run1" / "evaluate", lineage=lineage_1,
+        gate_decision=json.loads(gate_1.read_text())["decision"], out=tmp_path / "run1" / "register",
+    )  # fmt: skip
+    registry = Registry(artifact_root / "models")
+    registry.set_label("diabetes", "stable", v1["version"])
+    version_dir = Path(v1["version_dir"])
+    registered = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())
+    folder_mb = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file()) / 1_000_000
+    assert folder_mb > 1.5 * registered["size_mb"]  # the metadata beside the model is no part of its size
+
+    # The next candidate is evaluated against version 1 as the champion, and registered.
+    second = evaluate(
+        DIABETES, tiny["b"], tiny["snapshot"], tmp_path / "run2" / "evaluate",
+        champion_uri=str(version_dir), champion_version=v1["version"],
+    )  # fmt: skip
+    champion = second["champion"]["metrics"]
+    assert champion["size_mb"] == pytest.approx(registered["size_mb"], rel=1e-12)
+    for metric in ("mae", "rmse", "r2"):
+        assert champion[metric] == pytest.approx(registered[metric], rel=1e-6)
+    gate_2 = write_gate_record(DIABETES, second, tmp_path / "run2" / "gate")
+    v2 = register_model(
+        DIABETES, tiny["b"], tmp_path / "run2" / "evaluate",
+        lineage={"dag_id": DAG_ID, "run_id": RUN_ID, "gate_uri": str(gate_2)},
+        gate_decision=json.loads(gate_2.read_text())["decision"], out=tmp_path / "run2" / "register",
+    )  # fmt: skip
+    card = (Path(v2["version_dir"]) / "assets.extra" / "model_card.md").read_text()
+    assert "| metric | candidate | champion (v1) | change |" in card
+    assert _card_row(card, "size_mb")[2] == f"{registered['size_mb']:.6g}"
+    assert _card_row(card, "mae")[2] == f"{registered['mae']:.6g}"
+
+
+# --------------------------------------------------------------------------- deciding without the champion
+
+
+def test_a_version_gated_without_its_champion_says_so_in_its_lineage_and_card(
+    artifact_root: Path, tmp_path: Path
+) -> None:
+    model = make_saved_model(tmp_path / "model", len(DIABETES.features), 1, seed=1)
+    metrics = {"mae": 44.0, "rmse": 50.0, "r2": 0.5, "size_mb": 0.04, "latency_ms": 1.0}
+    unscored = {"version": 3, "reason": "model expects 9 features, the config has 10", "model_uri": "/m/diabetes/3"}
+    evaluation = tmp_path / "evaluate"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "champion": None, "champion_unscored": unscored})
+    )
+    decision = gate_lib.decide_for_config(
+        DIABETES, metrics, None, champion_unscored=unscored, accept_without_champion=True
+    )
+    assert decision.passed and not decision.override
+    result = register_model(
+        DIABETES, model, evaluation, lineage={"dag_id": DAG_ID, "run_id": RUN_ID},
+        gate_decision=decision.to_dict(), out=tmp_path / "r",
+    )  # fmt: skip
+    extra = Path(result["version_dir"]) / "assets.extra"
+    lineage = json.loads((extra / "lineage.json").read_text())
+    assert lineage["accepted_without_champion"] is True
+    assert lineage["champion_unscored"] == unscored
+    gate = json.loads((extra / "gate.json").read_text())
+    assert gate["accepted_without_champion"] is True and gate["champion_unscored"] == unscored
+    card = (extra / "model_card.md").read_text()
+    why = "the champion (version 3) could not be scored: model expects 9 features, the config has 10"
+    assert f"No champion figures: {why}." in card
+    assert f"> **Accepted without a champion**: {why}. The run was triggered with `accept_without_champion`" in card
+    assert f"- **Accepted without champion**: {why}" in card
+    assert "first version" not in card
+
+
+def test_a_version_gated_with_its_champion_records_no_acceptance(artifact_root: Path, tmp_path: Path) -> None:
+    model = make_saved_model(tmp_path / "model", len(DIABETES.features), 1, seed=1)
+    (tmp_path / "metrics.json").write_text(json.dumps({"metrics": {"mae": 44.0, "rmse": 50.0, "r2": 0.5}}))
+    decision = gate_lib.decide_for_config(DIABETES, {"mae": 44.0, "rmse": 50.0, "r2": 0.5}, None, force=True)
+    result = register_model(
+        DIABETES, model, tmp_path / "metrics.json", lineage={"dag_id": DAG_ID, "run_id": RUN_ID},
+        gate_decision=decision.to_dict(), out=tmp_path / "r",
+    )  # fmt: skip
+    extra = Path(result["version_dir"]) / "assets.extra"
+    lineage = json.loads((extra / "lineage.json").read_text())
+    assert lineage["accepted_without_champion"] is False and lineage["champion_unscored"] is None
+    card = (extra / "model_card.md").read_text()
+    assert "Accepted without champion" not in card and "first version" in card

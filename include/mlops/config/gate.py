@@ -18,6 +18,19 @@ METRICS: dict[str, dict[str, bool]] = {
 }
 # Measured by evaluate for every task; budgets apply to them.
 BUDGET_METRICS = {"size_mb": False, "latency_ms": False}
+# Metric name -> (lowest, highest) value any model can score (None: unbounded).  A bound outside
+# it can never be met, so the gate refuses it (include.mlops.evaluation.gate.overrides).
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "mae": (0.0, None),
+    "mse": (0.0, None),
+    "rmse": (0.0, None),
+    "r2": (None, 1.0),
+    "accuracy": (0.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "log_loss": (0.0, None),
+    "size_mb": (0.0, None),
+    "latency_ms": (0.0, None),
+}
 
 
 @dataclass(frozen=True, config=STRICT)

@@ -18,10 +18,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.artifacts import atomic_write_json, dir_size_bytes, step_output, to_jsonable
+from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
+from include.mlops.evaluation.plot import evaluation_plot
 from include.mlops.evaluation.reports import render
-from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256, served_artifact
+from include.mlops.registry.serving_artifact import (
+    SAVED_MODEL,
+    TFLITE,
+    artifact_sha256,
+    artifact_size_bytes,
+    served_artifact,
+)
 from include.mlops.training.modeling import (
     Dataset,
     ModelingError,
@@ -101,12 +108,13 @@ def _score_model(
     config: ModelConfig, test: Dataset, model_uri: str | os.PathLike[str], tflite_uri: str | os.PathLike[str] | None
 ) -> tuple[dict[str, float], np.ndarray]:
     n_features = len(config.features)
+    # Sized like the served bytes: a registered champion's assets.extra/ (card, evidence) is not the model.
     if tflite_uri is not None:
         predict = load_tflite_fn(tflite_uri)
-        size_bytes = Path(tflite_uri).stat().st_size
+        size_bytes = artifact_size_bytes(TFLITE, tflite_uri)
     else:
         predict = load_serving_fn(model_uri, n_features)
-        size_bytes = dir_size_bytes(model_uri)
+        size_bytes = artifact_size_bytes(SAVED_MODEL, model_uri)
     outputs = check_outputs(config, _predict_all(predict, test.features), source=f"model {tflite_uri or model_uri}")
     metrics = task_metrics(config, test.labels, outputs)
     metrics["size_mb"] = size_bytes / BYTES_PER_MB
@@ -127,49 +135,6 @@ def _predictions_frame(config: ModelConfig, test: Dataset, outputs: np.ndarray) 
         for k in range(outputs.shape[1]):
             frame[f"proba_{k}"] = outputs[:, k]
     return frame
-
-
-def _plot(
-    config: ModelConfig, test: Dataset, outputs: np.ndarray, path: Path, champion_outputs: np.ndarray | None = None
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    try:
-        if config.task == "regression":
-            if champion_outputs is not None:
-                ax.scatter(test.labels, champion_outputs[:, 0], s=12, alpha=0.4, color="grey", label="champion")
-            ax.scatter(test.labels, outputs[:, 0], s=14, alpha=0.8, label="candidate")
-            low = float(min(test.labels.min(), outputs.min()))
-            high = float(max(test.labels.max(), outputs.max()))
-            ax.plot([low, high], [low, high], "k--", linewidth=1, label="perfect")
-            ax.set_xlabel(f"actual {config.label}")
-            ax.set_ylabel(f"predicted {config.label}")
-            ax.set_title(f"{config.name}: predicted vs actual ({len(test)} test rows)")
-            ax.legend(loc="upper left")
-        else:
-            classes = config.num_classes or outputs.shape[1]
-            matrix = np.zeros((classes, classes), dtype=int)
-            np.add.at(matrix, (test.labels, outputs.argmax(axis=1)), 1)
-            ax.imshow(matrix, cmap="Blues")
-            for i in range(classes):
-                for j in range(classes):
-                    if matrix[i, j]:
-                        color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
-                        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color=color)
-            ax.set_xticks(range(classes))
-            ax.set_yticks(range(classes))
-            ax.set_xlabel("predicted class")
-            ax.set_ylabel("actual class")
-            ax.set_title(f"{config.name}: confusion matrix ({len(test)} test rows)")
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
 
 
 def _format(value: float) -> str:
@@ -269,8 +234,12 @@ def champion_problem(champion_uri: str | os.PathLike[str], champion_version: int
 
 def _score_champion(
     config: ModelConfig, test: Dataset, champion_uri: str, champion_version: int | None
-) -> tuple[dict[str, Any] | None, np.ndarray | None, str | None]:
-    """The champion's record and outputs, or the reason it is unavailable (the run goes on without it)."""
+) -> tuple[dict[str, Any] | None, np.ndarray | None, dict[str, Any] | None]:
+    """The champion's record and outputs, or which champion could not be scored and why.
+
+    The evaluation goes on without it (its report says so); the gate then fails
+    closed unless the run accepts deciding without a champion.
+    """
     problem = champion_problem(champion_uri, champion_version)
     if problem is None:
         # The champion is measured on what it serves: model.tflite when its version has one.
@@ -281,9 +250,14 @@ def _score_champion(
         except ModelingError as exc:  # e.g. a champion built for other features than today's config
             problem = str(exc)
     if problem is not None:
-        reason = f"champion unavailable: {problem}"
-        log.warning("evaluate %s: %s; the change checks against the champion are skipped", config.name, reason)
-        return None, None, reason
+        log.warning(
+            "evaluate %s: champion %s could not be scored: %s; the gate fails closed unless the run accepts "
+            "deciding without a champion",
+            config.name,
+            f"v{champion_version}" if champion_version is not None else champion_uri,
+            problem,
+        )
+        return None, None, {"version": champion_version, "reason": problem, "model_uri": str(champion_uri)}
     champion = {
         "version": champion_version,
         "metrics": champion_metrics,
@@ -315,8 +289,10 @@ def evaluate(
     from the ``.tflite`` file through the TFLite interpreter; ``measured_artifact``
     records which file that was, with its sha256.  A champion that is a
     registry version is verified against its checksums first; one that fails
-    (or cannot be scored) is left out with ``champion_unavailable`` saying why,
-    so the gate applies its absolute thresholds only.  Writes
+    (or cannot be scored) is left out, with ``champion_unscored``
+    (``{"version", "reason", "model_uri"}``) and the line ``champion_unavailable``
+    saying which and why: the gate then fails closed unless the run was
+    triggered with ``accept_without_champion``.  Writes
     ``<out>/metrics.json``, ``<out>/predictions.parquet`` (test rows with their
     features, label, ``prediction`` and, for classification, ``proba_<k>``),
     ``<out>/plot.png`` and ``<out>/report.html``.
@@ -330,12 +306,13 @@ def evaluate(
 
     champion: dict[str, Any] | None = None
     champion_outputs = None
-    champion_unavailable = None
+    champion_unscored = None
     if champion_uri is not None:
-        champion, champion_outputs, champion_unavailable = _score_champion(config, test, champion_uri, champion_version)
+        champion, champion_outputs, champion_unscored = _score_champion(config, test, champion_uri, champion_version)
+    champion_unavailable = f"champion unavailable: {champion_unscored['reason']}" if champion_unscored else None
 
     with step_output(out) as staging:
-        _plot(config, test, outputs, staging / "plot.png", champion_outputs)
+        evaluation_plot(config, test, outputs, staging / "plot.png", champion_outputs)
         _predictions_frame(config, test, outputs).to_parquet(staging / PREDICTIONS_FILE, index=False)
         sources = {
             "model": str(model_uri),
@@ -351,6 +328,7 @@ def evaluate(
             "measured_artifact": measured,
             "champion": champion,
             "champion_unavailable": champion_unavailable,
+            "champion_unscored": champion_unscored,
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,
             "data_uri": str(data_uri),
@@ -374,6 +352,7 @@ def evaluate(
             "measured_artifact": measured,
             "champion": {"version": champion_version, "metrics": champion["metrics"]} if champion else None,
             "champion_unavailable": champion_unavailable,
+            "champion_unscored": champion_unscored,
             "report_uri": str(out / "report.html"),
             "model_uri": str(model_uri),
             "tflite_uri": str(tflite_uri) if tflite_uri else None,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
-from include.mlops.evaluation.gate import GateDecision
+from include.mlops.evaluation.gate import GateDecision, UnscoredChampion
 from include.mlops.evaluation.reports import render
 
 
@@ -22,7 +22,16 @@ def model_card(
     signature: Mapping[str, Any] | None = None,
     has_tflite: bool = False,
 ) -> str:
-    """The human-readable card stored as ``assets.extra/model_card.md`` (``templates/model_card.md``)."""
+    """The human-readable card stored as ``assets.extra/model_card.md`` (``templates/model_card.md``).
+
+    ``champion`` is evaluate's record of the champion, whose figures it
+    measured on the champion's own served bytes.  A version gated without its
+    champion (``accept_without_champion``, in the decision or the lineage)
+    says which champion could not be scored and why.
+    """
+    unscored = (gate_decision.champion_unscored if gate_decision else None) or UnscoredChampion.from_dict(
+        lineage.get("champion_unscored")
+    )
     champ_metrics = dict(champion.get("metrics") or {}) if champion else {}
     champ_version = champion.get("version") if champion else None
     known = {**METRICS[config.task], **BUDGET_METRICS}
@@ -45,6 +54,7 @@ def model_card(
         champion_label=f"champion (v{champ_version})" if champ_version is not None else "champion",
         rows=rows,
         gate_decision=gate_decision,
+        unscored=unscored,
         signature=signature,
         has_tflite=has_tflite,
         unknown=_unknown,

@@ -235,6 +235,8 @@ def register_model(
     metrics, champion = read_evaluation(config, evaluation_path)
     measured = check_measured_artifact(evaluation, evaluation_path, model_uri, tflite_uri)
     evidence = collect_evidence(evaluation_uri, lineage)
+    # A decision made without the champion (accept_without_champion) says so in the lineage too.
+    lineage = {**lineage, **(decision.lineage_record() if decision is not None else {})}
     full_lineage = _complete_lineage(lineage, model_uri, evaluation_uri, tflite_uri, evidence, measured)
     signature = check_serving_signature(config, model_uri)
     reference = training_reference(config, full_lineage)

@@ -8,6 +8,14 @@ Markdown for run reports and model cards.
 ``force=True`` (a manual override from the trigger form) makes the gate pass,
 but the decision records ``override=True`` and keeps the failed checks, so the
 model card and the run report show what was overridden.
+
+The gate fails closed: when there is a champion (the ``stable`` version) but
+evaluate could not score it (:class:`UnscoredChampion`: a corrupt version, a
+model built for other features than today's config), the change thresholds
+cannot be checked, so :func:`decide` raises :class:`ChampionUnscoredError`
+(bad input, exit 3) instead of deciding.  ``accept_without_champion=True`` (a
+person's choice on the trigger form) decides as if there were no champion, and
+the decision records it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,50 @@ from include.mlops.config import BUDGET_METRICS, METRICS, GateConfig, ModelConfi
 from include.mlops.evaluation.gate.rules import GateCheck, GateError, fmt_number, run_checks
 
 log = logging.getLogger(__name__)
+
+# The trigger form's Param that lets a run decide without an unscored champion.
+ACCEPT_WITHOUT_CHAMPION = "accept_without_champion"
+
+
+@dataclass(frozen=True)
+class UnscoredChampion:
+    """A champion evaluate could not score: its registry version (None for a plain path), where, and why."""
+
+    version: int | None
+    reason: str
+    model_uri: str | None = None
+
+    def describe(self) -> str:
+        which = f"version {self.version}" if self.version is not None else (self.model_uri or "of unknown origin")
+        return f"the champion ({which}) could not be scored: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "reason": self.reason, "model_uri": self.model_uri}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | UnscoredChampion | None) -> UnscoredChampion | None:
+        if data is None or isinstance(data, UnscoredChampion):
+            return data
+        version = data.get("version")
+        return cls(
+            version=int(version) if version is not None else None,
+            reason=str(data.get("reason") or "unknown"),
+            model_uri=data.get("model_uri"),
+        )
+
+
+class ChampionUnscoredError(GateError):
+    """There is a champion, but it could not be scored: the gate fails closed (bad input, exit 3, no retry)."""
+
+    def __init__(self, unscored: UnscoredChampion) -> None:
+        self.unscored = unscored
+        super().__init__(
+            f"the gate fails closed: {unscored.describe()}. Without the champion's figures the change "
+            "thresholds (max_regression) cannot be checked, so a model worse than the one serving could pass. "
+            "Repair or replace the champion, or trigger the run again with "
+            f"{ACCEPT_WITHOUT_CHAMPION}=true to decide on the absolute thresholds and budgets alone "
+            "(recorded in decision.json, the version's lineage and its model card)"
+        )
 
 
 @dataclass(frozen=True)
@@ -37,8 +89,9 @@ class GateDecision:
     checks: tuple[GateCheck, ...]
     forced: bool = False
     has_champion: bool = False
-    # Why the stable version was not compared, when evaluate could not verify it (None: no champion yet).
-    champion_unavailable: str | None = None
+    # The champion evaluate could not score, when the run decided without it (accept_without_champion).
+    champion_unscored: UnscoredChampion | None = None
+    accepted_without_champion: bool = False
 
     @property
     def failed_checks(self) -> tuple[GateCheck, ...]:
@@ -63,6 +116,13 @@ class GateDecision:
     def reasons(self) -> tuple[str, ...]:
         return tuple(c.message for c in self.failed_checks)
 
+    def lineage_record(self) -> dict[str, Any]:
+        """What a registered version's lineage keeps of this decision: whether it was made without its champion."""
+        return {
+            "accepted_without_champion": self.accepted_without_champion,
+            "champion_unscored": self.champion_unscored.to_dict() if self.champion_unscored else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (non-finite numbers become ``None``); derived fields are included for readers."""
         return {
@@ -70,7 +130,7 @@ class GateDecision:
             "override": self.override,
             "forced": self.forced,
             "has_champion": self.has_champion,
-            "champion_unavailable": self.champion_unavailable,
+            **self.lineage_record(),
             "checks": [c.to_dict() for c in self.checks],
             "reasons": list(self.reasons),
             "failed_budgets": list(self.failed_budgets),
@@ -87,21 +147,29 @@ class GateDecision:
                 checks=checks,
                 forced=bool(data.get("forced", False)),
                 has_champion=bool(data.get("has_champion", False)),
-                champion_unavailable=data.get("champion_unavailable"),
+                champion_unscored=UnscoredChampion.from_dict(data.get("champion_unscored")),
+                accepted_without_champion=bool(data.get("accepted_without_champion", False)),
             )
         except (KeyError, TypeError) as exc:
             raise GateError(f"not a gate decision (expected the output of GateDecision.to_dict()): {exc!r}") from None
 
     def summary(self) -> str:
         if self.override:
-            return f"PASSED by override ({len(self.failed_checks)} failed check(s) overridden)"
-        return "PASSED" if self.passed else f"FAILED ({len(self.failed_checks)} failed check(s))"
+            outcome = f"PASSED by override ({len(self.failed_checks)} failed check(s) overridden)"
+        else:
+            outcome = "PASSED" if self.passed else f"FAILED ({len(self.failed_checks)} failed check(s))"
+        return outcome + (", accepted without a champion" if self.accepted_without_champion else "")
 
     def to_markdown(self) -> str:
         """A Markdown table of every check, for run reports and model cards."""
         lines = [f"**Gate: {self.summary()}**", ""]
-        if self.champion_unavailable:
-            lines += [f"{self.champion_unavailable}: change thresholds were skipped.", ""]
+        if self.accepted_without_champion and self.champion_unscored:
+            lines += [
+                f"> **Accepted without a champion**: {self.champion_unscored.describe()}. The run was triggered "
+                f"with `{ACCEPT_WITHOUT_CHAMPION}`, so the change thresholds were skipped and only the absolute "
+                "thresholds and budgets decided.",
+                "",
+            ]
         elif not self.has_champion:
             lines += ["No champion (first version): change thresholds were skipped.", ""]
         if not self.checks:
@@ -130,15 +198,23 @@ def decide(
     higher_is_better: Mapping[str, bool],
     *,
     force: bool = False,
-    champion_unavailable: str | None = None,
+    champion_unscored: UnscoredChampion | Mapping[str, Any] | None = None,
+    accept_without_champion: bool = False,
 ) -> GateDecision:
     """Check ``candidate`` metrics against ``gate`` and the ``champion``'s metrics.
 
-    ``champion`` is None on the first run, and when the stable version could not
-    be compared (``champion_unavailable`` says why: evaluate found it corrupt);
-    the change checks are then skipped and say which of the two it was.
+    ``champion`` is None on the first run (no champion: the change checks are
+    skipped) and when evaluate could not score the stable version
+    (``champion_unscored`` says which and why).  The latter fails closed with
+    :class:`ChampionUnscoredError` unless ``accept_without_champion``, which
+    skips the change checks and records that it did.
     """
-    checks = run_checks(candidate, champion, gate, higher_is_better, champion_unavailable=champion_unavailable)
+    unscored = UnscoredChampion.from_dict(champion_unscored) if champion is None else None
+    if unscored is not None and not accept_without_champion:
+        log.error("Gate fails closed: %s", unscored.describe())
+        raise ChampionUnscoredError(unscored)
+    why_skipped = f"{unscored.describe()}; accepted without a champion" if unscored else None
+    checks = run_checks(candidate, champion, gate, higher_is_better, champion_unavailable=why_skipped)
     checks_passed = all(c.passed for c in checks)
     decision = GateDecision(
         passed=checks_passed or force,
@@ -146,8 +222,11 @@ def decide(
         checks=checks,
         forced=force,
         has_champion=champion is not None,
-        champion_unavailable=champion_unavailable if champion is None else None,
+        champion_unscored=unscored,
+        accepted_without_champion=unscored is not None,
     )
+    if unscored is not None:
+        log.warning("%s: accepted without a champion, the change thresholds were skipped", unscored.describe())
     if decision.override:
         log.warning(
             "Gate forced open; overriding %d failed check(s): %s", len(decision.reasons), "; ".join(decision.reasons)
@@ -166,12 +245,28 @@ def decide_for_config(
     *,
     gate: GateConfig | None = None,
     force: bool = False,
-    champion_unavailable: str | None = None,
+    champion_unscored: UnscoredChampion | Mapping[str, Any] | None = None,
+    accept_without_champion: bool = False,
 ) -> GateDecision:
     """:func:`decide` with the directions of ``config``'s task (``gate`` defaults to ``config.gate``)."""
     directions = {**METRICS[config.task], **BUDGET_METRICS}
     gate = gate if gate is not None else config.gate
-    return decide(candidate, champion, gate, directions, force=force, champion_unavailable=champion_unavailable)
+    return decide(
+        candidate,
+        champion,
+        gate,
+        directions,
+        force=force,
+        champion_unscored=champion_unscored,
+        accept_without_champion=accept_without_champion,
+    )
 
 
-__all__ = ["GateDecision", "decide", "decide_for_config"]
+__all__ = [
+    "ACCEPT_WITHOUT_CHAMPION",
+    "ChampionUnscoredError",
+    "GateDecision",
+    "UnscoredChampion",
+    "decide",
+    "decide_for_config",
+]

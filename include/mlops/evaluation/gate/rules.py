@@ -1,4 +1,4 @@
-"""The gate's rules: threshold, change and budget checks, and overrides of them.
+"""The gate's rules: threshold, change and budget checks.
 
 A candidate passes when every check passes:
 
@@ -18,33 +18,29 @@ negative values (an r2 below zero) and for a champion value of exactly zero,
 where the candidate must simply not be worse.  A metric that is missing, not a
 number, NaN or infinite fails every check that needs it.
 
-:func:`with_overrides` merges the trigger form's thresholds and tolerance into a
-gate config, and refuses values that would make a check meaningless.
+Overrides of the configured bounds from the trigger form are merged, and
+refused when no model could meet them, by :mod:`.overrides`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.mlops.config import BUDGET_METRICS, METRICS, GateConfig
+from include.mlops.config import GateConfig
+from include.mlops.exit_codes import BadInputError
 
 CHECK_KINDS = ("threshold", "change", "budget")
-# Every metric name any task knows, with its direction; used to validate form overrides.
-_KNOWN_DIRECTIONS: dict[str, bool] = {
-    **{m: hib for task_metrics in METRICS.values() for m, hib in task_metrics.items()},
-    **BUDGET_METRICS,
-}
 # Float noise must not fail a candidate that sits exactly on a bound (0.8 * 0.95 != 0.76 in binary).
 _REL_TOL = 1e-9
 _ABS_TOL = 1e-12
 
 
-class GateError(ValueError):
-    """The gate's inputs are invalid (an unknown metric, a bad override value)."""
+class GateError(BadInputError, ValueError):
+    """The gate's inputs are invalid (an unknown metric, a bad override value): bad input, exit 3."""
 
 
 @dataclass(frozen=True)
@@ -245,110 +241,10 @@ def fmt_number(value: float | None) -> str:
     return f"{value:.6g}"
 
 
-# --------------------------------------------------------------------------- overrides
-
-
-def with_overrides(
-    gate: GateConfig,
-    thresholds: Mapping[str, Any] | None,
-    max_regression: float | None,
-    *,
-    metrics: Iterable[str] = (),
-) -> GateConfig:
-    """Merge trigger-form overrides into ``gate``; the result is a new ``GateConfig``.
-
-    ``thresholds`` maps a metric to ``{"min": x}`` / ``{"max": y}`` (merged into
-    the configured bounds of that metric; a bound set to ``None`` removes it) or
-    to a bare number, which is the bound on the metric's bad side (``min`` when
-    higher is better, ``max`` otherwise).  A threshold on a budget metric
-    (``size_mb``, ``latency_ms``) replaces that budget; only ``max`` makes sense
-    there.
-
-    ``max_regression`` is one tolerance for the whole run.  It replaces the
-    tolerance of every metric that has a configured change threshold: the config
-    chose which metrics guard against regressions, the form only tunes how much.
-    When the config has no change threshold at all, it applies to ``metrics``
-    (pass the config's ``metrics``), because a user who sets a tolerance expects
-    a regression check to happen; with no ``metrics`` either it is an error.
-    """
-    new_thresholds = {m: dict(b) for m, b in gate.thresholds.items()}
-    new_budgets = dict(gate.budgets)
-    for metric, spec in (thresholds or {}).items():
-        if metric not in _KNOWN_DIRECTIONS:
-            raise GateError(
-                f"threshold override names unknown metric {metric!r} (known: {', '.join(sorted(_KNOWN_DIRECTIONS))})"
-            )
-        bounds = _override_bounds(metric, spec)
-        if metric in BUDGET_METRICS:
-            if "min" in bounds:
-                raise GateError(f"budget {metric!r} is an upper bound: override it with {{'max': value}}, not 'min'")
-            if bounds.get("max") is None:
-                new_budgets.pop(metric, None)
-            else:
-                new_budgets[metric] = _positive(metric, bounds["max"])
-            continue
-        merged = new_thresholds.get(metric, {})
-        for side, bound in bounds.items():
-            if bound is None:
-                merged.pop(side, None)
-            else:
-                merged[side] = bound
-        if "min" in merged and "max" in merged and merged["min"] > merged["max"]:
-            raise GateError(f"threshold override for {metric!r} leaves min {merged['min']} above max {merged['max']}")
-        if merged:
-            new_thresholds[metric] = merged
-        else:
-            new_thresholds.pop(metric, None)
-
-    new_regression = dict(gate.max_regression)
-    if max_regression is not None:
-        tolerance = _tolerance(max_regression)
-        targets = list(new_regression) or list(metrics)
-        if not targets:
-            raise GateError(
-                "max_regression override given but the gate has no change threshold and no metrics were "
-                "passed to apply it to (pass metrics=config.metrics)"
-            )
-        unknown = [m for m in targets if m not in _KNOWN_DIRECTIONS]
-        if unknown:
-            raise GateError(f"max_regression override: unknown metric(s) {', '.join(unknown)}")
-        new_regression = dict.fromkeys(targets, tolerance)
-    return replace(gate, thresholds=new_thresholds, max_regression=new_regression, budgets=new_budgets)
-
-
-def _override_bounds(metric: str, spec: Any) -> dict[str, float | None]:
-    if isinstance(spec, Mapping):
-        unknown = set(spec) - {"min", "max"}
-        if unknown or not spec:
-            raise GateError(f"threshold override for {metric!r} must use 'min' and/or 'max', got {dict(spec)!r}")
-        return {side: (None if v is None else _finite(metric, v)) for side, v in spec.items()}
-    side = "min" if _KNOWN_DIRECTIONS[metric] else "max"
-    return {side: _finite(metric, spec)}
-
-
-def _finite(metric: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise GateError(f"threshold override for {metric!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive(metric: str, value: float | None) -> float:
-    if value is None or value <= 0:
-        raise GateError(f"budget override for {metric!r} must be > 0, got {value!r}")
-    return value
-
-
-def _tolerance(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise GateError(f"max_regression override must be a number >= 0 (0.05 = 5 % worse allowed), got {value!r}")
-    return float(value)
-
-
 __all__ = [
     "CHECK_KINDS",
     "GateCheck",
     "GateError",
     "fmt_number",
     "run_checks",
-    "with_overrides",
 ]
