@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -16,9 +17,20 @@ from model_factory import make_saved_model
 
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ModelServer, ServerSettings, create_app
+from include.mlops.serving.models import BEHAVIOUR_ENV, BEHAVIOURS, DEFAULT_BEHAVIOUR, TFSERVING_BEHAVIOUR
 
 N_FEATURES = 10
 MODEL = "diabetes"
+
+# The tfserving behaviour with the TF Serving flags a registry with labels needs: model.tflite where a version has
+# one, and new labels that may name a version not loaded yet -- without that flag TF Serving does not start from a
+# models.config that has labels (test_tfserving_mode.py shows it).
+TFSERVING_SETTINGS: dict[str, object] = {
+    "behaviour": TFSERVING_BEHAVIOUR,
+    "prefer_tflite_model": True,
+    "allow_version_labels_for_unavailable_models": True,
+    "file_system_poll_seconds": 0.1,
+}
 
 
 def make_linear_model(path: Path, scale: float, n_features: int = N_FEATURES, n_outputs: int = 1) -> Path:
@@ -74,9 +86,41 @@ class RunningServer:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 
+def behaviour_settings(settings: ServerSettings, behaviour: str) -> ServerSettings:
+    """``settings`` in ``behaviour``: as they are for ``default``, with :data:`TFSERVING_SETTINGS` for ``tfserving``."""
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown server behaviour {behaviour!r}")
+    return replace(settings, **TFSERVING_SETTINGS) if behaviour == TFSERVING_BEHAVIOUR else settings  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=BEHAVIOURS)
+def server_behaviour(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per server behaviour: :func:`serve` starts its servers in it (via ``$MLOPS_SERVER_BEHAVIOUR``).
+
+    ``pytestmark = pytest.mark.usefixtures("server_behaviour")`` runs a whole module in both.
+    """
+    monkeypatch.setenv(BEHAVIOUR_ENV, request.param)
+    return str(request.param)
+
+
 @contextlib.contextmanager
 def serve(settings: ServerSettings) -> Iterator[RunningServer]:
-    """Run the app under a real uvicorn in a thread on a free loopback port."""
+    """Run the app under a real uvicorn in a thread on a free loopback port.
+
+    Settings in the default behaviour take ``$MLOPS_SERVER_BEHAVIOUR`` (see :func:`behaviour_settings`), so
+    ``MLOPS_SERVER_BEHAVIOUR=tfserving pytest tests/serving/test_deploy_verify.py`` runs those servers as TF
+    Serving; :func:`serve_as_configured` ignores it.
+    """
+    behaviour = os.environ.get(BEHAVIOUR_ENV, DEFAULT_BEHAVIOUR)
+    if settings.behaviour == DEFAULT_BEHAVIOUR:
+        settings = behaviour_settings(settings, behaviour)
+    with serve_as_configured(settings) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve_as_configured(settings: ServerSettings) -> Iterator[RunningServer]:
+    """:func:`serve` with exactly ``settings``, whatever ``$MLOPS_SERVER_BEHAVIOUR`` says."""
     import uvicorn
 
     port = free_port()
@@ -85,7 +129,12 @@ def serve(settings: ServerSettings) -> Iterator[RunningServer]:
         create_app(settings, model_server), host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+
+    def run() -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn exits when the app does not start; the loop below says so
+            server.run()
+
+    thread = threading.Thread(target=run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:

@@ -47,7 +47,14 @@ _NOT_SAVED_MODEL = (_METADATA_DIR, TFLITE_FILE)
 # "EXPERIMENTAL; CAN BE REMOVED ANYTIME!", and tensorflow_model_server only prints "unknown argument" for a
 # flag it lacks and starts anyway: a new TF Serving image must still list it in --help, or the rule breaks.
 TF_SERVING_PREFER_TFLITE_FLAG = "--prefer_tflite_model"
-TF_SERVING_REQUIRED_ARGS: Mapping[str, str] = MappingProxyType({TF_SERVING_PREFER_TFLITE_FLAG: "true"})
+# The registry's models.config names labels (stable, canary), and TF Serving checks labels before any
+# version has loaded when it starts: without this flag a restarted TF Serving refuses the file and exits
+# ("Request to assign label to version N of model M, which is not currently available for inference").
+# With it, a new label may name a version still loading; moving an existing label still needs a loaded one.
+TF_SERVING_ALLOW_LABELS_FLAG = "--allow_version_labels_for_unavailable_models"
+TF_SERVING_REQUIRED_ARGS: Mapping[str, str] = MappingProxyType(
+    {TF_SERVING_PREFER_TFLITE_FLAG: "true", TF_SERVING_ALLOW_LABELS_FLAG: "true"}
+)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from include.mlops.artifacts import artifact_root, registry_root
+from include.mlops.serving.models import BEHAVIOUR_ENV, BEHAVIOURS, DEFAULT_BEHAVIOUR, TFSERVING_BEHAVIOUR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="how often models.config is checked for changes (TF Serving's --model_config_file_poll_wait_seconds)",
+    )
+    parser.add_argument(
+        "--behaviour",
+        choices=BEHAVIOURS,
+        default=os.environ.get(BEHAVIOUR_ENV, DEFAULT_BEHAVIOUR),
+        help=f"{DEFAULT_BEHAVIOUR}: kinder than TF Serving where docs/serving.md says; {TFSERVING_BEHAVIOUR}: what "
+        f"TF Serving does (default: ${BEHAVIOUR_ENV} or {DEFAULT_BEHAVIOUR})",
+    )
+    parser.add_argument(
+        "--prefer-tflite-model",
+        "--prefer_tflite_model",
+        action="store_true",
+        help=f"{TFSERVING_BEHAVIOUR} only: serve model.tflite where a version has one (TF Serving's flag); "
+        f"{DEFAULT_BEHAVIOUR} always does",
+    )
+    parser.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        "--allow_version_labels_for_unavailable_models",
+        action="store_true",
+        help=f"{TFSERVING_BEHAVIOUR} only: a new label may name a version that is not loaded (TF Serving's flag)",
+    )
+    parser.add_argument(
+        "--file-system-poll-seconds",
+        type=float,
+        default=1.0,
+        help=f"{TFSERVING_BEHAVIOUR} only: how often version folders are listed "
+        "(TF Serving's --file_system_poll_wait_seconds; 0: once, at start)",
     )
     parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413")
     parser.add_argument(
@@ -56,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.behaviour not in BEHAVIOURS:  # argparse does not check a default taken from the environment
+        parser.error(f"${BEHAVIOUR_ENV}={args.behaviour!r}: expected one of {', '.join(BEHAVIOURS)}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -64,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from include.mlops.serving.app import ServerSettings, create_app
 
+    if args.behaviour != TFSERVING_BEHAVIOUR and (
+        args.prefer_tflite_model or args.allow_version_labels_for_unavailable_models
+    ):
+        logging.getLogger(__name__).warning(
+            "--prefer-tflite-model and --allow-version-labels-for-unavailable-models only change the %s behaviour",
+            TFSERVING_BEHAVIOUR,
+        )
     registry = (args.registry or registry_root()).resolve()
     predlog_root = None if args.no_predlog else (args.predlog_root or (artifact_root())).resolve()
     settings = ServerSettings(
@@ -71,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_seconds=args.poll_seconds,
         max_body_bytes=args.max_body_bytes,
         verify_checksums=not args.no_verify_checksums,
+        behaviour=args.behaviour,
+        prefer_tflite_model=args.prefer_tflite_model,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        file_system_poll_seconds=args.file_system_poll_seconds,
         predlog_root=predlog_root,
         predlog_sample_rate=args.predlog_sample_rate,
         predlog_queue_size=args.predlog_queue_size,
@@ -78,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predlog_max_files=args.predlog_max_files,
         predlog_flush_seconds=args.predlog_flush_seconds,
     )
-    logging.getLogger(__name__).info("Serving %s on http://%s:%d", registry, args.host, args.port)
+    logging.getLogger(__name__).info(
+        "Serving %s on http://%s:%d (%s behaviour)", registry, args.host, args.port, args.behaviour
+    )
     uvicorn.run(
         create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False
     )

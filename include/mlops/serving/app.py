@@ -18,7 +18,9 @@ in a worker thread, off the event loop, so big bodies and slow models do not
 stall status requests or other clients.
 
 A request that names no version and no label is answered by the ``stable``
-label's version while the model has one (see ``ServingState.resolve``).
+label's version while the model has one (see ``ServingState.resolve``); with
+``behaviour="tfserving"`` by the highest loaded version, as TF Serving does (see
+:mod:`include.mlops.serving.tfserving_mode` for everything that mode changes).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from include.mlops.serving import classify
 from include.mlops.serving.errors import HTTP_STATUS, HttpError, PayloadTooLarge, model_error, parse_version
 from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
+    DEFAULT_BEHAVIOUR,
     LoadedVersion,
-    ModelManager,
     ServingError,
     ServingState,
     invalid,
@@ -51,6 +53,7 @@ from include.mlops.serving.models import (
 )
 from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
+from include.mlops.serving.tfserving_mode import create_model_manager
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,6 +93,12 @@ class ServerSettings:
     poll_seconds: float = 1.0
     max_body_bytes: int = 16 * 1024 * 1024
     verify_checksums: bool = True
+    # "default" (kinder than TF Serving where docs/serving.md says) or "tfserving" (TF Serving's semantics).
+    behaviour: str = DEFAULT_BEHAVIOUR
+    # Used by the tfserving behaviour only: TF Serving's flags of the same names.
+    prefer_tflite_model: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+    file_system_poll_seconds: float = 1.0
     predlog_root: Path | None = None  # None: no prediction log
     predlog_sample_rate: float = 0.1
     predlog_queue_size: int = 1000
@@ -104,11 +113,15 @@ class ModelServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
-        self.models = ModelManager(
+        self.models = create_model_manager(
+            settings.behaviour,
             settings.registry_root,
             metrics=self.metrics,
             poll_seconds=settings.poll_seconds,
+            file_system_poll_seconds=settings.file_system_poll_seconds,
             verify_checksums=settings.verify_checksums,
+            prefer_tflite_model=settings.prefer_tflite_model,
+            allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
         )
         self.predlog = (
             PredictionLogger(
@@ -140,22 +153,11 @@ class ModelServer:
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
 
-        state = self.models.state
-        model = state.models.get(name)
-        if model is None:
-            raise not_found(f"Could not find any versions of model {name}")
-        version = model.requested_version(version, label)
-        statuses = list(model.statuses.values())
-        if version is not None:
-            statuses = [s for s in statuses if s.version == version]
-            if not statuses:
-                raise not_found(f"Could not find version {version} of model {name}")
-        if not statuses:
-            raise not_found(f"Could not find any versions of model {name}")
+        statuses = self.models.state.version_statuses(name, version, label)
         response = get_model_status_pb2.GetModelStatusResponse()
         code_enum = response.model_version_status.add().status.DESCRIPTOR.fields_by_name["error_code"].enum_type
         del response.model_version_status[:]
-        for status in sorted(statuses, key=lambda s: s.version, reverse=True):
+        for status in statuses:
             entry = response.model_version_status.add()
             entry.version = status.version
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)

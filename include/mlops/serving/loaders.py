@@ -2,7 +2,9 @@
 
 Which of the two serves a version is decided by
 :func:`include.mlops.registry.serving_artifact.served_artifact` (the rule deploy
-verifies against too).  Either way the result is a :class:`LoadedVersion`
+verifies against too), unless the caller does not prefer TFLite: then the
+SavedModel serves even beside a ``model.tflite``, as in TF Serving without
+``--prefer_tflite_model``.  Either way the result is a :class:`LoadedVersion`
 whose ``run`` takes numpy feeds by signature input name and returns numpy
 outputs by name, and whose ``sha256`` names the bytes that answer requests
 (exported as ``mlops_served_artifact_info``).  The metadata API always
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.registry.filesystem import RegistryError
-from include.mlops.registry.serving_artifact import TFLITE, ServedArtifact, served_artifact
+from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, ServedArtifact, served_artifact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,9 +60,12 @@ class LoadedVersion:
         return self.runner(signature, feeds)
 
 
-def load_version(name: str, version: int, path: Path) -> LoadedVersion:
-    """Load the artifact that serves the version folder ``path`` (the server's default loader)."""
-    artifact = served_artifact(path)
+def load_version(name: str, version: int, path: Path, *, prefer_tflite: bool = True) -> LoadedVersion:
+    """Load the artifact that serves the version folder ``path`` (the server's default loader).
+
+    ``prefer_tflite`` False loads the SavedModel even where ``model.tflite`` lies beside it.
+    """
+    artifact = served_artifact(path) if prefer_tflite else ServedArtifact(SAVED_MODEL, Path(path))
     if artifact.format == TFLITE:
         return _load_tflite(name, version, path, artifact)
     return _load_saved_model(name, version, path, artifact)

@@ -14,6 +14,10 @@ version that fails to load (corrupt, not a SavedModel) is reported in the
 status API with its error, and a label that asks for it keeps pointing at the
 version it pointed at before, which stays loaded: a bad deploy never takes the
 model down.
+
+That is the ``default`` behaviour.  :mod:`include.mlops.serving.tfserving_mode`
+is the ``tfserving`` one, which does what TF Serving does where this one is
+kinder; both publish a :class:`ServingState` built from the same parts.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
 # Label-less requests are answered by this label's version while the model has it (see ServingState.resolve).
 DEFAULT_LABEL = "stable"
+
+# The server's behaviours: its own (kinder) one, and TF Serving's.
+DEFAULT_BEHAVIOUR = "default"
+TFSERVING_BEHAVIOUR = "tfserving"
+BEHAVIOURS = (DEFAULT_BEHAVIOUR, TFSERVING_BEHAVIOUR)
+# Where the CLI reads its default behaviour from.
+BEHAVIOUR_ENV = "MLOPS_SERVER_BEHAVIOUR"
 
 # TF Serving's ModelVersionStatus.State names.
 AVAILABLE = "AVAILABLE"
@@ -96,6 +107,11 @@ class ServingState:
     """An immutable snapshot of everything served; replaced whole on every reload."""
 
     models: Mapping[str, ModelState]
+    # Answers requests that name no version or label while the model has it; None: the highest loaded version.
+    default_label: str | None = DEFAULT_LABEL
+    # TF Serving's status API reads only a version from the request (GetModelStatusImpl), so a label there
+    # is ignored and every version is listed.
+    status_ignores_labels: bool = False
 
     def model(self, name: str) -> ModelState:
         model = self.models.get(name)
@@ -106,15 +122,16 @@ class ServingState:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> LoadedVersion:
         """The loaded version a request names: a version, a label, or (neither) the default one.
 
-        The default is the ``stable`` label's version while the model has one;
-        without it, the highest loaded version, as in TF Serving.  Deploy
-        preloads a candidate before it moves a label, so "highest loaded" would
-        hand unverified versions to label-less clients.
+        By default that is the ``stable`` label's version while the model has
+        one; without it (or with ``default_label`` None, as TF Serving does)
+        the highest loaded version.  Deploy preloads a candidate before it
+        moves a label, so "highest loaded" hands unverified versions to
+        label-less clients.
         """
         model = self.model(name)
         version = model.requested_version(version, label)
-        if version is None:
-            version = model.labels.get(DEFAULT_LABEL)
+        if version is None and self.default_label is not None:
+            version = model.labels.get(self.default_label)
         if version is not None:
             loaded = model.versions.get(version)
             if loaded is None:
@@ -123,6 +140,23 @@ class ServingState:
         if not model.versions:
             raise not_found(f"Servable not found for request: Latest({name})")
         return model.versions[max(model.versions)]
+
+    def version_statuses(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        """What the status API lists for a request, highest version first (TF Serving's order)."""
+        model = self.models.get(name)
+        if model is None:
+            raise not_found(f"Could not find any versions of model {name}")
+        if self.status_ignores_labels and version is None:
+            label = None
+        version = model.requested_version(version, label)
+        statuses = list(model.statuses.values())
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise not_found(f"Could not find version {version} of model {name}")
+        if not statuses:
+            raise not_found(f"Could not find any versions of model {name}")
+        return sorted(statuses, key=lambda s: s.version, reverse=True)
 
 
 class ModelManager:
@@ -207,25 +241,33 @@ class ModelManager:
             models: dict[str, ModelState] = {}
             for entry in config.model_config_list.config:
                 models[entry.name] = self._build_model(entry, current.models.get(entry.name))
-            self._state = ServingState(models=models)
+            self._publish(ServingState(models=models))
             # The fingerprint from BEFORE the read: a write during the (slow) load then differs from it,
             # so the next poll applies that write instead of taking it as already seen.
             self._seen = fingerprint
-            self.metrics.set_served_artifacts(
-                (name, loaded.version, loaded.artifact.format, loaded.sha256)
-                for name, model in models.items()
-                for loaded in model.versions.values()
-            )
-            self.metrics.init_models(models)
-            self.metrics.set_served_versions(
-                (name, label, version) for name, model in models.items() for label, version in model.labels.items()
-            )
-            for name, old in current.models.items():
-                kept = models[name].versions if name in models else {}
-                for version in old.versions:
-                    if version not in kept:
-                        log.info("Unloaded %s version %d", name, version)
             return self._state
+
+    def _publish(self, state: ServingState) -> None:
+        """Serve ``state`` from now on (one assignment) and bring the metrics in line with it."""
+        current, self._state = self._state, state
+        models = state.models
+        self.metrics.set_served_artifacts(
+            (name, loaded.version, loaded.artifact.format, loaded.sha256)
+            for name, model in models.items()
+            for loaded in model.versions.values()
+        )
+        self.metrics.init_models(models)
+        self.metrics.set_served_versions(
+            (name, label, version)
+            for name, model in models.items()
+            for label, version in model.labels.items()
+            if version in model.versions
+        )
+        for name, old in current.models.items():
+            kept = models[name].versions if name in models else {}
+            for version in old.versions:
+                if version not in kept:
+                    log.info("Unloaded %s version %d", name, version)
 
     def _wanted_versions(self, entry: Any) -> list[int]:
         on_disk = self.registry.versions(entry.name)
