@@ -26,6 +26,8 @@ from include.mlops.deploy.server_client import ModelServerClient
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.serving.loaders import load_version
+from include.mlops.serving.models import ServingError
+from include.mlops.serving.predict_json import format_predict_response
 from tests.serving.conftest import RunningServer, register, serve
 
 pytestmark = pytest.mark.slow  # builds SavedModels and starts a real server
@@ -224,13 +226,80 @@ def test_binary_strings_travel_as_b64_in_named_rows_and_columns(client: httpx.Cl
 # --------------------------------------------------------------------------- 5. output encoding
 
 
-def test_floats_are_written_at_the_shortest_text_of_their_own_dtype(client: httpx.Client) -> None:
-    response = post(client, f"/v1/models/{HP1}:predict", {"instances": [[0.1]]})
-    assert response.text == '{"predictions":[[2.05]]}'
+# TF Serving's WriteDecimal (json_tensor.cc): printf's %g (absl::StrCat, six significant digits) when that text reads
+# back as the same float/double, else %.9g / %.17g; ".0" is added when the text has no point and no exponent.  The
+# first six rows are TF Serving's own test (FromJsonSingleFloatTensorSixDigitPrecision).  Written out by hand here,
+# not computed: the server's helper must reproduce them.
+FLOAT32_TEXTS = [
+    ("9000000", "9e+06"),
+    ("999999", "999999.0"),
+    ("0.5", "0.5"),
+    ("0.0003", "0.0003"),
+    ("0.00003", "3e-05"),
+    ("555557.5", "555557.5"),
+    ("0", "0.0"),
+    ("-0.0", "-0.0"),
+    ("-2.5", "-2.5"),
+    ("0.1", "0.1"),
+    ("2.05", "2.05"),
+    ("100000", "100000.0"),
+    ("1000000", "1e+06"),
+    ("123456.78", "123456.781"),
+    ("16777216", "16777216.0"),
+    ("0.0001", "0.0001"),
+    ("1e-6", "1e-06"),
+    ("1e-7", "1e-07"),
+    ("1e21", "1e+21"),
+    ("1e22", "1e+22"),
+    ("0.3333333333", "0.333333343"),
+    ("3.4028234663852886e38", "3.40282347e+38"),
+    ("-1e-45", "-1.4013e-45"),
+]
+FLOAT64_TEXTS = [
+    ("9000000", "9e+06"),
+    ("999999", "999999.0"),
+    ("0.1", "0.1"),
+    ("123456.78", "123456.78"),
+    ("16777217", "16777217.0"),
+    ("1e21", "1e+21"),
+    ("1e22", "1e+22"),
+    ("1e-7", "1e-07"),
+    ("0.3333333333333333", "0.33333333333333331"),
+    ("0.30000000000000004", "0.30000000000000004"),
+    ("1e300", "1e+300"),
+    ("1.7976931348623157e308", "1.7976931348623157e+308"),
+    ("5e-324", "4.94066e-324"),
+    ("-1.5", "-1.5"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "table"), [("float32", FLOAT32_TEXTS), ("float64", FLOAT64_TEXTS)])
+def test_floats_are_written_as_tf_servings_write_decimal_writes_them(
+    client: httpx.Client, dtype: str, table: list[tuple[str, str]]
+) -> None:
+    sent = ",".join(text for text, _ in table)
+    expected = ",".join(text for _, text in table)
+    path = f"/v1/models/{ECHO}:predict"
+    columns = post(client, path, f'{{"signature_name": "echo_{dtype}", "inputs": [{sent}]}}'.encode())
+    assert columns.text == f'{{"outputs":[{expected}]}}'
+    rows = post(client, path, f'{{"signature_name": "echo_{dtype}", "instances": [{sent}]}}'.encode())
+    assert rows.text == f'{{"predictions":[{expected}]}}'
+
+
+def test_predict_and_regress_write_floats_alike(client: httpx.Client) -> None:
+    # 0.5 * 17999996 + 2 = 9000000 (exact in float32)
+    predict = post(client, f"/v1/models/{HP1}:predict", {"instances": [[17999996.0], [0.1]]})
+    assert predict.text == '{"predictions":[[9e+06],[2.05]]}'
+    regress = post(
+        client, f"/v1/models/{HP1}:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 17999996.0}]}
+    )
+    assert regress.text == '{"results":[9e+06]}'
+
+
+def test_half_floats_are_written_at_their_own_shortest_text(client: httpx.Client) -> None:
+    # TF Serving has no JSON form for half tensors; here they are written at float16's shortest text.
     half = post(client, f"/v1/models/{ECHO}:predict", {"signature_name": "echo_float16", "inputs": [0.1, 65504.0]})
     assert half.text == '{"outputs":[0.1,65500.0]}'  # 65500 reads back as float16's 65504
-    double = post(client, f"/v1/models/{ECHO}:predict", {"signature_name": "echo_float64", "inputs": [0.1]})
-    assert double.text == '{"outputs":[0.1]}'
 
 
 def test_nan_and_infinities_are_written_as_tf_serving_writes_them(client: httpx.Client) -> None:
@@ -257,6 +326,29 @@ def test_outputs_row_json_cannot_carry_are_400(client: httpx.Client, signature: 
 def test_a_scalar_output_is_written_in_columnar_form(client: httpx.Client) -> None:
     response = post(client, f"/v1/models/{ECHO}:predict", {"signature_name": "scalar_out", "inputs": [1.0, 2.0]})
     assert response.json() == {"outputs": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("signature", "sent", "written"),
+    [
+        ("echo_bytes", {"b64": "aGk="}, {"b64": "aGk="}),  # an output named *_bytes is written as base64
+        ("echo_string", "hi", "hi"),
+        ("echo_string", {"b64": "aGk="}, "hi"),
+    ],
+)
+def test_a_scalar_string_output_is_written_in_columnar_form(
+    client: httpx.Client, signature: str, sent: Any, written: Any
+) -> None:
+    response = post(client, f"/v1/models/{ECHO}:predict", {"signature_name": signature, "inputs": sent})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"outputs": written}
+
+
+def test_a_scalar_string_output_has_no_row_format() -> None:
+    # TensorFlow hands a scalar string back as bare bytes; row format needs a batch dimension (TF Serving's 400).
+    with pytest.raises(ServingError, match="Tensor name: y_bytes has no shape information") as raised:
+        format_predict_response({"y_bytes": b"hi"}, ["y_bytes"], columnar=False)
+    assert raised.value.code == "INVALID_ARGUMENT"
 
 
 # --------------------------------------------------------------------------- 6. classify and regress
@@ -366,6 +458,87 @@ def test_deeply_nested_json_is_a_400_on_every_api(client: httpx.Client, api: str
 def test_tf_servings_stable_error_words(client: httpx.Client, api: str) -> None:
     assert_error(post(client, f"/v1/models/{HP1}:{api}", b""), 400, "JSON Parse error: The document is empty")
     assert_error(post(client, f"/v1/models/{HP1}:{api}", b"[1]"), 400, "JSON Value: [1] Is not object")
+    # TF Serving's own malformed body (http_rest_api_handler_test.cc), in RapidJSON's words and offset.
+    assert_error(
+        post(client, f"/v1/models/{HP1}:{api}", b"instances = [1, 2]"),
+        400,
+        "JSON Parse error: Invalid value. at offset: 0",
+    )
+
+
+# RapidJSON's message (rapidjson/error/en.h) and the byte offset its reader stops at, read with TF Serving's flags.
+MALFORMED = [
+    pytest.param(b"   ", "The document is empty. at offset: 3", id="only-whitespace"),
+    pytest.param(b"{not json", "Missing a name for object member. at offset: 1", id="unquoted-key"),
+    pytest.param(b'{"instances": [1.0,]}', "Invalid value. at offset: 19", id="trailing-comma"),
+    pytest.param(b'{"instances": [[1.0] [2.0]]}', "Missing a comma or ']' after an array element. at offset: 21"),
+    pytest.param(b'{"instances": [[1.0]]', "Missing a comma or '}' after an object member. at offset: 21"),
+    pytest.param(b'{"instances" [[1.0]]}', "Missing a colon after a name of object member. at offset: 13"),
+    pytest.param(b'{"instances": [[tru]]}', "Invalid value. at offset: 19", id="bad-literal"),
+    pytest.param(b'{"instances": [[1.]]}', "Miss fraction part in number. at offset: 18"),
+    pytest.param(b'{"instances": [[1e]]}', "Miss exponent in number. at offset: 18"),
+    pytest.param(b'{"instances": ["a\\x"]}', "Invalid escape character in string. at offset: 17"),
+    pytest.param(b'{"instances": ["abc', "Missing a closing quotation mark in string. at offset: 19"),
+    pytest.param(b'{"instances": ["\\ud800"]}', "The surrogate pair in string is invalid. at offset: 16"),
+    pytest.param(b'{"instances": ["\\udc00"]}', "The surrogate pair in string is invalid. at offset: 16"),
+    # RapidJSON's stream ends at a NUL byte: UTF-16 text (which Python's json would read) is refused.
+    pytest.param('{"instances": [[1.0]]}'.encode("utf-16-le"), "Missing a name for object member. at offset: 1"),
+    # Knowingly different: TF Serving stops at the document's end and ignores what follows; here that is refused.
+    pytest.param(b'{"instances": [[1.0]]} x', "The document root must not be followed by other values. at offset: 23"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), MALFORMED)
+def test_malformed_json_is_refused_in_rapidjsons_words(client: httpx.Client, body: bytes, message: str) -> None:
+    assert_error(post(client, f"/v1/models/{HP1}:predict", body), 400, f"JSON Parse error: {message}")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "offset"),
+    [
+        (f"{HP1}:predict", b'{"instances": [[1e400]]}', 16),
+        (f"{HP1}:predict", b'{"instances": [[-1e400]]}', 16),
+        (f"{HP1}:predict", b'{"instances": [[1' + b"0" * 400 + b"]]}", 16),  # an integer past a double
+        (f"{HP1}:predict", b'{"instances": [[1' + b"0" * 400 + b".5]]}", 16),
+        (f"{HP1}:predict", b'{"instances": [[1.0]], "unused": 1E+309}', 33),  # anywhere in the document
+        (f"{HP1}:predict", b'{"instances": [[0e400]]}', 16),  # RapidJSON refuses any exponent past 308 (+ digits)
+        (f"{ECHO}:predict", b'{"signature_name": "echo_float64", "inputs": [1.8e308]}', 46),
+        (f"{HP1}:regress", b'{"signature_name": "regress_x_to_y", "examples": [{"x": 1e999}]}', 56),
+        (f"{HP1}:classify", b'{"signature_name": "classify_x_to_y", "examples": [{"x": 1e400}]}', 57),
+    ],
+)
+def test_numbers_a_double_cannot_hold_are_refused(client: httpx.Client, path: str, body: bytes, offset: int) -> None:
+    assert_error(
+        post(client, f"/v1/models/{path}", body),
+        400,
+        f"JSON Parse error: Number too big to be stored in double. at offset: {offset}",
+    )
+
+
+def test_numbers_a_double_holds_are_read(client: httpx.Client) -> None:
+    path = f"/v1/models/{ECHO}:predict"
+    body = b'{"signature_name": "echo_float64", "inputs": [1e308, 1e-400, 0.000001e310, 1' + b"0" * 300 + b"]}"
+    response = post(client, path, body)
+    assert response.text == '{"outputs":[1e+308,0.0,1e+304,1e+300]}'
+    infinities = post(client, path, b'{"signature_name": "echo_float64", "inputs": [Infinity, -Infinity]}')
+    assert infinities.text == '{"outputs":[Infinity,-Infinity]}'
+
+
+def test_a_float_feature_that_only_fits_as_infinity_is_refused(client: httpx.Client) -> None:
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 1e39}]}
+    assert_error(
+        post(client, f"/v1/models/{HP1}:regress", body),
+        400,
+        "Cannot convert JSON value: 1e+39 to float without loss of precision.",
+    )
+
+
+def test_strings_pass_as_the_bytes_sent(client: httpx.Client) -> None:
+    # RapidJSON does not check UTF-8: TF Serving hands a string's raw bytes to the model (here: a UTF-8 surrogate).
+    body = b'{"signature_name": "echo_bytes", "inputs": ["\xed\xa0\x80", "\\ud83d\\ude00"]}'
+    response = post(client, f"/v1/models/{ECHO}:predict", body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"outputs": [{"b64": "7aCA"}, {"b64": base64.b64encode("\U0001f600".encode()).decode()}]}
 
 
 # --------------------------------------------------------------------------- deploy's smoke check

@@ -21,7 +21,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.serving.json_tensor import debug_string, decode_b64, dumps, is_b64_object, json_type, to_json_value
+from include.mlops.serving.json_tensor import (
+    as_array,
+    compact,
+    debug_string,
+    decode_b64,
+    float_texts,
+    is_b64_object,
+    json_type,
+    nest,
+    to_json_value,
+)
 from include.mlops.serving.models import LoadedVersion, invalid
 from include.mlops.serving.predict_json import parse_json_object, signature_name
 
@@ -34,6 +44,7 @@ METHOD_NAMES = {CLASSIFY: "tensorflow/serving/classify", REGRESS: "tensorflow/se
 INPUTS = "inputs"
 CLASSES, SCORES, OUTPUTS = "classes", "scores", "outputs"
 _INT64_MAX = 2**63 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def parse_examples(body: bytes, method: str) -> tuple[str, list[bytes]]:
@@ -60,7 +71,10 @@ def _example(value: Any) -> Any:
         raise invalid(f"Example must be JSON object but got JSON {json_type(value)}")
     example = example_pb2.Example()
     for name, content in value.items():
-        feature = example.features.feature[name]
+        try:
+            feature = example.features.feature[name]
+        except (UnicodeError, ValueError):  # a name sent as raw bytes that are not UTF-8
+            raise invalid(f"Feature name: {debug_string(name)} is not valid UTF-8") from None
         for item in content if isinstance(content, list) else [content]:
             _add_value(feature, name, item)
     return example
@@ -70,10 +84,12 @@ def _add_value(feature: Any, name: str, value: Any) -> None:
     if isinstance(value, bool):
         _kind(feature, name, "int64_list").value.append(int(value))
     elif isinstance(value, str):
-        _kind(feature, name, "bytes_list").value.append(value.encode("utf-8"))
+        _kind(feature, name, "bytes_list").value.append(value.encode("utf-8", "surrogatepass"))
     elif is_b64_object(value):
         _kind(feature, name, "bytes_list").value.append(decode_b64(value))
     elif isinstance(value, float):
+        if abs(value) > _FLOAT32_MAX and abs(value) != float("inf"):  # a float feature holds a float32
+            raise invalid(f"Cannot convert JSON value: {debug_string(value)} to float without loss of precision.")
         _kind(feature, name, "float_list").value.append(value)
     elif isinstance(value, int):
         if value > _INT64_MAX:
@@ -122,9 +138,10 @@ def _shape_text(array: np.ndarray) -> str:
     return "[" + ",".join(str(d) for d in array.shape) + "]"
 
 
-def classification_response(outputs: Mapping[str, np.ndarray], batch: int) -> bytes:
+def classification_response(outputs: Mapping[str, Any], batch: int) -> bytes:
     """``{"results": [[[label, score], ...] per example]}`` from the ``classes``/``scores`` outputs."""
-    classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
+    classes = as_array(outputs[CLASSES]) if CLASSES in outputs else None
+    scores = as_array(outputs[SCORES]) if SCORES in outputs else None
     for name, tensor, kinds, dtype_name in ((CLASSES, classes, "OSU", "DT_STRING"), (SCORES, scores, "f", "DT_FLOAT")):
         if tensor is None:
             continue
@@ -139,20 +156,19 @@ def classification_response(outputs: Mapping[str, np.ndarray], batch: int) -> by
             f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
         )
     width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
-    labels = to_json_value(classes, CLASSES) if classes is not None else [[""] * width] * batch
-    values = to_json_value(scores.astype("float32"), SCORES) if scores is not None else [[0.0] * width] * batch
-    return dumps(
-        {
-            "results": [
-                [[lab, val] for lab, val in zip(lr, vr, strict=True)] for lr, vr in zip(labels, values, strict=True)
-            ]
-        }
+    size = batch * width
+    # A missing output is written as TF Serving writes the proto's defaults: "" and 0.0.
+    labels = (
+        ['""'] * size if classes is None else [compact(lab) for row in to_json_value(classes, CLASSES) for lab in row]
     )
+    values = ["0.0"] * size if scores is None else float_texts(scores.astype("float32"))
+    pairs = [f"[{label},{value}]" for label, value in zip(labels, values, strict=True)]
+    return b'{"results":' + nest(pairs, (batch, width))[0].encode() + b"}"
 
 
-def regression_response(outputs: Mapping[str, np.ndarray], batch: int) -> bytes:
+def regression_response(outputs: Mapping[str, Any], batch: int) -> bytes:
     """``{"results": [value per example]}`` from the ``outputs`` output ([batch] or [batch, 1], float)."""
-    values = outputs[OUTPUTS]
+    values = as_array(outputs[OUTPUTS])
     if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
         raise invalid(
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {_shape_text(values)}"
@@ -161,4 +177,4 @@ def regression_response(outputs: Mapping[str, np.ndarray], batch: int) -> bytes:
         raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype.name}")
     if values.shape[0] != batch:
         raise invalid(f"Input batch size did not match output batch size: {batch} vs. {values.shape[0]}")
-    return dumps({"results": to_json_value(values.reshape(-1).astype("float32"), OUTPUTS)})
+    return b'{"results":[' + ",".join(float_texts(values.reshape(-1).astype("float32"))).encode() + b"]}"

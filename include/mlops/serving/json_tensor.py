@@ -8,9 +8,9 @@ The rules are TF Serving's (``tensorflow_serving/util/json_tensor.cc``):
   integers in its range only, a float input takes any JSON number, a bool
   input takes ``true``/``false``, a string input takes JSON strings (UTF-8)
   or ``{"b64": "..."}`` objects for binary data;
-* floats are written as the shortest text that reads back as the same value
-  of the output's own dtype; NaN and infinities as ``NaN``, ``Infinity``,
-  ``-Infinity`` (as TF Serving writes them); string outputs whose name ends in
+* floats are written as TF Serving's ``WriteDecimal`` writes them (printf's
+  ``%g``, more digits only where six do not read back); NaN and infinities as
+  ``NaN``, ``Infinity``, ``-Infinity``; string outputs whose name ends in
   ``_bytes`` as ``{"b64": "..."}``.
 
 The error texts are TF Serving's, since clients match on them ("is not of
@@ -103,7 +103,7 @@ def _leaf(value: Any, dtype: str, np_dtype: np.dtype) -> Any:
 
     if dtype in STRING_DTYPES:
         if isinstance(value, str):
-            return value.encode("utf-8")
+            return value.encode("utf-8", "surrogatepass")  # the bytes as sent, as TF Serving passes them
         if isinstance(value, dict):
             return decode_b64(value)
         raise _type_error(value, dtype)
@@ -223,18 +223,100 @@ def contains_bool(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- output
 
+_MAX_DIGITS10 = {4: 9, 8: 17}  # std::numeric_limits<float/double>::max_digits10
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
-def to_json_value(array: np.ndarray, name: str) -> Any:
-    """A tensor as JSON-ready Python values, floats at the shortest text of their own dtype."""
+
+def as_array(value: Any) -> np.ndarray:
+    """A model output as an array (TensorFlow hands a scalar string output back as bare bytes)."""
     import numpy as np
 
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, bytes | str):
+        return np.array(value, dtype=object)
+    return np.asarray(value)
+
+
+def float_texts(array: np.ndarray) -> list[str]:
+    """Each float's JSON text, in C order, as TF Serving's ``WriteDecimal`` writes it.
+
+    That is printf's ``%g`` (six significant digits, ``absl::StrCat``) when it reads back as the same
+    float or double, else ``%.9g`` / ``%.17g``; ``.0`` is added when the text has neither a point nor an
+    exponent: 9000000 is ``9e+06``, 999999 ``999999.0``, 555557.5f ``555557.5``, 0.00003 ``3e-05``.
+    A half has no JSON form in TF Serving; here it is written at float16's own shortest text.
+    """
+    import numpy as np
+
+    flat = array.reshape(-1)
+    if flat.dtype.itemsize not in _MAX_DIGITS10:
+        texts = [repr(v) for v in flat.astype(str).astype(np.float64).tolist()]
+        return [_NON_FINITE.get(t, t) for t in texts]
+    values = flat.tolist()
+    texts = [format(v, ".6g") for v in values]
+    read = _read_float32(texts) if flat.dtype.itemsize == 4 else np.array(texts, dtype=np.float64)
+    for index in np.flatnonzero((read != flat) & np.isfinite(flat)).tolist():
+        texts[index] = format(values[index], f".{_MAX_DIGITS10[flat.dtype.itemsize]}g")
+    return [_NON_FINITE.get(t) or (t if "." in t or "e" in t else t + ".0") for t in texts]
+
+
+def _read_float32(texts: list[str]) -> np.ndarray:
+    """The float32 each text reads as, rounded once from the decimal (as ``absl::SimpleAtof`` reads it)."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    wide = np.array(texts, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float32)
+        other = np.nextafter(narrow, np.where(wide > narrow, np.inf, -np.inf).astype(np.float32))
+    # Rounding to a double first can land exactly halfway between two floats: decide those from the decimal.
+    halfway = (narrow != wide) & (narrow.astype(np.float64) + other.astype(np.float64) == 2 * wide)
+    for index in np.flatnonzero(halfway).tolist():
+        decimal, tie = Fraction(texts[index]), Fraction(float(wide[index]))
+        if decimal != tie:
+            pair = (narrow[index], other[index])
+            narrow[index] = max(pair) if decimal > tie else min(pair)
+    return narrow
+
+
+def nest(items: list[str], dims: tuple[int, ...]) -> list[str]:
+    """Element texts (C order) grouped into JSON arrays of ``dims``; one text per group of the outermost."""
+    import math
+
+    for level in range(len(dims) - 1, -1, -1):
+        size = dims[level]
+        if size == 0:
+            items = ["[]"] * math.prod(dims[:level])
+        else:
+            items = ["[" + ",".join(items[i : i + size]) + "]" for i in range(0, len(items), size)]
+    return items
+
+
+def tensor_json(value: Any, name: str) -> str:
+    """A tensor's JSON text, as TF Serving writes an output named ``name``."""
+    array = as_array(value)
+    return _texts(array, name, array.shape)[0]
+
+
+def row_json(value: Any, name: str) -> list[str]:
+    """The JSON text of each row (first dimension) of a tensor."""
+    array = as_array(value)
+    return _texts(array, name, array.shape[1:])
+
+
+def _texts(array: np.ndarray, name: str, dims: tuple[int, ...]) -> list[str]:
+    if array.dtype.kind == "f":
+        return nest(float_texts(array), dims)
+    value = to_json_value(array, name)
+    if len(dims) == array.ndim:
+        return [compact(value)]
+    return [compact(row) for row in value]
+
+
+def to_json_value(array: np.ndarray, name: str) -> Any:
+    """A non-float tensor as JSON-ready Python values (strings named ``*_bytes`` as base64 objects)."""
     kind = array.dtype.kind
-    if kind == "f":
-        if array.dtype.itemsize < 8:
-            # numpy prints each float16/float32 as its shortest round-trip text; read back as Python floats,
-            # those texts are printed unchanged by json (a float32 needs at most 9 significant digits).
-            return array.astype(str).astype(np.float64).tolist()
-        return array.tolist()
     if kind in "iub":
         return array.tolist()
     if kind in "OSU":
@@ -246,13 +328,13 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
 def _strings(value: Any, as_bytes: bool) -> Any:
     if isinstance(value, list):
         return [_strings(v, as_bytes) for v in value]
-    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
     if as_bytes:
         return {"b64": base64.b64encode(raw).decode("ascii")}
     # JSON text must be Unicode: bytes that are not UTF-8 are replaced (send them from a *_bytes output).
     return raw.decode("utf-8", errors="replace")
 
 
-def dumps(payload: Any) -> bytes:
-    """Compact JSON with TF Serving's NaN/Infinity tokens."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
+def compact(value: Any) -> str:
+    """Compact JSON text of plain values."""
+    return json.dumps(value, separators=(",", ":"))

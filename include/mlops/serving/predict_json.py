@@ -14,13 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.serving.json_tensor import (
-    debug_string,
-    dumps,
-    is_b64_object,
-    to_json_value,
-    to_tensor,
-)
+from include.mlops.serving.errors import json_parse_error, may_differ_from_rapidjson, rapidjson_error
+from include.mlops.serving.json_tensor import as_array, debug_string, is_b64_object, row_json, tensor_json, to_tensor
 from include.mlops.serving.models import DEFAULT_SIGNATURE, LoadedVersion, ServingError, TensorSpecInfo, invalid
 
 if TYPE_CHECKING:
@@ -28,8 +23,8 @@ if TYPE_CHECKING:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or TF Serving's parse errors."""
-    if not body or body.isspace():
+    """The request body as a JSON object, or TF Serving's parse errors (RapidJSON's words and offset)."""
+    if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
         doc = json.loads(body)
@@ -40,7 +35,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
             "send 'instances' as a list of rows (or 'inputs' as a list of columns)"
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid(f"JSON Parse error: {exc}") from None
+        raise invalid(json_parse_error(body, exc)) from None
+    # What Python reads but RapidJSON refuses: a number beyond a double (Python reads infinity), a lone surrogate.
+    if may_differ_from_rapidjson(body):
+        found = rapidjson_error(body)
+        if found is not None:
+            raise invalid(f"JSON Parse error: {found[0]} at offset: {found[1]}")
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {debug_string(doc)} Is not object")
     return doc
@@ -176,21 +176,26 @@ def _feeds_from_columns(inputs: Any, specs: Mapping[str, TensorSpecInfo], bools:
     return feeds
 
 
-def format_predict_response(outputs: Mapping[str, np.ndarray], names: list[str], columnar: bool) -> bytes:
+def format_predict_response(outputs: Mapping[str, Any], names: list[str], columnar: bool) -> bytes:
     """``{"predictions": [...]}`` (row format) or ``{"outputs": ...}`` (columnar), as TF Serving nests them."""
+    arrays = {name: as_array(outputs[name]) for name in names}
     if columnar:
         if len(names) == 1:
-            return dumps({"outputs": to_json_value(outputs[names[0]], names[0])})
-        return dumps({"outputs": {name: to_json_value(outputs[name], name) for name in names}})
+            return b'{"outputs":' + tensor_json(arrays[names[0]], names[0]).encode() + b"}"
+        columns = ",".join(f"{json.dumps(name)}:{tensor_json(arrays[name], name)}" for name in names)
+        return b'{"outputs":{' + columns.encode() + b"}}"
     batch = -1
     for name in names:
-        shape = outputs[name].shape
+        shape = arrays[name].shape
         if not shape:
             raise invalid(f"Tensor name: {name} has no shape information ")
+        if shape[0] < 1:
+            raise invalid(f"Tensor name: {name} has invalid batch size: {shape[0]}")
         if batch >= 0 and shape[0] != batch:
             raise invalid(f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch}")
         batch = shape[0]
     if len(names) == 1:
-        return dumps({"predictions": to_json_value(outputs[names[0]], names[0])})
-    lists = {name: to_json_value(outputs[name], name) for name in names}
-    return dumps({"predictions": [{name: lists[name][i] for name in names} for i in range(batch)]})
+        return b'{"predictions":' + tensor_json(arrays[names[0]], names[0]).encode() + b"}"
+    rows = {json.dumps(name): row_json(arrays[name], name) for name in names}
+    items = ",".join("{" + ",".join(f"{key}:{texts[i]}" for key, texts in rows.items()) + "}" for i in range(batch))
+    return b'{"predictions":[' + items.encode() + b"]}"
