@@ -1,0 +1,11 @@
+"""The deploy step's errors: one module, so that the deploy, smoke-check and roll-back modules share them."""
+
+from __future__ import annotations
+
+
+class DeployError(RuntimeError):
+    """Deploying cannot go ahead; the message says why and what to do."""
+
+
+class DeployVerificationError(DeployError):
+    """The model server did not serve the deployed version correctly; the label was moved back."""
