@@ -26,6 +26,7 @@ from include.mlops.config import PROJECT_ROOT
 from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.protocol import (
     CorruptVersionError,
+    LabelMovedError,
     ModelRegistry,
     RegisterResult,
     RegistryError,
@@ -285,6 +286,60 @@ def test_labels_move_and_read_back(registry: ModelRegistry, models: tuple[Path, 
 
     (entry,) = registry.read_serving_config().model_config_list.config
     assert entry.name == "tiny" and dict(entry.version_labels) == {"stable": 2}
+
+
+def test_move_label_is_a_compare_and_set_that_refuses_a_stale_expected_version(
+    registry: ModelRegistry, models: tuple[Path, Path]
+) -> None:
+    register(registry, models[0], "run1")
+    register(registry, models[1], "run2")
+    assert registry.move_label("tiny", "stable", 1, expected=None) is None  # a new label: expected absent
+    before = registry.read_serving_config()
+    for stale in (None, 2):
+        with pytest.raises(LabelMovedError) as refused:
+            registry.move_label("tiny", "stable", 2, expected=stale)
+        assert (refused.value.expected, refused.value.actual) == (stale, 1)
+        assert registry.read_serving_config() == before  # nothing written
+    with pytest.raises(LabelMovedError):
+        registry.move_label("tiny", "canary", 2, expected=1)  # the label is absent, not on 1
+
+    # A deploy's move keeps the previous version loaded; the step after verification drops it.
+    assert registry.move_label("tiny", "stable", 2, expected=1, keep=[1]) == 1
+    assert registry.labels("tiny") == {"stable": 2} and registry.served_versions("tiny") == [1, 2]
+    assert registry.move_label("tiny", "stable", 2, expected=2) == 2
+    assert registry.served_versions("tiny") == [2]
+
+    # Removing the model's last label with nothing kept returns the file to its content before the first label.
+    assert registry.move_label("tiny", "stable", None, expected=2) == 2
+    assert registry.labels("tiny") == {} and registry.served_versions("tiny") == []
+    assert list(registry.read_serving_config().model_config_list.config) == []
+    with pytest.raises(VersionNotFoundError):
+        registry.move_label("tiny", "stable", 7, expected=None)
+
+
+def test_of_concurrent_compare_and_sets_from_one_state_exactly_one_wins(
+    registry: ModelRegistry, models: tuple[Path, Path]
+) -> None:
+    register(registry, models[0], "run1")
+    register(registry, models[1], "run2")
+    registry.set_label("tiny", "stable", 1)
+    start = threading.Barrier(6)
+    outcomes: list[object] = []
+
+    def move(_: int) -> None:
+        start.wait()
+        try:
+            outcomes.append(registry.move_label("tiny", "stable", 2, expected=1, keep=[1]))
+        except LabelMovedError as exc:
+            outcomes.append(exc.actual)
+
+    threads = [threading.Thread(target=move, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == [1, 2, 2, 2, 2, 2]  # one returned the old version; five found it moved
+    assert registry.labels("tiny") == {"stable": 2} and registry.served_versions("tiny") == [1, 2]
 
 
 def test_a_label_on_an_unknown_version_is_refused(registry: ModelRegistry, models: tuple[Path, Path]) -> None:

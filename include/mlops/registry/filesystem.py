@@ -45,7 +45,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,7 +56,13 @@ from include.mlops.names import serving_name_problem
 from include.mlops.registry import model_config_file, version_files
 from include.mlops.registry.file_lock import locked
 from include.mlops.registry.model_config_file import CONFIG_FILE
-from include.mlops.registry.protocol import CorruptVersionError, RegisterResult, RegistryError, VersionNotFoundError
+from include.mlops.registry.protocol import (
+    CorruptVersionError,
+    LabelMovedError,
+    RegisterResult,
+    RegistryError,
+    VersionNotFoundError,
+)
 from include.mlops.registry.serving_artifact import TFLITE_FILE
 from include.mlops.registry.version_files import (
     CHECKSUMS_FILE,
@@ -311,6 +317,36 @@ class Registry:
         previous = self._edit_entry(name, change)
         log.info("%s: label %r now points at version %d (was %s)", name, label, version, previous)
         return previous
+
+    def move_label(
+        self, name: str, label: str, version: int | None, *, expected: int | None, keep: Collection[int] = ()
+    ) -> int | None:
+        """Compare-and-set: point ``label`` at ``version`` (None removes it) only if it now names ``expected``.
+
+        The check and the write happen under the config file's lock, in one
+        edit; :class:`LabelMovedError` when the label names another version.
+        The policy becomes the labelled versions plus ``keep``.
+        """
+        model_config_file.check_label(label)
+        if version is not None:
+            self.require_version(name, version)
+
+        def change(entry: Any) -> int | None:
+            actual = entry.version_labels[label] if label in entry.version_labels else None
+            if actual != expected:
+                raise LabelMovedError(name, label, expected, actual)
+            if version is None:
+                if label in entry.version_labels:
+                    del entry.version_labels[label]
+            else:
+                entry.version_labels[label] = version
+            model_config_file.set_policy(entry, {*entry.version_labels.values(), *keep})
+            return actual
+
+        self._edit_entry(name, change)
+        log.info("%s: label %r now points at version %s (was %s); loaded besides: %s",
+                 name, label, version, expected, sorted(keep))  # fmt: skip
+        return expected
 
     def preload(self, name: str, version: int) -> None:
         """Add ``version`` to the loaded versions without labelling it (step one of a label move)."""

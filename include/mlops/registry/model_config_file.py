@@ -57,6 +57,13 @@ def set_policy(entry: Any, versions: set[int]) -> None:
     entry.model_version_policy.specific.versions.extend(sorted(versions))
 
 
+def _is_empty(entry: Any) -> bool:
+    policy = entry.model_version_policy
+    return (
+        not entry.version_labels and policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions
+    )
+
+
 def check_label(label: str) -> None:
     """TF Serving's label names: a letter, then letters, digits, '_' or '-'."""
     if not _LABEL.match(label):
@@ -67,7 +74,9 @@ def edit_entry(path: Path, name: str, base_path: str, change: Callable[[Any], _T
     """Apply ``change`` to the entry of ``name`` (created if missing) and write the file; returns its result.
 
     Other entries are kept as they are.  The entry's ``base_path`` is refreshed
-    on every write, so a changed serving base path takes effect.
+    on every write, so a changed serving base path takes effect.  An entry left
+    with no label and no ``specific`` version is removed: TF Serving would keep
+    waiting for a model with nothing to load (and refuse to start on it).
     """
     artifacts.make_dirs(path.parent)
     with locked(path.parent / f".{path.name}.lock"):
@@ -79,5 +88,7 @@ def edit_entry(path: Path, name: str, base_path: str, change: Callable[[Any], _T
         entry.base_path = base_path
         entry.model_platform = "tensorflow"
         result = change(entry)
+        if _is_empty(entry):
+            config.model_config_list.config.remove(entry)
         artifacts.atomic_write_text(path, text_format.MessageToString(config))
     return result

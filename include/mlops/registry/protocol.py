@@ -17,7 +17,7 @@ contract, so they live here and every implementation raises and returns them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -46,6 +46,24 @@ class CorruptVersionError(RegistryError):
             f"model {name!r} version {version} is corrupt ({len(problems)} problem(s)): {shown}. "
             "Do not serve it: register the model again (a new version) or restore the folder from a backup."
         )
+
+
+class LabelMovedError(RegistryError):
+    """A compare-and-set label edit found the label on another version than the caller expected; nothing changed."""
+
+    def __init__(self, name: str, label: str, expected: int | None, actual: int | None) -> None:
+        self.name = name
+        self.label = label
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"label {label!r} of model {name!r} names {_said(actual)}, not {_said(expected)} as expected: "
+            "someone else moved it meanwhile, so it was left as it is"
+        )
+
+
+def _said(version: int | None) -> str:
+    return f"version {version}" if version is not None else "no version"
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,24 @@ class ModelRegistry(Protocol):
         """
         ...
 
+    def move_label(
+        self, name: str, label: str, version: int | None, *, expected: int | None, keep: Collection[int] = ()
+    ) -> int | None:
+        """Compare-and-set: point ``label`` at ``version`` (None removes it) only if it now names ``expected``.
+
+        ``expected`` None means the label must be absent.  The check and the
+        write are one serialised edit (same atomicity as :meth:`set_label`),
+        so two movers never both succeed from the same state; when the label
+        names another version, :class:`LabelMovedError` (with ``actual``) is
+        raised and nothing changes.  Afterwards the labelled versions plus
+        ``keep`` stay loaded (a deploy keeps the label's previous version loaded
+        until the new one is verified, so that a roll back lands on a loaded
+        version); a model left with no label and no version leaves the config
+        file.  Returns ``expected``.  Raises :class:`VersionNotFoundError` for an
+        unknown ``version`` and :class:`RegistryError` for a bad label.
+        """
+        ...
+
     def preload(self, name: str, version: int) -> None:
         """Ask the server to load an existing ``version`` without labelling it (step one of a label move).
 
@@ -192,6 +228,7 @@ class ModelRegistry(Protocol):
     def remove_label(self, name: str, label: str) -> int | None:
         """Drop ``label`` from ``name``; returns the version it pointed at (None, and no change, if absent).
 
-        Same atomicity as :meth:`set_label`.
+        Same atomicity as :meth:`set_label`.  A model left with no label and no
+        version leaves the config file.
         """
         ...
