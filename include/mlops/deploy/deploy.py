@@ -11,15 +11,24 @@ put into service.  With a model server it is a transaction:
 2. The previous version is written to the **deploy journal**, the file
    ``<out>.journal.json`` beside the step's ``out`` folder (beside it, because
    ``artifacts.step_output`` swaps the whole ``out`` folder in at the end).
-3. The version is loaded, the label moves, and the answers through the label
-   are compared with the expected ones; then the result is written and the
-   journal removed.
+3. The version is loaded (added to the version policy, awaited until
+   AVAILABLE), and the label moves by compare-and-set
+   (:meth:`ModelRegistry.move_label`) while the previous version stays in
+   the policy, so that a roll back lands on a version the server has loaded
+   (TF Serving refuses a label on an unloaded version).
+4. Once the label answers with the version (its metadata through the server,
+   after the server's next config poll), the answers through the label are
+   compared with the expected ones; then the previous version leaves the
+   policy, the result is written and the journal removed.
 
-Any exception in step 3 moves the label back (or removes it if it was new).
-A crash there (SIGKILL, a lost node) leaves the journal behind: the retry
-finds it, restores the previous label first, and then deploys again, so the
-label ends on the old version, or on the new one only once it was verified.
-A retry after a completed deploy finds no journal and changes nothing.
+Any exception in steps 3-4 moves the label back (or removes it if it was new,
+with the version: a failed first deploy leaves nothing loaded) and waits
+until the label answers with the previous version again
+(:mod:`include.mlops.deploy.rollback`).  A crash there (SIGKILL, a lost node)
+leaves the journal behind: the retry finds it, restores the previous label
+first, and then deploys again, so the label ends on the old version, or on the
+new one only once it was verified.  A retry after a completed deploy finds no
+journal and changes nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.deploy.errors import DeployError, DeployVerificationError
+from include.mlops.deploy.rollback import recover_half_done_deploy, restore_label
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
@@ -58,6 +68,9 @@ log = logging.getLogger(__name__)
 # Fault-injection point for tests only: "sigkill" kills the process, "raise" raises, right after the label
 # moved and before it is verified (the worst moment to crash). Never set it outside tests.
 FAULT_AFTER_LABEL_MOVE_ENV = "MLOPS_TEST_FAULT_AFTER_LABEL_MOVE"
+# The server reads models.config once per poll (TF Serving's --model_config_file_poll_wait_seconds, 1 s in the
+# shipped manifests), so a wait for a label move lasts at least that long, whatever --timeout says.
+SERVER_POLL_SECONDS = 1.0
 
 
 def journal_path(out: str | os.PathLike[str]) -> Path:
@@ -99,11 +112,11 @@ def deploy(
     registry: ModelRegistry = Registry()
     name = config.serving_name
     journal = journal_path(out)
-    # First, before anything can fail: a label left on an unverified version by a crashed attempt goes back.
-    _recover_half_done_deploy(registry, journal)
-    registry.verify(name, version)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(ModelServerClient(server_url, timeout=timeout)) if server_url else None
+        # First, before anything can fail: a label left on an unverified version by a crashed attempt goes back.
+        recover_half_done_deploy(registry, server, journal, server_poll_seconds=SERVER_POLL_SECONDS)
+        registry.verify(name, version)
         # Built while the old version still serves: an error here (bad rows, a model TF cannot load) moves nothing.
         check = (
             prepare_smoke_check(config, registry.require_version(name, version), data_uri, smoke_rows)
@@ -120,7 +133,8 @@ def deploy(
                 "changed": False,
             }
             log.info("%s: label %r already points at version %d; nothing to move", name, label, version)
-            _finish(result, name, out, server, check, version, tolerance)
+            _verify(result, name, server, check, version, tolerance)
+            _write_result(result, name, out)
             return result
         artifacts.atomic_write_json(
             journal,
@@ -131,14 +145,21 @@ def deploy(
         try:
             if server is not None:
                 _load_first(registry, server, name, label, version, current)
-            registry.set_label(name, label, version)
+            # Compare-and-set; the previous version stays loaded, so a roll back lands on a loaded version.
+            registry.move_label(name, label, version, expected=current, keep=() if current is None else (current,))
             moved = True
             _fault_injection_point()
             result = {"version": version, "previous": current, "label": label, "changed": True}
-            _finish(result, name, out, server, check, version, tolerance)
+            _verify(result, name, server, check, version, tolerance)
+            # Verified: the previous version leaves the policy (and the label must still be ours).
+            registry.move_label(name, label, version, expected=version)
+            _write_result(result, name, out)
         except BaseException as exc:
-            restored = _restore_label(registry, name, label, version, current)
-            journal.unlink(missing_ok=True)
+            restored, settled = restore_label(
+                registry, server, name, label, version, current, confirm=moved, server_poll_seconds=SERVER_POLL_SECONDS
+            )
+            if settled:  # else the journal stays, so that the next attempt waits for the server again
+                journal.unlink(missing_ok=True)
             if moved and isinstance(exc, DeployVerificationError):
                 raise DeployVerificationError(
                     f"deploy of {name} version {version} failed verification on {server_url}: {exc}. {restored}"
@@ -150,22 +171,26 @@ def deploy(
         return result
 
 
-def _finish(
+def _verify(
     result: dict[str, Any],
     name: str,
-    out: Path,
     server: ModelServerClient | None,
     check: SmokeCheck | None,
     version: int,
     tolerance: float,
 ) -> None:
-    """Verify through the label (when there is a server), then write ``out/result.json``."""
+    """Wait until the label answers with ``version``, then smoke-check through it (when there is a server)."""
     if server is None or check is None:
         log.info("%s: no model server URL given, so the deploy of version %d is not verified", name, version)
         result["verified"] = False
-    else:
-        smoke = verify_deployment(name, version, result["label"], server, check, tolerance=tolerance)
-        result.update(verified=True, server_url=server.url, smoke=smoke)
+        return
+    smoke = verify_deployment(
+        name, version, result["label"], server, check, tolerance=tolerance, server_poll_seconds=SERVER_POLL_SECONDS
+    )
+    result.update(verified=True, server_url=server.url, smoke=smoke)
+
+
+def _write_result(result: dict[str, Any], name: str, out: Path) -> None:
     with artifacts.step_output(out) as staging:
         artifacts.atomic_write_json(staging / "result.json", {**result, "model_name": name})
 
@@ -191,52 +216,6 @@ def _fault_injection_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "raise":
         raise RuntimeError(f"fault injected by {FAULT_AFTER_LABEL_MOVE_ENV}=raise after the label moved")
-
-
-def _recover_half_done_deploy(registry: ModelRegistry, journal: Path) -> None:
-    """Undo a deploy that died between moving its label and finishing (its journal is still there)."""
-    if not journal.is_file():
-        return
-    try:
-        entry = artifacts.read_json(journal)
-        name, label, version, previous = entry["model_name"], entry["label"], entry["version"], entry["previous"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DeployError(
-            f"the deploy journal {journal} is unreadable ({exc!r}); check the model's labels in "
-            f"{registry.config_path} by hand, then delete the journal and retry"
-        ) from None
-    log.warning(
-        "%s: an earlier attempt (pid %s) died while moving label %r to version %s; restoring it first",
-        name, entry.get("pid"), label, version,
-    )  # fmt: skip
-    log.warning("%s: %s", name, _restore_label(registry, name, label, version, previous))
-    journal.unlink()
-    artifacts.fsync_dir(journal.parent)
-
-
-def _restore_label(registry: ModelRegistry, name: str, label: str, moved_to: int, previous: int | None) -> str:
-    """Point ``label`` back at ``previous`` (or remove it); returns a sentence for messages."""
-    now = registry.label_version(name, label)
-    if now not in (moved_to, previous):
-        log.warning("%s: label %r now names version %s, moved by someone else; leaving it", name, label, now)
-        return f"Label {label!r} was moved to version {now} by someone else meanwhile and was left there."
-    if previous is None:
-        registry.remove_label(name, label)
-        _unload_unlabelled(registry, name)
-        return f"Label {label!r} was removed (no version had it before)."
-    # Also drops a preloaded, unlabelled version from the version policy.
-    registry.set_label(name, label, previous)
-    log.error("%s: label %r moved back to version %d", name, label, previous)
-    return f"Label {label!r} was moved back to version {previous}, which keeps serving."
-
-
-def _unload_unlabelled(registry: ModelRegistry, name: str) -> None:
-    """Undo a :meth:`Registry.preload` whose version was never labelled (keep only labelled versions)."""
-    labels = registry.labels(name)
-    if labels:
-        # Re-pointing one label at its own version rewrites the policy to exactly the labelled versions.
-        first, target = next(iter(sorted(labels.items())))
-        registry.set_label(name, first, target)
 
 
 def _earlier_result(out: Path, label: str, version: int) -> dict[str, Any] | None:

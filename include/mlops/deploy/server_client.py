@@ -81,6 +81,55 @@ class ModelServerClient:
         methods = {"tensorflow/serving/classify": "classify", "tensorflow/serving/regress": "regress"}
         return {key: methods[d["method_name"]] for key, d in sorted(defs.items()) if d.get("method_name") in methods}
 
+    def label_version(self, name: str, label: str) -> int | None:
+        """The version ``label`` answers with now (its metadata's ``model_spec.version``); None: it answers none.
+
+        Metadata, not status: TF Serving's status API ignores a label and lists
+        every version, while metadata resolves the label as a predict does.
+        An unknown label (400) or model (404) is None; any other answer raises
+        :class:`ServerNotReadyError`.
+        """
+        code, body = self.request("GET", f"/v1/models/{name}/labels/{label}/metadata")
+        if code in (400, 404):
+            return None
+        spec = body.get("model_spec") if isinstance(body, Mapping) else None
+        if code != 200 or not isinstance(spec, Mapping):
+            error = body.get("error") if isinstance(body, Mapping) else body
+            raise ServerNotReadyError(f"{name} label {label!r}: metadata answered HTTP {code}: {error}")
+        try:
+            return int(spec.get("version"))
+        except (TypeError, ValueError):
+            raise ServerNotReadyError(f"{name} label {label!r}: metadata names no version: {spec}") from None
+
+    def wait_label(self, name: str, label: str, version: int | None, *, server_poll_seconds: float = 1.0) -> None:
+        """Poll until ``label`` answers with ``version`` (None: until it answers with none), or fail.
+
+        A label move is read by the server at its next config poll, so the wait
+        lasts up to ``timeout`` but never less than ``server_poll_seconds``.
+        Raises :class:`ServerNotReadyError` with the last thing the server said.
+        """
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(max(self.timeout, server_poll_seconds)),
+            wait=tenacity.wait_fixed(self.poll_seconds),
+            retry=tenacity.retry_if_exception_type(_NotAvailableYet),
+        )
+        try:
+            retrying(self._check_label, name, label, version)
+        except tenacity.RetryError as exc:
+            wanted = f"version {version}" if version is not None else "no version"
+            raise ServerNotReadyError(
+                f"{name} label {label!r} did not answer with {wanted} within "
+                f"{max(self.timeout, server_poll_seconds):g} s ({exc.last_attempt.exception()})"
+            ) from None
+
+    def _check_label(self, name: str, label: str, version: int | None) -> None:
+        try:
+            actual = self.label_version(name, label)
+        except (ServerUnreachableError, ServerNotReadyError) as exc:
+            raise _NotAvailableYet(str(exc)) from None
+        if actual != version:
+            raise _NotAvailableYet(f"label {label!r} answers with {'version ' + str(actual) if actual else 'none'}")
+
     def status(self, name: str, *, version: int | None = None, label: str | None = None) -> tuple[int, Any]:
         path = f"/v1/models/{name}" + (f"/versions/{version}" if version is not None else "")
         path += f"/labels/{label}" if label is not None else ""

@@ -83,9 +83,20 @@ def prepare_smoke_check(
 
 
 def verify_deployment(
-    name: str, version: int, label: str, server: ModelServerClient, check: SmokeCheck, *, tolerance: float = 1e-4
+    name: str,
+    version: int,
+    label: str,
+    server: ModelServerClient,
+    check: SmokeCheck,
+    *,
+    tolerance: float = 1e-4,
+    server_poll_seconds: float = 1.0,
 ) -> dict[str, Any]:
     """Wait until ``label`` serves ``version``, then compare its answers on the smoke rows with ``check.expected``.
+
+    The wait reads the label's metadata (``model_spec.version``) until the
+    server's poll has moved the label: TF Serving's status through a label
+    lists every version, so an AVAILABLE candidate says nothing about the label.
 
     Raises :class:`DeployVerificationError`; returns ``{"rows", "max_abs_diff", "seconds", "served_format"}``.
     """
@@ -94,7 +105,7 @@ def verify_deployment(
     rows, expected = check.rows, check.expected
     start = time.monotonic()
     try:
-        server.wait_available(name, version=version, label=label)
+        server.wait_label(name, label, version, server_poll_seconds=server_poll_seconds)
     except ServerNotReadyError as exc:
         raise DeployVerificationError(str(exc)) from None
     try:
