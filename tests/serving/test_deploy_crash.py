@@ -19,7 +19,7 @@ from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from tests.serving.conftest import RunningServer, register, serve, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("server_behaviour")]
 
 
 @pytest.fixture

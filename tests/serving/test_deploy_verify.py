@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +17,8 @@ from include.mlops.serving.app import ServerSettings
 from include.mlops.training.savedmodel import convert_to_tflite
 from tests.serving.conftest import free_port, register, serve, wait_for
 
-# Each test starts a real model server or loads real models with TensorFlow.
-pytestmark = pytest.mark.slow
+# Each test starts a real model server or loads real models with TensorFlow, once per server behaviour.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("server_behaviour")]
 
 
 @pytest.fixture
@@ -45,8 +46,30 @@ def snapshot(tmp_path: Path, config: ModelConfig) -> Path:
     return folder
 
 
-def settings_for(registry_root: Path) -> ServerSettings:
-    return ServerSettings(registry_root=registry_root, poll_seconds=0.1, predlog_root=None)
+def settings_for(registry_root: Path, poll_seconds: float = 0.1) -> ServerSettings:
+    return ServerSettings(registry_root=registry_root, poll_seconds=poll_seconds, predlog_root=None)
+
+
+def impostor_of(registry: Registry, saved_models: dict[float, Path], folder: Path, scales: list[float]) -> Registry:
+    """A server folder that shares ``registry``'s models.config but holds other models under the same versions."""
+    impostor = Registry(folder)
+    for i, scale in enumerate(scales):
+        register(impostor, saved_models[scale], run=f"impostor-{i}")
+    impostor.config_path.symlink_to(registry.config_path)
+    return impostor
+
+
+def answer(client: httpx.Client, path: str) -> float | int:
+    """The first prediction through ``path``, or the HTTP status when it is not a 200."""
+    response = client.post(f"{path}:predict", json={"instances": [[1.0] * 10]})
+    return float(response.json()["predictions"][0][0]) if response.status_code == 200 else response.status_code
+
+
+def available(client: httpx.Client) -> set[int]:
+    """The versions the server reports AVAILABLE (none when it does not know the model)."""
+    response = client.get("/v1/models/diabetes")
+    entries = response.json().get("model_version_status", []) if response.status_code == 200 else []
+    return {int(e["version"]) for e in entries if e["state"] == "AVAILABLE"}
 
 
 def test_deploy_verifies_through_the_label(
@@ -165,3 +188,44 @@ def test_expected_answers_come_from_the_tflite_file_when_the_version_has_one(
     plain = prepare_smoke_check(config, plain_dir, snapshot, max_rows=8)
     assert plain.served_format == "saved_model"
     np.testing.assert_allclose(plain.expected, sums, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rollback_ends_only_once_the_label_answers_with_the_previous_version(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    """The server reads models.config once a second here: deploy waits for that read before it returns."""
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    registry.set_label("diabetes", "stable", 1)
+    impostor = impostor_of(registry, saved_models, tmp_path / "server-models", [1.0, 3.0])
+    with serve(settings_for(impostor.root, poll_seconds=1.0)) as running, running.client() as client:
+        with pytest.raises(
+            DeployVerificationError, match=r"moved back to version 1, which keeps serving; .* confirmed"
+        ):
+            deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=snapshot)
+        # At once, no waiting here: the label already answers with version 1 (x1), not the rejected x3.
+        assert answer(client, "/v1/models/diabetes/labels/stable") == pytest.approx(10.0)
+        metadata = client.get("/v1/models/diabetes/labels/stable/metadata").json()
+        assert metadata["model_spec"]["version"] == "1"
+    assert registry.labels("diabetes") == {"stable": 1} and registry.served_versions("diabetes") == [1]
+    assert not journal_path(tmp_path / "d2").exists()
+
+
+def test_a_failed_first_deploy_leaves_nothing_loaded(
+    root: Path, config: ModelConfig, saved_models: dict[float, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    """No label before: a failed deploy removes the label and the version, and models.config is as it was."""
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    assert not registry.read_serving_config().model_config_list.config
+    impostor = impostor_of(registry, saved_models, tmp_path / "server-models", [3.0])
+    with serve(settings_for(impostor.root)) as running, running.client() as client:
+        with pytest.raises(DeployVerificationError, match=r"'stable' was removed .* version 1 unloaded"):
+            deploy(config, 1, out=tmp_path / "d1", server_url=running.url, timeout=60, data_uri=snapshot)
+        assert answer(client, "/v1/models/diabetes/labels/stable") in (400, 404)  # at once: the label is gone
+        # Unknown to the default behaviour; TF Serving keeps listing the unloaded version (END).
+        assert wait_for(lambda: available(client) == set(), timeout=30), client.get("/v1/models/diabetes").text
+    assert list(registry.read_serving_config().model_config_list.config) == []
+    assert registry.labels("diabetes") == {} and registry.served_versions("diabetes") == []
+    assert not (tmp_path / "d1").exists() and not journal_path(tmp_path / "d1").exists()

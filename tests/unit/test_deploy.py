@@ -259,6 +259,28 @@ def test_deploy_restores_the_label_on_any_exception_after_the_move(
     assert registry.served_versions("diabetes") == [1]
 
 
+def test_a_failed_first_deploy_returns_models_config_to_its_earlier_content(
+    two_versions: Registry, config: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = two_versions
+    assert not registry.config_path.exists()
+    monkeypatch.setenv(FAULT_AFTER_LABEL_MOVE_ENV, "raise")
+    with pytest.raises(RuntimeError, match="fault injected"):
+        deploy(config, 1, out=tmp_path / "d1")
+    # Neither the label nor the version is left: the model has no entry, as before the deploy.
+    assert list(registry.read_serving_config().model_config_list.config) == []
+    assert registry.labels("diabetes") == {} and registry.served_versions("diabetes") == []
+    # The same after a crash: the retry's recovery removes what the journal names, then deploys.
+    monkeypatch.delenv(FAULT_AFTER_LABEL_MOVE_ENV)
+    out = tmp_path / "d1b"
+    journal_path(out).write_text(
+        json.dumps({"model_name": "diabetes", "label": "stable", "version": 1, "previous": None})
+    )
+    registry.set_label("diabetes", "stable", 1)
+    assert deploy(config, 1, out=out)["previous"] is None
+    assert registry.labels("diabetes") == {"stable": 1} and registry.served_versions("diabetes") == [1]
+
+
 def test_deploy_retry_restores_a_half_done_deploy_before_deploying_again(
     two_versions: Registry, config: ModelConfig, tmp_path: Path
 ) -> None:
