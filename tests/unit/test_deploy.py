@@ -259,6 +259,25 @@ def test_deploy_restores_the_label_on_any_exception_after_the_move(
     assert registry.served_versions("diabetes") == [1]
 
 
+def test_the_previous_version_stays_loaded_until_the_deploy_is_complete(
+    two_versions: Registry, config: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the candidate is verified, a roll back must be able to name a version the server has loaded."""
+    from include.mlops.deploy import deploy as deploy_module
+
+    registry = two_versions
+    deploy(config, 1, out=tmp_path / "d1")
+    seen: list[tuple[dict[str, int], list[int]]] = []
+    monkeypatch.setattr(
+        deploy_module,
+        "_fault_injection_point",
+        lambda: seen.append((registry.labels("diabetes"), registry.served_versions("diabetes"))),
+    )
+    deploy(config, 2, out=tmp_path / "d2")
+    assert seen == [({"stable": 2}, [1, 2])]  # right after the move
+    assert registry.served_versions("diabetes") == [2]  # once it is complete
+
+
 def test_a_failed_first_deploy_returns_models_config_to_its_earlier_content(
     two_versions: Registry, config: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,8 +18,9 @@ put into service.  With a model server it is a transaction:
    (TF Serving refuses a label on an unloaded version).
 4. Once the label answers with the version (its metadata through the server,
    after the server's next config poll), the answers through the label are
-   compared with the expected ones; then the previous version leaves the
-   policy, the result is written and the journal removed.
+   compared with the expected ones; then the result is written, the journal
+   removed, and only then does the previous version leave the policy (a
+   roll back, or a retry's recovery, never has to name an unloaded version).
 
 Any exception in steps 3-4 moves the label back (or removes it if it was new,
 with the version: a failed first deploy leaves nothing loaded) and waits
@@ -49,7 +50,7 @@ from include.mlops.deploy.rollback import recover_half_done_deploy, restore_labe
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
-from include.mlops.registry.protocol import ModelRegistry
+from include.mlops.registry.protocol import ModelRegistry, RegistryError
 
 __all__ = [
     "FAULT_AFTER_LABEL_MOVE_ENV",
@@ -151,8 +152,6 @@ def deploy(
             _fault_injection_point()
             result = {"version": version, "previous": current, "label": label, "changed": True}
             _verify(result, name, server, check, version, tolerance)
-            # Verified: the previous version leaves the policy (and the label must still be ours).
-            registry.move_label(name, label, version, expected=version)
             _write_result(result, name, out)
         except BaseException as exc:
             restored, settled = restore_label(
@@ -168,6 +167,8 @@ def deploy(
             raise
         journal.unlink(missing_ok=True)
         artifacts.fsync_dir(journal.parent)
+        # Only now, with nothing left to roll back to it, does the previous version leave the policy.
+        _unload_previous(registry, name, label, version, current)
         return result
 
 
@@ -193,6 +194,18 @@ def _verify(
 def _write_result(result: dict[str, Any], name: str, out: Path) -> None:
     with artifacts.step_output(out) as staging:
         artifacts.atomic_write_json(staging / "result.json", {**result, "model_name": name})
+
+
+def _unload_previous(registry: ModelRegistry, name: str, label: str, version: int, previous: int | None) -> None:
+    """Drop the previous version from the policy, if ``label`` still names ``version`` (a compare-and-set).
+
+    The deploy is complete either way: a version left loaded here leaves the
+    policy at the model's next label edit.
+    """
+    try:
+        registry.move_label(name, label, version, expected=version)
+    except RegistryError as exc:
+        log.warning("%s: version %s stays loaded until the next label edit: %s", name, previous, exc)
 
 
 def _load_first(
