@@ -16,7 +16,11 @@ usage, bad data, an invalid config, a missing expectation suite, a corrupt
 model, a training run that diverges under the config's fixed seeds); 1
 anything else, which the task retries (a model server that did not answer,
 data that has not landed yet, a crash, a result without a key its step
-declares).  Which exception types mean bad input besides a config error and
+declares); 143 when SIGTERM stopped it (Airflow's "mark failed" or
+``execution_timeout``, a pod deletion): the signal raises
+:class:`~include.mlops.exit_codes.StepTerminated`, so the step's clean-up
+runs before it exits (a deploy puts its label back).  Which exception types
+mean bad input besides a config error and
 :class:`~include.mlops.exit_codes.BadInputError` is part of each declaration.
 """
 
@@ -25,13 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from include.mlops.artifacts import atomic_write_json, to_jsonable, use_shared_umask
 from include.mlops.config import ConfigError, find_model_config
-from include.mlops.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, BadInputError
+from include.mlops.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TERMINATED, BadInputError, StepTerminated
 from include.mlops.steps import bad_input_errors, get_step, registered_steps
 
 log = logging.getLogger("include.mlops")
@@ -71,6 +76,12 @@ def _is_bad_input(exc: Exception) -> bool:
     return isinstance(exc, (ConfigError, BadInputError, *bad_input_errors()))
 
 
+def _raise_step_terminated(signum: int, frame: object) -> NoReturn:
+    """SIGTERM: stop the step by raising :class:`StepTerminated`, so its clean-up runs; later ones wait for it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise StepTerminated(f"{signal.Signals(signum).name} received; the step cleaned up and stopped")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Steps write the shared artifact root, also through libraries that follow the umask (pyarrow, matplotlib).
     use_shared_umask()
@@ -78,15 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
     args = build_parser().parse_args(argv)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_step_terminated)
     try:
         config = find_model_config(args.model, args.models_dir)
         result = to_jsonable(get_step(args.step).run(config, args))
+    except StepTerminated as exc:
+        log.error("%s stopped: %s", args.step, exc)
+        return EXIT_TERMINATED
     except Exception as exc:
         if _is_bad_input(exc):
             log.error("%s failed: %s", args.step, exc)
             return EXIT_BAD_INPUT
         log.exception("%s failed", args.step)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     if args.result_file:
         atomic_write_json(args.result_file, result)
     print(json.dumps(result, sort_keys=True, default=str))

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from include.mlops.config import ModelConfig, find_model_config
-from include.mlops.deploy.deploy import DeployError, DeployVerificationError, deploy, journal_path, prepare_smoke_check
+from include.mlops.deploy.deploy import DeployError, DeployVerificationError, deploy, prepare_smoke_check
+from include.mlops.deploy.journal import journal_path
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
 from include.mlops.training.savedmodel import convert_to_tflite
@@ -167,7 +168,7 @@ def test_unreadable_held_out_rows_fail_before_the_label_moves(
             deploy(config, 2, out=tmp_path / "d2", server_url=running.url, timeout=60, data_uri=corrupt)
     assert registry.labels("diabetes") == {"stable": 1}
     assert registry.served_versions("diabetes") == [1]  # not even preloaded
-    assert not (tmp_path / "d2").exists() and not journal_path(tmp_path / "d2").exists()
+    assert not (tmp_path / "d2").exists() and not journal_path(registry.model_dir("diabetes"), "stable").exists()
 
 
 def test_expected_answers_come_from_the_tflite_file_when_the_version_has_one(
@@ -209,7 +210,7 @@ def test_a_rollback_ends_only_once_the_label_answers_with_the_previous_version(
         metadata = client.get("/v1/models/diabetes/labels/stable/metadata").json()
         assert metadata["model_spec"]["version"] == "1"
     assert registry.labels("diabetes") == {"stable": 1} and registry.served_versions("diabetes") == [1]
-    assert not journal_path(tmp_path / "d2").exists()
+    assert not journal_path(registry.model_dir("diabetes"), "stable").exists()
 
 
 def test_a_failed_first_deploy_leaves_nothing_loaded(
@@ -228,4 +229,4 @@ def test_a_failed_first_deploy_leaves_nothing_loaded(
         assert wait_for(lambda: available(client) == set(), timeout=30), client.get("/v1/models/diabetes").text
     assert list(registry.read_serving_config().model_config_list.config) == []
     assert registry.labels("diabetes") == {} and registry.served_versions("diabetes") == []
-    assert not (tmp_path / "d1").exists() and not journal_path(tmp_path / "d1").exists()
+    assert not (tmp_path / "d1").exists() and not journal_path(registry.model_dir("diabetes"), "stable").exists()

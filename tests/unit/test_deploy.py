@@ -13,7 +13,8 @@ from model_factory import make_saved_model
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig, find_model_config
-from include.mlops.deploy.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy, journal_path
+from include.mlops.deploy.deploy import FAULT_AFTER_LABEL_MOVE_ENV, deploy
+from include.mlops.deploy.journal import journal_path
 from include.mlops.evaluation.gate import decide
 from include.mlops.registry.filesystem import CorruptVersionError, Registry, VersionNotFoundError
 from include.mlops.registry.register import CandidateModelError, RegisterError, register_model
@@ -251,7 +252,7 @@ def test_deploy_restores_the_label_on_any_exception_after_the_move(
         deploy(config, 2, out=tmp_path / "d2")
     assert registry.labels("diabetes") == {"stable": 1}
     assert registry.served_versions("diabetes") == [1]
-    assert not (tmp_path / "d2").exists() and not journal_path(tmp_path / "d2").exists()
+    assert not (tmp_path / "d2").exists() and not journal_path(registry.model_dir("diabetes"), "stable").exists()
     # A label that did not exist before is removed again.
     with pytest.raises(RuntimeError, match="fault injected"):
         deploy(config, 2, label="canary", out=tmp_path / "c")
@@ -292,7 +293,7 @@ def test_a_failed_first_deploy_returns_models_config_to_its_earlier_content(
     # The same after a crash: the retry's recovery removes what the journal names, then deploys.
     monkeypatch.delenv(FAULT_AFTER_LABEL_MOVE_ENV)
     out = tmp_path / "d1b"
-    journal_path(out).write_text(
+    journal_path(registry.model_dir("diabetes"), "stable").write_text(
         json.dumps({"model_name": "diabetes", "label": "stable", "version": 1, "previous": None})
     )
     registry.set_label("diabetes", "stable", 1)
@@ -307,9 +308,9 @@ def test_deploy_retry_restores_a_half_done_deploy_before_deploying_again(
     registry = two_versions
     deploy(config, 1, out=tmp_path / "d1")
     out = tmp_path / "runs" / "deploy"
-    journal = journal_path(out)
-    assert journal == tmp_path / "runs" / "deploy.journal.json"  # beside out/, which is swapped in whole
-    journal.parent.mkdir(parents=True)
+    journal = journal_path(registry.model_dir("diabetes"), "stable")
+    # One journal per model and label, beside the versions: any run's deploy (or the champion lookup) finds it.
+    assert journal == registry.root / "diabetes" / ".deploy-stable.journal.json"
     journal.write_text(json.dumps({"model_name": "diabetes", "label": "stable", "version": 2, "previous": 1}))
     registry.set_label("diabetes", "stable", 2)
 
@@ -328,7 +329,9 @@ def test_deploy_retry_restores_the_label_even_when_the_version_is_now_corrupt(
     registry = two_versions
     deploy(config, 1, out=tmp_path / "d1")
     out = tmp_path / "d2"
-    journal_path(out).write_text(json.dumps({"model_name": "diabetes", "label": "stable", "version": 2, "previous": 1}))
+    journal_path(registry.model_dir("diabetes"), "stable").write_text(
+        json.dumps({"model_name": "diabetes", "label": "stable", "version": 2, "previous": 1})
+    )
     registry.set_label("diabetes", "stable", 2)
     (registry.version_dir("diabetes", 2) / "saved_model.pb").write_bytes(b"broken")
     with pytest.raises(CorruptVersionError):

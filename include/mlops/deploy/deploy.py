@@ -2,63 +2,70 @@
 
 ``deploy`` moves a label (``stable``, ``canary``) in TF Serving's model config
 file after verifying the version's checksums, so a corrupted version is never
-put into service.  With a model server it is a transaction:
+put into service.  With a model server it is a transaction, run while holding
+the model's deploy lock (two deploys of one model run one after the other):
 
-1. Everything that can fail without the server is done first, while the old
-   version still serves: checksums, the held-out smoke rows, and the expected
-   answers of the artifact the server will load (``model.tflite`` when the
-   version has one, else the SavedModel; see :mod:`include.mlops.registry.serving_artifact`).
-2. The previous version is written to the **deploy journal**, the file
-   ``<out>.journal.json`` beside the step's ``out`` folder (beside it, because
-   ``artifacts.step_output`` swaps the whole ``out`` folder in at the end).
+0. An unfinished move of any of the model's labels (its journal, see
+   :mod:`include.mlops.deploy.journal`) is repaired first: the label goes back
+   to the last verified version.
+1. Everything that can fail without the server is done next, while the old
+   version still serves: checksums, the served bytes against the bytes the
+   gate measured (the lineage's ``measured_artifact``), the held-out smoke
+   rows, and the expected answers of the artifact the server will load
+   (``model.tflite`` when the version has one, else the SavedModel; see
+   :mod:`include.mlops.registry.serving_artifact`).
+2. The previous version is written to the label's journal,
+   ``models/<name>/.deploy-<label>.journal.json``.
 3. The version is loaded (added to the version policy, awaited until
-   AVAILABLE), and the label moves by compare-and-set
-   (:meth:`ModelRegistry.move_label`) while the previous version stays in
-   the policy, so that a roll back lands on a version the server has loaded
-   (TF Serving refuses a label on an unloaded version).
+   AVAILABLE for one config poll in a row, so every replica has it), and the
+   label moves by compare-and-set (:meth:`ModelRegistry.move_label`) while
+   the previous version stays in the policy, so that a roll back lands on a
+   version the server has loaded (TF Serving refuses a label on an unloaded
+   version).
 4. Once the label answers with the version (its metadata through the server,
-   after the server's next config poll), the answers through the label are
-   compared with the expected ones; then the result is written, the journal
-   removed, and only then does the previous version leave the policy (a
-   roll back, or a retry's recovery, never has to name an unloaded version).
+   for one config poll in a row), the answers through the label are compared
+   with the expected ones; then the result is written, the journal removed,
+   and only then does the previous version leave the policy.
 
-Any exception in steps 3-4 moves the label back (or removes it if it was new,
-with the version: a failed first deploy leaves nothing loaded) and waits
-until the label answers with the previous version again
-(:mod:`include.mlops.deploy.rollback`).  A crash there (SIGKILL, a lost node)
-leaves the journal behind: the retry finds it, restores the previous label
-first, and then deploys again, so the label ends on the old version, or on the
-new one only once it was verified.  A retry after a completed deploy finds no
-journal and changes nothing.
+Any exception in steps 3-4, SIGTERM included (the CLI turns it into
+:class:`include.mlops.exit_codes.StepTerminated`), moves the label back (or
+removes it if it was new, with the version: a failed first deploy leaves
+nothing loaded) and waits until the label answers with the previous version
+again (:mod:`include.mlops.deploy.rollback`).  A death there (SIGKILL, a lost
+node) leaves the journal behind: the next deploy of the model, a retry or the
+next run, and the champion lookup find it and put the label back first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
-from include.mlops.deploy.errors import DeployError, DeployVerificationError
-from include.mlops.deploy.rollback import recover_half_done_deploy, restore_label
+from include.mlops.deploy.errors import DeployError, DeployVerificationError, ServedBytesError
+from include.mlops.deploy.journal import deploy_lock, remove_journal, unfinished_deploys, write_journal
+from include.mlops.deploy.rollback import repair_unfinished_deploy, restore_label
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.protocol import ModelRegistry, RegistryError
+from include.mlops.registry.serving_artifact import served_artifact
 
 __all__ = [
     "FAULT_AFTER_LABEL_MOVE_ENV",
     "DeployError",
     "DeployVerificationError",
+    "ServedBytesError",
     "SmokeCheck",
     "deploy",
-    "journal_path",
     "prepare_smoke_check",
     "smoke_rows",
     "verify_deployment",
@@ -66,18 +73,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Fault-injection point for tests only: "sigkill" kills the process, "raise" raises, right after the label
-# moved and before it is verified (the worst moment to crash). Never set it outside tests.
+# Fault-injection point for tests only, right after the label moved and before it is verified (the worst
+# moment to end): "sigkill" kills the process, "raise" raises, "hang" sleeps until it is stopped. A value
+# "@<path>" reads the fault from that file (none when it is missing or empty). Never set it outside tests.
 FAULT_AFTER_LABEL_MOVE_ENV = "MLOPS_TEST_FAULT_AFTER_LABEL_MOVE"
-# The server reads models.config once per poll (TF Serving's --model_config_file_poll_wait_seconds, 1 s in the
-# shipped manifests), so a wait for a label move lasts at least that long, whatever --timeout says.
+# The server reads models.config once per poll (TF Serving's --model_config_file_poll_wait_seconds: 1 s on the
+# local server and in the compose file, 30 s in include/k8s/serving), so a label move is confirmed only after
+# the answers agreed for that long; pass the server's interval as server_poll_seconds.
 SERVER_POLL_SECONDS = 1.0
-
-
-def journal_path(out: str | os.PathLike[str]) -> Path:
-    """Where the deploy writing ``out`` keeps its journal (a sibling file, so it survives the ``out`` swap)."""
-    out = Path(out)
-    return out.parent / f"{out.name}.journal.json"
 
 
 def deploy(
@@ -91,6 +94,7 @@ def deploy(
     data_uri: str | os.PathLike[str] | None = None,
     tolerance: float = 1e-4,
     smoke_rows: int = 32,
+    server_poll_seconds: float = SERVER_POLL_SECONDS,
 ) -> dict[str, Any]:
     """Verify ``version`` and point ``label`` at it; returns ``{"version", "previous", "label", "changed", "verified"}``.
 
@@ -105,6 +109,16 @@ def deploy(
     step's ``predictions.parquet``; test-split rows when it has a ``split``
     column), else from the version's lineage ``data_uri``.
 
+    ``server_poll_seconds`` is how often the server re-reads models.config
+    (``--model_config_file_poll_wait_seconds``): loading and the label move
+    count as done only once the answers agreed for that long in a row, so
+    that every replica behind ``server_url`` has applied them.
+
+    Raises :class:`ServedBytesError` (bad input) before anything moves when
+    the version's served artifact is not the one its gate measured, and
+    :class:`include.mlops.deploy.journal.DeployBusyError` when another deploy
+    of the model holds its lock for too long.
+
     Without ``server_url`` only the label moves and the result says
     ``"verified": false``.  A retry after the label already moved changes
     nothing and reports the ``previous`` version recorded in ``out/result.json``.
@@ -112,18 +126,21 @@ def deploy(
     out = Path(out)
     registry: ModelRegistry = Registry()
     name = config.serving_name
-    journal = journal_path(out)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(ModelServerClient(server_url, timeout=timeout)) if server_url else None
-        # First, before anything can fail: a label left on an unverified version by a crashed attempt goes back.
-        recover_half_done_deploy(registry, server, journal, server_poll_seconds=SERVER_POLL_SECONDS)
+        stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=max(timeout, 60.0) * 5))
+        # First, before anything can fail: a label left on an unverified version by an unfinished deploy goes back.
+        for unfinished in unfinished_deploys(registry.model_dir(name)):
+            repair_unfinished_deploy(registry, server, unfinished, server_poll_seconds=server_poll_seconds)
         registry.verify(name, version)
+        _check_gated_bytes(registry, name, version)
         # Built while the old version still serves: an error here (bad rows, a model TF cannot load) moves nothing.
         check = (
             prepare_smoke_check(config, registry.require_version(name, version), data_uri, smoke_rows)
             if server is not None
             else None
         )
+        settings = _Verification(server, check, tolerance, server_poll_seconds)
         current = registry.label_version(name, label)
         if current == version:
             earlier = _earlier_result(out, label, version)
@@ -134,60 +151,75 @@ def deploy(
                 "changed": False,
             }
             log.info("%s: label %r already points at version %d; nothing to move", name, label, version)
-            _verify(result, name, server, check, version, tolerance)
+            _verify(result, name, version, settings)
             _write_result(result, name, out)
             return result
-        artifacts.atomic_write_json(
-            journal,
-            {"model_name": name, "label": label, "version": version, "previous": current,
-             "started_at": dt.datetime.now(dt.UTC).isoformat(), "pid": os.getpid()},
-        )  # fmt: skip
+        journal = write_journal(registry.model_dir(name), name, label, version, current)
         moved = False
         try:
             if server is not None:
-                _load_first(registry, server, name, label, version, current)
+                _load_first(registry, server, name, label, version, current, server_poll_seconds)
             # Compare-and-set; the previous version stays loaded, so a roll back lands on a loaded version.
             registry.move_label(name, label, version, expected=current, keep=() if current is None else (current,))
             moved = True
             _fault_injection_point()
             result = {"version": version, "previous": current, "label": label, "changed": True}
-            _verify(result, name, server, check, version, tolerance)
+            _verify(result, name, version, settings)
             _write_result(result, name, out)
         except BaseException as exc:
             restored, settled = restore_label(
-                registry, server, name, label, version, current, confirm=moved, server_poll_seconds=SERVER_POLL_SECONDS
+                registry, server, name, label, version, current, confirm=moved, server_poll_seconds=server_poll_seconds
             )
-            if settled:  # else the journal stays, so that the next attempt waits for the server again
-                journal.unlink(missing_ok=True)
+            if settled:  # else the journal stays, so that the next deploy or lookup repairs and waits again
+                remove_journal(journal)
             if moved and isinstance(exc, DeployVerificationError):
                 raise DeployVerificationError(
                     f"deploy of {name} version {version} failed verification on {server_url}: {exc}. {restored}"
                 ) from None
             log.error("%s: deploy of version %d failed (%s). %s", name, version, exc, restored)
             raise
-        journal.unlink(missing_ok=True)
-        artifacts.fsync_dir(journal.parent)
+        remove_journal(journal)
         # Only now, with nothing left to roll back to it, does the previous version leave the policy.
         _unload_previous(registry, name, label, version, current)
         return result
 
 
-def _verify(
-    result: dict[str, Any],
-    name: str,
-    server: ModelServerClient | None,
-    check: SmokeCheck | None,
-    version: int,
-    tolerance: float,
-) -> None:
+@dataclass(frozen=True)
+class _Verification:
+    server: ModelServerClient | None
+    check: SmokeCheck | None
+    tolerance: float
+    server_poll_seconds: float
+
+
+def _check_gated_bytes(registry: ModelRegistry, name: str, version: int) -> None:
+    """Refuse a version whose served bytes are not the bytes its gate measured (before any label moves)."""
+    lineage = registry.read_metadata(name, version)["lineage"] or {}
+    measured = lineage.get("measured_artifact")
+    if not isinstance(measured, Mapping) or not measured.get("sha256"):
+        log.warning("%s version %d: its lineage names no measured artifact (registered without an evaluation), "
+                    "so the served bytes are not compared with what a gate measured", name, version)  # fmt: skip
+        return
+    served = served_artifact(registry.require_version(name, version))
+    if (served.format, served.sha256) != (measured.get("format"), measured["sha256"]):
+        raise ServedBytesError(
+            f"{name} version {version} would serve {served.path} ({served.format}, sha256 {served.sha256}), "
+            f"but its gate measured a {measured.get('format')} with sha256 {measured['sha256']} "
+            f"({measured.get('path')}); no label was moved. Register the evaluated artifact as a new version"
+        )
+
+
+def _verify(result: dict[str, Any], name: str, version: int, settings: _Verification) -> None:
     """Wait until the label answers with ``version``, then smoke-check through it (when there is a server)."""
+    server, check = settings.server, settings.check
     if server is None or check is None:
         log.info("%s: no model server URL given, so the deploy of version %d is not verified", name, version)
         result["verified"] = False
         return
     smoke = verify_deployment(
-        name, version, result["label"], server, check, tolerance=tolerance, server_poll_seconds=SERVER_POLL_SECONDS
-    )
+        name, version, result["label"], server, check, tolerance=settings.tolerance,
+        server_poll_seconds=settings.server_poll_seconds, steady_s=settings.server_poll_seconds,
+    )  # fmt: skip
     result.update(verified=True, server_url=server.url, smoke=smoke)
 
 
@@ -209,12 +241,23 @@ def _unload_previous(registry: ModelRegistry, name: str, label: str, version: in
 
 
 def _load_first(
-    registry: ModelRegistry, server: ModelServerClient, name: str, label: str, version: int, current: int | None
+    registry: ModelRegistry,
+    server: ModelServerClient,
+    name: str,
+    label: str,
+    version: int,
+    current: int | None,
+    server_poll_seconds: float,
 ) -> None:
-    """TF Serving refuses a label on a version it has not loaded: load it and wait until AVAILABLE."""
+    """TF Serving refuses a label on a version it has not loaded: load it and wait until AVAILABLE everywhere.
+
+    AVAILABLE for one config poll in a row: each replica behind the URL reads
+    the new policy on its own poll, and one that had not loaded the version
+    would refuse the label move.
+    """
     registry.preload(name, version)
     try:
-        server.wait_available(name, version=version)
+        server.wait_available(name, version=version, steady_s=server_poll_seconds)
     except ServerNotReadyError as exc:
         raise DeployVerificationError(
             f"{name} version {version} did not become AVAILABLE on {server.url}, so label {label!r} "
@@ -223,7 +266,14 @@ def _load_first(
 
 
 def _fault_injection_point() -> None:
-    fault = os.environ.get(FAULT_AFTER_LABEL_MOVE_ENV)
+    fault = os.environ.get(FAULT_AFTER_LABEL_MOVE_ENV, "")
+    if fault.startswith("@"):
+        fault_file = Path(fault[1:])
+        fault = fault_file.read_text().strip() if fault_file.is_file() else ""
+    if fault == "hang":
+        log.warning("fault injected by %s=hang: waiting to be stopped", FAULT_AFTER_LABEL_MOVE_ENV)
+        while True:
+            time.sleep(1.0)
     if fault == "sigkill":
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -9,3 +9,7 @@ class DeployError(RuntimeError):
 
 class DeployVerificationError(DeployError):
     """The model server did not serve the deployed version correctly; the label was moved back."""
+
+
+class ServedBytesError(DeployError):
+    """The version would serve other bytes than the ones its gate measured; nothing was moved (bad input)."""

@@ -13,10 +13,9 @@ server, the step then waits until the label answers with the restored version
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from include.mlops import artifacts
 from include.mlops.deploy.errors import DeployError
+from include.mlops.deploy.journal import DeployJournal, deploy_lock_if_free, read_journal, remove_journal
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.registry.protocol import LabelMovedError, ModelRegistry
 
@@ -82,29 +81,47 @@ def _left_to_someone_else(name: str, label: str, actual: int | None) -> str:
     return f"Label {label!r} was moved to {_version(actual)} by someone else meanwhile and was left there."
 
 
-def recover_half_done_deploy(
-    registry: ModelRegistry, server: ModelServerClient | None, journal: Path, *, server_poll_seconds: float = 1.0
+def repair_unfinished_deploy(
+    registry: ModelRegistry,
+    server: ModelServerClient | None,
+    journal: DeployJournal,
+    *,
+    server_poll_seconds: float = 1.0,
 ) -> None:
-    """Undo a deploy that died between moving its label and finishing (its journal is still there)."""
-    if not journal.is_file():
-        return
-    try:
-        entry = artifacts.read_json(journal)
-        name, label, version, previous = entry["model_name"], entry["label"], entry["version"], entry["previous"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DeployError(
-            f"the deploy journal {journal} is unreadable ({exc!r}); check the model's labels in "
-            f"{registry.config_path} by hand, then delete the journal and retry"
-        ) from None
-    log.warning(
-        "%s: an earlier attempt (pid %s) died while moving label %r to version %s; restoring it first",
-        name, entry.get("pid"), label, version,
-    )  # fmt: skip
+    """Put a label an unfinished deploy left on an unverified version back on the last verified one.
+
+    The caller holds the model's deploy lock, so the deploy that wrote
+    ``journal`` is dead.  Without a ``server`` the label is restored in the
+    config file only (the server applies it at its next poll).
+    """
+    name, label = journal.model_name, journal.label
     said, settled = restore_label(
-        registry, server, name, label, version, previous, confirm=True, server_poll_seconds=server_poll_seconds
-    )
-    log.warning("%s: %s", name, said)
+        registry, server, name, label, journal.version, journal.previous, confirm=True,
+        server_poll_seconds=server_poll_seconds,
+    )  # fmt: skip
+    log.warning("%s: %s; repaired: %s", name, journal.describe(), said)
     if not settled:
-        raise DeployError(f"{name}: restoring label {label!r} after an earlier attempt: {said}")
-    journal.unlink()
-    artifacts.fsync_dir(journal.parent)
+        raise DeployError(f"{name}: repairing label {label!r} after an unfinished deploy: {said}")
+    remove_journal(journal)
+
+
+def verified_label_version(registry: ModelRegistry, name: str, label: str = "stable") -> int | None:
+    """The version ``label`` names once every unfinished move of it is undone: the last verified one.
+
+    With a journal and no deploy running, the label is repaired first (in the
+    config file); while a deploy runs, its journal's previous version is the
+    answer and nothing changes.
+    """
+    model_dir = registry.model_dir(name)
+    if read_journal(model_dir, label) is None:
+        return registry.label_version(name, label)
+    with deploy_lock_if_free(model_dir) as free:
+        journal = read_journal(model_dir, label)  # again, under the lock: the deploy may have just finished
+        if journal is None:
+            return registry.label_version(name, label)
+        if free:
+            repair_unfinished_deploy(registry, None, journal)
+            return registry.label_version(name, label)
+    log.warning("%s: a deploy is moving label %r to version %d; its last verified version is %s",
+                name, label, journal.version, journal.previous)  # fmt: skip
+    return journal.previous

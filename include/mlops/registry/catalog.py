@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig, models_dir, scan_model_configs
+from include.mlops.deploy.journal import unfinished_deploys
 from include.mlops.registry.run_folders import GATE_TASKS as GATE_TASKS  # re-exported with the run records
 from include.mlops.registry.run_folders import (
     REPORT_FILE,
@@ -83,6 +84,9 @@ class ModelRecord:
     stable_metrics: dict[str, Any]
     deployed: dict[str, Any] | None
     last_run: RunRecord | None
+    # Label moves a deploy started and did not finish: {"label", "version", "previous", "started_at", "pid", "host"};
+    # ``labels`` and ``stable_version`` already give such a label's last verified version.
+    unfinished_deploys: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return as_dict(self)
@@ -168,7 +172,7 @@ class Catalog:
     def model(self, name: str, runs: list[RunRecord] | None = None) -> ModelRecord:
         """The model's summary; ``runs`` is :meth:`runs` when the caller already has it."""
         dag_id, serving_name, gate_metrics = self._identity(name)
-        labels = self.labels(serving_name)
+        labels, unfinished = self._verified_labels(serving_name)
         versions = self.versions(name)
         stable = labels.get("stable")
         stable_metrics = self._metadata(serving_name, stable)["metrics"] or {} if stable in versions else {}
@@ -197,7 +201,22 @@ class Catalog:
             stable_metrics=stable_metrics,
             deployed=deployed,
             last_run=runs[-1] if runs else None,
+            unfinished_deploys=unfinished,
         )
+
+    def _verified_labels(self, serving_name: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The labels as their last verified versions, and the unfinished moves (the deploy journals) behind them."""
+        labels = self.labels(serving_name)
+        unfinished = []
+        for journal in unfinished_deploys(self.registry_root / serving_name):
+            if journal.previous is None:
+                labels.pop(journal.label, None)
+            else:
+                labels[journal.label] = journal.previous
+            unfinished.append(
+                {k: getattr(journal, k) for k in ("label", "version", "previous", "started_at", "pid", "host")}
+            )
+        return labels, unfinished
 
     def models(self) -> list[ModelRecord]:
         return [self.model(name) for name in self.model_names()]

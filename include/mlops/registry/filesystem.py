@@ -5,6 +5,9 @@ Layout under :func:`include.mlops.artifacts.registry_root`::
     models/models.config                  TF Serving's model_config_list (names, version policy, labels)
     models/.models.config.lock            serialises rewrites of models.config
     models/<name>/.lock                   serialises version allocation for one model
+    models/<name>/.deploy.lock            serialises deploys of one model (include.mlops.deploy.journal)
+    models/<name>/.deploy-<label>.journal.json  an unfinished label move (ibid.)
+    models/<name>/label-moves.jsonl       every label move, one JSON line each (label_log)
     models/<name>/<version>/              a SavedModel TF Serving loads as it is
         saved_model.pb, variables/, ...
         model.tflite                      optional (TF Serving's --prefer_tflite_model reads this name)
@@ -17,7 +20,7 @@ Layout under :func:`include.mlops.artifacts.registry_root`::
         assets.extra/checksums.json       sha256 of every other file of the version
 
 TF Serving only loads all-digit folder names, so the dot-prefixed staging
-folders and lock files next to the versions are invisible to it.
+folders, lock files and logs next to the versions are invisible to it.
 
 A version is written into a staging folder, fsynced, and claimed by renaming
 it to its number, all under an exclusive ``flock`` on the model's lock file.
@@ -55,6 +58,7 @@ from include.mlops import artifacts
 from include.mlops.names import serving_name_problem
 from include.mlops.registry import model_config_file, version_files
 from include.mlops.registry.file_lock import locked
+from include.mlops.registry.label_log import record_label_moves
 from include.mlops.registry.model_config_file import CONFIG_FILE
 from include.mlops.registry.protocol import (
     CorruptVersionError,
@@ -376,8 +380,18 @@ class Registry:
 
     def _edit_entry(self, name: str, change: Callable[[Any], _T]) -> _T:
         _check_name(name)  # base_path does not when $MLOPS_SERVING_BASE_PATH is set
+        labels: dict[str, dict[str, int]] = {}
+
+        def recorded(entry: Any) -> _T:
+            labels["before"] = dict(entry.version_labels)
+            result = change(entry)
+            labels["after"] = dict(entry.version_labels)
+            return result
+
         # The base path is refreshed on every write, so a changed $MLOPS_SERVING_BASE_PATH takes effect.
-        return model_config_file.edit_entry(self.config_path, name, self.base_path(name), change)
+        result = model_config_file.edit_entry(self.config_path, name, self.base_path(name), recorded)
+        record_label_moves(self.model_dir(name), labels["before"], labels["after"])  # once the edit is published
+        return result
 
 
 def _check_name(name: str) -> None:

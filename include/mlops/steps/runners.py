@@ -38,16 +38,21 @@ def run_train(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def champion(config: ModelConfig, choice: str) -> tuple[str | None, int | None]:
-    """Resolve ``--champion``: ``auto`` (the version labelled stable), ``none``, or a path."""
+    """Resolve ``--champion``: ``auto`` (the last verified version of ``stable``), ``none``, or a path.
+
+    A label an unfinished deploy left on an unverified version is repaired
+    first (or, while that deploy still runs, its previous version is used).
+    """
     if choice == "none":
         return None, None
     if choice != "auto":
         return choice, None
     from include.mlops.artifacts import registry_root
+    from include.mlops.deploy.rollback import verified_label_version
     from include.mlops.registry.filesystem import Registry
 
     registry = Registry(registry_root())
-    version = registry.label_version(config.serving_name, "stable")
+    version = verified_label_version(registry, config.serving_name, "stable")
     if version is None:
         return None, None
     return str(registry.version_dir(config.serving_name, version)), version
@@ -129,6 +134,7 @@ def run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.timeout,
         data_uri=args.data,
         tolerance=args.tolerance,
+        server_poll_seconds=args.server_poll_seconds,
     )
 
 
