@@ -180,8 +180,21 @@ locals {
   ])
   # null when the manifests lack that Service or port; the preconditions in helm.tf and outputs.tf then stop
   # the plan with a message instead of an attribute error here.
-  model_server_port    = try(one([for port in local.model_server_service.spec.ports : port.port if port.name == "http"]), null)
-  model_server_url     = local.model_server_port == null ? null : "http://${local.model_server_name}.${var.namespaces.steps}.svc.${var.cluster_domain}:${local.model_server_port}"
+  model_server_port = try(one([for port in local.model_server_service.spec.ports : port.port if port.name == "http"]), null)
+  model_server_url  = local.model_server_port == null ? null : "http://${local.model_server_name}.${var.namespaces.steps}.svc.${var.cluster_domain}:${local.model_server_port}"
+  # How often the server re-reads models.config (its --model_config_file_poll_wait_seconds): the Connection's
+  # extra config_poll_seconds, so that a deploy waits one poll for every replica before it trusts an answer.
+  model_server_args = try(one([
+    for obj in local.applied_objects : obj
+    if obj.kind == "Deployment" && obj.metadata.name == local.model_server_name
+  ]).spec.template.spec.containers[0].args, [])
+  model_server_poll_seconds = try(one([
+    for arg in local.model_server_args : trimprefix(arg, "--model_config_file_poll_wait_seconds=")
+    if startswith(arg, "--model_config_file_poll_wait_seconds=")
+  ]), null)
+  model_server_connection = (local.model_server_url == null || local.model_server_poll_seconds == null
+    ? local.model_server_url
+  : "${local.model_server_url}?config_poll_seconds=${local.model_server_poll_seconds}")
   model_server_missing = "include/k8s/serving has no Service ${local.model_server_name} with a port named \"http\": the module derives the model server URL (Airflow's Connection model_server_default) from it. Add the Service, or add its file to local.manifest_files in include/terraform/locals.tf."
 
   # The release's env: values.yaml's list with the entries that depend on this installation replaced.
@@ -189,7 +202,7 @@ locals {
   release_env_overrides = {
     MLOPS_K8S_NAMESPACE               = var.namespaces.steps
     MLOPS_K8S_GPU_NODE_SELECTOR       = join(",", [for key in sort(keys(var.gpu_node_labels)) : "${key}=${var.gpu_node_labels[key]}"])
-    AIRFLOW_CONN_MODEL_SERVER_DEFAULT = local.model_server_url
+    AIRFLOW_CONN_MODEL_SERVER_DEFAULT = local.model_server_connection
   }
   release_env = concat(
     [for entry in try(local.helm_values.env, []) : entry if !contains(keys(local.release_env_overrides), entry.name)],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from include.mlops.config import ModelConfig
 from mlops_airflow import alerts
 from mlops_airflow.backends import mapped_step_operator, step_operator
 from mlops_airflow.gate_operators import GateOperator, RejectOperator, SkipDeployOperator, run_type
-from mlops_airflow.monitoring import connection_url, drift_trigger, retrain_asset
+from mlops_airflow.monitoring import connection_extra, connection_url, drift_trigger, retrain_asset
 from mlops_airflow.params import (
     RefusedParamsError,
     check_gate_params,
@@ -191,6 +192,28 @@ def model_server_url(conn_id: str = MODEL_SERVER_CONN_ID) -> str | None:
     return connection_url(conn_id)
 
 
+def model_server_poll_seconds(conn_id: str = MODEL_SERVER_CONN_ID) -> float | None:
+    """How often the model server re-reads models.config: the Connection's extra ``config_poll_seconds``.
+
+    None (the deploy step's default, 1 s: the local server and the compose
+    file) when the Connection or the key is missing.  The in-cluster TF
+    Serving polls every 30 s, so its Connection says ``?config_poll_seconds=30``.
+    """
+    value = connection_extra(conn_id, "config_poll_seconds")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise AirflowFailException(
+            f"Connection {conn_id!r}: extra config_poll_seconds={value!r} is not a number of seconds >= 0 "
+            "(the model server's --model_config_file_poll_wait_seconds)"
+        )
+    return seconds
+
+
 def _deploy_arguments(context: Context) -> dict[str, Any]:
     server_url = model_server_url()
     if server_url is None:
@@ -203,6 +226,7 @@ def _deploy_arguments(context: Context) -> dict[str, Any]:
         "version": context["ti"].xcom_pull(task_ids="register")["version"],
         "label": "stable",
         "server_url": server_url,
+        "server_poll_seconds": model_server_poll_seconds() if server_url is not None else None,
         "data": context["ti"].xcom_pull(task_ids="snapshot")["data_uri"],
     }
 

@@ -111,6 +111,15 @@ def connection_url(conn_id: str) -> str | None:
     return f"{conn.schema or 'http'}://{host}{port}"
 
 
+def connection_extra(conn_id: str, key: str) -> Any:
+    """One key of a Connection's extra (``?key=value`` in an ``AIRFLOW_CONN_...`` URI); None when either is missing."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return conn.extra_dejson.get(key)
+
+
 class PrometheusHook(BaseHook):
     """Prometheus's base URL from an HTTP Connection (``AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://host:9090``)."""
 

@@ -201,7 +201,12 @@ def test_model_server_connection_is_the_serving_service() -> None:
     service = find(kustomize(serving), "Service", "mlops-model-server")
     (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
-    assert static_env(load_values())["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == f"http://{host}:{http['port']}"
+    # Its extra config_poll_seconds is the server's own config poll, so that a deploy waits for every replica.
+    [server] = find(kustomize(serving), "Deployment", "mlops-model-server")["spec"]["template"]["spec"]["containers"]
+    flag = "--model_config_file_poll_wait_seconds="
+    [poll] = [arg.removeprefix(flag) for arg in server["args"] if arg.startswith(flag)]
+    connection = static_env(load_values())["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"]
+    assert connection == f"http://{host}:{http['port']}?config_poll_seconds={poll}"
 
 
 def test_workers_mount_the_artifact_root_where_step_pods_do() -> None:

@@ -188,12 +188,17 @@ def test_the_release_env_carries_the_installation_and_keeps_the_rest(
 
     # With the defaults, the module changes nothing the values file says: the Helm-only install is the same.
     assert _env(default_evaluation) == values_env
-    assert default_evaluation["url"] == values_env["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"]
+    # The Connection is the URL with the server's config poll as its extra (the output is the URL alone).
+    assert values_env["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"].startswith(
+        default_evaluation["url"] + "?config_poll_seconds="
+    )
 
     renamed = _env(renamed_evaluation)
     assert renamed["MLOPS_K8S_NAMESPACE"] == "st"
     assert renamed["MLOPS_K8S_GPU_NODE_SELECTOR"] == "nvidia.com/gpu.present=true,pool=a100"
-    assert renamed["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == "http://mlops-model-server.st.svc.cluster.local:8501"
+    assert renamed["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"] == (
+        "http://mlops-model-server.st.svc.cluster.local:8501?config_poll_seconds=30"
+    )
     assert {k: v for k, v in renamed.items() if k not in overridden} == {
         k: v for k, v in values_env.items() if k not in overridden
     }

@@ -50,3 +50,29 @@ def test_a_connection_whose_host_holds_the_scheme_gives_one_url(monkeypatch: pyt
     conn = '{"conn_type": "http", "host": "http://model-server", "port": 8501}'
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", conn)
     assert model_server_url() == "http://model-server:8501"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [("", None), ("?config_poll_seconds=30", 30.0), ("?config_poll_seconds=0.5", 0.5)],
+)
+def test_the_model_server_connection_says_how_often_the_server_rereads_its_config(
+    monkeypatch: pytest.MonkeyPatch, extra: str, expected: float | None
+) -> None:
+    from mlops_airflow.lifecycle import model_server_poll_seconds
+
+    monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", "http://model-server:8501" + extra)
+    assert model_server_poll_seconds() == expected
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_a_bad_config_poll_in_the_model_server_connection_fails_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.lifecycle import model_server_poll_seconds
+
+    monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", f"http://model-server:8501?config_poll_seconds={value}")
+    with pytest.raises(AirflowFailException, match=r"extra config_poll_seconds=.* is not a number of seconds >= 0"):
+        model_server_poll_seconds()

@@ -8,7 +8,8 @@ and failed to load fails at once with the server's own error message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -101,25 +102,30 @@ class ModelServerClient:
         except (TypeError, ValueError):
             raise ServerNotReadyError(f"{name} label {label!r}: metadata names no version: {spec}") from None
 
-    def wait_label(self, name: str, label: str, version: int | None, *, server_poll_seconds: float = 1.0) -> None:
+    def wait_label(
+        self, name: str, label: str, version: int | None, *, server_poll_seconds: float = 1.0, steady_s: float = 0.0
+    ) -> None:
         """Poll until ``label`` answers with ``version`` (None: until it answers with none), or fail.
 
         A label move is read by the server at its next config poll, so the wait
         lasts up to ``timeout`` but never less than ``server_poll_seconds``.
-        Raises :class:`ServerNotReadyError` with the last thing the server said.
+        With ``steady_s``, every answer for that long in a row must agree (see
+        :func:`_steady`).  Raises :class:`ServerNotReadyError` with the last
+        thing the server said.
         """
+        limit = max(self.timeout, server_poll_seconds) + steady_s
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(max(self.timeout, server_poll_seconds)),
+            stop=tenacity.stop_after_delay(limit),
             wait=tenacity.wait_fixed(self.poll_seconds),
             retry=tenacity.retry_if_exception_type(_NotAvailableYet),
         )
         try:
-            retrying(self._check_label, name, label, version)
+            retrying(_steady(self._check_label, steady_s), name, label, version)
         except tenacity.RetryError as exc:
             wanted = f"version {version}" if version is not None else "no version"
             raise ServerNotReadyError(
-                f"{name} label {label!r} did not answer with {wanted} within "
-                f"{max(self.timeout, server_poll_seconds):g} s ({exc.last_attempt.exception()})"
+                f"{name} label {label!r} did not answer with {wanted} within {limit:g} s "
+                f"({exc.last_attempt.exception()})"
             ) from None
 
     def _check_label(self, name: str, label: str, version: int | None) -> None:
@@ -135,25 +141,27 @@ class ModelServerClient:
         path += f"/labels/{label}" if label is not None else ""
         return self.request("GET", path)
 
-    def wait_available(self, name: str, *, version: int, label: str | None = None) -> None:
+    def wait_available(self, name: str, *, version: int, label: str | None = None, steady_s: float = 0.0) -> None:
         """Poll until the server reports ``version`` (through ``label`` if given) AVAILABLE, or fail.
 
-        Raises :class:`ServerNotReadyError` after ``timeout`` seconds with the
-        last thing the server said, or at once when the server reports that it
-        tried and failed to load the version (state END with an error).
+        Raises :class:`ServerNotReadyError` after ``timeout`` (plus ``steady_s``)
+        seconds with the last thing the server said, or at once when the server
+        reports that it tried and failed to load the version (state END with an
+        error).  With ``steady_s``, every answer for that long in a row must
+        say AVAILABLE (see :func:`_steady`).
         """
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(self.timeout),
+            stop=tenacity.stop_after_delay(self.timeout + steady_s),
             wait=tenacity.wait_fixed(self.poll_seconds),
             retry=tenacity.retry_if_exception_type(_NotAvailableYet),
         )
         try:
-            retrying(self._check_available, name, version, label)
+            retrying(_steady(self._check_available, steady_s), name, version, label)
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             via = f" through label {label!r}" if label else ""
             raise ServerNotReadyError(
-                f"{name} version {version} was not AVAILABLE{via} within {self.timeout:g} s ({last})"
+                f"{name} version {version} was not AVAILABLE{via} within {self.timeout + steady_s:g} s ({last})"
             ) from None
 
     def _check_available(self, name: str, version: int, label: str | None) -> None:
@@ -176,3 +184,33 @@ class ModelServerClient:
         if entry.get("state") == "END" and status.get("error_code", "OK") != "OK":
             raise ServerNotReadyError(f"the server could not load version {version}: {status.get('error_message')}")
         raise _NotAvailableYet(f"version {version} is {entry.get('state')}")
+
+
+def _steady(check: Callable[..., None], steady_s: float) -> Callable[..., None]:
+    """``check`` that passes only once it has passed at every poll for ``steady_s`` seconds in a row.
+
+    Behind a Service, each replica re-reads ``models.config`` on its own
+    schedule (TF Serving's ``--model_config_file_poll_wait_seconds``).  The
+    first answer that agrees comes after the file was written; once answers
+    have agreed for one poll interval after it, every replica has read the
+    file, and one that still disagreed was seen (every disagreeing answer
+    starts the window again).
+    """
+    agreeing_since: float | None = None
+
+    def attempt(*args: Any) -> None:
+        nonlocal agreeing_since
+        try:
+            check(*args)
+        except _NotAvailableYet:
+            agreeing_since = None
+            raise
+        now = time.monotonic()
+        agreeing_since = now if agreeing_since is None else agreeing_since
+        if now - agreeing_since < steady_s:
+            raise _NotAvailableYet(
+                f"the answers agreed for {now - agreeing_since:.1f} of {steady_s:g} s (one config poll, so that "
+                "every replica has read models.config)"
+            )
+
+    return attempt

@@ -91,12 +91,16 @@ def verify_deployment(
     *,
     tolerance: float = 1e-4,
     server_poll_seconds: float = 1.0,
+    steady_s: float = 0.0,
 ) -> dict[str, Any]:
     """Wait until ``label`` serves ``version``, then compare its answers on the smoke rows with ``check.expected``.
 
     The wait reads the label's metadata (``model_spec.version``) until the
     server's poll has moved the label: TF Serving's status through a label
     lists every version, so an AVAILABLE candidate says nothing about the label.
+    With ``steady_s`` (one config poll), the label must answer with the
+    version for that long in a row first, so that every replica behind the
+    URL has applied the move before the smoke rows are sent.
 
     Raises :class:`DeployVerificationError`; returns ``{"rows", "max_abs_diff", "seconds", "served_format"}``.
     """
@@ -105,7 +109,7 @@ def verify_deployment(
     rows, expected = check.rows, check.expected
     start = time.monotonic()
     try:
-        server.wait_label(name, label, version, server_poll_seconds=server_poll_seconds)
+        server.wait_label(name, label, version, server_poll_seconds=server_poll_seconds, steady_s=steady_s)
     except ServerNotReadyError as exc:
         raise DeployVerificationError(str(exc)) from None
     try:

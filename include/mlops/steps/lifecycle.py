@@ -160,9 +160,16 @@ declare(
         Argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to serve it"),
         Argument("--data", help="held-out rows for the smoke request (snapshot folder or predictions.parquet)"),
         Argument("--tolerance", type=float, default=1e-4, help="allowed rtol/atol of served vs offline answers"),
+        Argument(
+            "--server-poll-seconds",
+            type=float,
+            default=1.0,
+            help="how often the server re-reads models.config (TF Serving's --model_config_file_poll_wait_seconds); "
+            "a move counts as done once every answer agreed for that long",
+        ),
     ),
     timeout_s=1200,
-    bad_input=(CORRUPT_VERSION,),
+    bad_input=(CORRUPT_VERSION, ("include.mlops.deploy.errors", "ServedBytesError")),
     result_keys=("version", "previous", "label", "changed"),
 )
 declare(
