@@ -178,6 +178,17 @@ def test_a_label_that_is_not_served_is_refused_before_sending(server: RunningSer
     assert request_counts(server, config.serving_name) == before
 
 
+@pytest.mark.parametrize("label", ["", None])
+def test_traffic_without_a_label_is_refused_before_sending(
+    server: RunningServer, config: ModelConfig, label: str | None
+) -> None:
+    """On TF Serving, a request without a label reaches the highest loaded version: a deploy's unverified candidate."""
+    before = request_counts(server, config.serving_name)
+    with pytest.raises(TrafficInputError, match="traffic goes through a version label"):
+        send_traffic(config, server.url, label=label, requests=5)  # type: ignore[arg-type]
+    assert request_counts(server, config.serving_name) == before
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "include.mlops.traffic", *args],

@@ -171,14 +171,14 @@ def malformed_body(kind: str, row: np.ndarray) -> bytes:
     raise ValueError(f"unknown malformed request kind {kind!r}")
 
 
-def _model_path(config: ModelConfig, label: str | None) -> str:
-    return f"/v1/models/{config.serving_name}" + (f"/labels/{label}" if label else "")
+def _model_path(config: ModelConfig, label: str) -> str:
+    return f"/v1/models/{config.serving_name}/labels/{label}"
 
 
-def check_served(client: httpx.Client, config: ModelConfig, label: str | None) -> None:
-    """Raise :class:`TrafficError` unless the server answers and reports the model (label) AVAILABLE."""
+def check_served(client: httpx.Client, config: ModelConfig, label: str) -> None:
+    """Raise :class:`TrafficError` unless the server answers and reports the model's label AVAILABLE."""
     path = _model_path(config, label)
-    what = f"model {config.serving_name!r}" + (f" label {label!r}" if label else "")
+    what = f"model {config.serving_name!r} label {label!r}"
     try:
         response = client.get(path)
     except httpx.TransportError as exc:
@@ -204,7 +204,7 @@ def send_traffic(
     config: ModelConfig,
     server: str = DEFAULT_SERVER,
     *,
-    label: str | None = "stable",
+    label: str = "stable",
     rate: float = 20.0,
     duration: float | None = 60.0,
     requests: int | None = None,
@@ -216,7 +216,16 @@ def send_traffic(
     progress_seconds: float = 5.0,
     report: Callable[[str], None] = print,
 ) -> TrafficSummary:
-    """Send paced ``:predict`` requests for ``duration`` seconds and/or ``requests`` requests."""
+    """Send paced ``:predict`` requests through ``label`` for ``duration`` seconds and/or ``requests`` requests.
+
+    Always through a label: TF Serving answers a request without one with the
+    highest loaded version, which during a deploy is the unverified candidate.
+    """
+    if not label:
+        raise TrafficInputError(
+            "traffic goes through a version label (e.g. stable): without one, TF Serving answers with the highest "
+            "loaded version, which during a deploy is a candidate nobody verified yet"
+        )
     if rate <= 0:
         raise TrafficInputError(f"rate must be positive, got {rate}")
     if duration is None and requests is None:
