@@ -23,6 +23,7 @@ BENCHMARKS = {
     "spine": "DAG parse time and orchestration overhead of a real scheduler",
     "serving": "model server latency and throughput against the bare SavedModel",
     "monitoring": "drift scoring throughput against plain pandas, and the full drift check's breakdown",
+    "drift_quality": "drift decision's false alarms and detection of small shifts, against Evidently's defaults",
     "optimize": "compressed TFLite variants of digits (size, CPU speedup, accuracy) against the float model",
     "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",

@@ -55,7 +55,7 @@ when the run is due (a run triggered by hand: when it was triggered):
 * `slo`: request count, error ratio and p95/p99 latency from Prometheus (Connection `prometheus_default`),
   against the objectives below. Prometheus unreachable fails the task; too few requests is `insufficient_data`.
 * `drift`: the logged prediction requests against the training reference of the served version
-  (population stability index per feature and Great Expectations); scores go to the Pushgateway
+  (KS or chi-square per feature, Holm-corrected; PSI and Great Expectations reported); scores go to the Pushgateway
   (Connection `pushgateway_default`, when defined).
 * `decide` writes `report.html` (its path is in the task log) and branches:
   `healthy`, `insufficient_data` (a warning, never healthy), `slo_breach` (an alert through the SMTP Connection
@@ -68,7 +68,8 @@ when the run is due (a run triggered by hand: when it was triggered):
 | max error ratio | {slo.max_error_ratio} |
 | p95 latency | {slo.p95_latency_ms} ms |
 | p99 latency | {slo.p99_latency_ms} ms |
-| drift: PSI threshold | {drift.psi_threshold} |
+| drift: false-alarm rate per window | {drift.false_alarm_rate} |
+| drift: PSI alert threshold | {drift.psi_threshold} |
 | drift: min rows | {drift.min_rows} |
 """
 

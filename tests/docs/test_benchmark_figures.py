@@ -114,6 +114,22 @@ def test_serving_prose() -> None:
 
 # --------------------------------------------------------------------------------------------- the others
 
+DRIFT_METHODS = ("project", "evidently_defaults", "ks_bonferroni")
+
+
+def drift_cell(model: str, size: str, shift: str | None) -> list[Value]:
+    """The percentages a drift-quality cell prints: clean windows flagged, or a shift detected, per method."""
+
+    def rate(method: str) -> Value:
+        def value(d: dict[str, Any]) -> float:
+            cells = d["models"][model]["clean"] if shift is None else d["models"][model]["shifted"][shift]
+            return cells[size]["rates"][method] * 100
+
+        return value
+
+    return [rate(method) for method in DRIFT_METHODS]
+
+
 ROWS = [
     # (table marker, row label, {column: [values]}, result file)
     ("**Spine**", "parse `dags/lifecycle.py`", {
@@ -165,6 +181,16 @@ ROWS = [
         2: [lambda d: d["monitoring_run_in_process_s"]],
         3: [lambda d: d["monitoring_run_ratio"]],
     }, "monitoring"),
+    *[
+        ("**Drift quality**", f"{model}, {int(size):,} rows", {
+            1: drift_cell(model, size, None),
+            2: drift_cell(model, size, "0.25_sigma"),
+            3: drift_cell(model, size, "0.5_sigma"),
+            4: drift_cell(model, size, "1_sigma"),
+        }, "drift_quality")
+        for model in ("diabetes", "digits")
+        for size in ("200", "1000", "5000")
+    ],
     ("**Compose**", "start until every service is healthy", {
         1: [lambda d: d["compose"]["up_to_all_healthy_s"]],
         2: [lambda d: d["make_run"]["start_to_api_ready_s"]],

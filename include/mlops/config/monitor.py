@@ -30,16 +30,29 @@ class SloConfig:
 class DriftConfig:
     """Input drift: the window's logged requests against the served version's training reference.
 
-    ``psi_threshold``: a feature whose population stability index over the
-    reference's ``bins`` (quantile bins of the training rows) exceeds this has
-    drifted (0.1 is a small shift, 0.25 a large one, by the usual rule of thumb).
+    Drift is decided by a two-sample test per feature against the reference's
+    sample of training rows (Kolmogorov-Smirnov for numeric features,
+    chi-square for categorical ones), Holm-corrected across features:
+    ``false_alarm_rate`` is the chance that a window drawn from the training
+    population is flagged (per window, all features together).
+    ``min_rows``: fewer logged rows of a version is ``insufficient_data``.
+    ``reference_sample_rows``: register stores at most this many training rows
+    (a seeded sample) with the reference for the tests.
+    ``psi_threshold``: the effect size that the ``MlopsDriftAboveThreshold``
+    alert compares the pushed PSI scores with, over the reference's ``bins``
+    (quantile bins of the training rows); it decides drift only for versions
+    whose reference predates the sample (0.1 is a small shift, 0.25 a large
+    one, by the usual rule of thumb).
     ``mean_tolerance``: how far the window's mean may move from the reference
-    mean, in reference standard deviations, before the mean expectation fails.
+    mean, in reference standard deviations, before the Great Expectations mean
+    expectation fails (recorded, not deciding).
     ``max_validation_rows``: Great Expectations validates at most this many of
-    the window's rows (a seeded sample); the drift scores use every row.
+    the window's rows (a seeded sample); the scores and tests use every row.
     """
 
     min_rows: PositiveInt = 100
+    false_alarm_rate: Annotated[float, Strict(), Field(gt=0, lt=0.5)] = 0.01
+    reference_sample_rows: PositiveInt = 10_000
     psi_threshold: PositiveFloat = 0.2
     bins: Annotated[int, Strict(), Field(ge=2, le=100)] = 10
     mean_tolerance: PositiveFloat = 0.5

@@ -1,12 +1,21 @@
 """The drift step: the window's logged requests against the training reference of the version that served them.
 
 ``check_drift`` reads the prediction log of the model's serving name for
-``[window_start, window_end)``, scores every row against its version's
-``assets.extra/reference.json`` (PSI per feature, :mod:`.scoring`), validates
-a seeded sample of the rows with a Great Expectations suite derived from the
-reference (:mod:`.expectations`), pushes the scores to a Pushgateway when one
-is given (:mod:`.push`), and writes ``out/drift.json`` (the result) and
-``out/validation.json`` (GX's result).
+``[window_start, window_end)`` and judges every row against its version's
+``assets.extra/reference.json``: a two-sample test per feature against the
+reference's training sample, Holm-corrected over every test of the window
+(:mod:`.stattests`), decides which features have drifted, so that a window
+from the training population is flagged with probability at most
+``drift.false_alarm_rate``.  PSI over the reference bins and the out-of-range
+share (:mod:`.scoring`) are reported as effect sizes.  A seeded sample of the
+rows is validated with a Great Expectations suite derived from the reference
+(:mod:`.expectations`); its failures are listed, not deciding.  The scores are
+pushed to a Pushgateway when one is given (:mod:`.push`), and the check writes
+``out/drift.json`` (the result) and ``out/validation.json`` (GX's result).
+
+A version whose reference predates the training sample (format 1) is judged
+by ``PSI > drift.psi_threshold`` instead, and ``problems`` says so: that rule's
+false-alarm rate is not known.  A feature missing from logged rows has drifted.
 
 Fewer usable rows than ``drift.min_rows`` is ``insufficient_data``, never
 healthy.  Unreadable log files and rows of versions without a reference are
@@ -27,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data.sources import as_utc
-from include.mlops.monitoring.reference import read_reference
+from include.mlops.monitoring.reference import has_sample, read_reference
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,7 +139,8 @@ def check_drift(
 
     from include.mlops.monitoring.expectations import validate_sample
     from include.mlops.monitoring.push import PushError, push_drift
-    from include.mlops.monitoring.scoring import score_rows
+    from include.mlops.monitoring.scoring import feature_columns, score_columns
+    from include.mlops.monitoring.stattests import feature_tests, judge
     from include.mlops.registry.filesystem import Registry
 
     if as_utc(window_start) >= as_utc(window_end):
@@ -164,13 +174,22 @@ def check_drift(
         usable |= selected
 
     per_version: dict[str, dict[str, Any]] = {}
+    tests: dict[str, dict[str, Any]] = {}
     for version, count in version_rows.items():
         if count < drift.min_rows:
             problems.append(f"version {version} served only {count} rows (< min_rows {drift.min_rows}); not scored")
             continue
         selected = window.versions == version
-        rows = window.rows if selected.all() else window.rows[selected]
-        per_version[str(version)] = score_rows(rows, references[version], features)
+        columns = feature_columns(window.rows if selected.all() else window.rows[selected])
+        per_version[str(version)] = score_columns(columns, references[version], features)
+        if has_sample(references[version]):
+            tests[str(version)] = feature_tests(references[version], columns, features)
+        else:
+            problems.append(
+                f"version {version}'s training reference has no training sample (registered before it was stored): "
+                f"its features are judged by PSI > {drift.psi_threshold}, whose false-alarm rate is not known"
+            )
+    judged = judge(tests, drift.false_alarm_rate)
     rows_used = int(np.count_nonzero(usable))
 
     out = Path(out)
@@ -179,12 +198,16 @@ def check_drift(
         "drifted": False,
         "score": None,
         "threshold": drift.psi_threshold,
+        "false_alarm_rate": drift.false_alarm_rate,
         "rows": rows_used,
         "features": {f: {"psi": None, "drifted": False, "reason": None} for f in features},
         "failed_expectations": [],
         "problems": problems,
         "versions": {str(v): c for v, c in version_rows.items()},
-        "per_version": {v: {"rows": s["rows"], "score": s["score"], "psi": s["psi"]} for v, s in per_version.items()},
+        "per_version": {
+            v: {"rows": s["rows"], "score": s["score"], "psi": s["psi"], "tests": judged.get(v)}
+            for v, s in per_version.items()
+        },
         "pushed": False,
         "result_uri": str((out / RESULT_FILE).resolve()),
         "validation_uri": None,
@@ -200,20 +223,17 @@ def check_drift(
             f"(drift needs at least {drift.min_rows} from one version with a training reference)",
         )
     else:
-        # Plots and GX use the version that served most rows; the scores cover every scored version.
+        # Plots and GX use the version that served most rows; the scores and tests cover every scored version.
         primary = max(per_version, key=lambda v: per_version[v]["rows"])
         primary_scores, primary_ref = per_version[primary], references[int(primary)]
         result["primary_version"] = int(primary)
         for feature in features:
-            scores = [s["psi"][feature] for s in per_version.values() if s["psi"][feature] is not None]
             entry = result["features"][feature]
-            entry["psi"] = max(scores) if scores else None
+            entry.update(_feature_decision(feature, per_version, judged, drift.psi_threshold, drift.false_alarm_rate))
             entry.update(_feature_detail(primary_scores, primary_ref, feature))
             absent = sum(s["rows"] - s["present"][feature] for s in per_version.values())
             if absent:
                 entry.update(drifted=True, reason=f"{MISSING_REASON} ({absent} of {rows_used} rows lack it)")
-            elif entry["psi"] is not None and entry["psi"] > drift.psi_threshold:
-                entry.update(drifted=True, reason=f"PSI {entry['psi']:.3f} > threshold {drift.psi_threshold}")
         selected = window.versions == int(primary)
         sample_rows = window.rows if selected.all() else window.rows[selected]
         # A feature missing from some rows is already reported; GX judges the features every row carries.
@@ -221,11 +241,8 @@ def check_drift(
         validation, failures = validate_sample(sample_rows, features, present, primary_ref, drift)
         result["validated_rows"] = validation["meta"]["validated_rows"]
         result["validation_sampled"] = validation["meta"]["sampled"]
-        for feature, line in failures:
-            result["failed_expectations"].append(line)
-            entry = result["features"][feature]
-            if not entry["drifted"]:
-                entry.update(drifted=True, reason=f"failed expectation: {line}")
+        # Recorded beside the decision: GX's fixed tolerances have no known false-alarm rate.
+        result["failed_expectations"].extend(line for _, line in failures)
         scored = [e["psi"] for e in result["features"].values() if e["psi"] is not None]
         result["score"] = max(scored) if scored else None
         result["drifted"] = any(e["drifted"] for e in result["features"].values())
@@ -251,9 +268,9 @@ def check_drift(
 
 
 # What a feature's entry keeps in the step's result (its XCom); drift.json keeps the bins and shares too.
-SUMMARY_FEATURE_KEYS = ("psi", "drifted", "reason")
+SUMMARY_FEATURE_KEYS = ("psi", "drifted", "reason", "test", "p_adjusted")
 SUMMARY_KEYS = (
-    "status", "drifted", "score", "threshold", "rows", "versions", "primary_version", "failed_expectations",
+    "status", "drifted", "score", "threshold", "false_alarm_rate", "rows", "versions", "primary_version", "failed_expectations",
     "problems", "pushed", "result_uri", "validation_uri", "validated_rows", "validation_sampled",
     "model_name", "window_start", "window_end",
 )  # fmt: skip
@@ -284,10 +301,48 @@ def _reference_of(registry: ModelRegistry, name: str, version: int) -> dict[str,
     return read_reference(registry.version_dir(name, version))
 
 
+def _feature_decision(
+    feature: str,
+    per_version: Mapping[str, Mapping[str, Any]],
+    judged: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    psi_threshold: float,
+    false_alarm_rate: float,
+) -> dict[str, Any]:
+    """One feature's effect sizes (the largest over versions) and decision (the strongest test over versions)."""
+    psis = [s["psi"][feature] for s in per_version.values() if s["psi"][feature] is not None]
+    outside = [s["out_of_range"][feature] for s in per_version.values() if s["out_of_range"][feature] is not None]
+    entry: dict[str, Any] = {
+        "psi": max(psis) if psis else None,
+        "out_of_range": max(outside) if outside else None,
+        "drifted": False,
+        "reason": None,
+        "test": None,
+        "statistic": None,
+        "p_value": None,
+        "p_adjusted": None,
+    }
+    tested = [(v, by_feature[feature]) for v, by_feature in judged.items() if by_feature[feature]["test"]]
+    if tested:
+        version, strongest = min(tested, key=lambda item: item[1]["p_adjusted"])
+        entry.update({key: strongest[key] for key in ("test", "statistic", "p_value", "p_adjusted")})
+        if strongest["drifted"]:
+            entry.update(
+                drifted=True,
+                reason=f"{strongest['test']} statistic {strongest['statistic']:.3g}, Holm-adjusted p "
+                f"{strongest['p_adjusted']:.2g} <= false_alarm_rate {false_alarm_rate} (version {version})",
+            )
+    for version, scores in per_version.items():
+        psi = scores["psi"][feature]
+        if version not in judged and psi is not None and psi > psi_threshold and not entry["drifted"]:
+            entry.update(drifted=True, reason=f"PSI {psi:.3f} > threshold {psi_threshold} (version {version})")
+    return entry
+
+
 def _feature_detail(scores: Mapping[str, Any], reference: Mapping[str, Any], feature: str) -> dict[str, Any]:
     """What the report plots for one feature: bins and shares of the primary version (no raw data)."""
     stats = reference["features"][feature]
     return {
+        "kind": stats.get("kind"),
         "bin_edges": stats["bin_edges"],
         "reference_weights": stats["bin_weights"],
         "current_weights": scores["current_weights"][feature],

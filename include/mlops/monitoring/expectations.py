@@ -3,9 +3,15 @@
 Per feature: its values within the training range widened by the suites'
 ``RANGE_MARGIN`` (``mostly`` 99 %, so a stray request does not fail it), its
 mean within ``mean_tolerance`` reference standard deviations of the training
-mean, a few quantiles within the same tolerance, and its KL divergence from
-the reference bins below the PSI threshold (KL is one of PSI's two halves, so
-it never fires before PSI would on the same bins; it is the GX record of it).
+mean, and its KL divergence from the reference bins below the PSI threshold
+(KL is one of PSI's two halves; it is the GX record of it).  Numeric features
+also get a few quantiles within the mean's tolerance; categorical ones (binary,
+low-cardinality: see :mod:`.reference`) never do, since a quantile of a
+two-valued feature jumps from one value to the other on a clean window.
+
+The suite is a record beside the decision, not part of it: its fixed
+tolerances have no known false-alarm rate, so its failures are listed in the
+drift result and do not mark features as drifted (:mod:`.stattests` does).
 
 GX costs seconds per million rows, so it validates at most
 ``max_validation_rows`` rows, a seeded uniform sample; the PSI scores use
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DriftConfig
 from include.mlops.data.suites import RANGE_MARGIN
+from include.mlops.monitoring.reference import CATEGORICAL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +50,8 @@ def _expectation(kind: str, why: str, **kwargs: Any) -> dict[str, Any]:
 
 def reference_suite(reference: dict[str, Any], features: Sequence[str], drift: DriftConfig) -> dict[str, Any]:
     """The drift suite of ``features`` (see the module docstring) from one version's reference."""
+    import numpy as np
+
     expectations: list[dict[str, Any]] = []
     for feature in features:
         stats = reference["features"][feature]
@@ -62,22 +71,24 @@ def reference_suite(reference: dict[str, Any], features: Sequence[str], drift: D
             )
         )  # fmt: skip
         quantiles = stats["quantiles"]
-        expectations.append(
-            _expectation(
-                "expect_column_quantile_values_to_be_between", f"training quantiles +/- {drift.mean_tolerance} std",
-                column=feature,
-                quantile_ranges={
-                    "quantiles": list(CHECKED_QUANTILES),
-                    "value_ranges": [[quantiles[str(q)] - tolerance, quantiles[str(q)] + tolerance] for q in CHECKED_QUANTILES],
-                },
-            )
-        )  # fmt: skip
-        # The reference's inner bins (between the training min and just above its max) hold all its weight.
+        if stats.get("kind") != CATEGORICAL:
+            expectations.append(
+                _expectation(
+                    "expect_column_quantile_values_to_be_between", f"training quantiles +/- {drift.mean_tolerance} std",
+                    column=feature,
+                    quantile_ranges={
+                        "quantiles": list(CHECKED_QUANTILES),
+                        "value_ranges": [[quantiles[str(q)] - tolerance, quantiles[str(q)] + tolerance] for q in CHECKED_QUANTILES],
+                    },
+                )
+            )  # fmt: skip
+        # Closed at the training min and just above its max for GX, where the reference bins hold all their weight.
+        above_max = float(np.nextafter(np.float32(high), np.float32(np.inf)))
         expectations.append(
             _expectation(
                 "expect_column_kl_divergence_to_be_less_than", "distribution over the training reference bins",
                 column=feature,
-                partition_object={"bins": stats["bin_edges"], "weights": stats["bin_weights"][1:-1]},
+                partition_object={"bins": [low, *stats["bin_edges"], above_max], "weights": stats["bin_weights"]},
                 threshold=drift.psi_threshold, tail_weight_holdout=KL_TAIL_WEIGHT_HOLDOUT,
             )
         )  # fmt: skip

@@ -72,8 +72,11 @@ def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
     import numpy as np
 
     edges = entry["bin_edges"]
-    labels = [f"< {edges[0]:.3g}"] + [f"[{a:.3g}, {b:.3g})" for a, b in itertools.pairwise(edges)]
-    labels.append(f">= {edges[-1]:.3g}")
+    if edges:
+        labels = [f"< {edges[0]:.3g}"] + [f"[{a:.3g}, {b:.3g})" for a, b in itertools.pairwise(edges)]
+        labels.append(f">= {edges[-1]:.3g}")
+    else:
+        labels = ["every value"]  # a feature constant in training has one bin
     positions = np.arange(len(labels))
     with _figure(path, (7, 3.2)) as ax:
         ax.bar(positions - 0.2, entry["reference_weights"], width=0.4, label="training reference")
@@ -82,7 +85,8 @@ def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
         ax.set_xticks(positions, labels, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("share of rows")
         psi = entry.get("psi")
-        ax.set_title(f"{feature}: PSI {_number(psi)}" + (f" ({entry['reason']})" if entry.get("reason") else ""))
+        test = f", {entry['test']} adjusted p {_number(entry['p_adjusted'])}" if entry.get("test") else ""
+        ax.set_title(f"{feature}: PSI {_number(psi)}{test}", fontsize=9)
     return path
 
 
@@ -161,7 +165,9 @@ def write_report(
             key=lambda item: (not item[1].get("drifted"), -(item[1].get("psi") or 0.0)),
         )
         for feature, entry in entries:
-            features.append({**entry, "name": feature, "psi": _number(entry.get("psi"))})
+            features.append(
+                {"test": None, "p_adjusted": None, **entry, "name": feature, "psi": _number(entry.get("psi"))}
+            )
             if entry.get("drifted") and entry.get("bin_edges") and len(plots) < MAX_FEATURE_PLOTS:
                 path = _feature_plot(feature, entry, out / f"drift_{artifacts.safe_segment(feature)}.png")
                 plots.append({"feature": feature, "file": path.name, "base64": _png(path)})

@@ -9,7 +9,14 @@ features at once with broadcasting was measured 3-6x slower (the boolean
 reductions along the row axis dominate); see ``benchmarks/monitoring.py``.
 
 Missing values (NaN: a feature a logged row did not carry) fall in no bin;
-``present`` counts the values each feature has.
+``present`` counts the values each feature has.  ``out_of_range`` is each
+feature's share of values below the training minimum or above its maximum: the
+outer bins are open (see :mod:`.reference`), so a range excursion is reported
+here as its own effect rather than through an empty bin (within a millionth
+of the range, ``SNAP_RELATIVE``, a value is not outside).
+
+These are effect sizes; whether a feature has drifted is decided by the
+statistical tests of :mod:`.stattests`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from include.mlops.monitoring.reference import SNAP_RELATIVE
 
 # Shares are clipped to this before the logarithm, so a bin that one side never fills
 # (the outer, out-of-range bins of the reference) adds a finite, share-sized amount.
@@ -83,27 +92,39 @@ def score_rows(rows: np.ndarray, reference: Mapping[str, Any], features: Sequenc
     """PSI, bin shares and summary statistics of each feature of ``rows`` against one version's reference.
 
     Returns ``{"rows", "score", "psi": {feature: float|None}, "present": {...},
-    "current_weights": {...}, "mean"/"min"/"max": {...}}``.
+    "current_weights": {...}, "out_of_range": {...}, "mean"/"min"/"max": {...}}``.
     """
+    return score_columns(feature_columns(rows), reference, features)
+
+
+def score_columns(columns: np.ndarray, reference: Mapping[str, Any], features: Sequence[str]) -> dict[str, Any]:
+    """:func:`score_rows` of rows already transposed into feature ``columns`` ([features, rows])."""
     stats = reference["features"]
-    counts = count_bins(feature_columns(rows), [np.asarray(stats[f]["bin_edges"]) for f in features])
+    counts = count_bins(columns, [np.asarray(stats[f]["bin_edges"]) for f in features])
     scores: dict[str, float | None] = {}
     weights: dict[str, list[float] | None] = {}
+    out_of_range: dict[str, float | None] = {}
     for j, feature in enumerate(features):
         scores[feature] = psi(stats[feature]["bin_weights"], counts.counts[j])
         total = counts.counts[j].sum()
         weights[feature] = (counts.counts[j] / total).tolist() if total else None
+        # Rounded requests a hair outside the range are not out of it (the tolerance of .stattests.snap).
+        margin = SNAP_RELATIVE * (stats[feature]["max"] - stats[feature]["min"])
+        low, high = np.float32(stats[feature]["min"] - margin), np.float32(stats[feature]["max"] + margin)
+        outside = np.count_nonzero(columns[j] < low) + np.count_nonzero(columns[j] > high)
+        out_of_range[feature] = float(outside / total) if total else None
     scored = [s for s in scores.values() if s is not None]
 
     def by_feature(values: np.ndarray) -> dict[str, float | None]:
         return {f: None if np.isnan(v) else float(v) for f, v in zip(features, values, strict=True)}
 
     return {
-        "rows": int(rows.shape[0]),
+        "rows": int(columns.shape[1]),
         "score": max(scored) if scored else None,
         "psi": scores,
         "present": {f: int(p) for f, p in zip(features, counts.present, strict=True)},
         "current_weights": weights,
+        "out_of_range": out_of_range,
         "mean": by_feature(counts.mean),
         "min": by_feature(counts.minimum),
         "max": by_feature(counts.maximum),

@@ -287,8 +287,9 @@ def training_reference(config: ModelConfig, lineage: Mapping[str, Any]) -> dict[
 
     rows = load_split(config, data_uri, "train")
     frame = pd.DataFrame(rows.features, columns=list(config.features))
+    drift, sha = config.monitor.drift, lineage.get("data_sha256")
     reference = build_reference(
-        frame, config.features, config.monitor.drift.bins, snapshot_sha256=lineage.get("data_sha256")
+        frame, config.features, drift.bins, snapshot_sha256=sha, sample_rows=drift.reference_sample_rows
     )
     log.info("training reference of %s: %d rows of %s", config.name, reference["rows"], data_uri)
     return reference
