@@ -46,6 +46,8 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from include.mlops.monitoring.population import Population  # noqa: E402 - after the path set-up
+
 MODELS = ("diabetes", "digits")
 SHIFTED = {"diabetes": "bmi", "digits": "pixel_4_3"}
 SIZES = (200, 1000, 5000)
@@ -59,50 +61,6 @@ EVIDENTLY_DISTANCE = 0.1
 TARGET_FALSE_ALARMS_AT_1000 = 0.01
 TARGET_DETECTION_HALF_SIGMA_AT_1000 = 0.95
 METHODS = ("project", "evidently_defaults", "evidently_by_window_rows", "ks_bonferroni")
-
-
-class Population:
-    """A Gaussian copula fitted to ``data`` ([rows, features]), drawing rows that keep each feature's type."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        from scipy import stats
-
-        from include.mlops.monitoring.reference import CATEGORICAL, feature_kind
-
-        self.sorted = np.sort(data, axis=0)
-        self.categorical = [feature_kind(data[:, j].astype(np.float32)) == CATEGORICAL for j in range(data.shape[1])]
-        self.integer = np.all(data == np.round(data), axis=0)
-        scores = stats.norm.ppf(stats.rankdata(data, axis=0) / (len(data) + 1))
-        with np.errstate(invalid="ignore", divide="ignore"):  # constant features have no correlation
-            correlation = np.corrcoef(scores, rowvar=False)
-        correlation = np.nan_to_num(correlation) + np.eye(data.shape[1]) * 1e-9  # constant features
-        np.fill_diagonal(correlation, 1.0)
-        values, vectors = np.linalg.eigh(correlation)
-        self.factor = vectors * np.sqrt(np.clip(values, 0.0, None))
-        self.std = data.std(axis=0)
-
-    def draw(self, rows: int, rng: np.random.Generator) -> np.ndarray:
-        from scipy import stats
-
-        n = len(self.sorted)
-        uniform = stats.norm.cdf(rng.standard_normal((rows, self.factor.shape[0])) @ self.factor.T)
-        out = np.empty((rows, self.factor.shape[0]))
-        positions = np.arange(n)
-        for j in range(out.shape[1]):
-            if self.categorical[j]:  # the training values themselves, in their shares
-                out[:, j] = self.sorted[np.minimum((uniform[:, j] * n).astype(np.int64), n - 1), j]
-            else:  # smoothed between neighbouring training values
-                out[:, j] = np.interp(uniform[:, j] * (n - 1), positions, self.sorted[:, j])
-        return out
-
-    def shift(self, rows: np.ndarray, feature: int, sigmas: float, rng: np.random.Generator) -> np.ndarray:
-        shifted = rows.copy()
-        moved = shifted[:, feature] + sigmas * self.std[feature]
-        if self.integer[feature]:
-            floor = np.floor(moved)
-            moved = floor + (rng.random(len(moved)) < moved - floor)
-        shifted[:, feature] = moved
-        return shifted
 
 
 @cache

@@ -227,3 +227,43 @@ def test_cli_fails_clearly_when_the_label_is_not_served(server: RunningServer) -
     done = run_cli("--model", "diabetes", "--server", server.url, "--label", "canary", "--requests", "3")
     assert done.returncode == 1
     assert "does not serve model 'diabetes' label 'canary'" in done.stderr
+
+
+@pytest.mark.parametrize("model", ["diabetes", "digits"])
+def test_clean_traffic_is_judged_clean_by_the_drift_check_and_shifted_traffic_is_not(model: str) -> None:
+    """The generator's rows are fresh draws from the data's population, as production traffic would be.
+
+    Resampling the few dozen held-out rows instead sends the same rows again and again: the drift
+    check's two-sample tests rightly flag such windows (shown here as the control).  300 rows: what
+    the monitor e2e test sends per window.
+    """
+    import itertools
+
+    import pandas as pd
+
+    from include.mlops.data.sources import TEST, TRAIN
+    from include.mlops.monitoring.reference import build_reference
+    from include.mlops.monitoring.stattests import window_drifted
+    from include.mlops.monitoring.traffic_rows import data_rows, fresh_rows
+
+    config = find_model_config(model)
+    features = list(config.features)
+    reference = build_reference(pd.DataFrame(data_rows(config, split=TRAIN), columns=features), features, 10)
+    everything, held_out = data_rows(config), data_rows(config, split=TEST)
+
+    def flagged(rows: np.ndarray) -> bool:
+        return window_drifted(reference, rows, features, config.monitor.drift.false_alarm_rate)[0]
+
+    windows = 40
+    fresh = [np.stack(list(itertools.islice(fresh_rows(everything, seed), 300))) for seed in range(windows)]
+    resampled = [held_out[np.random.default_rng(seed).integers(0, len(held_out), 300)] for seed in range(windows)]
+    assert sum(map(flagged, fresh)) <= 2  # the config's false-alarm rate is 1 % per window
+    assert sum(map(flagged, resampled)) >= 8  # measured: 42 and 30 of 100
+    column = features.index(SHIFTED_FEATURE[model])
+    shifted = [w.copy() for w in fresh[:10]]
+    for window in shifted:
+        window[:, column] += everything[:, column].std()
+    assert all(map(flagged, shifted))
+
+
+SHIFTED_FEATURE = {"diabetes": "bmi", "digits": "pixel_4_3"}

@@ -16,11 +16,12 @@ import pytest
 from scipy import stats
 from test_drift import add_version, log_requests
 
-from benchmarks.drift_quality import Population, population_of
+from benchmarks.drift_quality import population_of
 from include.mlops.config import DriftConfig, MonitorConfig, find_model_config
 from include.mlops.data.sources import load_bundled
 from include.mlops.monitoring.drift import check_drift
 from include.mlops.monitoring.expectations import reference_suite
+from include.mlops.monitoring.population import Population
 from include.mlops.monitoring.reference import build_reference
 from include.mlops.monitoring.stattests import chi_square_test, holm, judge, ks_test, window_drifted
 from include.mlops.registry.filesystem import Registry

@@ -1,15 +1,17 @@
-"""A traffic generator for a served model: paced, bounded ``:predict`` requests from held-out rows.
+"""A traffic generator for a served model: paced, bounded ``:predict`` requests of fresh rows.
 
 ``python -m include.mlops.traffic --model diabetes --label stable --rate 20 --duration 60``
 
-The rows are the model's held-out (``test`` split) rows: from ``--rows-from``
-(a snapshot folder or parquet file), else from the newest snapshot of the
-model's lifecycle runs under the artifact root, else regenerated from the
-bundled dataset with the snapshot step's own helpers (same rows, same split).
-Each request sends one row, chosen at random (``--seed``).  ``--drift
-FEATURE=SHIFT`` adds SHIFT standard deviations of that feature (measured over
-the held-out rows) to every row sent, so the monitoring can be shown input
-drift; ``--errors SHARE`` sends that share of malformed requests (wrong width,
+Each request sends one new row drawn from the population of the model's data
+(:class:`include.mlops.monitoring.population.Population`, a Gaussian copula
+fitted to every row, seeded by ``--seed``), as production traffic would be:
+the data is ``--rows-from`` (a snapshot folder or parquet file), else the
+newest snapshot of the model's lifecycle runs under the artifact root, else
+the bundled dataset.  Resampling the few dozen held-out rows instead would send
+the same rows over and over, and the drift check's two-sample tests rightly
+tell such a window from the training population.  ``--drift FEATURE=SHIFT``
+adds SHIFT standard deviations of that feature (over the data) to every row
+sent, so the monitoring can be shown input drift; ``--errors SHARE`` sends that share of malformed requests (wrong width,
 non-numeric values, broken JSON), which the server answers 400, so it can be
 shown an error-ratio breach.
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import logging
 import random
@@ -36,8 +37,27 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from include.mlops.artifacts import artifact_root, safe_segment
 from include.mlops.config import ConfigError, ModelConfig, find_model_config
+from include.mlops.monitoring.traffic_rows import (
+    TrafficError,
+    TrafficInputError,
+    data_rows,
+    fresh_rows,
+    held_out_rows,
+    latest_snapshot,
+)
+
+# The rows' helpers and the errors live in traffic_rows; callers import them from here too.
+__all__ = [
+    "TrafficError",
+    "TrafficInputError",
+    "TrafficSummary",
+    "data_rows",
+    "held_out_rows",
+    "latest_snapshot",
+    "main",
+    "send_traffic",
+]
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,14 +70,6 @@ MALFORMED_KINDS = ("wrong_width", "non_numeric", "bad_json")
 MAX_CONSECUTIVE_TRANSPORT_ERRORS = 5
 EXIT_UNREACHABLE = 1
 EXIT_BAD_INPUT = 3
-
-
-class TrafficError(RuntimeError):
-    """The traffic cannot be sent: the server is unreachable or does not serve the model/label."""
-
-
-class TrafficInputError(TrafficError):
-    """The traffic's own settings or rows are wrong (exit 3: running it again cannot help)."""
 
 
 @dataclasses.dataclass
@@ -94,65 +106,34 @@ class TrafficSummary:
 # --------------------------------------------------------------------------- rows
 
 
-def latest_snapshot(config: ModelConfig, root: Path | None = None) -> Path | None:
-    """The newest ``data.parquet`` any lifecycle run of the model snapshotted, or None."""
-    from include.mlops.data.sources import DATA_FILE
-
-    runs = (root if root is not None else artifact_root()) / "runs" / safe_segment(config.dag_id)
-    candidates = list(runs.glob(f"*/snapshot/{DATA_FILE}")) if runs.is_dir() else []
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def held_out_rows(config: ModelConfig, rows_from: str | Path | None = None) -> np.ndarray:
-    """The model's held-out feature rows (float32, features in config order).
-
-    From ``rows_from`` (a snapshot folder or a parquet/CSV file), else the newest
-    snapshot under the artifact root, else the bundled dataset split by the
-    snapshot step's own rule.  A file without a ``split`` column is used whole.
-    """
-    import pandas as pd
-
-    from include.mlops.data.sources import SPLIT_COLUMN, TEST, assign_split, data_columns, read_source, snapshot_path
-
-    source: str
-    if rows_from is not None:
-        path = snapshot_path(rows_from)
-        if not path.is_file():
-            raise TrafficInputError(
-                f"--rows-from {rows_from}: no such file (give a snapshot folder or a parquet/CSV file)"
-            )
-        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-        source = str(path)
-    elif (path := latest_snapshot(config)) is not None:
-        frame, source = pd.read_parquet(path), str(path)
-    else:
-        if config.source.kind != "bundled":
-            raise TrafficInputError(
-                f"no snapshot of {config.name} under {artifact_root()} and its source is not a bundled dataset; "
-                "run the lifecycle once or pass --rows-from a snapshot folder or data file"
-            )
-        frame, _ = read_source(config, dt.datetime.now(dt.UTC) + dt.timedelta(days=36500))
-        frame[SPLIT_COLUMN] = assign_split(frame, data_columns(config), config.test_fraction)
-        source = f"bundled dataset {config.source.dataset!r}"
-    missing = [f for f in config.features if f not in frame.columns]
-    if missing:
-        raise TrafficInputError(f"rows from {source} lack the features {missing} of {config.name}")
-    if SPLIT_COLUMN in frame.columns:
-        frame = frame[frame[SPLIT_COLUMN] == TEST]
-    if frame.empty:
-        raise TrafficInputError(f"rows from {source} hold no held-out ({TEST!r}) rows to send")
-    log.info("sending rows from %s: %d held-out rows", source, len(frame))
-    return frame[list(config.features)].to_numpy(dtype="float32")
+def _row_source(
+    config: ModelConfig,
+    data: np.ndarray,
+    drift: Mapping[str, float],
+    seed: int | None,
+    rng: random.Random,
+    *,
+    fresh: bool,
+) -> Callable[[], np.ndarray]:
+    """Each request's row: a new draw from ``data``'s population (``fresh``), else one of ``data`` at random."""
+    shifted = apply_drift(data, config.features, drift)  # an unknown feature fails here, before any request
+    if not fresh:
+        return lambda: shifted[rng.randrange(len(shifted))]
+    drawn, std = fresh_rows(data, seed), data.std(axis=0)
+    return lambda: apply_drift(next(drawn)[None, :], config.features, drift, std)[0]
 
 
-def apply_drift(rows: np.ndarray, features: Sequence[str], drift: Mapping[str, float]) -> np.ndarray:
-    """``rows`` with each named feature moved by SHIFT of its standard deviation over ``rows``."""
+def apply_drift(
+    rows: np.ndarray, features: Sequence[str], drift: Mapping[str, float], std: np.ndarray | None = None
+) -> np.ndarray:
+    """``rows`` with each named feature moved by SHIFT of its standard deviation (``std``, else over ``rows``)."""
     shifted = rows.copy()
     for feature, shift in drift.items():
         if feature not in features:
             raise TrafficInputError(f"--drift {feature}={shift:g}: unknown feature (features: {', '.join(features)})")
         column = list(features).index(feature)
-        shifted[:, column] += shift * float(rows[:, column].std())
+        sigma = float(std[column]) if std is not None else float(rows[:, column].std())
+        shifted[:, column] += shift * sigma
     return shifted
 
 
@@ -236,13 +217,13 @@ def send_traffic(
     with httpx.Client(base_url=server.rstrip("/"), timeout=10.0, limits=limits) as client:
         # Before the rows: an unreachable server should fail fast, not after loading a dataset.
         check_served(client, config, label)
-        data = rows if rows is not None else held_out_rows(config, rows_from)
+        data = rows if rows is not None else data_rows(config, rows_from)
         if data.ndim != 2 or data.shape[1] != len(config.features):
             raise TrafficInputError(
                 f"rows must be [n, {len(config.features)}] for {config.name}, got {list(data.shape)}"
             )
-        data = apply_drift(data, config.features, drift or {})
         rng = random.Random(seed)
+        next_row = _row_source(config, data, drift or {}, seed, rng, fresh=rows is None)
         summary = TrafficSummary()
         url = _model_path(config, label) + ":predict"
         headers = {"Content-Type": "application/json"}
@@ -257,7 +238,7 @@ def send_traffic(
                 time.sleep(next_send - now)
             # Late (a slow answer): start the schedule again from now instead of bursting to catch up.
             next_send = max(next_send, time.monotonic()) + 1.0 / rate
-            row = data[rng.randrange(len(data))]
+            row = next_row()
             malformed = errors > 0 and rng.random() < errors
             if malformed:
                 body = malformed_body(rng.choice(MALFORMED_KINDS), row)
