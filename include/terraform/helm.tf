@@ -1,6 +1,7 @@
 # The official Apache Airflow chart with the project's values (include/k8s/helm/values.yaml, written for this
 # chart version).  What differs per installation comes from variables: `set` for scalar keys, and one more
-# values document for the env list, because Helm replaces a list as a whole (locals.tf merges it).
+# values document for the env list, because Helm replaces a list as a whole (locals.tf merges it), and for the
+# pull Secret, which may be null.
 resource "helm_release" "airflow" {
   name       = var.release_name
   namespace  = kubernetes_namespace_v1.airflow.metadata[0].name
@@ -12,7 +13,7 @@ resource "helm_release" "airflow" {
   values = concat(
     [file(local.helm_values_file)],
     var.extra_helm_values,
-    [yamlencode({ env = local.release_env })],
+    [yamlencode(local.release_values)],
   )
 
   set = [

@@ -109,8 +109,30 @@ locals {
     (local.helm_values.data.metadataSecretName) = var.secret_names.metadata_db
   }
 
+  # The registry pull Secret (var.image_pull_secret) replaces the manifests' own on every ServiceAccount and pod
+  # template (null drops it), and the ServiceMonitor carries the labels the cluster's Prometheus selects.
+  pull_secrets = var.image_pull_secret == null ? [] : [{ name = var.image_pull_secret }]
+  configured_objects = [
+    for obj in local.placed_objects : merge(
+      { for key, value in obj : key => value if !(obj.kind == "ServiceAccount" && key == "imagePullSecrets") },
+      obj.kind == "ServiceAccount" && length(local.pull_secrets) > 0 ? { imagePullSecrets = local.pull_secrets } : {},
+      !contains(local.pod_template_kinds, obj.kind) ? {} : {
+        spec = merge(obj.spec, { template = merge(obj.spec.template, { spec = merge(
+          { for key, value in obj.spec.template.spec : key => value if key != "imagePullSecrets" },
+          length(local.pull_secrets) > 0 ? { imagePullSecrets = local.pull_secrets } : {},
+        ) }) })
+      },
+      obj.kind != "ServiceMonitor" ? {} : {
+        metadata = merge(obj.metadata, { labels = merge(
+          { for key, value in obj.metadata.labels : key => value if key != "release" },
+          var.service_monitor_labels,
+        ) })
+      },
+    )
+  ]
+
   applied_objects = [
-    for obj in local.placed_objects : !contains(local.pod_template_kinds, obj.kind) ? obj : merge(obj, {
+    for obj in local.configured_objects : !contains(local.pod_template_kinds, obj.kind) ? obj : merge(obj, {
       spec = merge(obj.spec, {
         template = merge(obj.spec.template, {
           spec = merge(
@@ -208,4 +230,7 @@ locals {
     [for entry in try(local.helm_values.env, []) : entry if !contains(keys(local.release_env_overrides), entry.name)],
     [for name in sort(keys(local.release_env_overrides)) : { name = name, value = local.release_env_overrides[name] }],
   )
+  # The release's last values document: the env above, and the pull Secret for chart pods and step pods (null
+  # removes values.yaml's, so no pod names one).
+  release_values = { env = local.release_env, registry = { secretName = var.image_pull_secret } }
 }

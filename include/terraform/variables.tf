@@ -9,6 +9,13 @@ variable "image" {
   })
 
   validation {
+    # The trainer images are named beside it (dirname of the repository): without a path they would be
+    # "./mlops-trainer:<tag>".
+    condition     = strcontains(var.image.repository, "/")
+    error_message = "image.repository must include the registry path, e.g. registry.example.com/airflow-tf-lifecycle: the trainer images are pushed beside it (<path>/mlops-trainer:<tag>)."
+  }
+
+  validation {
     # A tag or digest in the repository would be doubled by the chart (repository:tag).
     condition     = can(regex("^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$", var.image.repository)) && !strcontains(element(split("/", var.image.repository), length(split("/", var.image.repository)) - 1), ":")
     error_message = "image.repository must be an image name without tag or digest, e.g. registry.example.com/airflow-tf-lifecycle (put the version in image.tag)."
@@ -176,10 +183,42 @@ variable "cluster_domain" {
   description = "The cluster's DNS domain, used in the model server URL given to Airflow."
   type        = string
   default     = "cluster.local"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", var.cluster_domain)) && try(length(var.cluster_domain) <= 253, false)
+    error_message = "cluster_domain must be the cluster's DNS domain, e.g. cluster.local (lower-case DNS labels separated by '.', not empty): the model server URL is http://mlops-model-server.<steps namespace>.svc.<cluster_domain>:8501."
+  }
 }
 
 variable "helm_timeout_seconds" {
   description = "How long Terraform waits for the Airflow release to become ready (database migrations included)."
   type        = number
   default     = 900
+
+  validation {
+    condition     = try(var.helm_timeout_seconds > 0 && floor(var.helm_timeout_seconds) == var.helm_timeout_seconds, false)
+    error_message = "helm_timeout_seconds must be a whole number of seconds greater than 0 (the default, 900, leaves room for the database migrations)."
+  }
+}
+
+variable "image_pull_secret" {
+  description = "The docker-registry Secret that every pod pulling a project image uses, in both namespaces (create it yourself, as for the chart's Secrets): set on the project's ServiceAccounts and pod templates and as the release's registry.secretName (chart pods, and step pods through MLOPS_K8S_IMAGE_PULL_SECRETS). The default is the name include/k8s and values.yaml use; a missing Secret only produces a warning event. null: no pull secret anywhere."
+  type        = string
+  default     = "mlops-registry"
+
+  validation {
+    condition     = var.image_pull_secret == null || can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", coalesce(var.image_pull_secret, "x")))
+    error_message = "image_pull_secret must be a Secret name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.'), or null for none."
+  }
+}
+
+variable "service_monitor_labels" {
+  description = "Labels of the model server's ServiceMonitor (with install_service_monitor), so that your Prometheus selects it: kube-prometheus-stack selects release = <its Helm release name>. They replace the manifest's `release` label."
+  type        = map(string)
+  default     = { release = "kube-prometheus-stack" }
+
+  validation {
+    condition     = alltrue([for key in keys(var.service_monitor_labels) : can(regex("^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$", key))]) && alltrue([for value in values(var.service_monitor_labels) : can(regex("^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$", value))])
+    error_message = "service_monitor_labels must be Kubernetes labels: keys such as release or example.com/team, values of at most 63 letters, digits, '-', '_' or '.'."
+  }
 }

@@ -78,8 +78,25 @@ def lookup(values: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+# `{{- if not (contains "/" .Values.X) }}{{ fail "message" }}{{ end }}`: a guard that stops the install.
+FAIL_GUARD = re.compile(
+    r'\{\{-?\s*if not \(contains "([^"]*)" \.Values\.([\w.]+)\)\s*-?\}\}\{\{-?\s*fail "([^"]*)"\s*-?\}\}\{\{-?\s*end\s*-?\}\}'
+)
+
+
+class TemplateFailure(Exception):
+    """What Helm's ``fail`` would stop the install with."""
+
+
 def render_tpl(template: str, values: dict[str, Any]) -> str:
     """Render the few Go-template forms the values use (what the chart's ``tpl`` would do); refuse others."""
+
+    def guard(match: re.Match[str]) -> str:
+        if match.group(1) not in str(lookup(values, match.group(2))):
+            raise TemplateFailure(match.group(3))
+        return ""
+
+    template = FAIL_GUARD.sub(guard, template)
 
     def expression(match: re.Match[str]) -> str:
         expr = match.group(1).strip()
@@ -243,6 +260,15 @@ def test_trainer_images_and_pull_secret_derive_from_one_place() -> None:
     }
 
 
+@pytest.mark.parametrize("repository", ["airflow-tf-lifecycle", "mlops-trainer"])
+def test_a_repository_without_a_registry_path_stops_the_install(repository: str) -> None:
+    # Helm's `dir` of a bare name is ".", which would name the trainer image "./mlops-trainer:<tag>".
+    values = load_values()
+    values["images"]["airflow"]["repository"] = repository
+    with pytest.raises(TemplateFailure, match="must include its registry path"):
+        templated_env(values)
+
+
 def test_no_password_like_literal_and_secrets_are_existing_secrets() -> None:
     values = load_values()
     assert password_like_literals(values) == []
@@ -336,6 +362,21 @@ def test_chart_lints_and_renders_valid_restricted_pods() -> None:
     for obj in list(objects):
         if obj["kind"] == "ConfigMap" and "pod_template_file.yaml" in obj.get("data", {}):
             objects.append(yaml.safe_load(obj["data"]["pod_template_file.yaml"]))
+    # The effective RBAC of the release: no Role of the chart grants exec (allowPodLaunching is off).
+    exec_roles = [
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] in {"Role", "ClusterRole"}
+        for rule in o.get("rules", [])
+        if {"pods/exec", "pods/attach", "pods/*", "*"} & set(rule.get("resources", []))
+    ]
+    assert exec_roles == [], f"chart Roles that grant exec: {exec_roles}"
+    bare = subprocess.run(
+        [helm, "template", "airflow", chart, *common, "--set", "images.airflow.repository=airflow-tf-lifecycle"],
+        capture_output=True,
+        text=True,
+    )
+    assert bare.returncode != 0 and "must include its registry path" in bare.stderr, bare.stderr
     baseline_only, broken, worker_pods = [], [], []
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -139,7 +139,8 @@ def test_every_pod_passes_each_level_its_namespace_enforces_warns_or_audits(path
 def test_rbac_lets_the_worker_manage_pods_in_mlops_steps_only() -> None:
     objects = render("base")
     assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    (role,) = [o for o in objects if o["kind"] == "Role"]
+    # The other Role, the scheduler's in mlops, is checked in test_cluster_install.py.
+    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == "mlops-steps"]
     assert role["metadata"] == {
         "name": "mlops-step-launcher",
         "namespace": "mlops-steps",
@@ -159,7 +160,7 @@ def test_rbac_lets_the_worker_manage_pods_in_mlops_steps_only() -> None:
     }
     assert not any("*" in part for grant in granted for part in grant)
     assert not any(rule.get("resourceNames") or rule.get("nonResourceURLs") for rule in role["rules"])
-    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == "mlops-steps"]
     assert binding["metadata"]["namespace"] == "mlops-steps"
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -176,6 +177,7 @@ def test_service_accounts_and_their_tokens() -> None:
     }
     assert set(accounts) == {
         ("mlops", "mlops-airflow-worker"),
+        ("mlops", "mlops-airflow-scheduler"),
         ("mlops-steps", "mlops-step"),
         ("mlops-steps", "mlops-model-server"),
     }

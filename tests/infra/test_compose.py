@@ -399,3 +399,44 @@ def test_the_airflow_stand_in_keeps_the_official_images_contract() -> None:
         "/opt/airflow",
         "/home/airflow",
     )
+
+
+CHECK_SECRETS = ROOT / "include" / "docker" / "airflow" / "check-secrets.sh"
+
+
+def _check_secrets(*arguments: str, **env: str) -> subprocess.CompletedProcess[str]:
+    bash = require_executable("bash", "runs airflow-init's secret check")
+    return subprocess.run(
+        [bash, str(CHECK_SECRETS), *arguments],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_init_refuses_every_placeholder_secret_by_its_env_name(services: dict[str, dict[str, Any]]) -> None:
+    """The API server listens on every interface: change-me (or admin, airflow...) must not get that far."""
+    init = services["airflow-init"]
+    script = _command_text(init)
+    call = re.search(r"check-secrets\.sh((?:[^\n]*\\\n)*[^\n]*)", script)
+    assert call, "airflow-init does not run include/docker/airflow/check-secrets.sh"
+    arguments = call[1].replace("\\\n", " ").split()
+    assert script.index("check-secrets.sh") < script.index("airflow db migrate"), "check before setting anything up"
+    checked = dict(argument.partition("=")[::2] for argument in arguments)
+    # Every secret of .env.example is checked, under a variable airflow-init really has, fed from that .env name.
+    secrets = {name for name in dotenv_values(ENV_EXAMPLE) if SECRET_KEY.search(name)}
+    assert set(checked) == secrets
+    # The raw file (anchors merged by YAML), so that each variable's source is the .env reference itself.
+    raw_env = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["airflow-init"]["environment"]
+    for name, variable in checked.items():
+        assert re.search(rf"\$\{{{name}[:}}]", str(raw_env.get(variable, ""))), f"{variable} is not fed from {name}"
+
+    real = dict.fromkeys(checked.values(), "k9Fq2vX7pL3mZ8wR")
+    assert _check_secrets(*arguments, **real).returncode == 0
+    for name, variable in checked.items():
+        for placeholder in ("change-me", "", "CHANGEME", "admin"):
+            result = _check_secrets(*arguments, **{**real, variable: placeholder})
+            assert result.returncode != 0, f"{name}={placeholder!r} was accepted"
+            assert f"ERROR: {name} in .env" in result.stderr, result.stderr

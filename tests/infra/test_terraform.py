@@ -230,6 +230,16 @@ BAD_INPUTS = [
     pytest.param({"secret_names": {"fernet_key": "Fernet_Key"}}, "Secret name", id="bad-secret-name"),
     pytest.param({"model_server_image": "tensorflow/serving"}, "tag or a digest", id="unpinned-server-image"),
     pytest.param({"gpu_quota": 1.5}, "whole number", id="fractional-quota"),
+    # Without a registry path the trainer images would be "./mlops-trainer:<tag>".
+    pytest.param(
+        {"image": {"repository": "mlops-trainer", "tag": "1"}}, "must include the registry path", id="no-registry-path"
+    ),
+    pytest.param({"cluster_domain": ""}, "cluster's DNS domain", id="empty-cluster-domain"),
+    pytest.param({"cluster_domain": "Cluster Local"}, "cluster's DNS domain", id="bad-cluster-domain"),
+    pytest.param({"helm_timeout_seconds": -1}, "greater than 0", id="negative-helm-timeout"),
+    pytest.param({"helm_timeout_seconds": 0}, "greater than 0", id="zero-helm-timeout"),
+    pytest.param({"image_pull_secret": "Corp_Registry"}, "Secret name", id="bad-pull-secret"),
+    pytest.param({"service_monitor_labels": {"release": "a b"}}, "Kubernetes labels", id="bad-monitor-label"),
 ]
 
 
@@ -247,6 +257,10 @@ def test_validation_accepts_good_values(tmp_path: Path) -> None:
         "gpu_node_labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
         "model_server_image": "mirror.example/serving@sha256:" + "a" * 64,
         "gpu_quota": 8,
+        "cluster_domain": "corp.example",
+        "helm_timeout_seconds": 1800,
+        "image_pull_secret": None,
+        "service_monitor_labels": {"prometheus": "main", "example.com/team": "ml"},
     }
     value, stderr = evaluate(tmp_path, "var.namespaces", inputs, files=("variables.tf",))
     assert "Error" not in stderr, stderr
