@@ -136,3 +136,22 @@ def test_the_quality_history_is_a_png_keyed_by_what_it_shows() -> None:
     assert history_png(points, ["mae"], {}) is None, "no value of any gate metric: nothing to plot"
     more = [*points, HistoryPoint(day + dt.timedelta(days=9), "scheduled", {"r2": 0.5})]
     assert history_key(more, ["r2"], {}) != history_key(points, ["r2"], {})
+
+
+def test_the_version_check_hashes_again_only_after_a_file_changed(tmp_path: Path, monkeypatch: Any) -> None:
+    config = load_model_config(MODELS / "diabetes.yaml")
+    write_history(tmp_path, config, versions=1, runs=2)
+    catalog = Catalog(tmp_path, MODELS)
+    hashed: list[Path] = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real(path))
+    first = catalog.verification("diabetes", 1)
+    assert first["verified"] is True and first["problems"] == [] and first["files"] == len(hashed) > 0
+    hashed.clear()
+    assert catalog.verification("diabetes", "1") == first and hashed == [], "the second request hashes nothing"
+    model = artifacts.registry_root(tmp_path) / "diabetes" / "1" / "saved_model.pb"
+    model.write_bytes(bytes(reversed(model.read_bytes())))  # the same size
+    os.utime(model, ns=(1, 1))
+    changed = catalog.verification("diabetes", 1)
+    assert hashed and changed["verified"] is False and changed["files"] is None
+    assert changed["problems"] == ["saved_model.pb has changed (sha256 mismatch)"]

@@ -22,6 +22,7 @@ from models_view.server import ApiServer, api_server
 from benchmarks.ui import write_history
 from include.mlops import artifacts
 from include.mlops.config import load_model_config
+from include.mlops.registry.label_log import LOG_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,30 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = {"username": "admin", "password": "admin-pass", "role": "Admin"}
 READER = {"username": "reader", "password": "reader-pass", "role": "DiabetesReader", "dags": ["lifecycle__diabetes"]}
 TRIGGERED = "manual__2026-11-20T10:00:00+00:00"
+MOVE = {"at": "2027-01-02T03:04:05.000+00:00", "label": "stable", "from": 3, "to": 2, "pid": 4242, "host": "worker-1",
+        "run": "manual__2027-01-02", "task": "deploy", "reason": "rolled back: canary errors"}  # fmt: skip
+# Train and tune records in the run folders of the versions compared (v1 trained, v3 tuned).
+TRAINED = {"learning_rate": 0.01, "batch_size": 32, "epochs": 20}
+TUNED = {"learning_rate": 0.003, "batch_size": 64, "epochs": 20}
+
+
+def write_training_records(root: Path, written: dict[str, Any]) -> None:
+    registry = artifacts.registry_root(root) / "diabetes"
+    for version in (1, 3):
+        run_id = json.loads((registry / str(version) / "assets.extra" / "lineage.json").read_text())["run_id"]
+        artifacts.atomic_write_json(
+            artifacts.run_dir("lifecycle__diabetes", run_id, "train", root=root) / "history.json",
+            {"hparams": TRAINED, "val_loss": 0.5},
+        )
+        if version == 3:
+            trials = [
+                {"trial": 0, "hparams": TRAINED, "val_loss": 0.4},
+                {"trial": 2, "hparams": TUNED, "val_loss": 0.3},
+            ]
+            artifacts.atomic_write_json(
+                artifacts.run_dir("lifecycle__diabetes", run_id, "tune_select", root=root) / "trials.json",
+                {"trials": trials, "best": 2},
+            )
 
 
 class Elements(html.parser.HTMLParser):
@@ -62,6 +87,12 @@ def view(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         written[name] = write_history(root, config, versions=versions, runs=runs)
     # A file slipped into a version after registering: its checksum status must say so.
     (artifacts.registry_root(root) / "digits" / "1" / "extra.bin").write_bytes(b"not registered")
+    write_training_records(root, written["diabetes"])
+    # A line a later writer enriched with keys of its own; and digits' log predates the audit log.
+    moves = artifacts.registry_root(root) / "diabetes" / LOG_NAME
+    with open(moves, "a", encoding="utf-8") as log:
+        log.write(json.dumps({**MOVE, "ticket": "OPS-7"}) + "\n")
+    (artifacts.registry_root(root) / "digits" / LOG_NAME).unlink()
     with api_server(workdir, root, [ADMIN, READER]) as server:
         # The DAGs in the DB (as the DAG processor would put them), then one run triggered over REST.
         server.airflow("dags", "reserialize")
@@ -259,3 +290,88 @@ def test_the_ui_gets_a_models_entry_and_a_model_tab_on_dag_pages(view: dict[str,
         tab = get(view, views["Model"]["href"].replace("{DAG_ID}", dag_id), follow_redirects=False)
         assert tab.status_code == 307 and tab.headers["location"] == "/mlops/models/diabetes"
     assert get(view, "/api/v2/plugins/importErrors").json()["import_errors"] == []
+
+
+def test_a_user_without_access_gets_the_same_answer_for_a_hidden_and_an_unknown_model(view: dict[str, Any]) -> None:
+    named = [p for p in ENDPOINTS if "diabetes" in p] + [
+        "/mlops/models/diabetes/compare?a=1&b=2",
+        "/mlops/api/models/diabetes/compare?a=1&b=2",
+        "/mlops/models/diabetes/runs/some_run/evaluate/report.html",
+    ]
+    for path in named:
+        hidden = get(view, path.replace("diabetes", "digits"), user="reader", follow_redirects=False)
+        unknown = get(view, path.replace("diabetes", "nope"), user="reader", follow_redirects=False)
+        assert (hidden.status_code, unknown.status_code) == (403, 403), path
+        assert hidden.text.replace("digits", "X") == unknown.text.replace("nope", "X"), path
+    assert get(view, "/mlops/api/models/nope").status_code == 404, "who may read every DAG still learns it is unknown"
+
+
+def test_every_report_route_serves_a_sandboxed_document(view: dict[str, Any]) -> None:
+    page = Elements(get(view, "/mlops/models/diabetes").text)
+    reports = {a["href"] for a in page.find("a", "report-link")}
+    assert any("/versions/" in r for r in reports) and any("/evaluate_optimized/" in r for r in reports)
+    for href in reports:
+        response = get(view, href)
+        assert response.status_code == 200, href
+        assert response.headers["content-security-policy"] == "sandbox", href
+        assert response.headers["x-content-type-options"] == "nosniff", href
+
+
+def test_compare_shows_two_versions_side_by_side_with_the_differences_marked(view: dict[str, Any]) -> None:
+    body = get(view, "/mlops/api/models/diabetes/compare?a=1&b=3").json()
+    assert (body["a"]["version"], body["b"]["version"]) == (1, 3) and body["b"]["labels"] == ["stable"]
+    sections = {s["id"]: {r["key"]: r for r in s["rows"]} for s in body["sections"]}
+    assert sections["metrics"]["r2"]["differs"] and sections["metrics"]["size_mb"]["differs"] is False
+    assert sections["hyperparameters"]["learning_rate"] == {
+        "key": "learning_rate",
+        "a": 0.01,
+        "b": 0.003,
+        "differs": True,
+    }
+    assert sections["hyperparameters"]["epochs"]["differs"] is False
+    assert sections["training"]["trial"]["b"] == 2 and sections["training"]["source"]["a"].startswith("the train step")
+    assert sections["data"]["data_interval_start"]["differs"] and sections["data"]["code_version"]["differs"] is False
+    assert sections["gate"]["outcome"]["a"] in ("passed", "passed by override")
+    assert body["model_cards"]["a"].startswith("# diabetes version 1")
+    page = get(view, "/mlops/models/diabetes/compare?a=1&b=3")
+    assert page.status_code == 200
+    elements = Elements(page.text)
+    differing = {row["data-key"] for row in elements.find("tr", "differs")}
+    assert {"r2", "learning_rate", "batch_size", "data_interval_start", "run_id"} <= differing
+    assert "epochs" not in differing and "code_version" not in differing
+    assert len(elements.find("td", "model-card")) == 2
+    form = Elements(get(view, "/mlops/models/diabetes").text).find("form", id_="compare")
+    assert form and form[0]["action"] == "/mlops/models/diabetes/compare"
+
+
+def test_compare_refuses_bad_input_with_a_clear_answer(view: dict[str, Any]) -> None:
+    for query, status, says in (
+        ("a=1&b=1", 400, "both version 1"),
+        ("a=1&b=one", 400, "not a version number"),
+        ("a=1&b=-2", 400, "not a version number"),
+        ("a=1", 400, "parameter b is missing"),
+        ("", 400, "parameter a is missing"),
+        ("a=1&b=99", 404, "has no version"),
+    ):
+        api = get(view, f"/mlops/api/models/diabetes/compare?{query}")
+        assert (api.status_code, says in api.json()["detail"]) == (status, True), query
+        page = get(view, f"/mlops/models/diabetes/compare?{query}")
+        assert page.status_code == status and says in page.text and "text/html" in page.headers["content-type"], query
+    assert get(view, "/mlops/models/nope/compare?a=1&b=2").status_code == 404
+    assert get(view, "/mlops/models/digits/compare?a=1&b=2", user="reader").status_code == 403
+
+
+def test_the_model_page_shows_the_label_history_newest_first_with_any_extra_keys(view: dict[str, Any]) -> None:
+    page = get(view, "/mlops/models/diabetes").text
+    elements = Elements(page)
+    rows = elements.find("tr", "label-move")
+    assert len(rows) == len(view["written"]["diabetes"]["versions"]) + 1
+    first = page.index('class="label-move"')
+    newest = page[first : page.index("</tr>", first)]
+    assert "2027-01-02T03:04:05.000+00:00" in newest and "v3 &rarr; v2" in newest and "pid 4242 on worker-1" in newest
+    for detail in ("reason: rolled back: canary errors", "run: manual__2027-01-02", "task: deploy", "ticket: OPS-7"):
+        assert detail in newest
+    assert "none &rarr; v1" in page, "the first move set stable from no version"
+    empty = get(view, "/mlops/models/digits").text
+    assert Elements(empty).find("table", id_="label-history") and 'class="label-move"' not in empty
+    assert "No label move is recorded" in empty

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from include.mlops import artifacts
 from include.mlops.config import ModelConfig, models_dir, scan_model_configs
 from include.mlops.deploy.journal import unfinished_deploys
+from include.mlops.registry.label_log import read_label_moves
 from include.mlops.registry.run_folders import GATE_TASKS as GATE_TASKS  # re-exported with the run records
 from include.mlops.registry.run_folders import (
     REPORT_FILE,
@@ -42,7 +43,14 @@ from include.mlops.registry.run_folders import (
     as_dict,
     parse_decision,
 )
-from include.mlops.registry.version_files import CHECKSUMS_FILE, GATE_FILE, LINEAGE_FILE, METRICS_FILE, MODEL_CARD_FILE
+from include.mlops.registry.version_files import (
+    CHECKSUMS_FILE,
+    GATE_FILE,
+    LINEAGE_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    checksum_problems,
+)
 
 if TYPE_CHECKING:
     from include.mlops.registry.protocol import ModelRegistry
@@ -107,6 +115,7 @@ class Catalog:
         self._registry: ModelRegistry | None = None
         self._configs_key: tuple[Any, ...] | None = None
         self._configs: dict[str, ModelConfig] = {}
+        self._verified: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -138,13 +147,22 @@ class Catalog:
             }
         return sorted({*configs, *orphans})
 
+    def claimed_dag_id(self, name: str) -> str:
+        """The lifecycle DAG id of ``name`` whether or not such a model exists.
+
+        For the access check that comes before the lookup: a user who may not
+        read the DAG must not learn whether the model exists.
+        """
+        config = self.configs().get(name)
+        return config.dag_id if config is not None else f"lifecycle__{name}"
+
     def _identity(self, name: str) -> tuple[str, str, list[str]]:
         """(dag_id, serving_name, gate metrics) of a known model; :class:`UnknownError` for any other name."""
         if name not in self.model_names():
             raise UnknownError(f"no model named {name!r}: it has no model config and no registry folder")
         config = self.configs().get(name)
         if config is None:
-            return f"lifecycle__{name}", name, []
+            return self.claimed_dag_id(name), name, []
         gate = config.gate
         metrics = list(dict.fromkeys([*gate.thresholds, *gate.max_regression, *gate.budgets]))
         return config.dag_id, config.serving_name, metrics
@@ -221,6 +239,10 @@ class Catalog:
     def models(self) -> list[ModelRecord]:
         return [self.model(name) for name in self.model_names()]
 
+    def label_moves(self, name: str) -> list[dict[str, Any]]:
+        """The audit log of the model's label moves (:mod:`~include.mlops.registry.label_log`), newest first."""
+        return list(reversed(read_label_moves(self.registry_root / self._identity(name)[1])))
+
     # ------------------------------------------------------------------ versions
 
     def _metadata(self, serving_name: str, version: int | None) -> dict[str, Any]:
@@ -275,6 +297,32 @@ class Catalog:
         if not path.is_file():
             raise UnknownError(f"model {name!r} version {version} has no evaluation report")
         return path
+
+    def verification(self, name: str, version: str | int) -> dict[str, Any]:
+        """Every file of a version hashed against its checksums.json: ``{"verified", "files", "problems"}``.
+
+        Hashed again only when a file of the version was added, removed or
+        changed (its size, mtime or ctime), so asking twice costs a walk of the
+        folder, not a read of the model.
+        """
+        folder = str(self.version_dir(name, version))
+        signature = []
+        for root, _, files in os.walk(folder):
+            for file in files:
+                path = os.path.join(root, file)
+                try:
+                    info = os.stat(path)
+                except OSError:  # gone between the walk and the stat: hashing will tell
+                    continue
+                signature.append((path, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+        key = tuple(sorted(signature))
+        cached = self._verified.get(folder)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        actual, problems = checksum_problems(Path(folder))
+        result = {"verified": not problems, "files": None if problems else len(actual), "problems": problems}
+        self._verified[folder] = (key, result)
+        return result
 
     def _listed_files_problems(self, folder: Path) -> list[str]:
         """Files missing from, or not listed in, checksums.json: a cheap check (no hashing; that is verify)."""

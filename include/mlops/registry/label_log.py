@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -18,7 +19,11 @@ from typing import Any
 
 from include.mlops import artifacts
 
+log = logging.getLogger(__name__)
+
 LOG_NAME = "label-moves.jsonl"
+# The keys every line has; a line may carry more (a run, a task, a reason), which readers show as they are.
+MOVE_KEYS = ("at", "label", "from", "to", "pid", "host")
 
 
 def record_label_moves(model_dir: Path, before: Mapping[str, int], after: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -38,8 +43,34 @@ def record_label_moves(model_dir: Path, before: Mapping[str, int], after: Mappin
 
 
 def read_label_moves(model_dir: Path) -> list[dict[str, Any]]:
-    """The model's label moves, oldest first (empty when none was recorded)."""
+    """The model's label moves, oldest first (empty when none was recorded).
+
+    A line that is not a JSON object (a write cut short by a crash) is skipped with a warning.
+    """
     path = Path(model_dir) / LOG_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    moves = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            move = json.loads(line) if line.strip() else None
+        except ValueError:
+            move = line
+        if isinstance(move, dict):
+            moves.append(move)
+        elif move is not None:
+            log.warning("%s line %d is not a label move, skipped: %.200s", path, number, line)
+    return moves
+
+
+def move_details(move: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a move beyond :data:`MOVE_KEYS` (``run``, ``task``, ``reason``, ...), sorted by name."""
+    return {key: move[key] for key in sorted(move) if key not in MOVE_KEYS}
+
+
+def describe_move(move: Mapping[str, Any]) -> str:
+    """One move as a line of text: when, label, from -> to, which process, and any other keys."""
+    versions = " -> ".join("none" if move.get(k) is None else f"v{move[k]}" for k in ("from", "to"))
+    where = f"pid {move.get('pid', '?')} on {move.get('host', '?')}"
+    extra = "".join(f"  {key}={value}" for key, value in move_details(move).items())
+    return f"{move.get('at', '?')}  {move.get('label', '?')}: {versions}  ({where}){extra}"

@@ -2,8 +2,12 @@
 
 Mounted by the Airflow API server under ``/mlops`` (``plugins/mlops_plugin.py``).
 Each request reads the catalog (small files, cached on their mtimes) and, for
-run states and links, Airflow's metadata DB.  Names, versions and run folders
-in URLs are looked up in the catalog before any path is built from them.
+run states and links, Airflow's metadata DB.  The user's access to the model's
+DAG is checked first (so a user without it cannot tell a hidden model from an
+unknown name); then names, versions and run folders in URLs are looked up in
+the catalog before any path is built from them.  Reports that pipeline steps
+wrote are served with ``Content-Security-Policy: sandbox``: they are documents
+from run folders, so they run no script and share no origin with the UI.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.mlops.registry.catalog import Catalog, RunRecord, UnknownError
-from include.mlops.registry.filesystem import CorruptVersionError, Registry
+from include.mlops.registry.compare import CompareInputError, compare_versions, requested_versions
+from include.mlops.registry.label_log import move_details
 from include.mlops.registry.quality_history import HistoryPoint, history_key, history_png
 from mlops_airflow.models_view import access, runs
 
@@ -36,6 +41,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 URL_PREFIX = "/mlops"
 # Rejected candidates listed on the page (newest first); the JSON has them all.
 PAGE_REJECTED = 50
+# Pipeline-written HTML (reports from run folders and versions): no script, an opaque origin, no sniffing.
+REPORT_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
 
 
 @functools.cache
@@ -59,6 +66,7 @@ def _templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+    env.filters["cell"] = _cell
     return env
 
 
@@ -68,6 +76,19 @@ def _markdown() -> Any:
 
     # Raw HTML in a card is shown as text, never run: cards quote user-set descriptions and trigger params.
     return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def _cell(value: Any) -> str:
+    """A value of the compare table as text: numbers to 4 significant digits, lists one item per line."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "\n".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
 def _page(template: str, http_status: int = 200, **context: Any) -> HTMLResponse:
@@ -94,10 +115,13 @@ def _links(dag_id: str, run_id: str | None, task_id: str | None = None) -> dict[
 
 
 def _visible_model(name: str, user: BaseUser) -> str:
-    """The model's DAG id, after the name is found in the catalog (404) and the user may read the DAG (403)."""
-    dag_id = catalog().dag_id(name)
-    access.require_dag_read(user, dag_id)
-    return dag_id
+    """The model's DAG id, once the user may read the DAG (403) and then the name is found in the catalog (404).
+
+    In this order: a user without access gets the same 403 for a model that
+    exists and for one that does not.
+    """
+    access.require_dag_read(user, catalog().claimed_dag_id(name))
+    return catalog().dag_id(name)
 
 
 def _summary(name: str, last_run: runs.AirflowRun | None, run_records: list[RunRecord] | None = None) -> dict[str, Any]:
@@ -206,6 +230,10 @@ def create_app() -> FastAPI:
     async def unknown(request: Request, exc: UnknownError) -> Response:
         return _error(request, 404, str(exc))
 
+    @app.exception_handler(CompareInputError)
+    async def bad_input(request: Request, exc: CompareInputError) -> Response:
+        return _error(request, 400, str(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail))
@@ -233,14 +261,15 @@ def create_app() -> FastAPI:
         record = catalog().version_record(name, version)
         data = record.to_dict()
         data["model_card"] = catalog().model_card(name, record.version)
-        # One version: worth hashing every file, which the table (200 versions) cannot afford.
-        try:
-            files = Registry(catalog().registry_root).verify(catalog().model(name).serving_name, record.version)
-            data["checksums"] = {"verified": True, "files": len(files), "problems": []}
-        except CorruptVersionError as exc:
-            data["checksums"] = {"verified": False, "files": None, "problems": exc.problems}
+        # One version: worth hashing every file (once per change of its files), which the table cannot afford.
+        data["checksums"] = catalog().verification(name, record.version)
         data["links"] = _links(record.lineage.get("dag_id") or dag_id, record.lineage.get("run_id"), "register")
         return _JSON(data)
+
+    @app.get("/api/models/{name}/compare")
+    def api_compare(name: str, user: GetUserDep, a: str | None = None, b: str | None = None) -> JSONResponse:
+        _visible_model(name, user)
+        return _JSON(compare_versions(catalog(), name, *requested_versions(a, b)))
 
     # ------------------------------------------------------------------ pages
 
@@ -255,6 +284,7 @@ def create_app() -> FastAPI:
             if catalog().dag_id(name) == dag_id or dag_id == f"monitor__{name}":
                 access.require_dag_read(user, catalog().dag_id(name))
                 return RedirectResponse(f"{ui_root()}{URL_PREFIX}/models/{quote(name, safe='')}", status_code=307)
+        access.require_dag_read(user, dag_id)  # only who may read the DAG learns that it has no model
         raise UnknownError(f"{dag_id} is not a model's lifecycle or monitor DAG, so it has no model page")
 
     @app.get("/models/{name}", response_class=HTMLResponse)
@@ -277,7 +307,15 @@ def create_app() -> FastAPI:
             plot_key=history_key(points, summary["gate_metrics"], _bounds(detail["history"])),
             card_version=card_version,
             card_html=_markdown().render(card) if card else None,
+            label_moves=[{**move, "details": move_details(move)} for move in catalog().label_moves(name)],
         )
+
+    @app.get("/models/{name}/compare", response_class=HTMLResponse)
+    def compare_page(name: str, user: GetUserDep, a: str | None = None, b: str | None = None) -> HTMLResponse:
+        _visible_model(name, user)
+        comparison = compare_versions(catalog(), name, *requested_versions(a, b))
+        cards = {side: _markdown().render(text) if text else None for side, text in comparison["model_cards"].items()}
+        return _page("compare.html", comparison=comparison, cards=cards, versions=catalog().versions(name))
 
     @app.get("/models/{name}/quality-history.png")
     def quality_history(name: str, user: GetUserDep) -> Response:
@@ -292,12 +330,12 @@ def create_app() -> FastAPI:
     @app.get("/models/{name}/versions/{version}/report.html")
     def version_report(name: str, version: str, user: GetUserDep) -> FileResponse:
         _visible_model(name, user)
-        return FileResponse(catalog().version_report(name, version), media_type="text/html")
+        return FileResponse(catalog().version_report(name, version), media_type="text/html", headers=REPORT_HEADERS)
 
     @app.get("/models/{name}/runs/{run}/{step}/report.html")
     def run_report(name: str, run: str, step: str, user: GetUserDep) -> FileResponse:
         _visible_model(name, user)
-        return FileResponse(catalog().run_report(name, run, step), media_type="text/html")
+        return FileResponse(catalog().run_report(name, run, step), media_type="text/html", headers=REPORT_HEADERS)
 
     return app
 
