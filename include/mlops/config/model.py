@@ -12,6 +12,7 @@ from pydantic import Field, Strict, ValidationInfo, field_validator, model_valid
 from pydantic.dataclasses import dataclass
 
 from include.mlops.config._fields import STRICT, FieldProblem, Fraction, PositiveInt, Str, known_names
+from include.mlops.config.deploy import DeployConfig
 from include.mlops.config.gate import BUDGET_METRICS, METRICS, GateConfig
 from include.mlops.config.monitor import MonitorConfig
 from include.mlops.config.optimize import OptimizeConfig
@@ -47,6 +48,7 @@ class ModelConfig:
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)
     optimize: OptimizeConfig = dataclasses.field(default_factory=OptimizeConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    deploy: DeployConfig = dataclasses.field(default_factory=DeployConfig)
     description: Str = ""
     owner: Str = "mlops"
     schedule: Str = "@daily"

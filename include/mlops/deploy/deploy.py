@@ -13,7 +13,10 @@ the model's deploy lock (two deploys of one model run one after the other):
    gate measured (the lineage's ``measured_artifact``), the held-out smoke
    rows, and the expected answers of the artifact the server will load
    (``model.tflite`` when the version has one, else the SavedModel; see
-   :mod:`include.mlops.registry.serving_artifact`).
+   :mod:`include.mlops.registry.serving_artifact`).  Then, unless the
+   model config's ``deploy.infra_validation`` is off, the version is loaded
+   alone in a sandbox server and must answer the smoke rows there
+   (:mod:`include.mlops.deploy.sandbox`).
 2. The previous version is written to the label's journal,
    ``models/<name>/.deploy-<label>.journal.json``.
 3. The version is loaded (added to the version policy, awaited until
@@ -53,6 +56,7 @@ from include.mlops.config import ModelConfig
 from include.mlops.deploy.errors import DeployError, DeployVerificationError, ServedBytesError
 from include.mlops.deploy.journal import deploy_lock, remove_journal, unfinished_deploys, write_journal
 from include.mlops.deploy.rollback import repair_unfinished_deploy, restore_label
+from include.mlops.deploy.sandbox import infra_validate
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
@@ -154,6 +158,12 @@ def deploy(
             _verify(result, name, version, settings)
             _write_result(result, name, out)
             return result
+        if check is not None and config.deploy.infra_validation:
+            sandbox = infra_validate(
+                registry, name, version, check, timeout_s=config.deploy.infra_validation_timeout_s, tolerance=tolerance
+            )
+        else:
+            sandbox = None
         journal = write_journal(registry.model_dir(name), name, label, version, current)
         moved = False
         try:
@@ -164,6 +174,8 @@ def deploy(
             moved = True
             _fault_injection_point()
             result = {"version": version, "previous": current, "label": label, "changed": True}
+            if sandbox is not None:
+                result["infra_validation"] = sandbox
             _verify(result, name, version, settings)
             _write_result(result, name, out)
         except BaseException as exc:

@@ -13,3 +13,11 @@ class DeployVerificationError(DeployError):
 
 class ServedBytesError(DeployError):
     """The version would serve other bytes than the ones its gate measured; nothing was moved (bad input)."""
+
+
+class InfraValidationError(DeployError):
+    """The version did not load, or answered wrongly, in the sandbox: it is never labelled (bad input, exit 3)."""
+
+
+class SandboxTimeoutError(DeployError):
+    """The sandbox did not report the version AVAILABLE in time (the machine may be slow: retried, exit 1)."""

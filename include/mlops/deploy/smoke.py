@@ -104,38 +104,15 @@ def verify_deployment(
 
     Raises :class:`DeployVerificationError`; returns ``{"rows", "max_abs_diff", "seconds", "served_format"}``.
     """
-    import numpy as np
-
-    rows, expected = check.rows, check.expected
+    rows = check.rows
     start = time.monotonic()
     try:
         server.wait_label(name, label, version, server_poll_seconds=server_poll_seconds, steady_s=steady_s)
     except ServerNotReadyError as exc:
         raise DeployVerificationError(str(exc)) from None
-    try:
-        code, body = server.request("POST", f"/v1/models/{name}/labels/{label}:predict", {"instances": rows.tolist()})
-    except OSError as exc:
-        raise DeployVerificationError(f"the smoke request could not reach the server ({exc})") from None
-    if code != 200 or not isinstance(body, Mapping) or "predictions" not in body:
-        error = body.get("error") if isinstance(body, Mapping) else body
-        raise DeployVerificationError(f"the smoke request through label {label!r} got HTTP {code}: {error}")
-    try:
-        served = np.asarray(body["predictions"], dtype="float64").reshape(expected.shape)
-    except (ValueError, TypeError):
-        raise DeployVerificationError(
-            f"the server answered {len(body['predictions'])} predictions of an unexpected shape "
-            f"(expected {list(expected.shape)})"
-        ) from None
-    diff = np.abs(served - expected.astype("float64"))
-    max_diff = float(diff.max())
-    if not np.allclose(served, expected, rtol=tolerance, atol=tolerance):
-        worst = int(diff.max(axis=1).argmax())
-        raise DeployVerificationError(
-            f"label {label!r} answered differently from version {version}'s {check.served_format} artifact on "
-            f"{len(rows)} held-out rows (max abs difference {max_diff:.6g} > tolerance {tolerance:g}; row {worst}: "
-            f"served {served[worst].tolist()}, expected {expected[worst].tolist()}). The server may be serving "
-            "another version, another artifact of it, or a different model under this name"
-        )
+    max_diff = compare_answers(
+        server, f"/v1/models/{name}/labels/{label}", check, tolerance, what=f"label {label!r}", version=version
+    )
     examples = _smoke_examples(name, label, server, check)
     log.info(
         "%s: label %r serves version %d correctly (%d rows, max abs diff %.3g)",
@@ -152,6 +129,44 @@ def verify_deployment(
         "served_format": check.served_format,
         "example_signatures": examples,
     }
+
+
+def compare_answers(
+    server: ModelServerClient, model_path: str, check: SmokeCheck, tolerance: float, *, what: str, version: int
+) -> float:
+    """POST the smoke rows to ``<model_path>:predict``; the max abs difference from ``check.expected``.
+
+    Raises :class:`DeployVerificationError` naming ``what`` (a label, a
+    sandbox) when the request fails or the answers differ beyond ``tolerance``.
+    """
+    import numpy as np
+
+    rows, expected = check.rows, check.expected
+    try:
+        code, body = server.request("POST", f"{model_path}:predict", {"instances": rows.tolist()})
+    except OSError as exc:
+        raise DeployVerificationError(f"the smoke request could not reach the server ({exc})") from None
+    if code != 200 or not isinstance(body, Mapping) or "predictions" not in body:
+        error = body.get("error") if isinstance(body, Mapping) else body
+        raise DeployVerificationError(f"the smoke request through {what} got HTTP {code}: {error}")
+    try:
+        served = np.asarray(body["predictions"], dtype="float64").reshape(expected.shape)
+    except (ValueError, TypeError):
+        raise DeployVerificationError(
+            f"the server answered {len(body['predictions'])} predictions of an unexpected shape "
+            f"(expected {list(expected.shape)})"
+        ) from None
+    diff = np.abs(served - expected.astype("float64"))
+    max_diff = float(diff.max())
+    if not np.allclose(served, expected, rtol=tolerance, atol=tolerance):
+        worst = int(diff.max(axis=1).argmax())
+        raise DeployVerificationError(
+            f"{what} answered differently from version {version}'s {check.served_format} artifact on "
+            f"{len(rows)} held-out rows (max abs difference {max_diff:.6g} > tolerance {tolerance:g}; row {worst}: "
+            f"served {served[worst].tolist()}, expected {expected[worst].tolist()}). The server may be serving "
+            "another version, another artifact of it, or a different model under this name"
+        )
+    return max_diff
 
 
 def _smoke_examples(name: str, label: str, server: ModelServerClient, check: SmokeCheck) -> dict[str, str]:

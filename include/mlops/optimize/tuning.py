@@ -29,6 +29,7 @@ from include.mlops.training.datasets import load_split, split_validation
 from include.mlops.training.errors import ModelingError
 from include.mlops.training.modeling import resolve_hparams
 from include.mlops.training.savedmodel import export_saved_model
+from include.mlops.training.warmup import WARMUP_ROWS, write_warmup_requests
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _train_trial(
             label=f"tune-trial {config.name} #{trial}",
         )
         export_saved_model(run.model, staging / "model", len(config.features))
+        write_warmup_requests(staging / "model", val_data.features[:WARMUP_ROWS])
         np.savez(staging / "weights.npz", *run.model.get_weights())
         atomic_write_json(staging / "history.json", history_payload(config, run, len(fit_data), len(val_data)))
         best = run.best_epoch - 1

@@ -67,8 +67,26 @@ def load_version(name: str, version: int, path: Path, *, prefer_tflite: bool = T
     """
     artifact = served_artifact(path) if prefer_tflite else ServedArtifact(SAVED_MODEL, Path(path))
     if artifact.format == TFLITE:
-        return _load_tflite(name, version, path, artifact)
-    return _load_saved_model(name, version, path, artifact)
+        loaded = _load_tflite(name, version, path, artifact)
+    else:
+        loaded = _load_saved_model(name, version, path, artifact)
+    _warm_up(loaded)
+    return loaded
+
+
+def _warm_up(loaded: LoadedVersion) -> None:
+    """Replay the version's TF Serving warmup requests, as TF Serving does before a version is AVAILABLE.
+
+    A request that fails fails the load (TF Serving's ``RunSavedModelWarmup``).
+    """
+    from include.mlops.training.savedmodel import INPUT_NAME, SIGNATURE_KEY
+    from include.mlops.training.warmup import read_warmup_inputs
+
+    try:
+        for inputs in read_warmup_inputs(loaded.path):
+            loaded.run(SIGNATURE_KEY, {INPUT_NAME: inputs})
+    except Exception as exc:
+        raise RegistryError(f"{loaded.name} version {loaded.version}: its warmup requests failed: {exc}") from exc
 
 
 def _signature_def_map(path: Path) -> Any:

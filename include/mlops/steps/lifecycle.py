@@ -169,7 +169,11 @@ declare(
         ),
     ),
     timeout_s=1200,
-    bad_input=(CORRUPT_VERSION, ("include.mlops.deploy.errors", "ServedBytesError")),
+    bad_input=(
+        CORRUPT_VERSION,
+        ("include.mlops.deploy.errors", "ServedBytesError"),
+        ("include.mlops.deploy.errors", "InfraValidationError"),
+    ),
     result_keys=("version", "previous", "label", "changed"),
 )
 declare(

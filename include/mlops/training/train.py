@@ -23,6 +23,7 @@ from include.mlops.config import ModelConfig
 from include.mlops.training.datasets import Dataset, load_split, split_validation, training_stats
 from include.mlops.training.modeling import build_model, resolve_hparams, set_seeds, training_objective
 from include.mlops.training.savedmodel import CONTRACT_CHECK_ROWS, check_outputs, export_saved_model
+from include.mlops.training.warmup import WARMUP_ROWS, write_warmup_requests
 
 if TYPE_CHECKING:
     import keras
@@ -224,6 +225,7 @@ def train(
             config, fit_data, val_data, hparams, tensorboard_dir=staging / "tensorboard", label=f"train {config.name}"
         )
         export_saved_model(run.model, staging / "model", len(config.features))
+        write_warmup_requests(staging / "model", val_data.features[:WARMUP_ROWS])
         atomic_write_json(staging / "history.json", history_payload(config, run, len(fit_data), len(val_data)))
     log.info("train %s: SavedModel written to %s", config.name, out / "model")
     return to_jsonable(
