@@ -228,7 +228,14 @@ def _deploy_arguments(context: Context) -> dict[str, Any]:
         "server_url": server_url,
         "server_poll_seconds": model_server_poll_seconds() if server_url is not None else None,
         "data": context["ti"].xcom_pull(task_ids="snapshot")["data_uri"],
+        **audit_arguments(context, "gate passed" if not context["params"].get("force_deploy") else "force_deploy"),
     }
+
+
+def audit_arguments(context: Context, reason: str) -> dict[str, Any]:
+    """What a label move records about itself in the model's audit log: why, and who triggered the run."""
+    dag_run = context["dag_run"]
+    return {"reason": f"{reason} ({dag_run.run_id})", "requested_by": getattr(dag_run, "triggering_user_name", None)}
 
 
 def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:

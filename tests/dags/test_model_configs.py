@@ -219,8 +219,8 @@ def test_one_broken_config_breaks_only_its_own_dag(tmp_path: Path, monkeypatch: 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
     assert bag.import_errors == {}
-    # The broken model gets the stand-in lifecycle DAG and no monitor DAG.
-    assert sorted(bag.dag_ids) == ["lifecycle__diabetes", "lifecycle__digits", "monitor__digits"]
+    # The broken model gets the stand-in lifecycle DAG and no monitor or rollback DAG.
+    assert sorted(bag.dag_ids) == ["lifecycle__diabetes", "lifecycle__digits", "monitor__digits", "rollback__digits"]
     assert {"train", "deploy"} <= set(bag.dags["lifecycle__digits"].task_ids)
     stand_in = bag.dags["lifecycle__diabetes"]
     assert stand_in.task_ids == ["config_error"]
@@ -254,7 +254,7 @@ def test_a_third_model_is_a_config_plus_a_builder(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["lifecycle__progression", "monitor__progression"]
+    assert sorted(bag.dag_ids) == ["lifecycle__progression", "monitor__progression", "rollback__progression"]
     dag = bag.dags["lifecycle__progression"]
     assert "A third model, no DAG code." in dag.doc_md
     assert {"snapshot", "validate", "train", "evaluate", "gate", "register", "deploy"} <= set(dag.task_ids)

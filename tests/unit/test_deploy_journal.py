@@ -194,5 +194,12 @@ def test_every_label_move_is_in_the_models_audit_log(
         ("stable", 2, 3),  # leave_unfinished
         ("stable", 3, 2),  # the champion lookup's repair
     ]
+    reasons = [m.get("reason", "") for m in read_label_moves(registry.model_dir("diabetes"))]
+    assert reasons[1:4] == ["deploy", "deploy", "roll back of a failed deploy (RuntimeError: fault injected by "
+                            "MLOPS_TEST_FAULT_AFTER_LABEL_MOVE=raise after the label moved)"]  # fmt: skip
+    assert reasons[5].startswith(
+        "repair: a deploy (pid 4242 on worker-1, started 2026-12-01T00:00:00+00:00) was moving"
+    )
     last = read_label_moves(registry.model_dir("diabetes"))[-1]
     assert last["pid"] > 0 and last["host"] and last["at"].endswith("+00:00")
+    assert read_label_moves(registry.model_dir("diabetes"))[1]["task"] == str(tmp_path / "d2")

@@ -60,6 +60,7 @@ from include.mlops.deploy.sandbox import infra_validate
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
+from include.mlops.registry.label_log import label_move_context
 from include.mlops.registry.protocol import ModelRegistry, RegistryError
 from include.mlops.registry.serving_artifact import served_artifact
 
@@ -99,6 +100,8 @@ def deploy(
     tolerance: float = 1e-4,
     smoke_rows: int = 32,
     server_poll_seconds: float = SERVER_POLL_SECONDS,
+    reason: str | None = None,
+    requested_by: str | None = None,
 ) -> dict[str, Any]:
     """Verify ``version`` and point ``label`` at it; returns ``{"version", "previous", "label", "changed", "verified"}``.
 
@@ -123,6 +126,10 @@ def deploy(
     :class:`include.mlops.deploy.journal.DeployBusyError` when another deploy
     of the model holds its lock for too long.
 
+    ``reason`` (why: "gate passed", "rollback: ...") and ``requested_by`` (who
+    triggered the run) go into the model's audit log of label moves with the
+    deploy's ``out`` folder (:mod:`include.mlops.registry.label_log`).
+
     Without ``server_url`` only the label moves and the result says
     ``"verified": false``.  A retry after the label already moved changes
     nothing and reports the ``previous`` version recorded in ``out/result.json``.
@@ -131,6 +138,7 @@ def deploy(
     registry: ModelRegistry = Registry()
     name = config.serving_name
     with contextlib.ExitStack() as stack:
+        stack.enter_context(label_move_context(reason=reason or "deploy", requested_by=requested_by, task=str(out)))
         server = stack.enter_context(ModelServerClient(server_url, timeout=timeout)) if server_url else None
         stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=max(timeout, 60.0) * 5))
         # First, before anything can fail: a label left on an unverified version by an unfinished deploy goes back.
@@ -179,9 +187,11 @@ def deploy(
             _verify(result, name, version, settings)
             _write_result(result, name, out)
         except BaseException as exc:
-            restored, settled = restore_label(
-                registry, server, name, label, version, current, confirm=moved, server_poll_seconds=server_poll_seconds
-            )
+            with label_move_context(reason=f"roll back of a failed deploy ({type(exc).__name__}: {exc})"[:500]):
+                restored, settled = restore_label(
+                    registry, server, name, label, version, current, confirm=moved,
+                    server_poll_seconds=server_poll_seconds,
+                )  # fmt: skip
             if settled:  # else the journal stays, so that the next deploy or lookup repairs and waits again
                 remove_journal(journal)
             if moved and isinstance(exc, DeployVerificationError):

@@ -17,6 +17,7 @@ import logging
 from include.mlops.deploy.errors import DeployError
 from include.mlops.deploy.journal import DeployJournal, deploy_lock_if_free, read_journal, remove_journal
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
+from include.mlops.registry.label_log import label_move_context
 from include.mlops.registry.protocol import LabelMovedError, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ def repair_unfinished_deploy(
     config file only (the server applies it at its next poll).
     """
     name, label = journal.model_name, journal.label
-    said, settled = restore_label(
-        registry, server, name, label, journal.version, journal.previous, confirm=True,
-        server_poll_seconds=server_poll_seconds,
-    )  # fmt: skip
+    with label_move_context(reason=f"repair: {journal.describe()}"):
+        said, settled = restore_label(
+            registry, server, name, label, journal.version, journal.previous, confirm=True,
+            server_poll_seconds=server_poll_seconds,
+        )  # fmt: skip
     log.warning("%s: %s; repaired: %s", name, journal.describe(), said)
     if not settled:
         raise DeployError(f"{name}: repairing label {label!r} after an unfinished deploy: {said}")

@@ -3,17 +3,22 @@
 Every edit of a model's labels through the registry (a deploy, its roll back,
 a repair, ``set_label`` by hand) appends what changed, when, and from which
 process, so that "which version served as stable at 03:00, and who moved it"
-has an answer.  TF Serving ignores the file: only numeric folders are versions.
+has an answer.  Code that knows more (which task moved it, for whom, and why:
+the gate passed, a rollback and its reason, the repair of an unfinished move)
+says so with :func:`label_move_context`, whose keys every line written inside
+it carries.  TF Serving ignores the file: only numeric folders are versions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +29,28 @@ log = logging.getLogger(__name__)
 LOG_NAME = "label-moves.jsonl"
 # The keys every line has; a line may carry more (a run, a task, a reason), which readers show as they are.
 MOVE_KEYS = ("at", "label", "from", "to", "pid", "host")
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("label_move_context", default=None)
+
+
+@contextlib.contextmanager
+def label_move_context(**details: Any) -> Iterator[None]:
+    """Add ``details`` (``reason``, ``requested_by``, ``task``, ...; None values left out) to every move logged inside.
+
+    Nested contexts add to the outer one; an inner key replaces the outer one's.
+    """
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **{k: v for k, v in details.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 def record_label_moves(model_dir: Path, before: Mapping[str, int], after: Mapping[str, int]) -> list[dict[str, Any]]:
     """Append one line per label whose version changed between ``before`` and ``after``; returns the lines."""
     at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    context = _CONTEXT.get() or {}
     moves = [
-        {"at": at, "label": label, "from": before.get(label), "to": after.get(label),
+        {**context, "at": at, "label": label, "from": before.get(label), "to": after.get(label),
          "pid": os.getpid(), "host": socket.gethostname()}
         for label in sorted({*before, *after})
         if before.get(label) != after.get(label)

@@ -167,10 +167,13 @@ declare(
             help="how often the server re-reads models.config (TF Serving's --model_config_file_poll_wait_seconds); "
             "a move counts as done once every answer agreed for that long",
         ),
+        Argument("--reason", help="why the label moves, for the model's audit log (e.g. 'gate passed')"),
+        Argument("--requested-by", help="who asked for the move (the run's triggering user), for the audit log"),
     ),
     timeout_s=1200,
     bad_input=(
         CORRUPT_VERSION,
+        ("include.mlops.registry.protocol", "VersionNotFoundError"),
         ("include.mlops.deploy.errors", "ServedBytesError"),
         ("include.mlops.deploy.errors", "InfraValidationError"),
     ),

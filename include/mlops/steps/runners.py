@@ -135,6 +135,8 @@ def run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
         data_uri=args.data,
         tolerance=args.tolerance,
         server_poll_seconds=args.server_poll_seconds,
+        reason=args.reason,
+        requested_by=args.requested_by,
     )
 
 
