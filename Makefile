@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 ARGS ?= --help
 
-.PHONY: setup run test lint format bench clean help airflow
+.PHONY: setup run test test-fast lint format bench clean help airflow
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, trigger
 
 test: setup  ## run every test tier (unit, DAG integrity, dag.test end-to-end, real Airflow)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the fast tiers only (no slow marker): about 3 minutes on 2 cores, for the inner loop
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff, including Airflow's AIR rules
 	$(VENV)/bin/ruff check .

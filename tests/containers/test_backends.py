@@ -94,8 +94,8 @@ def test_unknown_backend_is_an_import_error_naming_it(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MLOPS_BACKEND", "dokcer")
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     assert bag.dag_ids == []
-    # Both DAG files build step tasks, so each reports the deployment's mistake.
-    assert sorted(Path(path).name for path in bag.import_errors) == ["lifecycle.py", "monitor.py"]
+    # Every DAG file builds step tasks, so each reports the deployment's mistake.
+    assert sorted(Path(path).name for path in bag.import_errors) == ["lifecycle.py", "monitor.py", "rollback.py"]
     for error in bag.import_errors.values():
         assert "unknown compute backend 'dokcer'" in error
     assert "MLOPS_BACKEND" in error and "local, docker, kubernetes" in error

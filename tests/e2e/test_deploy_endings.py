@@ -47,7 +47,7 @@ from airflow.sdk import DAG, Param
 from mlops_airflow.operators import LifecycleStepOperator
 
 ENDINGS = {{
-    "deploy_times_out": dict(execution_timeout=dt.timedelta(seconds=45), retries=0),
+    "deploy_times_out": dict(execution_timeout=dt.timedelta(seconds=90), retries=0),
     "deploy_marked_failed": dict(retries=0),
     "deploy_retried": dict(retries=1, retry_delay=dt.timedelta(seconds=1)),
     "deploy_next_run": dict(retries=0),

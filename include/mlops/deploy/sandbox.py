@@ -44,6 +44,8 @@ from include.mlops.registry.protocol import ModelRegistry
 log = logging.getLogger(__name__)
 
 SANDBOX_LOG = "sandbox.log"
+# How often the wait for AVAILABLE checks that the sandbox process is still alive.
+PROCESS_CHECK_S = 3.0
 
 
 def infra_validate(
@@ -59,12 +61,17 @@ def infra_validate(
         port = _free_port()
         log.info("%s: infra validation of version %d in a sandbox server on port %d", name, version, port)
         with _sandbox_server(root, port, Path(tmp) / SANDBOX_LOG) as (proc, sandbox_log):
-            client = ModelServerClient(f"http://127.0.0.1:{port}", timeout=timeout_s)
+            # Short waits in a loop, so that a sandbox that died is reported at once, not after the timeout.
+            client = ModelServerClient(f"http://127.0.0.1:{port}", timeout=min(timeout_s, PROCESS_CHECK_S))
             with client:
-                try:
-                    client.wait_available(name, version=version)
-                except ServerNotReadyError as exc:
-                    _raise_not_available(name, version, exc, proc, sandbox_log, timeout_s)
+                deadline = started + timeout_s
+                while True:
+                    try:
+                        client.wait_available(name, version=version)
+                        break
+                    except ServerNotReadyError as exc:
+                        if proc.poll() is not None or "could not load" in str(exc) or time.monotonic() >= deadline:
+                            _raise_not_available(name, version, exc, proc, sandbox_log, timeout_s)
                 loaded_s = time.monotonic() - started
                 try:
                     max_diff = compare_answers(
