@@ -42,9 +42,13 @@ KUSTOMIZATIONS = [
     "serving/base",
     "serving/overlays/project-server",
     "serving/monitoring",
+    "serving/canary",
+    "serving/canary/track",
 ]
-SERVERS = ["serving", "serving/overlays/project-server"]
-CRD_KINDS = {"ServiceMonitor"}  # not in the core schema; checked for structure in tests/monitoring
+SERVERS = ["serving", "serving/overlays/project-server", "serving/canary"]
+# Not in the core schema: the ServiceMonitor is checked against its CRD in test_cluster_install.py, the HTTPRoute
+# against its CRD in test_canary_manifests.py.
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume"}
 
 Obj = dict[str, Any]

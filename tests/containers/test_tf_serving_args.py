@@ -494,6 +494,17 @@ def test_project_server_overlay_follows_the_rule_itself() -> None:
     assert not [f for f in found if f.problems], found
 
 
+def test_the_canary_runs_both_tf_servings_with_the_rule() -> None:
+    """serving/canary derives its second Deployment from the base by patch; both servers keep the flags."""
+    found = find_in_objects(rendered(K8S / "serving" / "canary"), "canary")
+    servers = sorted(f.where.split()[1] for f in found if not f.project_server)
+    assert servers == [
+        "Deployment/mlops-steps/mlops-model-server",
+        "Deployment/mlops-steps/mlops-model-server-canary",
+    ], found
+    check(found, "include/k8s/serving/canary")
+
+
 # =========================================================================== self-checks on synthetic input
 
 
