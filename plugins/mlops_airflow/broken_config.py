@@ -5,6 +5,9 @@ no DAG at all, so one broken ``include/models/*.yaml`` would hide every
 lifecycle DAG.  Instead, the DAG file builds this stand-in under the broken
 model's DAG id: the UI lists it with the config error in its docs, and each
 run fails at once, without retries, with the same error in its task log.
+The model's monitor DAG gets the same stand-in (``monitor__<file stem>``, on
+the monitor's hourly default), so a model that keeps serving never goes
+unmonitored without a failing run to show it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ _NOT_IN_DAG_ID = re.compile(r"[^A-Za-z0-9_.-]")
 DOC_TEMPLATE = """\
 # Model config `{file}` is broken
 
-This model's lifecycle does not run until its config is fixed; the other models' DAGs are unaffected.
+This model's {kind} does not run until its config is fixed; the other models' DAGs are unaffected.
 Every run of this DAG fails at once with the error below (the task log shows it too).
 
 ```
@@ -35,30 +38,34 @@ Every run of this DAG fails at once with the error below (the task log shows it 
 ```
 
 Fix `{path}`; the DAG processor picks the change up on its next parse and this DAG becomes
-the model's lifecycle again.
+the model's {kind} again.
 """
 
 
-def broken_config_dag_id(path: Path) -> str:
-    """``lifecycle__<file stem>``, the id the model's lifecycle DAG would have."""
-    return f"lifecycle__{_NOT_IN_DAG_ID.sub('_', path.stem)}"
+# The DAG kinds a model has, and the schedule each keeps while its config is broken: the nightly lifecycle
+# and the hourly monitor (MonitorConfig's default) fail (and alert) on time instead of going quiet.
+SCHEDULES = {"lifecycle": "@daily", "monitor": "@hourly"}
 
 
-def build_broken_config_dag(path: Path, error: Exception) -> DAG:
-    """A DAG named after the model at ``path`` that shows ``error`` and fails every run with it."""
+def broken_config_dag_id(path: Path, kind: str = "lifecycle") -> str:
+    """``<kind>__<file stem>``, the id the model's lifecycle (or monitor) DAG would have."""
+    return f"{kind}__{_NOT_IN_DAG_ID.sub('_', path.stem)}"
+
+
+def build_broken_config_dag(path: Path, error: Exception, kind: str = "lifecycle") -> DAG:
+    """A ``kind`` DAG named after the model at ``path`` that shows ``error`` and fails every run with it."""
     message = str(error)
     with DAG(
-        dag_id=broken_config_dag_id(path),
+        dag_id=broken_config_dag_id(path, kind),
         description=f"Broken model config {path.name}: {message.splitlines()[0]}"[:500],
-        doc_md=DOC_TEMPLATE.format(file=path.name, path=path, error=message),
-        # The nightly schedule stays, so a broken model fails (and alerts) every night instead of going quiet.
-        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        doc_md=DOC_TEMPLATE.format(file=path.name, path=path, error=message, kind=kind),
+        schedule=CronDataIntervalTimetable(SCHEDULES[kind], timezone="UTC"),
         start_date=pendulum.datetime(
             DEFAULT_START_DATE.year, DEFAULT_START_DATE.month, DEFAULT_START_DATE.day, tz="UTC"
         ),
         catchup=False,
         max_active_runs=1,
-        tags=["lifecycle", BROKEN_CONFIG_TAG],
+        tags=[kind, BROKEN_CONFIG_TAG],
         default_args={"owner": "mlops", "retries": 0},
     ) as dag:
 

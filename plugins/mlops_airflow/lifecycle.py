@@ -129,13 +129,25 @@ def _schedule(config: ModelConfig) -> AssetOrTimeSchedule:
     )
 
 
-def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
-    """The run's data interval; a run without one (no logical date) takes the day before it ran."""
+def data_interval(context: Context, config: ModelConfig | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """The run's data interval.
+
+    A run that the retraining Asset triggered has none (Airflow 3.3), and the
+    day before it ran is the interval the nightly run already trained on: it
+    takes the most recent complete data instead, the interval that ends when
+    the drift was detected (the newest triggering event's timestamp), over the
+    source's ``lookback_days``.  Any other run without one takes the day before it ran.
+    """
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if start is None or end is None:
-        end = pendulum.instance(context["dag_run"].run_after).start_of("day")
-        start = end.subtract(days=1)
-    return start, end
+    if start is not None and end is not None:
+        return start, end
+    trigger = drift_trigger(context)
+    if trigger is not None:
+        end = pendulum.parse(trigger["event_timestamp"]).in_timezone("UTC")
+        days = config.source.lookback_days if config is not None else 1
+        return end.subtract(days=days), end
+    end = pendulum.instance(context["dag_run"].run_after).start_of("day")
+    return end.subtract(days=1), end
 
 
 def check_trigger_conf(context: Context, config: ModelConfig) -> None:
@@ -155,7 +167,7 @@ def _accepted_candidate(context: Context) -> Mapping[str, Any]:
     raise RuntimeError("no gate accepted a candidate, so there is nothing to register")
 
 
-def _register_arguments(context: Context) -> dict[str, Any]:
+def _register_arguments(context: Context, config: ModelConfig) -> dict[str, Any]:
     """register's arguments; its lineage cites the run files that register copies into the version.
 
     ``try_number`` tells apart the tries of one run id: a reprocessing
@@ -163,7 +175,7 @@ def _register_arguments(context: Context) -> dict[str, Any]:
     """
     candidate = _accepted_candidate(context)
     snapshot = context["ti"].xcom_pull(task_ids="snapshot") or {}
-    start, end = data_interval(context)
+    start, end = data_interval(context, config)
     dag_run = context["dag_run"]
     return {
         "candidate": candidate["model_uri"],
@@ -267,7 +279,7 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         def snapshot_arguments(context: Context) -> dict[str, str]:
             # The first task: a misspelt trigger setting or an impossible threshold stops the run before any work.
             check_trigger_conf(context, config)
-            start, end = data_interval(context)
+            start, end = data_interval(context, config)
             return {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
 
         def data(context: Context) -> str:
@@ -361,7 +373,7 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         register = step(
             "register",
             "register",
-            resolve_arguments=_register_arguments,
+            resolve_arguments=lambda c: _register_arguments(c, config),
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
         )
         deploy = step(

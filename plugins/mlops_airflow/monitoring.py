@@ -4,9 +4,10 @@
                      ├-> decide -> healthy | insufficient_data | slo_breach | request_retrain
     drift (step)     ┘
 
-``decide`` may branch to several of them at once (a breach and a drift).
-``request_retrain`` emits the model's retraining Asset (:func:`retrain_asset`),
-which also schedules the lifecycle DAG, unless the cooldown holds it back.
+``decide`` may branch to several of them at once (a breach and a drift) and
+records the window's drift verdict.  ``request_retrain``
+(:mod:`mlops_airflow.retraining`) emits the model's retraining Asset, which
+also schedules the lifecycle DAG, when drift persists and no cooldown holds it back.
 
 Building a DAG only reads the model config; the monitoring library
 (Prometheus client, drift, report) is imported inside ``execute``.
@@ -19,23 +20,32 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import pendulum
 from airflow.providers.standard.operators.branch import BaseBranchOperator
-from airflow.sdk import DAG, Asset, BaseHook, BaseOperator, Context, CronDataIntervalTimetable
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException, AirflowSkipException
+from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
-from include.mlops.artifacts import atomic_write_json, read_json, run_dir
+from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.monitoring import outcome as outcome_lib
 from mlops_airflow import alerts
 from mlops_airflow.backends import step_operator
+from mlops_airflow.retraining import (  # re-exported: the lifecycle DAG and the run notes import them from here
+    RETRAIN_REQUESTS_FILE,
+    RetrainRequestOperator,
+    drift_trigger,
+    monitor_results,
+    monitoring_window,
+    record_window,
+    retrain_asset,
+    retrain_note,
+)
 from mlops_airflow.schedules import dag_start_date
 
 log = logging.getLogger(__name__)
 
 PROMETHEUS_CONN_ID = "prometheus_default"
 PUSHGATEWAY_CONN_ID = "pushgateway_default"
-RETRAIN_REQUESTS_FILE = "retrain_requests.json"
+__all__ = ["RetrainRequestOperator", "drift_trigger", "monitoring_window", "retrain_asset", "retrain_note"]
 DEFAULT_RETRIES = 1
 DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
 # The branch task each outcome of include.mlops.monitoring.outcome leads to ("drift" is the drift step's id).
@@ -53,14 +63,18 @@ Every `{schedule}` this DAG measures the served model `{serving_name}` over the 
 when the run is due (a run triggered by hand: when it was triggered):
 
 * `slo`: request count, error ratio and p95/p99 latency from Prometheus (Connection `prometheus_default`),
-  against the objectives below. Prometheus unreachable fails the task; too few requests is `insufficient_data`.
+  against the objectives below. Prometheus unreachable or too few requests is `insufficient_data` for the SLOs
+  (the drift verdict is still acted on).
 * `drift`: the logged prediction requests against the training reference of the served version
   (KS or chi-square per feature, Holm-corrected; PSI and Great Expectations reported); scores go to the Pushgateway
   (Connection `pushgateway_default`, when defined).
 * `decide` writes `report.html` (its path is in the task log) and branches:
   `healthy`, `insufficient_data` (a warning, never healthy), `slo_breach` (an alert through the SMTP Connection
   `{alert_conn_id}`, recorded in `monitoring/{name}/alerts.jsonl`) and/or `request_retrain`, which emits the
-  Asset `{asset}` that schedules `{lifecycle}`, at most once per {cooldown} h (`monitoring/{name}/{requests}`).
+  Asset `{asset}` that schedules `{lifecycle}` when drift was found in {persistence.k} of the last {persistence.n}
+  windows of the serving version, at most once per {cooldown} h (`monitoring/{name}/{requests}`). After
+  {max_retrains} requests in one drift episode it raises a `drift_persists` alert instead. A skipped
+  `request_retrain` logs why (and when the cooldown ends). For a retraining now, trigger `{lifecycle}` by hand.
 
 | objective | value |
 |---|---|
@@ -72,31 +86,6 @@ when the run is due (a run triggered by hand: when it was triggered):
 | drift: PSI alert threshold | {drift.psi_threshold} |
 | drift: min rows | {drift.min_rows} |
 """
-
-
-def retrain_asset(config: ModelConfig) -> Asset:
-    """The Asset a drift detection emits to request a retraining run of ``config``'s model.
-
-    One definition for the monitor DAG's outlet and the lifecycle DAG's schedule.
-    """
-    return Asset(name=f"retrain__{config.name}", uri=f"mlops://retrain/{config.name}", group="mlops")
-
-
-def retrain_requests_path(model: str) -> Any:
-    return alerts.monitoring_dir(model) / RETRAIN_REQUESTS_FILE
-
-
-def monitoring_window(context: Context, window: dt.timedelta) -> tuple[dt.datetime, dt.datetime]:
-    """The window a monitor run measures: ``window`` ending when the run was due (``run_after``).
-
-    For a scheduled run that is its data interval's end.  A run triggered by
-    hand measures up to the moment it was triggered, not the last whole
-    interval before it (Airflow's inferred data interval for a manual run),
-    so that "trigger now" sees the traffic of the last minutes.
-    """
-    end = context["dag_run"].run_after
-    end = pendulum.instance(end).in_timezone("UTC")
-    return end - window, end
 
 
 def connection_url(conn_id: str) -> str | None:
@@ -147,8 +136,9 @@ class PrometheusHook(BaseHook):
 class SloOperator(BaseOperator):
     """Measure the served model's SLOs over the run's window; write ``slo.json``; return the result.
 
-    Prometheus unreachable fails the task with the client's message: a
-    monitor that cannot see is never reported healthy.
+    Prometheus unreachable (or its Connection undefined) is ``insufficient_data``
+    with the reason in ``problems``: a monitor that cannot see is never
+    reported healthy, and the run still acts on its drift verdict.
     """
 
     ui_color = "#fde8e8"
@@ -159,14 +149,14 @@ class SloOperator(BaseOperator):
         self.prometheus_conn_id = prometheus_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from include.mlops.monitoring.slo import PrometheusUnavailableError, measure_slo
+        from include.mlops.monitoring.slo import PrometheusUnavailableError, measure_slo, unmeasured
 
-        url = PrometheusHook(self.prometheus_conn_id).get_conn()
         _, end = monitoring_window(context, self.config.monitor.window)
         try:
-            result = dict(measure_slo(url, self.config, end=end))
-        except PrometheusUnavailableError as exc:
-            raise AirflowException(f"SLOs not measured: {exc}") from exc
+            result = dict(measure_slo(PrometheusHook(self.prometheus_conn_id).get_conn(), self.config, end=end))
+        except (PrometheusUnavailableError, AirflowException) as exc:
+            log.warning("SLOs not measured (insufficient_data): %s", exc)
+            result = unmeasured(self.config, f"SLOs not measured: {exc}")
         out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
         result["result_uri"] = str(atomic_write_json(out / "slo.json", result))
         log.info("SLO %s over %s min ending %s: %s", result.get("status"), result.get("window_minutes"), end, result)
@@ -208,6 +198,8 @@ class MonitorDecisionOperator(BaseBranchOperator):
         slo: Mapping[str, Any] | None = ti.xcom_pull(task_ids=self.slo_task_id)
         drift: Mapping[str, Any] | None = ti.xcom_pull(task_ids=self.drift_task_id)
         outcomes = outcome_lib.decide(slo, drift)
+        window = record_window(self.config, context, drift)
+        log.info("Drift verdict recorded for the window ending %s: %s", window["window_end"], window)
         out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
         report = write_report(self.config, dict(slo) if slo else None, dict(drift) if drift else None, outcomes, out)
         record = {"outcomes": outcomes, "report_uri": str(report), "slo_uri": _uri(slo), "drift_uri": _uri(drift)}
@@ -222,20 +214,11 @@ def _uri(result: Mapping[str, Any] | None) -> str | None:
     return result.get("result_uri") if result else None
 
 
-def _results(context: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    ti = context["ti"]
-    return (
-        ti.xcom_pull(task_ids="slo") or {},
-        ti.xcom_pull(task_ids="drift") or {},
-        ti.xcom_pull(task_ids="decide", key="outcome") or {},
-    )
-
-
 class MonitorLogOperator(BaseOperator):
     """``healthy`` or ``insufficient_data``: say what was measured (insufficient data is a warning)."""
 
     def execute(self, context: Context) -> None:
-        slo, drift, decided = _results(context)
+        slo, drift, decided = monitor_results(context)
         level = logging.INFO if self.task_id == "healthy" else logging.WARNING
         log.log(level, "Outcome %s. SLO: %s %s", self.task_id, slo.get("status"), slo.get("figures"))
         log.log(level, "Drift: %s, score %s over %s rows", drift.get("status"), drift.get("score"), drift.get("rows"))
@@ -254,7 +237,7 @@ class SloBreachOperator(BaseOperator):
         self.config = config
 
     def execute(self, context: Context) -> bool:
-        slo, _, decided = _results(context)
+        slo, _, decided = monitor_results(context)
         run_id = context["dag_run"].run_id
         breaches = list(slo.get("breaches") or [])
         subject = f"[mlops] SLO breach of model {self.config.name}: {'; '.join(breaches) or 'see the report'}"
@@ -277,44 +260,6 @@ class SloBreachOperator(BaseOperator):
         )
 
 
-class RetrainRequestOperator(BaseOperator):
-    """Emit the model's retraining Asset event, unless a request was made within the cooldown.
-
-    The last request is kept in ``monitoring/<name>/retrain_requests.json``;
-    inside the cooldown the task is skipped (no event) and says when it ends.
-    """
-
-    ui_color = "#d6f5e3"
-
-    def __init__(self, *, config: ModelConfig, **kwargs: Any) -> None:
-        super().__init__(outlets=[retrain_asset(config)], **kwargs)
-        self.config = config
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        _, drift, decided = _results(context)
-        run_id = context["dag_run"].run_id
-        _, at = monitoring_window(context, self.config.monitor.window)
-        path = retrain_requests_path(self.config.name)
-        last = read_json(path) if path.is_file() else None
-        verdict = outcome_lib.cooldown(last, at=at, period=self.config.monitor.cooldown, run_id=run_id)
-        if not verdict.allowed:
-            raise AirflowSkipException(f"No retraining requested: {verdict.message}")
-        features = drift.get("features") or {}
-        request = {
-            "requested_at": at.isoformat(),
-            "monitor_dag_id": self.dag_id,
-            "monitor_run_id": run_id,
-            "score": drift.get("score"),
-            "threshold": drift.get("threshold"),
-            "drifted_features": sorted(name for name, f in features.items() if f.get("drifted")),
-            "report_uri": decided.get("report_uri"),
-        }
-        atomic_write_json(path, request)
-        context["outlet_events"][retrain_asset(self.config)].extra = request
-        log.warning("Drift detected (%s); retraining of %s requested: %s", verdict.message, self.config.name, request)
-        return request
-
-
 def _doc_md(config: ModelConfig) -> str:
     monitor = config.monitor
     return DOC_TEMPLATE.format(
@@ -327,6 +272,8 @@ def _doc_md(config: ModelConfig) -> str:
         lifecycle=config.dag_id,
         cooldown=monitor.cooldown_hours,
         requests=RETRAIN_REQUESTS_FILE,
+        persistence=monitor.drift.persistence,
+        max_retrains=monitor.max_retrains,
         slo=monitor.slo,
         drift=monitor.drift,
     )
@@ -364,33 +311,3 @@ def build_monitor_dag(config: ModelConfig, *, models_dir: str | None = None) -> 
         ]
         [slo, drift] >> decide >> branches
     return dag
-
-
-def drift_trigger(context: Context) -> dict[str, Any] | None:
-    """What requested this lifecycle run, from its triggering retraining Asset events (None: not asset-triggered)."""
-    events = context.get("triggering_asset_events") or {}
-    found: list[Any] = [event for asset_events in events.values() for event in asset_events]
-    if not found:
-        return None
-    event = max(found, key=lambda e: e.timestamp)
-    extra = dict(event.extra or {})
-    return {
-        "asset": event.asset.name,
-        "monitor_dag_id": event.source_dag_id or extra.get("monitor_dag_id"),
-        "monitor_run_id": event.source_run_id or extra.get("monitor_run_id"),
-        "drift_score": extra.get("score"),
-        "drifted_features": extra.get("drifted_features"),
-        "report_uri": extra.get("report_uri"),
-        "event_timestamp": event.timestamp.isoformat(),
-        "events": len(found),
-    }
-
-
-def retrain_note(asset_name: str, extra: Mapping[str, Any], source_run_id: str | None) -> str:
-    """The run note of a lifecycle run that a drift detection requested."""
-    features = ", ".join(extra.get("drifted_features") or []) or "none listed"
-    return (
-        f"Retraining requested by drift: asset {asset_name}, monitor run {source_run_id or extra.get('monitor_run_id')}, "
-        f"drift score {extra.get('score')} (threshold {extra.get('threshold')}), drifted features: {features}. "
-        f"Report: {extra.get('report_uri')}"
-    )

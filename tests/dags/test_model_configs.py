@@ -219,8 +219,11 @@ def test_one_broken_config_breaks_only_its_own_dag(tmp_path: Path, monkeypatch: 
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
     assert bag.import_errors == {}
-    # The broken model gets the stand-in lifecycle DAG and no monitor or rollback DAG.
-    assert sorted(bag.dag_ids) == ["lifecycle__diabetes", "lifecycle__digits", "monitor__digits", "rollback__digits"]
+    # The broken model gets stand-in lifecycle and monitor DAGs (it may still be serving, so its monitor stays
+    # visible) and no rollback DAG.
+    assert sorted(bag.dag_ids) == [
+        "lifecycle__diabetes", "lifecycle__digits", "monitor__diabetes", "monitor__digits", "rollback__digits"
+    ]  # fmt: skip
     assert {"train", "deploy"} <= set(bag.dags["lifecycle__digits"].task_ids)
     stand_in = bag.dags["lifecycle__diabetes"]
     assert stand_in.task_ids == ["config_error"]
@@ -228,6 +231,11 @@ def test_one_broken_config_breaks_only_its_own_dag(tmp_path: Path, monkeypatch: 
     assert f"{broken.name}" in stand_in.doc_md
     assert "field 'gate.thresholds.r2.min': must be a number, got str 'high'" in stand_in.doc_md
     assert stand_in.get_task("config_error").retries == 0
+    monitor = bag.dags["monitor__diabetes"]
+    assert monitor.task_ids == ["config_error"] and {"monitor", "broken-config"} <= set(monitor.tags)
+    assert monitor.timetable.expression == "0 * * * *"
+    assert "monitor does not run" in monitor.doc_md
+    assert "field 'gate.thresholds.r2.min': must be a number, got str 'high'" in monitor.doc_md
 
 
 def test_the_broken_configs_dag_fails_at_once_with_the_error(
@@ -236,13 +244,15 @@ def test_the_broken_configs_dag_fails_at_once_with_the_error(
     folder = _models_dir(tmp_path, lambda c: c["train"].update(epochs="many"))
     monkeypatch.setenv("MLOPS_MODELS_DIR", str(folder))
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
-    with caplog.at_level("ERROR"):
-        dag_run = bag.dags["lifecycle__diabetes"].test(logical_date=dt.datetime(2026, 11, 5, tzinfo=dt.UTC))
-    assert dag_run.state == "failed"
-    (ti,) = dag_run.get_task_instances()
-    assert ti.state == "failed"
-    assert ti.try_number == 1
-    assert "field 'train.epochs': expected int, got str 'many'" in caplog.text
+    for dag_id in ("lifecycle__diabetes", "monitor__diabetes"):
+        caplog.clear()
+        with caplog.at_level("ERROR"):
+            dag_run = bag.dags[dag_id].test(logical_date=dt.datetime(2026, 11, 5, tzinfo=dt.UTC))
+        assert dag_run.state == "failed", dag_id
+        (ti,) = dag_run.get_task_instances()
+        assert ti.state == "failed"
+        assert ti.try_number == 1
+        assert "field 'train.epochs': expected int, got str 'many'" in caplog.text
 
 
 def test_a_third_model_is_a_config_plus_a_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

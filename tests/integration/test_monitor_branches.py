@@ -9,8 +9,10 @@ SMTP server.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 from smtp_server import Inbox, smtp_connection, smtp_server
 
+from include.mlops.artifacts import run_dir
 from include.mlops.config import load_model_config
 from mlops_airflow.monitoring import RetrainRequestOperator, SloBreachOperator, retrain_asset
+from mlops_airflow.retraining import record_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 __all__ = ["smtp_server"]  # the fixture, imported for pytest
@@ -51,23 +55,26 @@ DRIFTED = {
     "failed_expectations": [],
     "problems": [],
     "versions": {"1": 400},
+    "primary_version": 1,
     "pushed": False,
     "result_uri": "/x/result.json",
     "validation_uri": None,
 }
 
 
-def push_outcome(ti: Any) -> None:
-    ti.xcom_push(key="outcome", value={"outcomes": ["slo_breach", "drift"], "report_uri": "/r/report.html"})
+def push_outcome(config: Any, **context: Any) -> None:
+    # What the real decide does besides its report: the XCom, and the window's verdict in the history.
+    context["ti"].xcom_push(key="outcome", value={"outcomes": ["slo_breach", "drift"], "report_uri": "/r/report.html"})
+    record_window(config, context, DRIFTED)
 
 
-def monitor_dag(dag_id: str) -> DAG:
+def monitor_dag(dag_id: str, config: Any = CONFIG) -> DAG:
     with DAG(dag_id, schedule=None, start_date=T0 - dt.timedelta(days=1), catchup=False) as dag:
         slo = PythonOperator(task_id="slo", python_callable=lambda: SLO_BREACHED)
         drift = PythonOperator(task_id="drift", python_callable=lambda: DRIFTED)
-        decide = PythonOperator(task_id="decide", python_callable=push_outcome)
-        breach = SloBreachOperator(task_id="slo_breach", config=CONFIG)
-        retrain = RetrainRequestOperator(task_id="request_retrain", config=CONFIG)
+        decide = PythonOperator(task_id="decide", python_callable=push_outcome, op_args=[config])
+        breach = SloBreachOperator(task_id="slo_breach", config=config)
+        retrain = RetrainRequestOperator(task_id="request_retrain", config=config)
         [slo, drift] >> decide >> [breach, retrain]
     return dag
 
@@ -81,6 +88,11 @@ def register(dag: DAG, folder: Path) -> None:
     bag = DagBag(dag_folder=str(folder))
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)
+
+
+def run_at(dag: DAG, at: dt.datetime) -> Any:
+    """A run of ``dag`` due at ``at``: the monitor's window ends at the run's ``run_after``."""
+    return dag.test(logical_date=at, run_after=at)
 
 
 def states_of(dag_run: Any) -> dict[str, str]:
@@ -109,8 +121,11 @@ def retrain_events() -> list[Any]:
         return [(e.source_run_id, dict(e.extra)) for e in rows]
 
 
-def test_two_drift_detections_inside_the_cooldown_emit_one_retraining_event(
-    artifact_root: Path, monkeypatch: pytest.MonkeyPatch, smtp_server: tuple[Inbox, int]
+def test_persistent_drift_emits_one_retraining_event_per_cooldown_whatever_is_rerun(
+    artifact_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    smtp_server: tuple[Inbox, int],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     inbox, port = smtp_server
     monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", smtp_connection(port))
@@ -118,10 +133,14 @@ def test_two_drift_detections_inside_the_cooldown_emit_one_retraining_event(
     register(dag, artifact_root.parent)
     before = len(retrain_events())
 
-    first = dag.test(logical_date=T0)
-    second = dag.test(logical_date=T0 + dt.timedelta(hours=1))
+    first = run_at(dag, T0)  # drift in 1 of the last 1 windows: not yet persistent
+    first_states = states_of(first)
+    second = run_at(dag, T0 + dt.timedelta(hours=1))  # 2 of 2: requests
+    second_states = states_of(second)
+    with caplog.at_level(logging.WARNING):
+        third = run_at(dag, T0 + dt.timedelta(hours=2))  # inside the cooldown
 
-    assert states_of(first) | {} == {
+    assert second_states == {
         "slo": "success",
         "drift": "success",
         "decide": "success",
@@ -129,22 +148,54 @@ def test_two_drift_detections_inside_the_cooldown_emit_one_retraining_event(
         "request_retrain": "success",
         "__run__": "success",
     }
-    assert states_of(second)["request_retrain"] == "skipped"
+    assert [s["request_retrain"] for s in (first_states, states_of(third))] == ["skipped"] * 2
     events = retrain_events()[before:]
     assert len(events) == 1, events
     source_run_id, extra = events[0]
-    assert source_run_id == first.run_id
-    assert extra["monitor_run_id"] == first.run_id
-    assert extra["score"] == 0.41 and extra["drifted_features"] == ["bmi"]
+    assert source_run_id == second.run_id
+    assert extra["monitor_run_id"] == second.run_id
+    assert extra["score"] == 0.41 and extra["drifted_features"] == ["bmi"] and extra["version"] == 1
     assert extra["report_uri"] == "/r/report.html"
-    request = json.loads((artifact_root / "monitoring/diabetes/retrain_requests.json").read_text())
-    assert request["monitor_run_id"] == first.run_id
+    [request] = json.loads((artifact_root / "monitoring/diabetes/retrain_requests.json").read_text())["requests"]
+    assert request["monitor_run_id"] == second.run_id
 
-    # Each breach is an alert: two runs, two mails, two recorded lines.
-    assert len(inbox.messages) == 2
+    # Each skip says why, in the task log and in the run folder; the cooldown's says when it ends.
+    def skip_reason(run: Any) -> str:
+        path = run_dir(dag.dag_id, run.run_id, "request_retrain") / "decision.json"
+        return json.loads(path.read_text())["reason"]
+
+    assert "needs 2 of 3" in skip_reason(first)
+    cooldown_ends = (T0 + dt.timedelta(hours=1) + CONFIG.monitor.cooldown).isoformat()
+    assert f"the cooldown ends at {cooldown_ends}" in skip_reason(third)
+    assert "No retraining requested for diabetes: cooldown" in caplog.text and cooldown_ends in caplog.text
+
+    # Each breach is an alert: three runs, three mails (a rerun of a request: tests/unit/test_retraining.py).
+    assert len(inbox.messages) == 3
     assert all("p95 latency 180 ms > 100 ms" in message["Subject"] for _, message in inbox.messages)
-    lines = (artifact_root / "monitoring/diabetes/alerts.jsonl").read_text().splitlines()
-    assert [json.loads(line)["run_id"] for line in lines] == [first.run_id, second.run_id]
+
+
+def test_drift_that_persists_after_the_retrains_alerts_naming_the_features(
+    artifact_root: Path, monkeypatch: pytest.MonkeyPatch, smtp_server: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp_server
+    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS", smtp_connection(port))
+    drift = dataclasses.replace(CONFIG.monitor.drift, persistence=type(CONFIG.monitor.drift.persistence)(k=1, n=1))
+    config = dataclasses.replace(CONFIG, monitor=dataclasses.replace(CONFIG.monitor, drift=drift, max_retrains=1))
+    dag = monitor_dag("monitor_persists__diabetes", config)
+    register(dag, artifact_root.parent)
+    before = len(retrain_events())
+
+    requested = run_at(dag, T0)
+    persists = run_at(dag, T0 + config.monitor.cooldown)
+
+    assert states_of(requested)["request_retrain"] == "success"
+    assert states_of(persists)["request_retrain"] == "skipped"
+    assert len(retrain_events()[before:]) == 1
+    subjects = [message["Subject"] for _, message in inbox.messages]
+    assert "[mlops] drift persists for model diabetes after retraining: bmi" in subjects
+    lines = [json.loads(line) for line in (artifact_root / "monitoring/diabetes/alerts.jsonl").read_text().splitlines()]
+    [alert] = [line for line in lines if line["kind"] == "drift_persists"]
+    assert alert["run_id"] == persists.run_id and alert["drifted_features"] == ["bmi"]
 
 
 def test_a_drift_triggered_lifecycle_run_gets_a_note_from_the_scheduler_listener(
@@ -162,13 +213,18 @@ def test_a_drift_triggered_lifecycle_run_gets_a_note_from_the_scheduler_listener
     monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS", raising=False)
     dag = monitor_dag("monitor_notes__diabetes")
     register(dag, artifact_root.parent)
-    monitor_run = dag.test(logical_date=T0)
+    run_at(dag, T0 - dt.timedelta(hours=1))  # drift must persist: 2 of the last 3 windows
+    monitor_run = run_at(dag, T0)
     run_id = "asset_triggered__2026-11-27T11:00:00+00:00"
     with create_session() as session:
         event = (
             session.query(AssetEvent)
             .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .filter(AssetModel.name == retrain_asset(CONFIG).name, AssetEvent.source_run_id == monitor_run.run_id)
+            .filter(
+                AssetModel.name == retrain_asset(CONFIG).name,
+                AssetEvent.source_dag_id == dag.dag_id,
+                AssetEvent.source_run_id == monitor_run.run_id,
+            )
             .one()
         )
         lifecycle_run = DagRun(

@@ -39,6 +39,8 @@ def push_drift_sample(pushgateway_url: str, version: int) -> None:
     threshold = Gauge("mlops_drift_threshold", "PSI threshold", ["model_name"], registry=registry)
     rows = Gauge("mlops_drift_rows", "rows compared", ["model_name"], registry=registry)
     checked = Gauge("mlops_drift_last_check_timestamp_seconds", "last check", ["model_name"], registry=registry)
+    detected = Gauge("mlops_drift_detected", "the tests' verdict", ["model_name"], registry=registry)
+    detected.labels(MODEL).set(1)
     score.labels(MODEL, str(version)).set(0.31)
     for name, value in zip(FEATURES, (0.31, 0.02), strict=True):
         feature.labels(MODEL, str(version), name).set(value)

@@ -214,3 +214,15 @@ def test_scores_reach_a_real_pushgateway(setup: tuple[Registry, Path], tmp_path:
         "mlops_drift_last_check_timestamp_seconds{",
     ):
         assert line in exported, line
+
+
+@pytest.mark.parametrize(
+    ("result", "detected"),
+    [({"status": "ok", "drifted": True}, 1.0), ({"status": "ok", "drifted": False}, 0.0),
+     ({"status": "insufficient_data", "drifted": False}, 0.0)],
+)  # fmt: skip
+def test_every_check_pushes_its_verdict_so_the_drift_alert_resolves(result: dict, detected: float) -> None:
+    from include.mlops.monitoring.push import drift_metrics
+
+    registry = drift_metrics("diabetes", {"threshold": 0.2, "rows": 0, **result}, 1.0)
+    assert registry.get_sample_value("mlops_drift_detected", {"model_name": "diabetes"}) == detected

@@ -1,8 +1,7 @@
-"""The monitoring outcome rules and the retraining cooldown (pure functions)."""
+"""The monitoring outcome rules (pure functions); the retraining rules are in test_retraining.py."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pytest
@@ -13,12 +12,8 @@ from include.mlops.monitoring.outcome import (
     INSUFFICIENT_DATA,
     SLO_BREACH,
     UnknownStatusError,
-    cooldown,
     decide,
 )
-
-T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
-DAY = dt.timedelta(hours=24)
 
 
 def slo(status: str) -> dict[str, Any]:
@@ -58,45 +53,3 @@ def test_insufficient_drift_data_never_reports_drift_or_healthy() -> None:
 def test_unknown_status_is_a_contract_error(slo_result: Any, drift_result: Any) -> None:
     with pytest.raises(UnknownStatusError, match="expected one of"):
         decide(slo_result, drift_result)
-
-
-def test_first_request_is_allowed() -> None:
-    verdict = cooldown(None, at=T0, period=DAY, run_id="scheduled__a")
-    assert verdict.allowed and verdict.last_request_at is None
-
-
-def test_two_detections_inside_the_cooldown_request_exactly_once() -> None:
-    requests = []
-    last = None
-    for hour, run_id in enumerate(["scheduled__10", "scheduled__11", "scheduled__12"]):
-        at = T0 + dt.timedelta(hours=hour)
-        verdict = cooldown(last, at=at, period=DAY, run_id=run_id)
-        if verdict.allowed:
-            last = {"requested_at": at.isoformat(), "monitor_run_id": run_id}
-            requests.append(run_id)
-    assert requests == ["scheduled__10"]
-    held = cooldown(last, at=T0 + dt.timedelta(hours=1), period=DAY, run_id="scheduled__11")
-    assert not held.allowed
-    assert held.ends_at == T0 + DAY
-    assert (T0 + DAY).isoformat() in held.message
-
-
-def test_a_detection_after_the_cooldown_requests_again() -> None:
-    last = {"requested_at": T0.isoformat(), "monitor_run_id": "scheduled__10"}
-    assert cooldown(last, at=T0 + DAY, period=DAY, run_id="scheduled__x").allowed
-    assert not cooldown(last, at=T0 + DAY - dt.timedelta(seconds=1), period=DAY, run_id="scheduled__x").allowed
-
-
-def test_an_older_window_rerun_inside_the_cooldown_is_held_back() -> None:
-    last = {"requested_at": T0.isoformat(), "monitor_run_id": "scheduled__10"}
-    assert not cooldown(last, at=T0 - dt.timedelta(hours=2), period=DAY, run_id="scheduled__08").allowed
-
-
-def test_a_rerun_of_the_requesting_run_may_request_again() -> None:
-    last = {"requested_at": T0.isoformat(), "monitor_run_id": "scheduled__10"}
-    assert cooldown(last, at=T0, period=DAY, run_id="scheduled__10").allowed
-
-
-def test_naive_time_is_refused() -> None:
-    with pytest.raises(ValueError, match="time zone"):
-        cooldown(None, at=dt.datetime(2026, 1, 1), period=DAY)

@@ -239,10 +239,52 @@ def test_register_arguments_carry_the_try_number_and_the_cited_run_files() -> No
         "data_interval_start": pendulum.instance(START),
         "data_interval_end": pendulum.instance(END),
     }
-    lineage = _register_arguments(context)["lineage"]
+    lineage = _register_arguments(context, DIABETES)["lineage"]
     assert lineage["try_number"] == 3
     assert lineage["gate_uri"] == "/runs/x/gate/decision.json"
     assert lineage["data_uri"] == "/runs/x/snapshot/data.parquet"
+
+
+def test_a_drift_triggered_run_trains_on_the_data_up_to_the_detection_and_says_who_asked() -> None:
+    # Airflow 3.3 gives an asset-triggered run no data interval; "the day before it ran" is the interval the
+    # nightly run (and so the serving version) already trained on, and the retraining would change nothing.
+    from mlops_airflow.lifecycle import _register_arguments, data_interval
+
+    detected = pendulum.datetime(2026, 11, 27, 15, 30, tz="UTC")
+    event = SimpleNamespace(
+        asset=SimpleNamespace(name="retrain__diabetes"),
+        source_dag_id="monitor__diabetes",
+        source_run_id="scheduled__2026-11-27T14:30:00+00:00",
+        timestamp=detected,
+        extra={"score": 0.4, "drifted_features": ["bmi"], "version": 1, "report_uri": "/r.html"},
+    )
+    context = {
+        "dag_run": SimpleNamespace(
+            run_id="asset_triggered__x", dag_id=DAG_ID, run_type="asset_triggered", run_after=detected
+        ),
+        "triggering_asset_events": {"retrain__diabetes": [event]},
+        "data_interval_start": None,
+        "data_interval_end": None,
+    }
+    start, end = data_interval(context, DIABETES)  # type: ignore[arg-type]
+    assert end == detected and start == detected.subtract(days=DIABETES.source.lookback_days)
+    nightly_end = detected.start_of("day")
+    assert end != nightly_end, "never the interval the nightly run trained on"
+
+    context["ti"] = SimpleNamespace(
+        xcom_pull=lambda task_ids=None, key=None: (
+            {"model_uri": "/m", "evaluation_uri": "/e", "decision_uri": "/d.json"}
+            if key == "candidate" and task_ids == "gate"
+            else {"sha256": "0" * 64, "data_uri": "/s"}
+            if task_ids == "snapshot"
+            else None
+        ),
+        try_number=1,
+    )
+    lineage = _register_arguments(context, DIABETES)["lineage"]  # type: ignore[arg-type]
+    assert lineage["data_interval_end"] == detected.isoformat()
+    assert lineage["triggered_by"]["monitor_run_id"] == "scheduled__2026-11-27T14:30:00+00:00"
+    assert lineage["triggered_by"]["drifted_features"] == ["bmi"]
 
 
 # --------------------------------------------------------------------------- the champion's figures on the card

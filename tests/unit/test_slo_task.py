@@ -1,4 +1,4 @@
-"""The monitor's ``slo`` task: a monitor that cannot see Prometheus fails loudly, never reports healthy."""
+"""The monitor's ``slo`` task: a monitor that cannot see Prometheus says so (insufficient_data), never healthy."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowException
 from smtp_server import free_port
 
 from include.mlops.config import find_model_config
+from include.mlops.monitoring.outcome import decide
 from mlops_airflow.monitoring import SloOperator
 
 
@@ -25,22 +25,30 @@ def context() -> dict:
     return {"dag_run": SimpleNamespace(run_id="manual__slo", run_after=run_after)}
 
 
-def test_prometheus_down_fails_the_task_naming_the_url(artifact_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prometheus_down_is_insufficient_data_naming_the_url(
+    artifact_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failing here would leave decide and every branch upstream_failed, dropping the drift the run did measure.
     closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", closed)
-    with pytest.raises(AirflowException, match="SLOs not measured") as raised:
-        slo_task().execute(context())  # type: ignore[arg-type]
-    assert closed in str(raised.value) and "prometheus_default" in str(raised.value)
-    assert not list(artifact_root.rglob("slo.json")), "no result may be written when nothing was measured"
+    result = slo_task().execute(context())  # type: ignore[arg-type]
+    assert result["status"] == "insufficient_data" and result["breaches"] == []
+    [problem] = result["problems"]
+    assert "SLOs not measured" in problem and closed in problem and "prometheus_default" in problem
+    assert set(result["figures"].values()) == {None}
+    assert Path(result["result_uri"]).is_file()
+    # What decide makes of it: never healthy, and a drift found beside it is still acted on.
+    assert decide(result, {"status": "ok", "drifted": True}) == ["drift", "insufficient_data"]
 
 
-def test_a_missing_prometheus_connection_fails_the_task_saying_how_to_define_it(
+def test_a_missing_prometheus_connection_is_insufficient_data_saying_how_to_define_it(
     artifact_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", raising=False)
-    with pytest.raises(AirflowException, match="'prometheus_default' is not defined") as raised:
-        slo_task().execute(context())  # type: ignore[arg-type]
-    assert "AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://" in str(raised.value)
+    result = slo_task().execute(context())  # type: ignore[arg-type]
+    assert result["status"] == "insufficient_data"
+    assert "'prometheus_default' is not defined" in result["problems"][0]
+    assert "AIRFLOW_CONN_PROMETHEUS_DEFAULT=http://" in result["problems"][0]
 
 
 def test_a_connection_whose_host_holds_the_scheme_gives_one_url(monkeypatch: pytest.MonkeyPatch) -> None:

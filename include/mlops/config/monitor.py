@@ -6,10 +6,10 @@ import dataclasses
 import datetime as dt
 from typing import Annotated
 
-from pydantic import Field, Strict
+from pydantic import Field, Strict, model_validator
 from pydantic.dataclasses import dataclass
 
-from include.mlops.config._fields import STRICT, PositiveFloat, PositiveInt, Str
+from include.mlops.config._fields import STRICT, FieldProblem, PositiveFloat, PositiveInt, Str
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -24,6 +24,25 @@ class SloConfig:
     max_error_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 0.01
     p95_latency_ms: PositiveFloat = 100.0
     p99_latency_ms: PositiveFloat = 250.0
+
+
+@dataclass(frozen=True, config=STRICT)
+class PersistenceConfig:
+    """Drift must be found in ``k`` of the last ``n`` windows of the serving version before retraining is requested.
+
+    One window is a sample: at ``false_alarm_rate`` 0.01, a clean model is
+    flagged by one window in a hundred, but by 2 of 3 windows only about
+    three times in ten thousand.
+    """
+
+    k: PositiveInt = 2
+    n: PositiveInt = 3
+
+    @model_validator(mode="after")
+    def _k_at_most_n(self) -> PersistenceConfig:
+        if self.k > self.n:
+            raise FieldProblem("k", f"must be at most n ({self.n}), got {self.k}")
+        return self
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -48,6 +67,7 @@ class DriftConfig:
     expectation fails (recorded, not deciding).
     ``max_validation_rows``: Great Expectations validates at most this many of
     the window's rows (a seeded sample); the scores and tests use every row.
+    ``persistence``: how many of the last windows must drift before a retraining request.
     """
 
     min_rows: PositiveInt = 100
@@ -57,6 +77,7 @@ class DriftConfig:
     bins: Annotated[int, Strict(), Field(ge=2, le=100)] = 10
     mean_tolerance: PositiveFloat = 0.5
     max_validation_rows: PositiveInt = 100_000
+    persistence: PersistenceConfig = dataclasses.field(default_factory=PersistenceConfig)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -65,6 +86,9 @@ class MonitorConfig:
 
     ``cooldown_hours``: after a drift detection requests a retraining run, later
     detections within this many hours request none (one episode, one retrain).
+    ``max_retrains``: after this many retraining requests in one drift episode
+    (requests each within two cooldowns of the last), a drift that persists
+    raises a ``drift_persists`` alert instead of another request.
     ``deadline_minutes``: a lifecycle run (nightly, triggered or retraining) not finished this long after
     it was queued notifies through ``alert_conn_id`` (null: no deadline).
     ``alert_conn_id``: the Airflow Connection alerts go to (an SMTP connection
@@ -74,6 +98,7 @@ class MonitorConfig:
     schedule: Str = "@hourly"
     window_minutes: PositiveInt = 60
     cooldown_hours: PositiveFloat = 24.0
+    max_retrains: PositiveInt = 2
     deadline_minutes: PositiveFloat | None = 360.0
     alert_conn_id: Str = "mlops_alerts"
     slo: SloConfig = dataclasses.field(default_factory=SloConfig)

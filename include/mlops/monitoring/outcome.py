@@ -1,4 +1,4 @@
-"""What a monitoring run concludes, and whether a drift detection may request a retraining run.
+"""What a monitoring run concludes (whether its drift requests retraining: :mod:`.retraining`).
 
 Pure functions of the SLO and drift results (the dicts of
 :func:`include.mlops.monitoring.slo.measure_slo` and
@@ -9,9 +9,7 @@ Prometheus or a model.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 HEALTHY = "healthy"
@@ -59,52 +57,3 @@ def decide(slo: Mapping[str, Any] | None, drift: Mapping[str, Any] | None) -> li
     if not found:
         found.add(HEALTHY)
     return [outcome for outcome in OUTCOMES if outcome in found]
-
-
-@dataclass(frozen=True)
-class CooldownDecision:
-    """Whether a retraining request is allowed at ``at``, and if not, until when it is held back."""
-
-    allowed: bool
-    at: dt.datetime
-    last_request_at: dt.datetime | None
-    ends_at: dt.datetime | None
-
-    @property
-    def message(self) -> str:
-        if self.last_request_at is None:
-            return "no retraining was requested before"
-        if self.allowed:
-            return f"the last retraining request ({self.last_request_at.isoformat()}) is outside the cooldown"
-        assert self.ends_at is not None
-        return (
-            f"a retraining run was requested at {self.last_request_at.isoformat()}; "
-            f"the cooldown ends at {self.ends_at.isoformat()}"
-        )
-
-
-def cooldown(
-    last_request: Mapping[str, Any] | None,
-    *,
-    at: dt.datetime,
-    period: dt.timedelta,
-    run_id: str | None = None,
-) -> CooldownDecision:
-    """Whether the monitoring run ``run_id`` at time ``at`` may request a retraining run.
-
-    ``last_request`` is the record of the last request (``requested_at`` ISO
-    time, ``monitor_run_id``), or None.  One drift episode requests one
-    retraining: a request within ``period`` of the last one (before or after
-    it, so a rerun of an older window cannot request again either) is held
-    back.  A rerun of the run that made the last request may request again:
-    its earlier event is the same request.
-    """
-    if at.tzinfo is None:
-        raise ValueError(f"cooldown time {at!r} has no time zone")
-    if not last_request:
-        return CooldownDecision(True, at, None, None)
-    last_at = dt.datetime.fromisoformat(str(last_request["requested_at"]))
-    ends_at = last_at + period
-    if run_id is not None and last_request.get("monitor_run_id") == run_id:
-        return CooldownDecision(True, at, last_at, ends_at)
-    return CooldownDecision(abs(at - last_at) >= period, at, last_at, ends_at)

@@ -42,6 +42,13 @@ def drift_metrics(model_name: str, result: Mapping[str, Any], checked_at: float)
         "mlops_drift_last_check_timestamp_seconds", "When the last drift check ran (Unix time)", ["model_name"],
         registry=registry,
     )  # fmt: skip
+    # Pushed by every check, 0 when the window did not drift (or had too few rows): the drift alert
+    # resolves when drift ends, instead of firing on the last drifted window's scores.
+    detected = Gauge(
+        "mlops_drift_detected", "1 when the last drift check found drift (the tests' verdict), else 0", ["model_name"],
+        registry=registry,
+    )  # fmt: skip
+    detected.labels(model_name).set(1.0 if result.get("status") == "ok" and result.get("drifted") else 0.0)
     threshold.labels(model_name).set(float(result["threshold"]))
     rows.labels(model_name).set(float(result["rows"]))
     last.labels(model_name).set(checked_at)

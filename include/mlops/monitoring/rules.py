@@ -44,6 +44,7 @@ REQUEST_LATENCY_BUCKET = ":tensorflow:serving:request_latency_bucket"
 SERVED_VERSION = "mlops_served_version"
 DRIFT_SCORE = "mlops_drift_score"
 DRIFT_THRESHOLD = "mlops_drift_threshold"
+DRIFT_DETECTED = "mlops_drift_detected"
 
 REQUEST_RATE = "model_name:mlops_request_rate:rate5m"
 ERROR_RATIO = "model_name:mlops_error_ratio:rate5m"
@@ -140,15 +141,18 @@ def model_group(config: ModelConfig) -> dict[str, Any]:
             },
         },
         {
-            # The threshold is the one the drift step used, pushed beside the score.
+            # The threshold is the one the drift step used, pushed beside the score; the tests' verdict
+            # (pushed as 0 by every check without drift) resolves the alert when drift ends.
             "alert": "MlopsDriftAboveThreshold",
-            "expr": f"max by (model_name) ({DRIFT_SCORE}{{{model}}}) "
-            f"> on (model_name) max by (model_name) ({DRIFT_THRESHOLD}{{{model}}})",
+            "expr": f"(max by (model_name) ({DRIFT_SCORE}{{{model}}}) "
+            f"> on (model_name) max by (model_name) ({DRIFT_THRESHOLD}{{{model}}})) "
+            f"and on (model_name) (max by (model_name) ({DRIFT_DETECTED}{{{model}}}) == 1)",
             "labels": severity,
             "annotations": {
                 "summary": f"{name}: input drift above its threshold",
                 "description": f'The last drift check scored {name}\'s inputs at {{{{ $value | printf "%.3f" }}}} '
-                "(max feature PSI), above the threshold pushed with it; the monitor DAG requests a retraining run.",
+                "(max feature PSI), above the threshold pushed with it, and its tests found drift; the monitor DAG "
+                "requests a retraining run when the drift persists.",
                 "runbook": RUNBOOK,
             },
         },

@@ -18,7 +18,7 @@ NaN) or fewer than ``slo.min_requests`` requests is ``insufficient_data``, never
 ``ok``; a figure beyond its objective is a ``breach`` with one sentence per
 objective missed.  Prometheus that cannot be reached at all raises
 :class:`PrometheusUnavailableError`: that is an outage of the monitoring, not a
-fact about the model.
+fact about the model; the monitor records it as :func:`unmeasured`.
 """
 
 from __future__ import annotations
@@ -221,4 +221,18 @@ def measure_slo(
         "problems": problems,
         "window_minutes": monitor.window_minutes,
         "queries": queries,
+    }
+
+
+def unmeasured(config: ModelConfig, problem: str) -> dict[str, Any]:
+    """The result of a window whose SLOs could not be measured (Prometheus down): ``insufficient_data``."""
+    monitor = config.monitor
+    return {
+        "status": INSUFFICIENT_DATA,
+        "figures": dict.fromkeys(FIGURES),
+        "slo": dataclasses.asdict(monitor.slo),
+        "breaches": [],
+        "problems": [problem],
+        "window_minutes": monitor.window_minutes,
+        "queries": slo_queries(config.serving_name, monitor.window_minutes),
     }
