@@ -40,6 +40,7 @@ DEV_TOOLS = frozenset(
         "flake8",
         "pylint",
         "hypothesis",
+        "moto",
         "selenium",
         "playwright",
         "pre-commit",

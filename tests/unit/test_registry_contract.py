@@ -18,15 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
 from model_factory import make_saved_model
+from s3_stand_in import registry_uri
 from typing_extensions import get_protocol_members
 
 from include.mlops.config import PROJECT_ROOT
-from include.mlops.registry.filesystem import Registry
+from include.mlops.registry.object_uri import ObjectUri
 from include.mlops.registry.protocol import (
     CorruptVersionError,
     LabelMovedError,
+    Location,
     ModelRegistry,
     RegisterResult,
     RegistryError,
@@ -41,24 +44,34 @@ METRICS = {"mae": 1.0, "r2": 0.5}
 class Implementation:
     """How to build one implementation on a scratch folder.
 
-    ``factory`` is an importable ``module:callable`` taking that folder, so a
-    child process can open its own handle on the same registry.
+    ``factory`` is an importable ``module:callable`` taking the registry's root
+    (``root(scratch)``: a folder, or a URI), so a child process can open its
+    own handle on the same registry.  ``needs`` names a fixture the
+    implementation's store needs running (an S3 stand-in, say).
     """
 
     factory: str
+    root: Callable[[Path], str] = lambda scratch: str(scratch / "models")
+    needs: str | None = None
 
     def build(self, scratch: Path) -> ModelRegistry:
         module, _, attr = self.factory.partition(":")
-        make: Callable[[Path], ModelRegistry] = getattr(importlib.import_module(module), attr)
-        return make(scratch / "models")
+        make: Callable[[str], ModelRegistry] = getattr(importlib.import_module(module), attr)
+        return make(self.root(scratch))
 
 
-IMPLEMENTATIONS = {"filesystem": Implementation("include.mlops.registry.filesystem:Registry")}
+IMPLEMENTATIONS = {
+    "filesystem": Implementation("include.mlops.registry.filesystem:Registry"),
+    "s3": Implementation("include.mlops.registry.object_store:ObjectStoreRegistry", registry_uri, "s3_endpoint"),
+}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def implementation(request: pytest.FixtureRequest) -> Implementation:
-    return IMPLEMENTATIONS[request.param]
+    chosen = IMPLEMENTATIONS[request.param]
+    if chosen.needs is not None:
+        request.getfixturevalue(chosen.needs)
+    return chosen
 
 
 @pytest.fixture
@@ -70,6 +83,14 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def registry(implementation: Implementation, scratch: Path) -> ModelRegistry:
     return implementation.build(scratch)
+
+
+def overwrite(location: Location, data: bytes) -> None:
+    """Change a stored file behind the registry's back (a disk error, a person, an attacker)."""
+    if isinstance(location, ObjectUri):
+        boto3.client("s3").put_object(Bucket=location.bucket, Key=location.key, Body=data)
+    else:
+        location.write_bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -100,22 +121,24 @@ def run_beside_a_reader(
     reader.join(timeout=60)
 
 
-def test_the_filesystem_registry_satisfies_the_protocol(scratch: Path) -> None:
-    _: ModelRegistry = Registry(scratch / "models")
-    assert isinstance(_, ModelRegistry)
+def test_each_registry_satisfies_the_protocol(registry: ModelRegistry) -> None:
+    assert isinstance(registry, ModelRegistry)
+    cls = type(registry)
     members = get_protocol_members(ModelRegistry)
     assert {"register", "versions", "set_label", "read_serving_config", "config_path"} <= members
     for member in sorted(members):
         declared = inspect.getattr_static(ModelRegistry, member)
-        actual = inspect.getattr_static(Registry, member, None)
-        assert actual is not None, f"Registry lacks {member}"
+        actual = inspect.getattr_static(cls, member, None)
+        assert actual is not None, f"{cls.__name__} lacks {member}"
         if isinstance(declared, property):
-            assert isinstance(actual, property), f"Registry.{member} must be a property"
+            assert isinstance(actual, property), f"{cls.__name__}.{member} must be a property"
             continue
         expected = inspect.signature(declared)
         got = inspect.signature(actual)
         shape = [(p.name, p.kind, p.default) for p in expected.parameters.values()]
         assert [(p.name, p.kind, p.default) for p in got.parameters.values()] == shape, member
+    assert isinstance(registry.config_path, Location) and isinstance(registry.version_dir("tiny", 3), Location)
+    assert str(registry.version_dir("tiny", 3)) == f"{registry.model_dir('tiny')}/3"
 
 
 # --------------------------------------------------------------------------- versions
@@ -205,9 +228,9 @@ _CLAIM_SCRIPT = """
 import importlib, json, os, sys, time
 from pathlib import Path
 
-factory, scratch, model, prefix, go = sys.argv[1:6]
+factory, root, model, prefix, go = sys.argv[1:6]
 module, _, attr = factory.partition(":")
-registry = getattr(importlib.import_module(module), attr)(Path(scratch) / "models")
+registry = getattr(importlib.import_module(module), attr)(root)
 while not os.path.exists(go):
     time.sleep(0.005)
 claimed = []
@@ -229,7 +252,7 @@ def test_concurrent_claims_in_processes_never_share_a_version(
                 "-c",
                 _CLAIM_SCRIPT,
                 implementation.factory,
-                str(scratch),
+                implementation.root(scratch),
                 str(models[i % 2]),
                 f"p{i}",
                 str(go),
@@ -256,7 +279,7 @@ def test_concurrent_claims_in_processes_never_share_a_version(
 
 def test_verify_refuses_a_changed_file(registry: ModelRegistry, models: tuple[Path, Path]) -> None:
     version = register(registry, models[0], "run1").version
-    (registry.version_dir("tiny", version) / "saved_model.pb").write_bytes(b"not the model")
+    overwrite(registry.version_dir("tiny", version) / "saved_model.pb", b"not the model")
     with pytest.raises(CorruptVersionError) as info:
         registry.verify("tiny", version)
     assert info.value.version == version and info.value.problems

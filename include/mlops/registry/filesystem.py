@@ -56,27 +56,25 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.names import serving_name_problem
-from include.mlops.registry import model_config_file, version_files
+from include.mlops.registry import model_config_file, version_build, version_files
 from include.mlops.registry.file_lock import locked
 from include.mlops.registry.label_log import record_label_moves
 from include.mlops.registry.model_config_file import CONFIG_FILE
 from include.mlops.registry.protocol import (
     CorruptVersionError,
-    LabelMovedError,
     RegisterResult,
     RegistryError,
     VersionNotFoundError,
 )
-from include.mlops.registry.serving_artifact import TFLITE_FILE
+from include.mlops.registry.serving_artifact import TFLITE_FILE as TFLITE_FILE  # re-exported for callers
 from include.mlops.registry.version_files import (
     CHECKSUMS_FILE,
-    EVIDENCE_DIR,
     GATE_FILE,
     LINEAGE_FILE,
-    METADATA_DIR,
     METRICS_FILE,
-    MODEL_CARD_FILE,
 )
+from include.mlops.registry.version_files import EVIDENCE_DIR as EVIDENCE_DIR  # re-exported for callers
+from include.mlops.registry.version_files import METADATA_DIR as METADATA_DIR  # re-exported for callers
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -181,27 +179,10 @@ class Registry:
         ``metadata`` maps a file name (e.g. ``reference.json``) to a JSON payload
         written under ``assets.extra/``, covered by the checksums as well.
         """
-        source = Path(model_dir)
-        if not (source / "saved_model.pb").is_file():
-            raise RegistryError(f"{source} is not a SavedModel folder (no saved_model.pb); pass the train step's model")
-        tflite = Path(tflite_path) if tflite_path is not None else None
-        if tflite is not None and not tflite.is_file():
-            raise RegistryError(f"TFLite model {tflite} does not exist")
-        evidence_files = {rel: Path(evidence_source) for rel, evidence_source in (evidence or {}).items()}
-        problems = [version_files.evidence_problem(rel, path) for rel, path in evidence_files.items()]
-        problems += [version_files.metadata_name_problem(file_name) for file_name in metadata or {}]
-        problems += [
-            f"lineage needs a non-empty {key!r} (it makes retries idempotent); got {dict(lineage)!r}"
-            for key in ("dag_id", "run_id")
-            if not lineage.get(key)
-        ]
-        first_problem = next((problem for problem in problems if problem), None)
-        if first_problem is not None:
-            raise RegistryError(first_problem)
-
-        candidate = version_files.model_files(artifacts.dir_checksums(source))
-        if tflite is not None:
-            candidate[TFLITE_FILE] = artifacts.sha256_file(tflite)
+        checked = version_build.check_register_input(
+            model_dir, lineage=lineage, tflite_path=tflite_path, evidence=evidence, metadata=metadata
+        )
+        candidate = checked.candidate()
         base = self.model_dir(name)
         artifacts.make_dirs(base)
         with locked(base / ".lock"):
@@ -216,32 +197,11 @@ class Registry:
             version = self._next_version(name)
             staging = base / f"{_STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
             try:
-                log.info("Registering %s version %d from %s", name, version, source)
-                shutil.copytree(source, staging, copy_function=_copy_file)
-                if tflite is not None:
-                    _copy_file(str(tflite), str(staging / TFLITE_FILE))
-                meta = staging / METADATA_DIR
-                meta.mkdir(exist_ok=True)
-                for rel, evidence_source in evidence_files.items():
-                    target = staging / EVIDENCE_DIR / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    _copy_file(str(evidence_source), str(target))
-                full_lineage = {**artifacts.to_jsonable(dict(lineage)), "model_name": name, "version": version}
-                artifacts.atomic_write_json(staging / METRICS_FILE, artifacts.to_jsonable(dict(metrics)))
-                artifacts.atomic_write_json(staging / LINEAGE_FILE, full_lineage)
-                for file_name, payload in (metadata or {}).items():
-                    artifacts.atomic_write_json(meta / file_name, artifacts.to_jsonable(payload))
-                if gate_decision is not None:
-                    artifacts.atomic_write_json(staging / GATE_FILE, artifacts.to_jsonable(dict(gate_decision)))
-                if callable(model_card):
-                    card = model_card(version)
-                else:
-                    card = model_card or version_files.default_card(name, version, metrics, full_lineage)
-                artifacts.atomic_write_text(staging / MODEL_CARD_FILE, card)
-                sums = artifacts.dir_checksums(staging, exclude=(CHECKSUMS_FILE,))
-                if version_files.model_files(sums) != candidate:
-                    raise RegistryError(f"{source} changed while it was being copied; retry the register step")
-                artifacts.atomic_write_json(staging / CHECKSUMS_FILE, sums)
+                log.info("Registering %s version %d from %s", name, version, checked.source)
+                sums = version_build.write_version(
+                    staging, checked, candidate, name=name, version=version, metrics=metrics, lineage=lineage,
+                    model_card=model_card, gate_decision=gate_decision, metadata=metadata, copy_file=_copy_file,
+                )  # fmt: skip
                 # copytree copied the source's modes (TensorFlow makes SavedModel folders 0755).
                 artifacts.share_tree(staging)
                 _fsync_tree(staging)
@@ -311,14 +271,7 @@ class Registry:
         """
         model_config_file.check_label(label)
         self.require_version(name, version)
-
-        def change(entry: Any) -> int | None:
-            previous = entry.version_labels[label] if label in entry.version_labels else None
-            entry.version_labels[label] = version
-            model_config_file.set_policy(entry, set(entry.version_labels.values()))
-            return previous
-
-        previous = self._edit_entry(name, change)
+        previous = self._edit_entry(name, model_config_file.set_label_change(label, version))
         log.info("%s: label %r now points at version %d (was %s)", name, label, version, previous)
         return previous
 
@@ -334,20 +287,7 @@ class Registry:
         model_config_file.check_label(label)
         if version is not None:
             self.require_version(name, version)
-
-        def change(entry: Any) -> int | None:
-            actual = entry.version_labels[label] if label in entry.version_labels else None
-            if actual != expected:
-                raise LabelMovedError(name, label, expected, actual)
-            if version is None:
-                if label in entry.version_labels:
-                    del entry.version_labels[label]
-            else:
-                entry.version_labels[label] = version
-            model_config_file.set_policy(entry, {*entry.version_labels.values(), *keep})
-            return actual
-
-        self._edit_entry(name, change)
+        self._edit_entry(name, model_config_file.move_label_change(name, label, version, expected, keep))
         log.info("%s: label %r now points at version %s (was %s); loaded besides: %s",
                  name, label, version, expected, sorted(keep))  # fmt: skip
         return expected
@@ -355,21 +295,10 @@ class Registry:
     def preload(self, name: str, version: int) -> None:
         """Add ``version`` to the loaded versions without labelling it (step one of a label move)."""
         self.require_version(name, version)
-        self._edit_entry(
-            name,
-            lambda entry: model_config_file.set_policy(entry, {*entry.model_version_policy.specific.versions, version}),
-        )
+        self._edit_entry(name, model_config_file.preload_change(version))
 
     def remove_label(self, name: str, label: str) -> int | None:
-        def change(entry: Any) -> int | None:
-            if label not in entry.version_labels:
-                return None
-            previous = entry.version_labels[label]
-            del entry.version_labels[label]
-            model_config_file.set_policy(entry, set(entry.version_labels.values()))
-            return previous
-
-        return self._edit_entry(name, change)
+        return self._edit_entry(name, model_config_file.remove_label_change(label))
 
     def base_path(self, name: str) -> str:
         """Where TF Serving finds ``name``: ``$MLOPS_SERVING_BASE_PATH/<name>`` or this registry's folder."""

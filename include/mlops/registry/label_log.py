@@ -47,19 +47,24 @@ def label_move_context(**details: Any) -> Iterator[None]:
 
 def record_label_moves(model_dir: Path, before: Mapping[str, int], after: Mapping[str, int]) -> list[dict[str, Any]]:
     """Append one line per label whose version changed between ``before`` and ``after``; returns the lines."""
-    at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-    context = _CONTEXT.get() or {}
-    moves = [
-        {**context, "at": at, "label": label, "from": before.get(label), "to": after.get(label),
-         "pid": os.getpid(), "host": socket.gethostname()}
-        for label in sorted({*before, *after})
-        if before.get(label) != after.get(label)
-    ]  # fmt: skip
+    moves = label_moves(before, after)
     if moves:
         artifacts.make_dirs(model_dir)
         with open(Path(model_dir) / LOG_NAME, "a", encoding="utf-8") as log:
             log.write("".join(json.dumps(move, sort_keys=True) + "\n" for move in moves))
     return moves
+
+
+def label_moves(before: Mapping[str, int], after: Mapping[str, int]) -> list[dict[str, Any]]:
+    """One audit record per label whose version changed, with the context's keys, the time and the process."""
+    at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    context = _CONTEXT.get() or {}
+    return [
+        {**context, "at": at, "label": label, "from": before.get(label), "to": after.get(label),
+         "pid": os.getpid(), "host": socket.gethostname()}
+        for label in sorted({*before, *after})
+        if before.get(label) != after.get(label)
+    ]  # fmt: skip
 
 
 def read_label_moves(model_dir: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ atomic rename (so a reader, TF Serving included, never sees a torn file).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
 from include.mlops.registry.file_lock import locked
-from include.mlops.registry.protocol import RegistryError
+from include.mlops.registry.protocol import LabelMovedError, RegistryError
 
 CONFIG_FILE = "models.config"
 
@@ -30,17 +30,23 @@ _T = TypeVar("_T")
 
 def read_model_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
     """The file at ``path`` parsed (empty when it does not exist yet); :class:`RegistryError` if it is unusable."""
+    return parse_model_config(path.read_text() if path.is_file() else "", path)
+
+
+def parse_model_config(text: str, where: object) -> model_server_config_pb2.ModelServerConfig:
+    """``text`` (the file's content, empty for none) parsed; ``where`` names the file in the error."""
     config = model_server_config_pb2.ModelServerConfig()
-    if path.is_file():
-        try:
-            text_format.Parse(path.read_text(), config)
-        except text_format.ParseError as exc:
-            raise RegistryError(
-                f"{path} is not a valid TF Serving model config file ({exc}); fix or remove it"
-            ) from None
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise RegistryError(f"{where} is not a valid TF Serving model config file ({exc}); fix or remove it") from None
     if config.WhichOneof("config") == "custom_model_config":
-        raise RegistryError(f"{path} uses custom_model_config; only model_config_list is supported")
+        raise RegistryError(f"{where} uses custom_model_config; only model_config_list is supported")
     return config
+
+
+def format_model_config(config: model_server_config_pb2.ModelServerConfig) -> str:
+    return text_format.MessageToString(config)
 
 
 def find_entry(config: model_server_config_pb2.ModelServerConfig, name: str) -> Any | None:
@@ -81,14 +87,76 @@ def edit_entry(path: Path, name: str, base_path: str, change: Callable[[Any], _T
     artifacts.make_dirs(path.parent)
     with locked(path.parent / f".{path.name}.lock"):
         config = read_model_config(path)
-        entry = find_entry(config, name)
-        if entry is None:
-            entry = config.model_config_list.config.add()
-            entry.name = name
-        entry.base_path = base_path
-        entry.model_platform = "tensorflow"
-        result = change(entry)
-        if _is_empty(entry):
-            config.model_config_list.config.remove(entry)
-        artifacts.atomic_write_text(path, text_format.MessageToString(config))
+        result = change_entry(config, name, base_path, change)
+        artifacts.atomic_write_text(path, format_model_config(config))
     return result
+
+
+def change_entry(
+    config: model_server_config_pb2.ModelServerConfig, name: str, base_path: str, change: Callable[[Any], _T]
+) -> _T:
+    """The in-memory half of :func:`edit_entry` (for stores that publish the file another way)."""
+    entry = find_entry(config, name)
+    if entry is None:
+        entry = config.model_config_list.config.add()
+        entry.name = name
+    entry.base_path = base_path
+    entry.model_platform = "tensorflow"
+    result = change(entry)
+    if _is_empty(entry):
+        config.model_config_list.config.remove(entry)
+    return result
+
+
+# The label edits every registry makes, as changes for edit_entry / change_entry (one rule, one place).
+
+
+def set_label_change(label: str, version: int) -> Callable[[Any], int | None]:
+    """Point ``label`` at ``version``; exactly the labelled versions stay loaded; returns the previous version."""
+
+    def change(entry: Any) -> int | None:
+        previous = entry.version_labels[label] if label in entry.version_labels else None
+        entry.version_labels[label] = version
+        set_policy(entry, set(entry.version_labels.values()))
+        return previous
+
+    return change
+
+
+def move_label_change(
+    name: str, label: str, version: int | None, expected: int | None, keep: Collection[int]
+) -> Callable[[Any], int | None]:
+    """Compare-and-set ``label`` from ``expected`` to ``version`` (None: remove); :class:`LabelMovedError` if moved."""
+
+    def change(entry: Any) -> int | None:
+        actual = entry.version_labels[label] if label in entry.version_labels else None
+        if actual != expected:
+            raise LabelMovedError(name, label, expected, actual)
+        if version is None:
+            if label in entry.version_labels:
+                del entry.version_labels[label]
+        else:
+            entry.version_labels[label] = version
+        set_policy(entry, {*entry.version_labels.values(), *keep})
+        return actual
+
+    return change
+
+
+def preload_change(version: int) -> Callable[[Any], None]:
+    """Keep ``version`` loaded besides the ones loaded now."""
+    return lambda entry: set_policy(entry, {*entry.model_version_policy.specific.versions, version})
+
+
+def remove_label_change(label: str) -> Callable[[Any], int | None]:
+    """Drop ``label``; exactly the labelled versions stay loaded; returns the version it named (None: no change)."""
+
+    def change(entry: Any) -> int | None:
+        if label not in entry.version_labels:
+            return None
+        previous = entry.version_labels[label]
+        del entry.version_labels[label]
+        set_policy(entry, set(entry.version_labels.values()))
+        return previous
+
+    return change

@@ -4,9 +4,19 @@ A registry is TF Serving's model base path: ``<name>/<version>/`` holds a
 SavedModel TF Serving loads as it is, with our metadata in ``assets.extra/``,
 and the version labels (``stable``, ``canary``) live in TF Serving's model
 config file.  :class:`include.mlops.registry.filesystem.Registry` implements it
-over a local or mounted folder; an object-store registry would claim a version
-by a conditional create of its manifest and move a label by compare-and-swap
-on the config's ETag or generation, behind the same interface.
+over a local or mounted folder (``flock`` and ``rename``);
+:class:`include.mlops.registry.object_store.ObjectStoreRegistry` over
+``s3://bucket/prefix``, where a version is claimed by a conditional create and
+published by its manifest, written last, and a label moves by compare-and-swap
+on the config's ETag (that module's docstring says what each backend guarantees).
+
+Where things are (:attr:`ModelRegistry.config_path`, ``model_dir``,
+``version_dir``, ``require_version``, :attr:`RegisterResult.version_dir`) is a
+:data:`Location`: a local :class:`~pathlib.Path` from the filesystem registry,
+an :class:`~include.mlops.registry.object_uri.ObjectUri` (``str()`` is the
+``s3://`` URI, ``/`` joins, no I/O) from an object store.  Code that opens
+files under a location works on the filesystem registry only; read through the
+registry's members to work on both.
 
 Only the composition roots (the step functions, the CLI, the model server's
 manager) build a concrete registry; everything else takes a
@@ -20,10 +30,16 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+
+from include.mlops.registry.object_uri import ObjectUri
 
 if TYPE_CHECKING:
     from tensorflow_serving.config import model_server_config_pb2
+
+
+# Where a registry keeps something: a local path, or an object-store address (see the module docstring).
+Location: TypeAlias = Path | ObjectUri
 
 
 class RegistryError(RuntimeError):
@@ -72,7 +88,7 @@ class RegisterResult:
 
     version: int
     created: bool
-    version_dir: Path
+    version_dir: Location
 
 
 @runtime_checkable
@@ -88,18 +104,18 @@ class ModelRegistry(Protocol):
     # ------------------------------------------------------------------ where things are
 
     @property
-    def config_path(self) -> Path:
-        """TF Serving's model config file; the model server watches it (its mtime) for label moves."""
+    def config_path(self) -> Location:
+        """TF Serving's model config file; the local model server watches it (its mtime) for label moves."""
         ...
 
-    def model_dir(self, name: str) -> Path:
+    def model_dir(self, name: str) -> Location:
         """TF Serving's ``base_path`` of ``name``: the folder holding its version folders (may not exist yet)."""
         ...
 
-    def version_dir(self, name: str, version: int) -> Path:
+    def version_dir(self, name: str, version: int) -> Location:
         """The folder ``version`` of ``name`` has or would have; :class:`RegistryError` unless ``version >= 1``.
 
-        Checks nothing on disk: use :meth:`require_version` for a version that must exist.
+        Checks nothing on disk or in the store: use :meth:`require_version` for a version that must exist.
         """
         ...
 
@@ -112,7 +128,7 @@ class ModelRegistry(Protocol):
         """
         ...
 
-    def require_version(self, name: str, version: int) -> Path:
+    def require_version(self, name: str, version: int) -> Location:
         """The folder of an existing version; :class:`VersionNotFoundError` naming the known ones otherwise."""
         ...
 
@@ -155,7 +171,8 @@ class ModelRegistry(Protocol):
         increase and an existing version is never overwritten.  Idempotent per
         run: ``lineage`` must hold ``dag_id`` and ``run_id``, and a call for the
         same run with the same model files returns that version with
-        ``created=False``.  ``model_card`` may be a function of the version
+        ``created=False`` (a retry after the first call ended; on an object
+        store two simultaneous calls of one run may both create a version).  ``model_card`` may be a function of the version
         number (known only once it is claimed).  ``evidence`` maps paths under
         ``assets.extra/evidence/`` to files to copy; ``metadata`` maps plain
         ``*.json`` names under ``assets.extra/`` to payloads.

@@ -58,11 +58,16 @@ def checksum_problems(path: Path) -> tuple[dict[str, str], list[str]]:
     except ValueError as exc:
         return {}, [f"{CHECKSUMS_FILE} is not valid JSON ({exc})"]
     actual = artifacts.dir_checksums(path, exclude=(CHECKSUMS_FILE,))
+    return actual, compare_checksums(expected, actual)
+
+
+def compare_checksums(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
+    """How a version's files as they are (``actual``) differ from its ``checksums.json`` (``expected``)."""
     problems = [f"{rel} is missing" for rel in sorted(set(expected) - set(actual))]
     problems += [f"{rel} is not listed in checksums.json" for rel in sorted(set(actual) - set(expected))]
     changed = [rel for rel in sorted(set(expected) & set(actual)) if expected[rel] != actual[rel]]
     problems += [f"{rel} has changed (sha256 mismatch)" for rel in changed]
-    return actual, problems
+    return problems
 
 
 def default_card(name: str, version: int, metrics: Mapping[str, Any], lineage: Mapping[str, Any]) -> str:
