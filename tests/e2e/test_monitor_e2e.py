@@ -64,7 +64,7 @@ DEADLINE_MINUTES = 0.2
 
 
 def models_with_a_short_deadline(folder: Path) -> Path:
-    """Only the diabetes model, whose lifecycle runs get a deadline every run misses."""
+    """Only the diabetes model, whose lifecycle runs get a deadline every run misses, and drift acted on at once."""
     import shutil
 
     import yaml
@@ -73,6 +73,9 @@ def models_with_a_short_deadline(folder: Path) -> Path:
     shutil.copy(CONFIG.builder_path, folder / CONFIG.builder_path.name)
     document = yaml.safe_load(CONFIG.path.read_text())
     document["monitor"]["deadline_minutes"] = DEADLINE_MINUTES
+    # One drifted window requests here; persistence over several windows (2 of 3 by default) is tested with
+    # dag.test() in tests/integration/test_monitor_branches.py and tests/unit/test_retraining.py.
+    document["monitor"].setdefault("drift", {})["persistence"] = {"k": 1, "n": 1}
     (folder / CONFIG.path.name).write_text(yaml.safe_dump(document))
     return folder
 
@@ -249,7 +252,7 @@ def test_drift_requests_one_retraining_run_and_the_cooldown_holds_the_next(stack
     assert outcome(stack, again)["outcomes"].count("drift") == 1
     assert len(retrain_runs(stack)) == 1
 
-    # The retraining run trains on the same data, passes the gate and deploys version 2, whose
+    # The retraining run trains on the data up to the drift event, passes the gate and deploys version 2, whose
     # lineage and model card name the monitor run and the score that asked for it.
     [done] = stack.wait_for_runs(LIFECYCLE, {retrain["dag_run_id"]}, timeout=900)
     assert done["state"] == "success", stack.task_states(LIFECYCLE, retrain["dag_run_id"])
