@@ -48,18 +48,18 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tensorflow_serving.config import model_server_config_pb2
 
 from include.mlops import artifacts
-from include.mlops.names import serving_name_problem
 from include.mlops.registry import model_config_file, version_build, version_files
 from include.mlops.registry.file_lock import locked
+from include.mlops.registry.label_edits import SERVING_BASE_PATH_ENV as SERVING_BASE_PATH_ENV  # re-exported
+from include.mlops.registry.label_edits import LabelEdits, Layout, check_name
 from include.mlops.registry.label_log import record_label_moves
-from include.mlops.registry.model_config_file import CONFIG_FILE
 from include.mlops.registry.protocol import (
     CorruptVersionError,
     RegisterResult,
@@ -79,7 +79,6 @@ from include.mlops.registry.version_files import METADATA_DIR as METADATA_DIR  #
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 
 _STAGING_PREFIX = ".staging-"
 
@@ -96,26 +95,13 @@ def _fsync_tree(root: Path) -> None:
     artifacts.fsync_path(root)
 
 
-class Registry:
+class Registry(Layout, LabelEdits):
     """Versions of models in TF Serving's layout, and the labels in its model config file."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).resolve() if root is not None else artifacts.registry_root()
 
     # ------------------------------------------------------------------ paths and reads
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    def model_dir(self, name: str) -> Path:
-        _check_name(name)
-        return self.root / name
-
-    def version_dir(self, name: str, version: int) -> Path:
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise RegistryError(f"model version must be a positive integer, got {version!r}")
-        return self.model_dir(name) / str(version)
 
     def versions(self, name: str) -> list[int]:
         """Registered versions of ``name``, ascending (empty when there are none)."""
@@ -259,56 +245,8 @@ class Registry:
         entry = model_config_file.find_entry(self.read_serving_config(), name)
         return sorted(entry.model_version_policy.specific.versions) if entry is not None else []
 
-    def set_label(self, name: str, label: str, version: int) -> int | None:
-        """Point ``label`` at ``version`` in models.config; returns the version it pointed at before.
-
-        The version policy is rewritten to exactly the labelled versions, since
-        TF Serving can only label loaded versions and nothing else needs to stay
-        loaded.  In production TF Serving rejects a label on a version it has
-        not loaded yet: call :meth:`preload` first and wait for the version to be
-        AVAILABLE (or run it with ``--allow_version_labels_for_unavailable_models``
-        for labels that are new).
-        """
-        model_config_file.check_label(label)
-        self.require_version(name, version)
-        previous = self._edit_entry(name, model_config_file.set_label_change(label, version))
-        log.info("%s: label %r now points at version %d (was %s)", name, label, version, previous)
-        return previous
-
-    def move_label(
-        self, name: str, label: str, version: int | None, *, expected: int | None, keep: Collection[int] = ()
-    ) -> int | None:
-        """Compare-and-set: point ``label`` at ``version`` (None removes it) only if it now names ``expected``.
-
-        The check and the write happen under the config file's lock, in one
-        edit; :class:`LabelMovedError` when the label names another version.
-        The policy becomes the labelled versions plus ``keep``.
-        """
-        model_config_file.check_label(label)
-        if version is not None:
-            self.require_version(name, version)
-        self._edit_entry(name, model_config_file.move_label_change(name, label, version, expected, keep))
-        log.info("%s: label %r now points at version %s (was %s); loaded besides: %s",
-                 name, label, version, expected, sorted(keep))  # fmt: skip
-        return expected
-
-    def preload(self, name: str, version: int) -> None:
-        """Add ``version`` to the loaded versions without labelling it (step one of a label move)."""
-        self.require_version(name, version)
-        self._edit_entry(name, model_config_file.preload_change(version))
-
-    def remove_label(self, name: str, label: str) -> int | None:
-        return self._edit_entry(name, model_config_file.remove_label_change(label))
-
-    def base_path(self, name: str) -> str:
-        """Where TF Serving finds ``name``: ``$MLOPS_SERVING_BASE_PATH/<name>`` or this registry's folder."""
-        prefix = os.environ.get(SERVING_BASE_PATH_ENV)
-        if prefix:
-            return f"{prefix.rstrip('/')}/{name}"
-        return str(self.model_dir(name))
-
     def _edit_entry(self, name: str, change: Callable[[Any], _T]) -> _T:
-        _check_name(name)  # base_path does not when $MLOPS_SERVING_BASE_PATH is set
+        check_name(name)  # base_path does not when $MLOPS_SERVING_BASE_PATH is set
         labels: dict[str, dict[str, int]] = {}
 
         def recorded(entry: Any) -> _T:
@@ -321,9 +259,3 @@ class Registry:
         result = model_config_file.edit_entry(self.config_path, name, self.base_path(name), recorded)
         record_label_moves(self.model_dir(name), labels["before"], labels["after"])  # once the edit is published
         return result
-
-
-def _check_name(name: str) -> None:
-    problem = serving_name_problem(name)
-    if problem is not None:
-        raise RegistryError(f"model name {problem}")

@@ -76,14 +76,15 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from include.mlops.names import serving_name_problem
 from include.mlops.registry import model_config_file, version_build, version_files
+from include.mlops.registry.label_edits import SERVING_BASE_PATH_ENV as SERVING_BASE_PATH_ENV  # re-exported
+from include.mlops.registry.label_edits import LabelEdits, Layout, check_name
 from include.mlops.registry.label_log import label_moves
 from include.mlops.registry.model_config_file import CONFIG_FILE
 from include.mlops.registry.object_uri import ObjectUri
@@ -99,14 +100,13 @@ from include.mlops.registry.version_files import CHECKSUMS_FILE, GATE_FILE, LINE
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SERVING_BASE_PATH_ENV = "MLOPS_SERVING_BASE_PATH"
 CLAIMS = ".claims"
 LABEL_MOVES = ".label-moves"
 # A claim or a label move lost to another writer is retried; this many losses in a row means something is wrong.
 MAX_ATTEMPTS = 200
 
 
-class ObjectStoreRegistry:
+class ObjectStoreRegistry(Layout, LabelEdits):
     """Versions of models in TF Serving's layout under ``s3://bucket/prefix``, and the labels in its config file."""
 
     def __init__(self, uri: str | ObjectUri, *, client: Any = None, endpoint_url: str | None = None) -> None:
@@ -127,24 +127,11 @@ class ObjectStoreRegistry:
 
     # ------------------------------------------------------------------ where things are
 
-    @property
-    def config_path(self) -> ObjectUri:
-        return self.root / CONFIG_FILE
-
-    def model_dir(self, name: str) -> ObjectUri:
-        _check_name(name)
-        return self.root / name
-
-    def version_dir(self, name: str, version: int) -> ObjectUri:
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise RegistryError(f"model version must be a positive integer, got {version!r}")
-        return self.model_dir(name) / str(version)
-
     # ------------------------------------------------------------------ reading versions
 
     def versions(self, name: str) -> list[int]:
         """Complete versions of ``name`` (those with a manifest), ascending."""
-        _check_name(name)
+        check_name(name)
         numbers = sorted(int(child) for child in self._store.children(name) if _is_version(child))
         return [number for number in numbers if self._is_complete(name, number)]
 
@@ -211,7 +198,7 @@ class ObjectStoreRegistry:
         checked = version_build.check_register_input(
             model_dir, lineage=lineage, tflite_path=tflite_path, evidence=evidence, metadata=metadata
         )
-        _check_name(name)
+        check_name(name)
         candidate = checked.candidate()
         existing = self._find_same_run(name, lineage, candidate)
         if existing is not None:
@@ -312,39 +299,9 @@ class ObjectStoreRegistry:
         entry = model_config_file.find_entry(self.read_serving_config(), name)
         return sorted(entry.model_version_policy.specific.versions) if entry is not None else []
 
-    def set_label(self, name: str, label: str, version: int) -> int | None:
-        model_config_file.check_label(label)
-        self.require_version(name, version)
-        previous = self._edit_entry(name, model_config_file.set_label_change(label, version))
-        log.info("%s: label %r now points at version %d (was %s)", name, label, version, previous)
-        return previous
-
-    def move_label(
-        self, name: str, label: str, version: int | None, *, expected: int | None, keep: Collection[int] = ()
-    ) -> int | None:
-        model_config_file.check_label(label)
-        if version is not None:
-            self.require_version(name, version)
-        self._edit_entry(name, model_config_file.move_label_change(name, label, version, expected, keep))
-        log.info("%s: label %r now points at version %s (was %s); loaded besides: %s",
-                 name, label, version, expected, sorted(keep))  # fmt: skip
-        return expected
-
-    def preload(self, name: str, version: int) -> None:
-        self.require_version(name, version)
-        self._edit_entry(name, model_config_file.preload_change(version))
-
-    def remove_label(self, name: str, label: str) -> int | None:
-        return self._edit_entry(name, model_config_file.remove_label_change(label))
-
-    def base_path(self, name: str) -> str:
-        """Where TF Serving finds ``name``: ``$MLOPS_SERVING_BASE_PATH/<name>`` or this registry's URI."""
-        prefix = os.environ.get(SERVING_BASE_PATH_ENV)
-        return f"{prefix.rstrip('/')}/{name}" if prefix else str(self.model_dir(name))
-
     def read_label_moves(self, name: str) -> list[dict[str, Any]]:
         """The model's label moves, oldest first (the object-store form of ``label_log.read_label_moves``)."""
-        _check_name(name)
+        check_name(name)
         moves = [
             self._read_json(f"{name}/{LABEL_MOVES}/{key}") for key in sorted(self._store.keys(f"{name}/{LABEL_MOVES}"))
         ]
@@ -352,7 +309,7 @@ class ObjectStoreRegistry:
 
     def _edit_entry(self, name: str, change: Callable[[Any], _T]) -> _T:
         """Read-modify-write of models.config by compare-and-swap on its ETag, retried until it wins."""
-        _check_name(name)
+        check_name(name)
         for attempt in range(MAX_ATTEMPTS):
             found = self._store.get(CONFIG_FILE)
             text, etag = (found[0].decode(), found[1]) if found else ("", None)
@@ -391,9 +348,3 @@ def _is_version(text: str) -> bool:
 def _pause(attempt: int) -> None:
     """Back off with jitter, so that writers that lost a race do not collide again in lockstep."""
     time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7))))
-
-
-def _check_name(name: str) -> None:
-    problem = serving_name_problem(name)
-    if problem is not None:
-        raise RegistryError(f"model name {problem}")
