@@ -180,7 +180,7 @@ class MonitorDecisionOperator(BaseBranchOperator):
     """Decide the window's outcomes (:func:`include.mlops.monitoring.outcome.decide`), write the report, branch.
 
     Writes ``outcome.json`` and ``report.html`` to the task's run folder and
-    pushes XCom ``outcome`` (outcomes, report path).
+    pushes XCom ``outcome`` (outcomes, run id, window, report path).
     """
 
     ui_color = "#fff3d6"
@@ -200,9 +200,20 @@ class MonitorDecisionOperator(BaseBranchOperator):
         outcomes = outcome_lib.decide(slo, drift)
         window = record_window(self.config, context, drift)
         log.info("Drift verdict recorded for the window ending %s: %s", window["window_end"], window)
-        out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
+        run_id = context["dag_run"].run_id
+        out = run_dir(self.dag_id, run_id, self.task_id)
         report = write_report(self.config, dict(slo) if slo else None, dict(drift) if drift else None, outcomes, out)
-        record = {"outcomes": outcomes, "report_uri": str(report), "slo_uri": _uri(slo), "drift_uri": _uri(drift)}
+        start, end = monitoring_window(context, self.config.monitor.window)
+        # The run id and window let the Models view name the run and find the newest (folder names lose both).
+        record = {
+            "outcomes": outcomes,
+            "run_id": run_id,
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+            "report_uri": str(report),
+            "slo_uri": _uri(slo),
+            "drift_uri": _uri(drift),
+        }
         atomic_write_json(out / "outcome.json", record)
         ti.xcom_push(key="outcome", value=record)
         log.info("Monitoring outcome: %s", ", ".join(outcomes))

@@ -8,8 +8,10 @@ so the page joins a run the metadata DB knows with its run folder.
 
 from __future__ import annotations
 
+import datetime as dt
 import html.parser
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from models_view.monitor_runs import write_monitor_run
 from models_view.server import ApiServer, api_server
 
 from benchmarks.ui import write_history
@@ -265,6 +268,8 @@ def test_path_traversal_is_refused(view: dict[str, Any]) -> None:
         "/mlops/models/diabetes/runs/..%2F..%2Fmodels%2Fdiabetes%2F1/evaluate/report.html",
         f"/mlops/models/diabetes/runs/{run}/..%2F..%2F..%2Fmodels/report.html",
         "/mlops/models/diabetes/runs/%2Fetc/evaluate/report.html",
+        "/mlops/models/diabetes/monitor/..%2F..%2Fmodels%2Fdiabetes%2F1/report.html",
+        "/mlops/models/diabetes/monitor/..%2F..%2F..%2Fetc%2Fpasswd",
         "/mlops/models/runs/quality-history.png",
         "/mlops/models/models.config",
     )
@@ -297,6 +302,7 @@ def test_a_user_without_access_gets_the_same_answer_for_a_hidden_and_an_unknown_
         "/mlops/models/diabetes/compare?a=1&b=2",
         "/mlops/api/models/diabetes/compare?a=1&b=2",
         "/mlops/models/diabetes/runs/some_run/evaluate/report.html",
+        "/mlops/models/diabetes/monitor/some_run/report.html",
     ]
     for path in named:
         hidden = get(view, path.replace("diabetes", "digits"), user="reader", follow_redirects=False)
@@ -375,3 +381,115 @@ def test_the_model_page_shows_the_label_history_newest_first_with_any_extra_keys
     empty = get(view, "/mlops/models/digits").text
     assert Elements(empty).find("table", id_="label-history") and 'class="label-move"' not in empty
     assert "No label move is recorded" in empty
+
+
+# --------------------------------------------------------------------------- health: the newest monitor run
+
+DIABETES = load_model_config(PROJECT_ROOT / "include" / "models" / "diabetes.yaml")
+WINDOW_END = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
+MONITOR_RUN = "scheduled__2026-11-27T09:00:00+00:00"
+
+
+@pytest.fixture
+def monitor_root(view: dict[str, Any]) -> Iterator[Path]:
+    """The server's artifact root with no monitor run of diabetes, before and after the test."""
+    folder = view["root"] / "runs" / DIABETES.monitor_dag_id
+    shutil.rmtree(folder, ignore_errors=True)
+    yield view["root"]
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def health_of(view: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The ``health`` of diabetes's JSON, and its model page (both must answer 200)."""
+    api, page = get(view, "/mlops/api/models/diabetes"), get(view, "/mlops/models/diabetes")
+    assert (api.status_code, page.status_code) == (200, 200), page.text[-2000:]
+    return api.json()["health"], page.text
+
+
+def test_health_says_when_no_monitor_run_decided_yet(view: dict[str, Any], monitor_root: Path) -> None:
+    health, page = health_of(view)
+    assert health["state"] == "no_run" and health["outcomes"] == [] and health["links"]["report"] is None
+    assert Elements(page).find("div", id_="health")[0]["data-state"] == "no_run"
+    assert "No monitor run yet: <code>monitor__diabetes</code>" in page
+
+
+def test_health_of_a_healthy_run_has_the_slos_their_objectives_and_a_sandboxed_report(
+    view: dict[str, Any], monitor_root: Path
+) -> None:
+    write_monitor_run(monitor_root, DIABETES, MONITOR_RUN, WINDOW_END)
+    health, page = health_of(view)
+    assert health["state"] == "measured" and health["outcomes"] == ["healthy"]
+    assert health["window"] == {"start": "2026-11-27T09:00:00+00:00", "end": "2026-11-27T10:00:00+00:00", "minutes": 60}
+    folder = artifacts.safe_segment(MONITOR_RUN)
+    assert health["links"] == {
+        "run": f"/dags/monitor__diabetes/runs/{quote(MONITOR_RUN, safe='')}",
+        "task_log": f"/dags/monitor__diabetes/runs/{quote(MONITOR_RUN, safe='')}/tasks/decide",
+        "report": f"/mlops/models/diabetes/monitor/{folder}/report.html",
+    }
+    elements = Elements(page)
+    assert [s["data-outcome"] for s in elements.find("span", "outcome")] == ["healthy"]
+    assert [r["data-figure"] for r in elements.find("tr", "slo-figure")] == [
+        "requests", "request_rate", "error_ratio", "p95_ms", "p99_ms",
+    ]  # fmt: skip
+    assert "<td>p95_ms</td><td>42</td>" in page and "at most 100" in page and "pass" in page
+    assert [a["href"] for a in elements.find("a", "monitor-run-link")] == [health["links"]["run"]]
+    report = elements.find("a", "monitor-report")[0]["href"]
+    assert "report-link" in elements.find("a", "monitor-report")[0]["class"].split()
+    response = get(view, report)
+    assert response.status_code == 200 and "diabetes" in response.text
+    assert response.headers["content-security-policy"] == "sandbox"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert get(view, report.replace("diabetes", "digits"), user="reader").status_code == 403
+    assert get(view, report, user="reader").status_code == 200
+
+
+def test_health_of_a_drifted_run_lists_each_feature_with_its_test_and_p_values(
+    view: dict[str, Any], monitor_root: Path
+) -> None:
+    write_monitor_run(monitor_root, DIABETES, MONITOR_RUN, WINDOW_END, drifted={"bmi": 1e-6}, retrain_requests=2)
+    health, page = health_of(view)
+    assert health["outcomes"] == ["drift", "drift_persists"] and health["drift"]["drifted"] is True
+    bmi = health["drift"]["features"][0]
+    assert (bmi["name"], bmi["test"], bmi["p_adjusted"], bmi["psi"], bmi["out_of_range"]) == (
+        "bmi",
+        "ks",
+        1e-6,
+        0.41,
+        0.125,
+    )
+    elements = Elements(page)
+    assert [s["data-outcome"] for s in elements.find("span", "outcome")] == ["drift", "drift_persists"]
+    rows = elements.find("tr", "drift-feature")
+    assert [r["data-feature"] for r in rows][:1] == ["bmi"] and len(rows) == len(DIABETES.features)
+    first = page.index('data-feature="bmi"')
+    row = page[first : page.index("</tr>", first)]
+    for cell in ("<td>ks</td>", "<td>0.31</td>", "<td>1e-06</td>", "<td>0.41</td>", "<td>0.125</td>", ">yes</td>"):
+        assert cell in row, cell
+    assert "Holm-adjusted p 1e-06 &lt;= false_alarm_rate 0.01" in row
+    assert 'id="health-retrain"' in page and "drift persists after 2 retraining request(s)" in page
+
+
+def test_health_without_prometheus_shows_no_data_with_the_reason(view: dict[str, Any], monitor_root: Path) -> None:
+    write_monitor_run(monitor_root, DIABETES, MONITOR_RUN, WINDOW_END, figures=None)
+    health, page = health_of(view)
+    assert health["outcomes"] == ["insufficient_data"] and health["slo"]["status"] == "insufficient_data"
+    assert all(r["value"] is None for r in health["slo"]["rows"])
+    assert page.count("no data: SLOs not measured: Prometheus at http://prometheus.invalid:9090 cannot be reached") == 5
+    assert [s["data-outcome"] for s in Elements(page).find("span", "outcome")] == ["insufficient_data"]
+
+
+def test_health_shows_the_newest_run_and_a_corrupt_outcome_as_unreadable(
+    view: dict[str, Any], monitor_root: Path
+) -> None:
+    write_monitor_run(monitor_root, DIABETES, MONITOR_RUN, WINDOW_END, drifted={"bmi": 1e-6})
+    newer = "scheduled__2026-11-27T10:00:00+00:00"
+    run = write_monitor_run(monitor_root, DIABETES, newer, WINDOW_END + dt.timedelta(hours=1))
+    health, _ = health_of(view)
+    assert health["run"]["run_id"] == newer and health["outcomes"] == ["healthy"]
+    (run / "decide" / "outcome.json").write_text('{"outcomes": ')
+    health, page = health_of(view)
+    path = run / "decide" / "outcome.json"
+    assert health["state"] == "unreadable" and health["problems"] == [
+        f"{path} is unreadable: not JSON with a list of outcomes, as the decide task writes"
+    ]
+    assert Elements(page).find("div", id_="health")[0]["data-state"] == "unreadable" and str(path) in page

@@ -90,24 +90,45 @@ def _feature_plot(feature: str, entry: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def _slo_rows(slo: Mapping[str, Any]) -> list[dict[str, Any]]:
+def slo_checks(slo: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each SLO figure with the objective it is held to and whether it met it (None: no value, or no objective).
+
+    ``{"figure", "value", "objective_key", "direction", "objective", "met"}`` per figure of ``slo["figures"]``,
+    ``direction`` being "at most" or "at least"; the report and the Models view both show these.
+    """
     figures, objectives = slo.get("figures") or {}, slo.get("slo") or {}
-    rows = []
+    checks = []
     for figure, value in figures.items():
         key, direction = SLO_OBJECTIVES.get(figure, ("", ""))
         objective = objectives.get(key)
         met = None
-        if objective is not None and value is not None:
+        if isinstance(objective, int | float) and isinstance(value, int | float):
             met = value <= objective if direction == "at most" else value >= objective
-        rows.append(
+        checks.append(
             {
                 "figure": figure,
-                "value": _number(value),
-                "objective": f"{direction} {_number(objective)}" if objective is not None else NO_VALUE,
+                "value": value,
+                "objective_key": key or None,
+                "direction": direction or None,
+                "objective": objective,
                 "met": met,
             }
         )
-    return rows
+    return checks
+
+
+def _slo_rows(slo: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "figure": check["figure"],
+            "value": _number(check["value"]),
+            "objective": f"{check['direction']} {_number(check['objective'])}"
+            if check["objective"] is not None
+            else NO_VALUE,
+            "met": check["met"],
+        }
+        for check in slo_checks(slo)
+    ]
 
 
 def _slo_plot(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, Any], path: Path) -> Path | None:

@@ -10,8 +10,8 @@ Every lookup by name, version or run folder is checked against what exists
 (the model configs, the registry's version folders, the run folders) before a
 path is built from it: a URL cannot name a file outside those.
 
-The run folders are read by :mod:`include.mlops.registry.run_folders`; the
-labels come through the :class:`~include.mlops.registry.protocol.ModelRegistry`
+The run folders are read by :mod:`include.mlops.registry.run_folders` (the
+monitor's by :mod:`include.mlops.registry.monitor_status`); the labels come through the :class:`~include.mlops.registry.protocol.ModelRegistry`
 (TF Serving's own parser of ``models.config``), and version metadata straight
 from the version folders, cached like the run files.
 
@@ -32,6 +32,7 @@ from include.mlops import artifacts
 from include.mlops.config import ModelConfig, models_dir, scan_model_configs
 from include.mlops.deploy.journal import unfinished_deploys
 from include.mlops.registry.label_log import read_label_moves
+from include.mlops.registry.monitor_status import MonitorHealth, MonitorRuns
 from include.mlops.registry.run_folders import GATE_TASKS as GATE_TASKS  # re-exported with the run records
 from include.mlops.registry.run_folders import (
     REPORT_FILE,
@@ -112,6 +113,7 @@ class Catalog:
         self.runs_root = self.root / "runs"
         self._files = FileCache()
         self._history = RunHistory(self._files)
+        self._monitor = MonitorRuns(self._files)
         self._registry: ModelRegistry | None = None
         self._configs_key: tuple[Any, ...] | None = None
         self._configs: dict[str, ModelConfig] = {}
@@ -351,6 +353,21 @@ class Catalog:
         if run.startswith(".") or run not in known:
             raise UnknownError(f"model {name!r} has no run {run!r}")
         return base / run
+
+    def health(self, name: str) -> MonitorHealth:
+        """The newest decided monitor run of ``name`` (:mod:`~include.mlops.registry.monitor_status`)."""
+        return self._monitor.latest(self._monitor_runs(name))
+
+    def monitor_report(self, name: str, run: str) -> Path:
+        path = self._monitor.report(self._monitor_runs(name), run)
+        if path is None:
+            raise UnknownError(f"model {name!r} has no monitor run {run!r} with a report")
+        return path
+
+    def _monitor_runs(self, name: str) -> Path:
+        self._identity(name)  # an unknown name is a 404 before a path is built from it
+        config = self.configs().get(name)
+        return self.runs_root / artifacts.safe_segment(config.monitor_dag_id if config else f"monitor__{name}")
 
     def run_report(self, name: str, run: str, step: str) -> Path:
         if step not in REPORT_STEPS:

@@ -153,16 +153,10 @@ class RunHistory:
             # When the label moved: the deploy step writes its result.json right after moving it.
             moved = dt.datetime.fromtimestamp(os.stat(result).st_mtime, dt.UTC)
             deployed = {**deployed, "deployed_at": moved.isoformat(timespec="seconds")}
-        match = _RUN_FOLDER.match(entry.name)
-        date = None
-        if match:
-            # Run ids carry UTC times (Airflow writes them with +00:00, which the folder name lost).
-            date = (
-                match["date"] + (f"T{match['h']}:{match['m']}:{match['s']}" if match["h"] else "T00:00:00") + "+00:00"
-            )
+        run_type, date = folder_date(entry.name)
         return RunRecord(
             folder=entry.name,
-            run_type=match["type"] if match else "unknown",
+            run_type=run_type,
             date=date,
             decision=decision,
             registered_version=registered.get("version") if isinstance(registered, Mapping) else None,
@@ -170,6 +164,16 @@ class RunHistory:
             reports=[s for s in REPORT_STEPS if s in steps and os.path.isfile(os.path.join(path, s, REPORT_FILE))],
             mtime=entry.stat().st_mtime,
         )
+
+
+def folder_date(folder: str) -> tuple[str, str | None]:
+    """A run folder's run type and the date in its name (ISO 8601, UTC), as the run id gave them."""
+    match = _RUN_FOLDER.match(folder)
+    if not match:
+        return "unknown", None
+    # Run ids carry UTC times (Airflow writes them with +00:00, which the folder name lost).
+    time = f"T{match['h']}:{match['m']}:{match['s']}" if match["h"] else "T00:00:00"
+    return match["type"], f"{match['date']}{time}+00:00"
 
 
 def as_dict(record: Any) -> dict[str, Any]:

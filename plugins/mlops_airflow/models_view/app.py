@@ -181,6 +181,19 @@ def _history_row(dag_id: str, record: RunRecord | None, run: runs.AirflowRun | N
     }
 
 
+def _health(name: str) -> dict[str, Any]:
+    """The newest decided monitor run's outcome, with links to its report and to the run in Airflow."""
+    health = catalog().health(name).to_dict()
+    run = health["run"] or {}
+    report = None
+    if health["has_report"]:
+        report = (
+            f"{ui_root()}{URL_PREFIX}/models/{quote(name, safe='')}/monitor/{quote(run['folder'], safe='')}/report.html"
+        )
+    health["links"] = {**_links(health["monitor_dag_id"], run.get("run_id"), "decide"), "report": report}
+    return health
+
+
 def _detail(name: str, dag_id: str, run_records: list[RunRecord] | None = None) -> dict[str, Any]:
     history = _history(name, dag_id, run_records)
     versions = []
@@ -253,7 +266,9 @@ def create_app() -> FastAPI:
         dag_id = _visible_model(name, user)
         last = runs.last_runs([dag_id]).get(dag_id)
         run_records = catalog().runs(name)
-        return _JSON({**_summary(name, last, run_records), **_detail(name, dag_id, run_records)})
+        return _JSON(
+            {**_summary(name, last, run_records), **_detail(name, dag_id, run_records), "health": _health(name)}
+        )
 
     @app.get("/api/models/{name}/versions/{version}")
     def api_version(name: str, version: str, user: GetUserDep) -> JSONResponse:
@@ -308,6 +323,7 @@ def create_app() -> FastAPI:
             card_version=card_version,
             card_html=_markdown().render(card) if card else None,
             label_moves=[{**move, "details": move_details(move)} for move in catalog().label_moves(name)],
+            health=_health(name),
         )
 
     @app.get("/models/{name}/compare", response_class=HTMLResponse)
@@ -336,6 +352,11 @@ def create_app() -> FastAPI:
     def run_report(name: str, run: str, step: str, user: GetUserDep) -> FileResponse:
         _visible_model(name, user)
         return FileResponse(catalog().run_report(name, run, step), media_type="text/html", headers=REPORT_HEADERS)
+
+    @app.get("/models/{name}/monitor/{run}/report.html")
+    def monitor_report(name: str, run: str, user: GetUserDep) -> FileResponse:
+        _visible_model(name, user)
+        return FileResponse(catalog().monitor_report(name, run), media_type="text/html", headers=REPORT_HEADERS)
 
     return app
 
