@@ -60,6 +60,7 @@ from include.mlops.registry.file_lock import locked
 from include.mlops.registry.label_edits import SERVING_BASE_PATH_ENV as SERVING_BASE_PATH_ENV  # re-exported
 from include.mlops.registry.label_edits import LabelEdits, Layout, check_name
 from include.mlops.registry.label_log import record_label_moves
+from include.mlops.registry.model_config_file import CONFIG_FILE as CONFIG_FILE  # re-exported for callers
 from include.mlops.registry.protocol import (
     CorruptVersionError,
     RegisterResult,
