@@ -37,6 +37,7 @@ from pathlib import Path
 
 from include.mlops import artifacts
 from include.mlops.deploy.errors import DeployError
+from include.mlops.registry.file_lock import open_lock_file
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +183,7 @@ def deploy_lock_if_free(model_dir: Path) -> Iterator[bool]:
 
 
 def _open_lock(model_dir: Path) -> int:
-    artifacts.make_dirs(model_dir)
-    fd = os.open(Path(model_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, artifacts.FILE_MODE)
-    with contextlib.suppress(OSError):  # group-writable whatever the umask, as the registry's other locks
-        if os.fstat(fd).st_uid == os.geteuid():
-            os.fchmod(fd, artifacts.FILE_MODE)
-    return fd
+    return open_lock_file(Path(model_dir) / LOCK_NAME)
 
 
 def _try_flock(fd: int) -> bool:

@@ -16,17 +16,30 @@ from pathlib import Path
 from include.mlops import artifacts
 
 
-@contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created group-writable if missing) for the ``with`` block."""
+def open_lock_file(lock_path: Path) -> int:
+    """A descriptor of ``lock_path`` (created group-writable if missing, with its folders) to ``flock``.
+
+    Opened for writing (NFS needs that for an exclusive lock), so every user of
+    the share's group must be able to open it: whoever creates it makes it
+    group-writable, whatever its umask.
+    """
     artifacts.make_dirs(lock_path.parent)
-    # Opened for writing (NFS needs that for an exclusive lock), so every user of the share's group
-    # must be able to open it: whoever creates it makes it group-writable, whatever its umask.
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, artifacts.FILE_MODE)
     try:
         info = os.fstat(fd)
         if info.st_uid == os.geteuid() and info.st_mode & 0o777 != artifacts.FILE_MODE:
             os.fchmod(fd, artifacts.FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created group-writable if missing) for the ``with`` block."""
+    fd = open_lock_file(lock_path)
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
