@@ -37,6 +37,17 @@ SERVED_ARTIFACT_INFO = "mlops_served_artifact_info"
 # The version number each label resolves to: dashboards show it, and the no-traffic alert uses it to know
 # which models are served at all.
 SERVED_VERSION = "mlops_served_version"
+# The canary route (a request addressed to the stable label that the route's weight sends to the canary label's
+# version is answered and counted as "canary"): the series a canary analysis compares, per model and track
+# (the label that answered: stable or canary).  Requests addressed to a version number are not counted here.
+ROUTE_REQUESTS = "mlops_route_requests_total"  # counter {model_name, track, status}
+ROUTE_LATENCY = "mlops_route_request_latency_us"  # histogram {model_name, track}, TF Serving's buckets
+ROUTE_PREDICTION_VALUE_SUM = "mlops_route_prediction_value_sum"  # counter {model_name, track}: sum of row outputs
+ROUTE_PREDICTION_VALUE_SQUARES = "mlops_route_prediction_value_squares"  # counter: sum of squared row outputs
+ROUTE_PREDICTION_ROWS = "mlops_route_prediction_rows_total"  # counter {model_name, track}: rows with finite outputs
+ROUTE_PREDICTED_CLASS = "mlops_route_predicted_class_total"  # counter {model_name, track, class}: argmax per row
+ROUTE_NONFINITE_ROWS = "mlops_route_nonfinite_rows_total"  # counter {model_name, track}: rows with a NaN or inf
+CANARY_WEIGHT = "mlops_canary_weight"  # gauge {model_name}: the percent of stable-addressed requests sent to canary
 # request_count's model_name for names the server does not serve: a client's typo must not mint a series.
 UNKNOWN_MODEL = "<unknown>"
 
