@@ -6,7 +6,7 @@ placement), :class:`ModelConfig` in ``model``, and reading the files in ``loadin
 
 from __future__ import annotations
 
-from include.mlops.config.deploy import DeployConfig
+from include.mlops.config.deploy import CanaryConfig, DeployConfig
 from include.mlops.config.gate import BUDGET_METRICS, METRICS, GateConfig
 from include.mlops.config.loading import (
     ConfigError,
@@ -42,6 +42,7 @@ __all__ = [
     "SOURCE_FORMATS",
     "TASKS",
     "BundledDataset",
+    "CanaryConfig",
     "ConfigError",
     "DeployConfig",
     "DriftConfig",

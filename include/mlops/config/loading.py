@@ -72,10 +72,18 @@ def _allowed_fields(loc: Sequence[str | int]) -> list[str]:
         hints = get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
         if part not in hints:
             return []
-        kind = hints[part]
+        kind = _unless_none(hints[part])
     if not dataclasses.is_dataclass(kind):
         return []
     return sorted(f.name for f in dataclasses.fields(kind) if f.name != "path")
+
+
+def _unless_none(kind: Any) -> Any:
+    """``X`` for an optional block typed ``X | None``; any other type as it is."""
+    members = [member for member in get_args(kind) if member is not type(None)]
+    if len(members) == 1 and type(None) in get_args(kind):
+        return members[0]
+    return kind
 
 
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:

@@ -65,14 +65,16 @@ class PrometheusUnavailableError(ConnectionError):
     """Prometheus gave no HTTP answer at all (refused, timed out, unknown host)."""
 
 
-def _label_value(value: str) -> str:
+def model_selector(serving_name: str) -> str:
+    """The label matcher ``model_name="<serving_name>"``, its value escaped as a PromQL string."""
     # PromQL string literals take Go's escapes; a serving name never needs them, but a quote must not end the matcher.
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = serving_name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'model_name="{escaped}"'
 
 
 def slo_queries(serving_name: str, window_minutes: int) -> dict[str, str]:
     """The PromQL of every figure for one model and window (see :data:`QUERY_TEMPLATES`)."""
-    selector = f'model_name="{_label_value(serving_name)}"'
+    selector = model_selector(serving_name)
     names = {"count": REQUEST_COUNT, "latency": REQUEST_LATENCY, "sel": selector, "window": f"{window_minutes}m"}
     return {name: template.format(**names) for name, template in QUERY_TEMPLATES.items()}
 
@@ -108,6 +110,22 @@ class PrometheusApi:
 
     def instant(self, promql: str, at: dt.datetime) -> tuple[float | None, str | None]:
         """``(value, None)`` for a one-sample vector holding a finite number, else ``(None, why not)``."""
+        series, problem = self.vector(promql, at)
+        if series is None:
+            return None, problem
+        if not series:
+            return None, "no samples in the window (the metric has no series for this model yet)"
+        if len(series) > 1:
+            return None, f"expected one series, got {len(series)}"
+        value = series[0][1]
+        if not math.isfinite(value):
+            return None, f"the value is {value} (no requests to compute it from in the window)"
+        return value, None
+
+    def vector(self, promql: str, at: dt.datetime) -> tuple[list[tuple[dict[str, str], float]] | None, str | None]:
+        """``([(labels, value), ...], None)`` for an instant vector (values as Prometheus gives them, NaN
+        included), else ``(None, why not)``.  Raises :class:`PrometheusUnavailableError` when there is no answer.
+        """
         response = self._get(promql, at)
         try:
             body = response.json()
@@ -127,14 +145,9 @@ class PrometheusApi:
         result = data.get("result")
         if data.get("resultType") != "vector" or not isinstance(result, list):
             return None, f"Prometheus answered a {data.get('resultType')!r}, not an instant vector"
-        if not result:
-            return None, "no samples in the window (the metric has no series for this model yet)"
-        if len(result) > 1:
-            return None, f"expected one series, got {len(result)}"
-        value = float(result[0]["value"][1])
-        if not math.isfinite(value):
-            return None, f"the value is {value} (no requests to compute it from in the window)"
-        return value, None
+        if response.status_code != 200:
+            return None, f"Prometheus answered HTTP {response.status_code}"
+        return [(dict(sample["metric"]), float(sample["value"][1])) for sample in result], None
 
 
 def _breaches(figures: dict[str, float | None], config: ModelConfig) -> list[str]:
