@@ -92,8 +92,11 @@ locals {
     ]
   ])...)
   model_server_name = "mlops-model-server"
+  # The server container only: the pod's request logger runs the trainer image, which follows var.image.
   model_server_image_names = flatten([
-    for obj in local.placed_objects : [for c in obj.spec.template.spec.containers : replace(c.image, "/[:@][^/]*$/", "")]
+    for obj in local.placed_objects : [
+      for c in obj.spec.template.spec.containers : replace(c.image, "/[:@][^/]*$/", "") if c.name == "server"
+    ]
     if obj.kind == "Deployment" && obj.metadata.name == local.model_server_name
   ])
   image_overrides = merge(

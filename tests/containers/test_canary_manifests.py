@@ -23,7 +23,7 @@ import pytest
 import yaml
 from tooling import require_executable
 
-from include.mlops.serving.app import _PREDICT_PATH
+from include.mlops.serving.app import PREDICT_PATH
 from mlops_airflow.canary_route import (
     CANARY_SERVICE,
     GROUP,
@@ -249,7 +249,7 @@ def route_request(route: Obj, path: str) -> list[tuple[str, int, str]]:
 
 def served_label(path: str) -> str | None:
     """The label a TF Serving REST predict path addresses (the local server's own route pattern)."""
-    match = _PREDICT_PATH.fullmatch(path)
+    match = PREDICT_PATH.fullmatch(path)
     return match[3] if match else None
 
 

@@ -219,7 +219,8 @@ def test_model_server_connection_is_the_serving_service() -> None:
     (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     # Its extra config_poll_seconds is the server's own config poll, so that a deploy waits for every replica.
-    [server] = find(kustomize(serving), "Deployment", "mlops-model-server")["spec"]["template"]["spec"]["containers"]
+    containers = find(kustomize(serving), "Deployment", "mlops-model-server")["spec"]["template"]["spec"]["containers"]
+    [server] = [c for c in containers if c["name"] == "server"]
     flag = "--model_config_file_poll_wait_seconds="
     [poll] = [arg.removeprefix(flag) for arg in server["args"] if arg.startswith(flag)]
     connection = static_env(load_values())["AIRFLOW_CONN_MODEL_SERVER_DEFAULT"]

@@ -311,10 +311,28 @@ def container_port(container: Obj, name_or_number: str | int) -> int:
     return port
 
 
+def container_named(deployment: Obj, name: str) -> Obj:
+    (container,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
+    return container
+
+
+def port_owner(deployment: Obj, name_or_number: str | int) -> tuple[Obj, int]:
+    """The container that listens on a pod port (by name or number), and the port's number."""
+    owners = [
+        (c, p["containerPort"])
+        for c in pod_spec(deployment)["containers"]
+        for p in c.get("ports", [])
+        if name_or_number in (p["name"], p["containerPort"])
+    ]
+    assert len(owners) == 1, f"port {name_or_number}: {len(owners)} containers"
+    return owners[0]
+
+
 def test_tf_serving_reads_the_registry_config_and_exports_metrics() -> None:
     objects = render("serving")
     deployment = one(objects, "Deployment", "mlops-model-server", "mlops-steps")
-    (container,) = pod_spec(deployment)["containers"]
+    container = container_named(deployment, "server")
+    assert pod_spec(deployment)["containers"][0] is container  # the overlays and Terraform patch index 0
     assert re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", container["image"]), container["image"]
     # TF Serving X.Y serves what TensorFlow X.Y exports: keep the image in step with the pinned TensorFlow.
     pinned_tf = re.search(r"^tensorflow==(\d+\.\d+)\.", (ROOT / "requirements.txt").read_text(), re.M)
@@ -323,7 +341,8 @@ def test_tf_serving_reads_the_registry_config_and_exports_metrics() -> None:
     assert container["command"] == ["tensorflow_model_server"]
     assert args["model_config_file"] == MODELS_CONFIG
     assert int(args["model_config_file_poll_wait_seconds"]) > 0
-    assert (args["rest_api_port"], args["port"]) == ("8501", "8500")
+    # REST inside the pod only: the request logger owns the pod's REST port (8501).
+    assert (args["rest_api_port"], args["port"]) == ("8502", "8500")
 
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
@@ -344,7 +363,7 @@ def test_tf_serving_reads_the_registry_config_and_exports_metrics() -> None:
 
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert container_port(container, get["port"]) == 8501 and get["path"] == metrics_path[1], probe
+        assert container_port(container, get["port"]) == 8502 and get["path"] == metrics_path[1], probe
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]
     assert set(limits) == set(requests) == {"cpu", "memory"}
 
@@ -353,18 +372,26 @@ def test_tf_serving_reads_the_registry_config_and_exports_metrics() -> None:
 def test_service_hpa_and_pdb_match_the_server(path: str) -> None:
     objects = render(path)
     deployment = one(objects, "Deployment", "mlops-model-server", "mlops-steps")
-    (container,) = pod_spec(deployment)["containers"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = one(objects, "Service", "mlops-model-server", "mlops-steps")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    served = {p["name"]: (p["port"], container_port(container, p["targetPort"])) for p in service["spec"]["ports"]}
+    targets = {p["name"]: port_owner(deployment, p["targetPort"]) for p in service["spec"]["ports"]}
+    served = {p["name"]: (p["port"], targets[p["name"]][1]) for p in service["spec"]["ports"]}
     expected = {"http": (8501, 8501)} if "project-server" in path else {"http": (8501, 8501), "grpc": (8500, 8500)}
     assert served == expected
-    assert {p["containerPort"] for p in container["ports"]} == {port for port, _ in expected.values()}
+    # REST goes to the request logger, except where the project server logs by itself; gRPC to TF Serving.
+    http_owner = targets["http"][0]
+    assert http_owner["name"] == ("server" if "project-server" in path else "request-logger")
+    if "grpc" in targets:
+        assert targets["grpc"][0]["name"] == "server"
+    pod_ports = {p["containerPort"] for c in pod_spec(deployment)["containers"] for p in c["ports"]}
+    # The one port the Service leaves out is TF Serving's REST port, which only the request logger calls.
+    assert pod_ports - {port for port, _ in expected.values()} == (set() if "project-server" in path else {8502})
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8501"
-    assert annotations["prometheus.io/path"] == container["readinessProbe"]["httpGet"]["path"]
+    assert annotations["prometheus.io/path"] == http_owner["readinessProbe"]["httpGet"]["path"]
+    container = container_named(deployment, "server")
 
     hpa = one(objects, "HorizontalPodAutoscaler", "mlops-model-server", "mlops-steps")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -400,6 +427,57 @@ def test_project_server_overlay_runs_the_local_server_on_the_same_registry() -> 
     assert mount["readOnly"] is False
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MLOPS_ARTIFACT_ROOT"] == str(SHARE)
+
+
+@pytest.mark.parametrize("path", ["serving", "serving/canary"])
+def test_request_logger_sidecar_logs_what_tf_serving_answers(path: str) -> None:
+    """The default install gets drift: a request logger on the pod's REST port in front of TF Serving."""
+    from include.mlops.serving.app import METRICS_PATH
+    from include.mlops.serving.request_logger import build_parser
+
+    for deployment in (o for o in render(path) if o["kind"] == "Deployment"):
+        server, logger = pod_spec(deployment)["containers"]
+        assert (server["name"], logger["name"]) == ("server", "request-logger")
+        assert logger["image"] == "registry.example.com/mlops-trainer:0.1.0"
+        assert logger["command"] == ["python", "-m", "include.mlops.serving.request_logger"]
+        args = build_parser().parse_args(logger["args"])
+        # It listens on the pod's REST port and calls TF Serving's REST port on loopback.
+        assert args.host == "0.0.0.0" and args.port == container_port(logger, "http") == 8501
+        tf_args = dict(arg.removeprefix("--").split("=", 1) for arg in server["args"])
+        assert args.upstream == f"http://127.0.0.1:{tf_args['rest_api_port']}" == "http://127.0.0.1:8502"
+        assert container_port(server, "tfs-http") == 8502
+        # It writes the prediction log where the project server does and the drift check reads it.
+        assert args.predlog_root == SHARE
+        env = {e["name"]: e["value"] for e in logger["env"]}
+        assert env["MLOPS_ARTIFACT_ROOT"] == str(SHARE) and env["HOME"] == "/tmp"
+        mounts = {m["mountPath"]: m for m in logger["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+        share = mounts[str(SHARE)]
+        assert not share.get("readOnly", False)
+        assert volumes[share["name"]]["persistentVolumeClaim"] == {"claimName": "mlops-artifacts"}
+        assert volumes[mounts["/tmp"]["name"]]["emptyDir"]
+        (server_share,) = [m for m in server["volumeMounts"] if m["name"] == share["name"]]
+        assert server_share["readOnly"] is True, "TF Serving only reads the share"
+        # Secured and sized like TF Serving.
+        assert logger["securityContext"] == server["securityContext"]
+        assert logger["securityContext"]["readOnlyRootFilesystem"] is True
+        assert set(logger["resources"]["limits"]) == set(logger["resources"]["requests"]) == {"cpu", "memory"}
+        # Ready when a request through it reaches TF Serving; alive while it accepts connections.
+        assert logger["readinessProbe"]["httpGet"] == {"path": METRICS_PATH, "port": "http"}
+        assert logger["livenessProbe"]["tcpSocket"] == {"port": "http"}
+
+
+def test_request_logger_image_is_the_step_image() -> None:
+    """serving/base names the trainer image as include/k8s/base does (one image, one tag)."""
+
+    def entries(folder: str) -> dict[str, Obj]:
+        kustomization = yaml.safe_load((K8S_DIR / folder / "kustomization.yaml").read_text())
+        return {e["name"]: e for e in kustomization["images"]}
+
+    assert entries("serving/base")["mlops-trainer"] == entries("base")["mlops-trainer"]
+    (prepare,) = pod_spec(job("mlops-prepare-share"))["containers"]
+    deployment = one(render("serving"), "Deployment", "mlops-model-server", "mlops-steps")
+    assert container_named(deployment, "request-logger")["image"] == prepare["image"]
 
 
 # --------------------------------------------------------------------------- Jobs

@@ -251,7 +251,7 @@ def test_model_server_request_is_a_route_of_the_server(command: Command, request
 
     _port, method, path, body = request_
     if method == "POST":
-        match = app._PREDICT_PATH.fullmatch(path)
+        match = app.PREDICT_PATH.fullmatch(path)
         assert match, f"{command}\nPOST {path} is not a :predict, :classify or :regress path"
     else:
         assert method == "GET", command

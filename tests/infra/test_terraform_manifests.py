@@ -221,8 +221,10 @@ def test_images_and_secret_names_follow_the_variables(
         _containers(renamed_evaluation, "Job", "mlops-prepare-share")[0]["image"]
         == "reg.example/team/mlops-trainer:2.10"
     )
-    assert {c["image"] for c in _containers(renamed_evaluation, "Deployment", "mlops-model-server")} == {
-        "mirror.example/serving:1.0"
+    # model_server_image replaces TF Serving's image only; the pod's request logger runs the trainer image.
+    assert {c["name"]: c["image"] for c in _containers(renamed_evaluation, "Deployment", "mlops-model-server")} == {
+        "server": "mirror.example/serving:1.0",
+        "request-logger": "reg.example/team/mlops-trainer:2.10",
     }
     served = {c["image"] for c in _containers(default_evaluation, "Deployment", "mlops-model-server")}
     assert all(re.search(r":[\w.-]+$|@sha256:", image) for image in served), f"model server image not pinned: {served}"

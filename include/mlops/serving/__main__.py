@@ -11,6 +11,7 @@ from pathlib import Path
 
 from include.mlops.artifacts import artifact_root, registry_root
 from include.mlops.serving.models import BEHAVIOUR_ENV, BEHAVIOURS, DEFAULT_BEHAVIOUR, TFSERVING_BEHAVIOUR
+from include.mlops.serving.predlog import add_arguments as add_predlog_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,27 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify-checksums", action="store_true", help="load versions without checking assets.extra/checksums.json"
     )
-    parser.add_argument(
-        "--predlog-root",
-        type=Path,
-        help="write the prediction log under <this>/predictions/<model>/ (default: the artifact root)",
-    )
+    add_predlog_arguments(parser)
     parser.add_argument("--no-predlog", action="store_true", help="do not log predictions")
-    parser.add_argument(
-        "--predlog-sample-rate",
-        type=float,
-        default=float(os.environ.get("MLOPS_PREDLOG_SAMPLE_RATE", "0.1")),
-        help="fraction of requests logged (default: $MLOPS_PREDLOG_SAMPLE_RATE or 0.1)",
-    )
-    parser.add_argument("--predlog-queue-size", type=int, default=1000, help="queued requests before dropping")
-    parser.add_argument("--predlog-max-rows-per-file", type=int, default=10_000)
-    parser.add_argument("--predlog-max-files", type=int, default=50, help="files kept per model (older are deleted)")
-    parser.add_argument(
-        "--predlog-flush-seconds",
-        type=float,
-        default=float(os.environ.get("MLOPS_PREDLOG_FLUSH_SECONDS", "60")),
-        help="write buffered rows at least this often (default: $MLOPS_PREDLOG_FLUSH_SECONDS or 60)",
-    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 

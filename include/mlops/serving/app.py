@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 # TF Serving's kPredictionApiGegex / kModelStatusApiRegex (http_rest_api_util.cc).
-_PREDICT_PATH = re.compile(
+PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
 )
 _STATUS_PATH = re.compile(
@@ -124,17 +124,7 @@ class ModelServer:
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
         )
         self.predlog = (
-            PredictionLogger(
-                settings.predlog_root,
-                sample_rate=settings.predlog_sample_rate,
-                queue_size=settings.predlog_queue_size,
-                max_rows_per_file=settings.predlog_max_rows_per_file,
-                max_files=settings.predlog_max_files,
-                flush_seconds=settings.predlog_flush_seconds,
-                metrics=self.metrics,
-            )
-            if settings.predlog_root is not None
-            else None
+            PredictionLogger.from_settings(settings, self.metrics) if settings.predlog_root is not None else None
         )
 
     def start(self) -> None:
@@ -337,7 +327,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed(request.method, path, "GET, POST")
             if request.method == "POST":
-                match = _PREDICT_PATH.fullmatch(path)
+                match = PREDICT_PATH.fullmatch(path)
                 if match is None:
                     raise invalid(f"Malformed request: POST {path}")
                 model_name, version_str, label, method = match.groups()

@@ -17,6 +17,7 @@ the model's output row).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import logging
@@ -93,14 +94,47 @@ class PredictionLogger:
         self.dropped = 0
         self.written_rows = 0
 
+    @classmethod
+    def from_settings(cls, settings: Any, metrics: ServingMetrics | None = None) -> PredictionLogger:
+        """A logger from settings with the ``predlog_*`` fields of the server's and the request logger's."""
+        return cls(
+            settings.predlog_root,
+            sample_rate=settings.predlog_sample_rate,
+            queue_size=settings.predlog_queue_size,
+            max_rows_per_file=settings.predlog_max_rows_per_file,
+            max_files=settings.predlog_max_files,
+            flush_seconds=settings.predlog_flush_seconds,
+            metrics=metrics,
+        )
+
     # ------------------------------------------------------------------ request side
 
+    def sampled(self) -> bool:
+        """Draw whether one request is logged (``sample_rate``).
+
+        For a caller that must work to build the rows (the request logger parses JSON): draw first, build only
+        when drawn, and pass ``drawn=True`` to :meth:`offer`.
+        """
+        if self.sample_rate <= 0.0:
+            return False
+        return self.sample_rate >= 1.0 or self._random.random() < self.sample_rate
+
     def offer(
-        self, model_name: str, version: int, inputs: np.ndarray, outputs: np.ndarray, label: str | None = None
+        self,
+        model_name: str,
+        version: int,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        label: str | None = None,
+        *,
+        drawn: bool = False,
     ) -> bool:
-        """Maybe log one request's rows; never blocks and never raises. Returns whether it was queued."""
+        """Maybe log one request's rows; never blocks and never raises. Returns whether it was queued.
+
+        ``drawn``: the caller has already drawn this request with :meth:`sampled`, so it is not drawn again.
+        """
         try:
-            if self.sample_rate <= 0.0 or (self.sample_rate < 1.0 and self._random.random() >= self.sample_rate):
+            if not drawn and not self.sampled():
                 return False
             rows = min(len(inputs), self.max_rows_per_request)
             entry = _Entry(
@@ -263,3 +297,27 @@ def read_prediction_log(root: str | os.PathLike[str], model_name: str) -> pd.Dat
     if not files:
         return pd.DataFrame(columns=["timestamp", "model_name", "model_version", "version_label", "inputs", "outputs"])
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prediction log's flags, the same for the model server and the request logger."""
+    parser.add_argument(
+        "--predlog-root",
+        type=Path,
+        help="write the prediction log under <this>/predictions/<model>/ (default: the artifact root)",
+    )
+    parser.add_argument(
+        "--predlog-sample-rate",
+        type=float,
+        default=float(os.environ.get("MLOPS_PREDLOG_SAMPLE_RATE", "0.1")),
+        help="fraction of requests logged (default: $MLOPS_PREDLOG_SAMPLE_RATE or 0.1)",
+    )
+    parser.add_argument("--predlog-queue-size", type=int, default=1000, help="queued requests before dropping")
+    parser.add_argument("--predlog-max-rows-per-file", type=int, default=10_000)
+    parser.add_argument("--predlog-max-files", type=int, default=50, help="files kept per model (older are deleted)")
+    parser.add_argument(
+        "--predlog-flush-seconds",
+        type=float,
+        default=float(os.environ.get("MLOPS_PREDLOG_FLUSH_SECONDS", "60")),
+        help="write buffered rows at least this often (default: $MLOPS_PREDLOG_FLUSH_SECONDS or 60)",
+    )
