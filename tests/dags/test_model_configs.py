@@ -162,6 +162,7 @@ def test_timeouts_default_per_step_and_the_config_overrides_some(tmp_path: Path)
         "compress": 7200,
         "register": 900,
         "deploy": 1200,
+        "undeploy": 900,
         "drift": 900,
     }
     config = load_model_config(_add_model(tmp_path / "models", lambda c: c.update(timeouts={"train": 60})))

@@ -51,6 +51,7 @@ LIFECYCLE_STEPS = (
     "compress",
     "register",
     "deploy",
+    "undeploy",
     "drift",
 )
 

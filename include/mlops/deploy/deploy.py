@@ -16,7 +16,9 @@ the model's deploy lock (two deploys of one model run one after the other):
    :mod:`include.mlops.registry.serving_artifact`).  Then, unless the
    model config's ``deploy.infra_validation`` is off, the version is loaded
    alone in a sandbox server and must answer the smoke rows there
-   (:mod:`include.mlops.deploy.sandbox`).
+   (:mod:`include.mlops.deploy.sandbox`); a version that another label
+   already serves (a canary being promoted) answered through that label and
+   is not loaded in a sandbox again.
 2. The previous version is written to the label's journal,
    ``models/<name>/.deploy-<label>.journal.json``.
 3. The version is loaded (added to the version policy, awaited until
@@ -102,6 +104,7 @@ def deploy(
     server_poll_seconds: float = SERVER_POLL_SECONDS,
     reason: str | None = None,
     requested_by: str | None = None,
+    stable_first: bool = False,
 ) -> dict[str, Any]:
     """Verify ``version`` and point ``label`` at it; returns ``{"version", "previous", "label", "changed", "verified"}``.
 
@@ -130,6 +133,10 @@ def deploy(
     triggered the run) go into the model's audit log of label moves with the
     deploy's ``out`` folder (:mod:`include.mlops.registry.label_log`).
 
+    ``stable_first``: when the model has no ``stable`` version yet, the
+    version goes to ``stable`` instead of ``label`` (a canary needs a stable
+    version to be compared with); the result's ``label`` says which.
+
     Without ``server_url`` only the label moves and the result says
     ``"verified": false``.  A retry after the label already moved changes
     nothing and reports the ``previous`` version recorded in ``out/result.json``.
@@ -144,6 +151,9 @@ def deploy(
         # First, before anything can fail: a label left on an unverified version by an unfinished deploy goes back.
         for unfinished in unfinished_deploys(registry.model_dir(name)):
             repair_unfinished_deploy(registry, server, unfinished, server_poll_seconds=server_poll_seconds)
+        if stable_first and label != "stable" and registry.label_version(name, "stable") is None:
+            log.info("%s has no stable version yet, so version %d goes to stable, not %r", name, version, label)
+            label = "stable"
         registry.verify(name, version)
         _check_gated_bytes(registry, name, version)
         # Built while the old version still serves: an error here (bad rows, a model TF cannot load) moves nothing.
@@ -166,7 +176,11 @@ def deploy(
             _verify(result, name, version, settings)
             _write_result(result, name, out)
             return result
-        if check is not None and config.deploy.infra_validation:
+        serving_label = _other_label_serving(registry, name, label, version)
+        if serving_label is not None and check is not None:
+            log.info("%s: version %d already answers through label %r (verified when it moved there), so it is not "
+                     "loaded in a sandbox again", name, version, serving_label)  # fmt: skip
+        if check is not None and config.deploy.infra_validation and serving_label is None:
             sandbox = infra_validate(
                 registry, name, version, check, timeout_s=config.deploy.infra_validation_timeout_s, tolerance=tolerance
             )
@@ -212,6 +226,14 @@ class _Verification:
     check: SmokeCheck | None
     tolerance: float
     server_poll_seconds: float
+
+
+def _other_label_serving(registry: ModelRegistry, name: str, label: str, version: int) -> str | None:
+    """Another label that names ``version`` with no unfinished move (a canary being promoted), or None."""
+    for other, labelled in sorted(registry.labels(name).items()):
+        if other != label and labelled == version:
+            return other
+    return None
 
 
 def _check_gated_bytes(registry: ModelRegistry, name: str, version: int) -> None:

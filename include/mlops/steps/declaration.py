@@ -67,8 +67,13 @@ class Argument:
     type: Callable[[str], Any] | None = None
     required: bool = False
     default: Any = None
+    # "store_true": a switch (the operators pass True as the bare flag, False not at all).
+    action: str | None = None
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
+        if self.action is not None:
+            parser.add_argument(self.flag, action=self.action, help=self.help)
+            return
         options: dict[str, Any] = {"required": self.required, "help": self.help}
         if self.type is not None:
             options["type"] = self.type

@@ -169,6 +169,11 @@ declare(
         ),
         Argument("--reason", help="why the label moves, for the model's audit log (e.g. 'gate passed')"),
         Argument("--requested-by", help="who asked for the move (the run's triggering user), for the audit log"),
+        Argument(
+            "--stable-first",
+            action="store_true",
+            help="when the model has no stable version yet, deploy to stable instead (a canary's first version)",
+        ),
     ),
     timeout_s=1200,
     bad_input=(
@@ -178,6 +183,26 @@ declare(
         ("include.mlops.deploy.errors", "InfraValidationError"),
     ),
     result_keys=("version", "previous", "label", "changed"),
+)
+declare(
+    "undeploy",
+    "take a label other than stable (a finished or aborted canary) off the model",
+    runners.run_undeploy,
+    arguments=(
+        Argument("--label", default="canary"),
+        Argument("--server-url", help="model server base URL; the step waits until the label no longer resolves"),
+        Argument("--timeout", type=float, default=120.0, help="seconds to wait for the server"),
+        Argument(
+            "--server-poll-seconds",
+            type=float,
+            default=1.0,
+            help="how often the server re-reads models.config (TF Serving's --model_config_file_poll_wait_seconds)",
+        ),
+        Argument("--reason", help="why the label goes (e.g. 'canary promoted'), for the model's audit log"),
+        Argument("--requested-by", help="who asked for it (the run's triggering user or approver), for the audit log"),
+    ),
+    bad_input=(("include.mlops.deploy.undeploy", "ProtectedLabelError"),),
+    result_keys=("label", "removed", "version"),
 )
 declare(
     "drift",

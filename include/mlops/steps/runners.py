@@ -137,6 +137,22 @@ def run_deploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
         server_poll_seconds=args.server_poll_seconds,
         reason=args.reason,
         requested_by=args.requested_by,
+        stable_first=args.stable_first,
+    )
+
+
+def run_undeploy(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from include.mlops.deploy.undeploy import undeploy
+
+    return undeploy(
+        config,
+        label=args.label,
+        out=args.out,
+        server_url=args.server_url,
+        timeout=args.timeout,
+        server_poll_seconds=args.server_poll_seconds,
+        reason=args.reason,
+        requested_by=args.requested_by,
     )
 
 
