@@ -44,6 +44,7 @@ log = logging.getLogger("stack_processes")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = PROJECT_ROOT / "include" / "monitoring" / "prometheus.yml"
 RULES_GLOB = PROJECT_ROOT / "include" / "monitoring" / "rules" / "*.yml"
+SCRAPE_INTERVAL_ENV = "MLOPS_PROMETHEUS_SCRAPE_INTERVAL"
 # Scrape job of include/monitoring/prometheus.yml -> the variable holding its loopback port under `make run`.
 LOCAL_PORTS = {
     "model-server": "MLOPS_SERVER_PORT",
@@ -56,6 +57,9 @@ def render_local_prometheus_config(target: Path, env: Mapping[str, str], source:
     """The compose Prometheus config with every job pointed at its 127.0.0.1 port and the rules at the checkout."""
     config = yaml.safe_load(source.read_text())
     config["rule_files"] = [str(RULES_GLOB)]
+    # A shorter scrape interval for tests whose windows are seconds long (a canary analysis's interval_s).
+    if env.get(SCRAPE_INTERVAL_ENV):
+        config["global"]["scrape_interval"] = env[SCRAPE_INTERVAL_ENV]
     for job in config["scrape_configs"]:
         name = job["job_name"]
         if name not in LOCAL_PORTS:

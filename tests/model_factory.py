@@ -48,3 +48,42 @@ def make_saved_model(
     module = Linear()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
+
+
+def make_misbehaving_model(path: Path, n_features: int, *, fault: str, threshold: float = 0.0, work: int = 0) -> Path:
+    """``sum(x)`` per row, like ``make_saved_model(scale=1.0)``, except where ``fault`` says.
+
+    - ``"nan"``: rows whose first feature is above ``threshold`` answer NaN;
+    - ``"error"``: a request with such a row fails (TensorFlow's InvalidArgument, an error status on the server);
+    - ``"slow"``: every request also runs ``work`` chained 256 x 256 matrix products first.
+
+    Rows at or below ``threshold`` answer like the linear model, so a deploy's smoke check on such rows passes
+    and only the traffic shows the fault, as in production.
+    """
+    import tensorflow as tf
+
+    class Misbehaving(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name="inputs")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.reduce_sum(x, axis=1, keepdims=True)
+            above = x[:, :1] > threshold
+            if fault == "nan":
+                y = tf.where(above, tf.fill(tf.shape(y), float("nan")), y)
+            elif fault == "error":
+                with tf.control_dependencies([tf.debugging.assert_equal(tf.reduce_any(above), False)]):
+                    y = tf.identity(y)
+            elif fault == "slow":
+                m = tf.eye(256) * 0.5 + 0.001
+
+                def body(i: tf.Tensor, acc: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                    return i + 1, tf.matmul(acc, m)
+
+                _, acc = tf.while_loop(lambda i, _: i < work, body, (tf.constant(0), tf.eye(256)))
+                y = y + 0.0 * tf.reduce_sum(acc[:1, :1])
+            else:
+                raise ValueError(f"unknown fault {fault!r}: nan, error or slow")
+            return {"outputs": y}
+
+    module = Misbehaving()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

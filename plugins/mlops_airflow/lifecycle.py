@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.mlops.config import ModelConfig
 from mlops_airflow import alerts
 from mlops_airflow.backends import mapped_step_operator, step_operator
+from mlops_airflow.canary import canary_delivery
+from mlops_airflow.deploy_tasks import DEPLOY_POOL, deploy_arguments
 from mlops_airflow.gate_operators import GateOperator, RejectOperator, SkipDeployOperator, run_type
-from mlops_airflow.monitoring import connection_extra, connection_url, drift_trigger, retrain_asset
+from mlops_airflow.monitoring import drift_trigger, retrain_asset
 from mlops_airflow.params import (
     RefusedParamsError,
     check_gate_params,
@@ -49,10 +50,8 @@ from mlops_airflow.schedules import dag_start_date as _start_date
 
 log = logging.getLogger(__name__)
 
-DEPLOY_POOL = "model_deploy"
 # Bounds how many tuning trials (each a training run, with GPUs on kubernetes) run at once, over all models.
 TUNING_POOL = "mlops_tuning"
-MODEL_SERVER_CONN_ID = "model_server_default"
 DEFAULT_RETRIES = 1
 DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
 
@@ -199,57 +198,6 @@ def _register_arguments(context: Context, config: ModelConfig) -> dict[str, Any]
     }
 
 
-def model_server_url(conn_id: str = MODEL_SERVER_CONN_ID) -> str | None:
-    """The model server's base URL from the Airflow Connection, or None when it is not defined."""
-    return connection_url(conn_id)
-
-
-def model_server_poll_seconds(conn_id: str = MODEL_SERVER_CONN_ID) -> float | None:
-    """How often the model server re-reads models.config: the Connection's extra ``config_poll_seconds``.
-
-    None (the deploy step's default, 1 s: the local server and the compose
-    file) when the Connection or the key is missing.  The in-cluster TF
-    Serving polls every 30 s, so its Connection says ``?config_poll_seconds=30``.
-    """
-    value = connection_extra(conn_id, "config_poll_seconds")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise AirflowFailException(
-            f"Connection {conn_id!r}: extra config_poll_seconds={value!r} is not a number of seconds >= 0 "
-            "(the model server's --model_config_file_poll_wait_seconds)"
-        )
-    return seconds
-
-
-def _deploy_arguments(context: Context) -> dict[str, Any]:
-    server_url = model_server_url()
-    if server_url is None:
-        log.warning(
-            "Connection %r is not defined: the label moves without checking that the server serves the new "
-            "version (define it, e.g. AIRFLOW_CONN_MODEL_SERVER_DEFAULT=http://localhost:8501, to verify)",
-            MODEL_SERVER_CONN_ID,
-        )
-    return {
-        "version": context["ti"].xcom_pull(task_ids="register")["version"],
-        "label": "stable",
-        "server_url": server_url,
-        "server_poll_seconds": model_server_poll_seconds() if server_url is not None else None,
-        "data": context["ti"].xcom_pull(task_ids="snapshot")["data_uri"],
-        **audit_arguments(context, "gate passed" if not context["params"].get("force_deploy") else "force_deploy"),
-    }
-
-
-def audit_arguments(context: Context, reason: str) -> dict[str, Any]:
-    """What a label move records about itself in the model's audit log: why, and who triggered the run."""
-    dag_run = context["dag_run"]
-    return {"reason": f"{reason} ({dag_run.run_id})", "requested_by": getattr(dag_run, "triggering_user_name", None)}
-
-
 def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
     """The lifecycle DAG of one model.  Pure: reads only ``config``."""
 
@@ -376,13 +324,6 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
             resolve_arguments=lambda c: _register_arguments(c, config),
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
         )
-        deploy = step(
-            "deploy",
-            "deploy",
-            resolve_arguments=_deploy_arguments,
-            pool=DEPLOY_POOL,
-            pool_slots=1,
-        )
         skipped = SkipDeployOperator(task_id="skip_deploy", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         rejected = RejectOperator(task_id="reject")
 
@@ -391,5 +332,8 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
         tune_plan >> tune_trial >> tune_select >> compress >> evaluate_optimized >> gate_optimized
         tune_plan >> tune_select
         gate_optimized >> [register, rejected, skipped]
-        register >> deploy
+        if config.deploy.canary is None:
+            register >> step("deploy", "deploy", resolve_arguments=deploy_arguments, pool=DEPLOY_POOL, pool_slots=1)
+        else:
+            canary_delivery(config, register, step)
     return dag

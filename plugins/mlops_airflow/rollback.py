@@ -20,7 +20,7 @@ from airflow.sdk import DAG, Context, Param
 
 from include.mlops.config import ModelConfig
 from mlops_airflow.backends import step_operator
-from mlops_airflow.lifecycle import DEPLOY_POOL, audit_arguments, model_server_poll_seconds, model_server_url
+from mlops_airflow.deploy_tasks import DEPLOY_POOL, audit_arguments, model_server_poll_seconds, model_server_url
 from mlops_airflow.params import SCHEMA_DIALECT
 from mlops_airflow.schedules import dag_start_date
 

@@ -53,7 +53,7 @@ def test_a_missing_prometheus_connection_is_insufficient_data_saying_how_to_defi
 
 def test_a_connection_whose_host_holds_the_scheme_gives_one_url(monkeypatch: pytest.MonkeyPatch) -> None:
     # Typed in the UI as host "http://model-server", port 8501: every Connection-derived URL reads it alike.
-    from mlops_airflow.lifecycle import model_server_url
+    from mlops_airflow.deploy_tasks import model_server_url
 
     conn = '{"conn_type": "http", "host": "http://model-server", "port": 8501}'
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", conn)
@@ -67,7 +67,7 @@ def test_a_connection_whose_host_holds_the_scheme_gives_one_url(monkeypatch: pyt
 def test_the_model_server_connection_says_how_often_the_server_rereads_its_config(
     monkeypatch: pytest.MonkeyPatch, extra: str, expected: float | None
 ) -> None:
-    from mlops_airflow.lifecycle import model_server_poll_seconds
+    from mlops_airflow.deploy_tasks import model_server_poll_seconds
 
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", "http://model-server:8501" + extra)
     assert model_server_poll_seconds() == expected
@@ -79,7 +79,7 @@ def test_a_bad_config_poll_in_the_model_server_connection_fails_with_the_reason(
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mlops_airflow.lifecycle import model_server_poll_seconds
+    from mlops_airflow.deploy_tasks import model_server_poll_seconds
 
     monkeypatch.setenv("AIRFLOW_CONN_MODEL_SERVER_DEFAULT", f"http://model-server:8501?config_poll_seconds={value}")
     with pytest.raises(AirflowFailException, match=r"extra config_poll_seconds=.* is not a number of seconds >= 0"):
