@@ -69,7 +69,9 @@ def bench_parse(repeats: int) -> dict[str, Any]:
     return {"repeats": repeats, "trivial_dag_median_s": round(baseline, 4), "files": files}
 
 
-def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, tag: str) -> float:
+def in_process_lifecycle(
+    root: Path, logical_day: dt.datetime, server_url: str, tag: str, overrides: dict[str, Any]
+) -> float:
     """The lifecycle's steps back to back in this process, timed: the same work as one DAG run."""
     os.environ["MLOPS_ARTIFACT_ROOT"] = str(root)
     from include.mlops.artifacts import registry_root
@@ -88,7 +90,7 @@ def in_process_lifecycle(root: Path, logical_day: dt.datetime, server_url: str, 
     start = time.perf_counter()
     snap = snapshot(config, logical_day - dt.timedelta(days=1), logical_day, out / "snapshot")
     validate(config, snap["data_uri"], out / "validate")
-    trained = train(config, snap["data_uri"], out / "train")
+    trained = train(config, snap["data_uri"], out / "train", overrides)
     registry = Registry(registry_root())
     champion = registry.label_version(config.serving_name, "stable")
     evaluation = evaluate(
@@ -131,10 +133,13 @@ def bench_orchestration(repeats: int) -> dict[str, Any]:
             [warmup] = stack.wait_for_runs("lifecycle__diabetes", count=1, run_type="scheduled", timeout=1200)
             print(f"  warm-up nightly run: {warmup['state']}", flush=True)
             # Both sides then do the same work: a champion to compare with, a new version, a verified deploy.
+            # Every bundled row has arrived by these days, so each run trains with its own learning rate: a
+            # candidate identical to stable (same data, config and seed) would not be registered.
             for i in range(repeats):
                 day = dt.datetime(2026, 11, 20 + i, tzinfo=dt.UTC)
+                overrides = {"learning_rate": round(0.001 * (1.1 + 0.1 * i), 6)}
                 start = time.perf_counter()
-                response = stack.trigger("lifecycle__diabetes", day.isoformat())
+                response = stack.trigger("lifecycle__diabetes", day.isoformat(), overrides)
                 response.raise_for_status()
                 [run] = stack.wait_for_runs("lifecycle__diabetes", {response.json()["dag_run_id"]}, timeout=1200)
                 airflow_times.append(time.perf_counter() - start)
@@ -143,7 +148,9 @@ def bench_orchestration(repeats: int) -> dict[str, Any]:
                         f"benchmark run failed: {stack.task_states('lifecycle__diabetes', run['dag_run_id'])}"
                     )
                 print(f"  airflow run {i + 1}/{repeats}: {airflow_times[-1]:.1f}s", flush=True)
-                local_times.append(in_process_lifecycle(stack.artifact_root, day, stack.server_url, f"rep-{i}"))
+                local_times.append(
+                    in_process_lifecycle(stack.artifact_root, day, stack.server_url, f"rep-{i}", overrides)
+                )
                 print(f"  in-process run {i + 1}/{repeats}: {local_times[-1]:.1f}s", flush=True)
     airflow_median, local_median = statistics.median(airflow_times), statistics.median(local_times)
     return {

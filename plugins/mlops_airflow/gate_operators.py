@@ -3,7 +3,9 @@
 A gate applies :mod:`include.mlops.evaluation.gate` to one evaluation and
 branches; whether the run may deploy at all (not a backfill, no
 ``skip_deploy``) is decided here too, since both the gates and ``skip_deploy``
-ask it.
+ask it.  The first gate also sends a candidate identical to the champion
+(:func:`include.mlops.registry.fingerprint.identical_to_champion`) to
+``skip_deploy``: there is nothing new to register.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.evaluation import gate as gate_lib
+from include.mlops.registry.fingerprint import OPTIMIZE_STAGE, IdenticalToChampion, for_stage, identical_to_champion
 from mlops_airflow.params import GATE_PARAMS, run_gate_config
 
 log = logging.getLogger(__name__)
 
-# The first gate's "optimize" route starts the optimize branch at this task.
-ROUTE_TASKS = {"optimize": "tune_plan"}
+# The first gate's "optimize" route starts the optimize branch at this task; "identical" ends in skip_deploy.
+ROUTE_TASKS = {"optimize": "tune_plan", "identical": "skip_deploy"}
+# The gates' task ids (skip_deploy reads the first one's outcome to say why the run did not deploy), and the
+# task whose result holds the trained candidate's fingerprint.
+FIRST_GATE, OPTIMIZED_GATE, TRAIN_TASK = "gate", "gate_optimized", "train"
 BACKFILL_RUN_TYPE = "backfill"
 
 
@@ -46,6 +52,24 @@ def is_deploying_run(context: Context) -> tuple[bool, str]:
     return True, ""
 
 
+def accepted_candidate(context: Context) -> dict[str, Any]:
+    """The candidate a gate accepted (``gate_optimized``'s first), with its ``fingerprint`` for the lineage.
+
+    The fingerprint is the train step's; after the optimize branch it is marked
+    as that branch's (another model, from the same inputs), so that no later
+    train candidate is taken for it.
+    """
+    ti = context["ti"]
+    for gate_task in (OPTIMIZED_GATE, FIRST_GATE):
+        candidate = ti.xcom_pull(task_ids=gate_task, key="candidate")
+        if candidate:
+            fingerprint = (ti.xcom_pull(task_ids=TRAIN_TASK) or {}).get("fingerprint")
+            if gate_task == OPTIMIZED_GATE:
+                fingerprint = for_stage(fingerprint, OPTIMIZE_STAGE)
+            return {**candidate, "fingerprint": fingerprint}
+    raise RuntimeError("no gate accepted a candidate, so there is nothing to register")
+
+
 class GateOperator(BaseBranchOperator):
     """Apply the gate to one evaluation and branch to the route :func:`include.mlops.evaluation.gate.route` picks.
 
@@ -54,7 +78,10 @@ class GateOperator(BaseBranchOperator):
     needs) and, when the route is ``register``, ``candidate``.  The gate fails
     closed: a champion that evaluate could not score fails the task without
     retrying (AirflowFailException, the gate's exit 3), unless the run was
-    triggered with ``accept_without_champion``.  A classic
+    triggered with ``accept_without_champion``.  With ``train_task_id`` (the
+    first gate) a passing candidate whose fingerprint (that task's result) is
+    the champion's routes to ``identical`` (the ``skip_deploy`` task), even
+    when forced: nothing is registered and no label moves.  A classic
     operator rather than ``@task.branch``: the decorator's machinery costs more
     parse time per DAG than everything else in this operator.
     """
@@ -68,10 +95,13 @@ class GateOperator(BaseBranchOperator):
         evaluate_task_id: str,
         on_fail: str,
         report_task_id: str | None = None,
+        train_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.config = config
+        # The task whose result holds the candidate's fingerprint; None: no "identical to the champion" check.
+        self.train_task_id = train_task_id
         self.evaluate_task_id = evaluate_task_id
         self.on_fail = on_fail
         # The task whose result names the optimization report (compress), recorded in decision.json.
@@ -95,7 +125,11 @@ class GateOperator(BaseBranchOperator):
         except gate_lib.GateError as exc:  # bad input (exit 3): a retry decides the same
             raise AirflowFailException(str(exc)) from None
         deploying, why_not = is_deploying_run(context)
-        route = gate_lib.route(decision.passed, deploying=deploying, on_fail=self.on_fail)
+        identical = self._identical_to_champion(context, champion)
+        route = gate_lib.route(
+            decision.passed, deploying=deploying, on_fail=self.on_fail, identical=identical is not None
+        )
+        not_registered = identical.message if identical is not None and route == "identical" else None
         out = run_dir(config.dag_id, dag_run.run_id, task_id)
         record = {
             "decision": decision.to_dict(),
@@ -107,14 +141,16 @@ class GateOperator(BaseBranchOperator):
             "params": {k: params.get(k) for k in GATE_PARAMS},
             "deploying_run": deploying,
             "not_deploying_because": why_not or None,
+            "identical_to_champion": identical.to_dict() if identical else None,
         }
         if self.report_task_id is not None:
             record["optimization_report"] = (ti.xcom_pull(task_ids=self.report_task_id) or {}).get("report_uri")
         atomic_write_json(out / "decision.json", record)
-        atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{decision.to_markdown()}\n")
+        headline = f"> **{not_registered}.**\n\n" if not_registered else ""
+        atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{headline}{decision.to_markdown()}\n")
         for check in decision.checks:
             log.info("gate check: %s", check.message)
-        if decision.override:
+        if decision.override and not not_registered:
             log.warning(
                 "force_deploy: the gate failed but the candidate is deployed as an override: %s", decision.reasons
             )
@@ -125,8 +161,12 @@ class GateOperator(BaseBranchOperator):
                 "passed": decision.passed,
                 "failed_budgets": list(decision.failed_budgets),
                 "decision_uri": str(out / "decision.json"),
+                "identical_to_champion": not_registered,
             },
         )
+        if not_registered:
+            forced = " (force_deploy does not register it either: it is what already serves)"
+            log.warning("%s%s", not_registered, forced if params.get("force_deploy") else "")
         if route == "register":
             ti.xcom_push(
                 key="candidate",
@@ -142,12 +182,22 @@ class GateOperator(BaseBranchOperator):
         )
         return ROUTE_TASKS.get(route, route)
 
+    def _identical_to_champion(
+        self, context: Context, champion: Mapping[str, Any] | None
+    ) -> IdenticalToChampion | None:
+        """Whether the train task's candidate has the champion's fingerprint (never without ``train_task_id``)."""
+        if self.train_task_id is None or not champion:
+            return None
+        trained = context["ti"].xcom_pull(task_ids=self.train_task_id) or {}
+        return identical_to_champion(trained.get("fingerprint"), champion)
+
 
 class SkipDeployOperator(BaseOperator):
-    """The end of a run that does not deploy (a backfill, or ``skip_deploy``): says why, changes nothing."""
+    """The end of a run that does not deploy (a backfill, ``skip_deploy``, nothing new): says why, changes nothing."""
 
     def execute(self, context: Context) -> str:
-        _, why = is_deploying_run(context)
+        outcome = context["ti"].xcom_pull(task_ids=FIRST_GATE, key="decision") or {}
+        why = outcome.get("identical_to_champion") or is_deploying_run(context)[1]
         log.info(
             "Not deploying: %s. The evaluation reports are under %s",
             why,
@@ -159,7 +209,7 @@ class SkipDeployOperator(BaseOperator):
 class RejectOperator(BaseOperator):
     """The optimized candidate still failed the gate: write the report; ``stable`` keeps serving."""
 
-    gate_task_id = "gate_optimized"
+    gate_task_id = OPTIMIZED_GATE
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = context["dag_run"].run_id

@@ -5,6 +5,7 @@
         gate fails  -> tune_plan -> tune_trial (mapped, one task per trial, pool mlops_tuning)
                     -> tune_select -> compress -> evaluate_optimized -> gate_optimized -> register -> deploy | reject
         backfill runs and runs with skip_deploy -> skip_deploy (no registry write, no label move)
+        a passing candidate identical to the champion (same fingerprint) -> skip_deploy, nothing registered
 
 The step tasks come from :mod:`mlops_airflow.backends`; the gates and the
 ``skip_deploy`` and ``reject`` ends from :mod:`mlops_airflow.gate_operators`.
@@ -33,11 +34,18 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.mlops.config import ModelConfig
+from include.mlops.registry.fingerprint import LINEAGE_KEY
 from mlops_airflow import alerts
 from mlops_airflow.backends import mapped_step_operator, step_operator
 from mlops_airflow.canary import canary_delivery
 from mlops_airflow.deploy_tasks import DEPLOY_POOL, deploy_arguments
-from mlops_airflow.gate_operators import GateOperator, RejectOperator, SkipDeployOperator, run_type
+from mlops_airflow.gate_operators import (
+    GateOperator,
+    RejectOperator,
+    SkipDeployOperator,
+    accepted_candidate,
+    run_type,
+)
 from mlops_airflow.monitoring import drift_trigger, retrain_asset
 from mlops_airflow.params import (
     RefusedParamsError,
@@ -65,7 +73,8 @@ DOC_TEMPLATE = """\
 Every night this DAG snapshots the day's data, validates it with the Great Expectations suite
 `include/gx/{name}.json`, trains, and evaluates the candidate against the `stable` version on the
 same held-out rows. The gate (thresholds, change threshold against `stable`, size and latency budgets)
-sends a passing candidate to `register` and `deploy`, and a failing one to the optimize branch:
+sends a passing candidate to `register` and `deploy` (one identical to `stable`, made from the same data,
+config, hyperparameters, seed and code, to `skip_deploy`: nothing new to register), a failing one to the optimize branch:
 `tune_plan` asks Optuna for {trials} hyperparameter sets, `tune_trial` trains each as its own mapped task
 (pool `{tuning_pool}`), `tune_select` keeps the lowest validation loss (at least {min_successful} trial(s)
 must succeed), `compress` shrinks it when a budget failed, and a second gate deploys or rejects it
@@ -158,21 +167,13 @@ def check_trigger_conf(context: Context, config: ModelConfig) -> None:
         raise AirflowFailException(str(exc)) from None
 
 
-def _accepted_candidate(context: Context) -> Mapping[str, Any]:
-    for gate_task in ("gate_optimized", "gate"):
-        candidate = context["ti"].xcom_pull(task_ids=gate_task, key="candidate")
-        if candidate:
-            return candidate
-    raise RuntimeError("no gate accepted a candidate, so there is nothing to register")
-
-
 def _register_arguments(context: Context, config: ModelConfig) -> dict[str, Any]:
     """register's arguments; its lineage cites the run files that register copies into the version.
 
     ``try_number`` tells apart the tries of one run id: a reprocessing
     backfill re-runs a run under the same id and rewrites its run folders.
     """
-    candidate = _accepted_candidate(context)
+    candidate = accepted_candidate(context)
     snapshot = context["ti"].xcom_pull(task_ids="snapshot") or {}
     start, end = data_interval(context, config)
     dag_run = context["dag_run"]
@@ -194,6 +195,8 @@ def _register_arguments(context: Context, config: ModelConfig) -> dict[str, Any]
             "gate_uri": candidate["decision_uri"],
             # A run requested by a drift detection (the retraining Asset) says so in the model card.
             "triggered_by": drift_trigger(context),
+            # What made the candidate; the next run's first gate compares its own with it.
+            LINEAGE_KEY: candidate["fingerprint"],
         },
     }
 
@@ -248,7 +251,9 @@ def build_lifecycle_dag(config: ModelConfig, *, models_dir: str | None = None) -
                 "candidate": c["ti"].xcom_pull(task_ids="train")["model_uri"],
             },
         )
-        gate = GateOperator(task_id="gate", config=config, evaluate_task_id="evaluate", on_fail="optimize")
+        gate = GateOperator(
+            task_id="gate", config=config, evaluate_task_id="evaluate", on_fail="optimize", train_task_id="train"
+        )
 
         def tune_plan_arguments(context: Context) -> dict[str, Any]:
             return {"overrides": training_overrides(context["params"])}

@@ -182,6 +182,9 @@ def test_report_html_escapes_config_text_and_paths() -> None:
 
 # --------------------------------------------------------------------------- the champion is verified first
 
+# What register records in a version's lineage (include/mlops/registry/fingerprint.py); evaluate hands it to the gate.
+CHAMPION_FINGERPRINT = {"sha256": "c" * 64, "stage": "train", "data_sha256": "d" * 64, "code_version": "abc"}
+
 
 @pytest.fixture
 def stable_champion(artifact_root: Path, champion: str) -> Path:
@@ -189,7 +192,8 @@ def stable_champion(artifact_root: Path, champion: str) -> Path:
     from include.mlops.registry.filesystem import Registry
 
     registry = Registry(artifact_root / "models")
-    result = registry.register("diabetes", champion, metrics={}, lineage={"dag_id": "d", "run_id": "r"})
+    lineage = {"dag_id": "d", "run_id": "r", "candidate_fingerprint": CHAMPION_FINGERPRINT}
+    result = registry.register("diabetes", champion, metrics={}, lineage=lineage)
     registry.set_label("diabetes", "stable", result.version)
     return result.version_dir
 
@@ -213,6 +217,7 @@ def test_a_verified_champion_is_compared(
     assert written["champion_unavailable"] is None
     assert written["champion"]["version"] == 1
     assert written["champion"]["measured_artifact"]["format"] == "saved_model"
+    assert written["champion"]["fingerprint"] == CHAMPION_FINGERPRINT
 
 
 @pytest.mark.slow

@@ -489,20 +489,28 @@ def test_importing_the_gate_stays_light() -> None:
 
 
 @pytest.mark.parametrize(
-    ("passed", "deploying", "on_fail", "expected"),
+    ("passed", "deploying", "on_fail", "identical", "expected"),
     [
-        (True, True, "optimize", "register"),
-        (True, True, "reject", "register"),
-        (True, False, "optimize", "skip_deploy"),
-        (True, False, "reject", "skip_deploy"),
-        (False, True, "optimize", "optimize"),
-        (False, False, "optimize", "skip_deploy"),
-        (False, True, "reject", "reject"),
-        (False, False, "reject", "reject"),
+        (True, True, "optimize", False, "register"),
+        (True, True, "reject", False, "register"),
+        (True, False, "optimize", False, "skip_deploy"),
+        (True, False, "reject", False, "skip_deploy"),
+        (False, True, "optimize", False, "optimize"),
+        (False, False, "optimize", False, "skip_deploy"),
+        (False, True, "reject", False, "reject"),
+        (False, False, "reject", False, "reject"),
+        # A candidate identical to the champion: a pass (forced or not) has nothing new to register.
+        (True, True, "optimize", True, "identical"),
+        (True, True, "reject", True, "identical"),
+        (True, False, "optimize", True, "skip_deploy"),
+        (False, True, "optimize", True, "optimize"),
+        (False, True, "reject", True, "reject"),
     ],
 )
-def test_route_covers_every_outcome(passed: bool, deploying: bool, on_fail: str, expected: str) -> None:
-    assert gate_lib.route(passed, deploying=deploying, on_fail=on_fail) == expected
+def test_route_covers_every_outcome(
+    passed: bool, deploying: bool, on_fail: str, identical: bool, expected: str
+) -> None:
+    assert gate_lib.route(passed, deploying=deploying, on_fail=on_fail, identical=identical) == expected
     assert expected in gate_lib.ROUTES
 
 

@@ -13,6 +13,7 @@ import pytest
 from ml_fixtures import make_snapshot
 
 from include.mlops.config import find_model_config, load_model_config
+from include.mlops.registry.fingerprint import trained_fingerprint
 from include.mlops.training.datasets import load_split, split_validation
 from include.mlops.training.errors import ModelingError
 from include.mlops.training.modeling import import_builder, resolve_hparams
@@ -75,7 +76,7 @@ def test_only_train_rows_are_used(diabetes_snapshot: Path, trained: dict) -> Non
 
 
 @pytest.mark.slow
-def test_result_history_and_tensorboard(trained: dict) -> None:
+def test_result_history_and_tensorboard(trained: dict, diabetes_snapshot: Path) -> None:
     out = Path(trained["model_uri"]).parent
     assert set(trained) >= {
         "model_uri",
@@ -86,8 +87,11 @@ def test_result_history_and_tensorboard(trained: dict) -> None:
         "val_rows",
         "val_loss",
         "samples_per_second",
+        "fingerprint",
     }
     assert trained["hparams"] == {"epochs": 4, "batch_size": 32, "learning_rate": 0.001, "patience": 2}
+    # What made the model, for the gate's "identical to the champion" check and the version's lineage.
+    assert trained["fingerprint"] == trained_fingerprint(DIABETES, diabetes_snapshot, resolve_hparams(DIABETES, FAST))
     assert 1 <= trained["epochs_run"] <= 4
     assert trained["replicas"] == replica_count() >= 1
     assert trained["samples_per_second"] > 0

@@ -22,6 +22,7 @@ from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.evaluation.plot import evaluation_plot
 from include.mlops.evaluation.reports import render
+from include.mlops.registry.fingerprint import version_fingerprint
 from include.mlops.registry.serving_artifact import (
     SAVED_MODEL,
     TFLITE,
@@ -263,6 +264,8 @@ def _score_champion(
         "metrics": champion_metrics,
         "model_uri": str(champion_uri),
         "measured_artifact": {"format": served.format, "path": str(served.path), "sha256": served.sha256},
+        # What made the champion, for the gate's "identical to the champion" check (None before fingerprints).
+        "fingerprint": version_fingerprint(champion_uri),
     }
     log.info(
         "evaluate %s: champion %s %s",
@@ -350,7 +353,11 @@ def evaluate(
         {
             "metrics": metrics,
             "measured_artifact": measured,
-            "champion": {"version": champion_version, "metrics": champion["metrics"]} if champion else None,
+            "champion": (
+                {"version": champion_version, "metrics": champion["metrics"], "fingerprint": champion["fingerprint"]}
+                if champion
+                else None
+            ),
             "champion_unavailable": champion_unavailable,
             "champion_unscored": champion_unscored,
             "report_uri": str(out / "report.html"),

@@ -10,27 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from include.mlops import artifacts
-from include.mlops.config import BUDGET_METRICS, METRICS, PROJECT_ROOT, ModelConfig
+from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.data.snapshot import MANIFEST_FILE
 from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.evaluation.gate import GateDecision
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
 from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE, Registry
+from include.mlops.registry.fingerprint import code_version
 from include.mlops.registry.model_card import model_card
 from include.mlops.registry.protocol import ModelRegistry
 from include.mlops.registry.serving_artifact import SAVED_MODEL, TFLITE, artifact_sha256
 from include.mlops.training.modeling import check_outputs, load_split
 
 log = logging.getLogger(__name__)
-
-CODE_VERSION_ENV = "MLOPS_CODE_VERSION"
 
 # What register copies from the run folders into assets.extra/evidence/<stage>/.
 METRICS_NAME = "metrics.json"
@@ -52,20 +50,6 @@ class CandidateModelError(RegisterError):
 
 class MeasuredArtifactError(CandidateModelError):
     """The files to register are not the ones the evaluation measured (the gate judged other bytes)."""
-
-
-def code_version() -> str:
-    """``$MLOPS_CODE_VERSION`` (set in images built without .git), else ``git rev-parse HEAD``, else "unknown"."""
-    if os.environ.get(CODE_VERSION_ENV):
-        return os.environ[CODE_VERSION_ENV]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = result.stdout.strip()
-    return sha if result.returncode == 0 and sha else "unknown"
 
 
 def check_serving_signature(config: ModelConfig, model_uri: str | os.PathLike[str]) -> dict[str, Any]:
@@ -211,8 +195,10 @@ def register_model(
 
     ``lineage`` needs ``dag_id`` and ``run_id`` and should carry
     ``data_interval_start``/``data_interval_end``, ``created_at`` (the run's
-    logical time, never now()), ``try_number``, ``data_uri``, ``data_sha256``
-    and ``gate_uri`` (the gate task's decision.json); a missing
+    logical time, never now()), ``try_number``, ``data_uri``, ``data_sha256``,
+    ``gate_uri`` (the gate task's decision.json) and ``candidate_fingerprint``
+    (:mod:`include.mlops.registry.fingerprint`, which a later gate compares
+    its candidate with); a missing
     ``code_version`` is filled from git, and a missing ``data_sha256`` from
     ``<data_uri>/data.parquet``.  A candidate the gate rejected is refused
     unless the decision records an override.

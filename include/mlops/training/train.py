@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.artifacts import atomic_write_json, step_output, to_jsonable
 from include.mlops.config import ModelConfig
+from include.mlops.registry.fingerprint import trained_fingerprint
 from include.mlops.training.datasets import Dataset, load_split, split_validation, training_stats
 from include.mlops.training.modeling import build_model, resolve_hparams, set_seeds, training_objective
 from include.mlops.training.savedmodel import CONTRACT_CHECK_ROWS, check_outputs, export_saved_model
@@ -214,9 +215,12 @@ def train(
 
     ``overrides`` may set ``epochs``, ``batch_size``, ``learning_rate`` and
     ``patience``.  Writes ``<out>/model`` (SavedModel), ``<out>/history.json``
-    and ``<out>/tensorboard/``; a failure leaves ``out`` as it was.
+    and ``<out>/tensorboard/``; a failure leaves ``out`` as it was.  The
+    result's ``fingerprint`` identifies what made the model (data, config,
+    hyperparameters, seed, code): see :mod:`include.mlops.registry.fingerprint`.
     """
     hparams = resolve_hparams(config, overrides)
+    fingerprint = trained_fingerprint(config, data_uri, hparams)
     out = Path(out).resolve()
     data = load_split(config, data_uri, "train")
     fit_data, val_data = split_validation(data, config.train.validation_fraction)
@@ -238,5 +242,6 @@ def train(
             "val_rows": len(val_data),
             "val_loss": run.val_loss,
             "samples_per_second": round(run.samples_per_second, 1),
+            "fingerprint": fingerprint,
         }
     )
