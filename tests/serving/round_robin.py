@@ -41,12 +41,21 @@ def round_robin(backends: Sequence[str]) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
-    thread = threading.Thread(target=server.serve_forever, name="round-robin", daemon=True)
+    try:
+        with http_server(Relay, "round-robin") as url:
+            yield url
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler], name: str) -> Iterator[str]:
+    """Run ``handler`` on a free loopback port in a thread; the block gets the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
-        client.close()

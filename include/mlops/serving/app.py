@@ -20,7 +20,9 @@ stall status requests or other clients.
 A request that names no version and no label is answered by the ``stable``
 label's version while the model has one (see ``ServingState.resolve``); with
 ``behaviour="tfserving"`` by the highest loaded version, as TF Serving does (see
-:mod:`include.mlops.serving.tfserving_mode` for everything that mode changes).
+:mod:`include.mlops.serving.tfserving_mode` for everything that mode changes).  Requests addressed to
+``stable`` may be answered by ``canary`` instead, by the weight in ``route.json``
+(:mod:`include.mlops.serving.route`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.mlops.serving import classify
 from include.mlops.serving.errors import HTTP_STATUS, HttpError, PayloadTooLarge, model_error, parse_version
-from include.mlops.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, ServingMetrics
+from include.mlops.serving.metrics import CONTENT_TYPE, METRICS_PATH, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
     DEFAULT_BEHAVIOUR,
     LoadedVersion,
@@ -53,14 +55,13 @@ from include.mlops.serving.models import (
 )
 from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
+from include.mlops.serving.route import Routed, count_rows, counted, route
 from include.mlops.serving.tfserving_mode import create_model_manager
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
-
-METRICS_PATH = "/monitoring/prometheus/metrics"
 
 # TF Serving's kPredictionApiGegex / kModelStatusApiRegex (http_rest_api_util.cc).
 PREDICT_PATH = re.compile(
@@ -178,11 +179,13 @@ class ModelServer:
 
     async def predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
-        loaded = state.resolve(name, version, label)
-        return await run_in_threadpool(self._predict_blocking, loaded, label, body)
+        routed = route(state, name, version, label)
+        with counted(self.metrics, routed):
+            return await run_in_threadpool(self._predict_blocking, routed, label, body)
 
-    def _predict_blocking(self, loaded: LoadedVersion, label: str | None, body: bytes) -> bytes:
+    def _predict_blocking(self, routed: Routed, label: str | None, body: bytes) -> bytes:
         """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
+        loaded = routed.loaded
         signature, feeds, columnar = parse_predict_request(body, loaded)
         first = next(iter(feeds.values()))
         rows = first.shape[0] if first.ndim else 1
@@ -200,7 +203,9 @@ class ModelServer:
             and output.dtype.kind in "iufb"
         ):
             self.predlog.offer(loaded.name, loaded.version, first, output, label=label)
-        return format_predict_response(outputs, loaded.outputs[signature], columnar)
+        response = format_predict_response(outputs, loaded.outputs[signature], columnar)
+        count_rows(self.metrics, routed, output)
+        return response
 
     def _run(
         self, loaded: LoadedVersion, api: str, signature: str, feeds: Mapping[str, np.ndarray], rows: int
@@ -220,8 +225,9 @@ class ModelServer:
     async def classify_or_regress(
         self, method: str, name: str, version: int | None, label: str | None, body: bytes
     ) -> bytes:
-        loaded = self.models.state.resolve(name, version, label)
-        return await run_in_threadpool(self._classify_or_regress_blocking, method, loaded, body)
+        routed = route(self.models.state, name, version, label)
+        with counted(self.metrics, routed):
+            return await run_in_threadpool(self._classify_or_regress_blocking, method, routed.loaded, body)
 
     def _classify_or_regress_blocking(self, method: str, loaded: LoadedVersion, body: bytes) -> bytes:
         import numpy as np

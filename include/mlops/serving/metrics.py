@@ -17,9 +17,10 @@ TF Serving's exporter writes them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -44,7 +45,7 @@ ROUTE_REQUESTS = "mlops_route_requests_total"  # counter {model_name, track, sta
 ROUTE_LATENCY = "mlops_route_request_latency_us"  # histogram {model_name, track}, TF Serving's buckets
 ROUTE_PREDICTION_VALUE_SUM = "mlops_route_prediction_value_sum"  # counter {model_name, track}: sum of row outputs
 ROUTE_PREDICTION_VALUE_SQUARES = "mlops_route_prediction_value_squares"  # counter: sum of squared row outputs
-ROUTE_PREDICTION_ROWS = "mlops_route_prediction_rows_total"  # counter {model_name, track}: rows with finite outputs
+ROUTE_PREDICTION_ROWS = "mlops_route_prediction_rows_total"  # counter {model_name, track}: rows in the two sums
 ROUTE_PREDICTED_CLASS = "mlops_route_predicted_class_total"  # counter {model_name, track, class}: argmax per row
 ROUTE_NONFINITE_ROWS = "mlops_route_nonfinite_rows_total"  # counter {model_name, track}: rows with a NaN or inf
 CANARY_WEIGHT = "mlops_canary_weight"  # gauge {model_name}: the percent of stable-addressed requests sent to canary
@@ -57,9 +58,18 @@ UNKNOWN_MODEL = "<unknown>"
 INITIAL_STATUSES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "INTERNAL")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 # TF Serving: monitoring::Buckets::Exponential(10, 1.8, 33), in microseconds.
 LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10 * 1.8**i for i in range(33))
+
+# The route's per-row series of a successful predict, by (model_name, track).
+_ROUTE_ROW_SERIES = {
+    ROUTE_PREDICTION_VALUE_SUM: "Sum of the single-value outputs of finite rows, by track.",
+    ROUTE_PREDICTION_VALUE_SQUARES: "Sum of the squares of those outputs, by track.",
+    ROUTE_PREDICTION_ROWS: "Rows with one finite output value (the rows in the two sums), by track.",
+    ROUTE_NONFINITE_ROWS: "Rows whose output has a NaN or an infinity, by track.",
+}
 
 _COUNTER_HEADER = re.compile(rb"^# (HELP|TYPE) (\S+)_total( .*)$", re.MULTILINE)
 
@@ -83,6 +93,17 @@ class _Histogram:
         self.count += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class RowSummary:
+    """What the rows of one answer add to the route's prediction series (see ``record_route_rows``)."""
+
+    rows: int = 0  # rows with one finite value each, summed into value_sum and squares
+    value_sum: float = 0.0
+    squares: float = 0.0
+    classes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # argmax -> rows, for multi-value rows
+    nonfinite: int = 0  # rows with a NaN or an infinity, in neither of the above
+
+
 def _format_limit(limit: float) -> str:
     # TF Serving prints limits with absl::StrCat (up to 6 significant digits).
     return f"{limit:.6g}"
@@ -102,6 +123,12 @@ class ServingMetrics(Collector):
         self._log_rows: dict[tuple[str, str], int] = {}
         self._served_artifacts: frozenset[tuple[str, str, str, str]] = frozenset()
         self._served_versions: dict[tuple[str, str], int] = {}
+        # The canary route's series, by (model_name, track[, status or class]).
+        self._route_requests: dict[tuple[str, str, str], int] = {}
+        self._route_latency: dict[tuple[str, ...], _Histogram] = {}
+        self._route_rows: dict[str, dict[tuple[str, str], float]] = {name: {} for name in _ROUTE_ROW_SERIES}
+        self._route_classes: dict[tuple[str, str, str], int] = {}
+        self._canary_weights: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -162,6 +189,48 @@ class ServingMetrics(Collector):
         """
         with self._lock:
             self._served_versions = {(name, label): int(version) for name, label, version in labels}
+
+    # ------------------------------------------------------------------ the canary route, per track
+
+    def record_route_request(self, model_name: str, track: str, status: str, micros: float | None = None) -> None:
+        """A request answered on ``track``; ``micros`` (its latency) is given when it succeeded."""
+        with self._lock:
+            key = (model_name, track, status)
+            self._route_requests[key] = self._route_requests.get(key, 0) + 1
+            if micros is not None:
+                self._route_latency.setdefault((model_name, track), _Histogram()).observe(micros)
+
+    def record_route_rows(self, model_name: str, track: str, summary: RowSummary) -> None:
+        """The output rows of a successful predict answered on ``track``."""
+        with self._lock:
+            key = (model_name, track)
+            for name, amount in (
+                (ROUTE_PREDICTION_VALUE_SUM, summary.value_sum),
+                (ROUTE_PREDICTION_VALUE_SQUARES, summary.squares),
+                (ROUTE_PREDICTION_ROWS, summary.rows),
+                (ROUTE_NONFINITE_ROWS, summary.nonfinite),
+            ):
+                series = self._route_rows[name]
+                series[key] = series.get(key, 0) + amount
+            for label, count in summary.classes.items():
+                class_key = (model_name, track, label)
+                self._route_classes[class_key] = self._route_classes.get(class_key, 0) + count
+
+    def init_routes(self, model_names: Iterable[str], tracks: Sequence[str]) -> None:
+        """Start each model's route series at zero on every track (requests per :data:`INITIAL_STATUSES`)."""
+        with self._lock:
+            for name in model_names:
+                for track in tracks:
+                    for status in INITIAL_STATUSES:
+                        self._route_requests.setdefault((name, track, status), 0)
+                    self._route_latency.setdefault((name, track), _Histogram())
+                    for series in self._route_rows.values():
+                        series.setdefault((name, track), 0)
+
+    def set_canary_weights(self, weights: Mapping[str, int]) -> None:
+        """Replace the weights the route applies, by served model (a whole replacement, as served versions)."""
+        with self._lock:
+            self._canary_weights = dict(weights)
 
     # ------------------------------------------------------------------ exposition
 
@@ -224,13 +293,36 @@ class ServingMetrics(Collector):
             for (name, label), version in sorted(self._served_versions.items()):
                 served.add_sample(SERVED_VERSION, {"model_name": name, "label": label}, float(version))
             yield served
+            yield from self._route_families()
+
+    def _route_families(self) -> Iterator[Metric]:
+        """The canary route's families (called by :meth:`collect`, which holds the lock)."""
+        labels = ("model_name", "track")
+        yield _counter(
+            ROUTE_REQUESTS, "Requests the canary route answered, by track.", (*labels, "status"), self._route_requests
+        )
+        yield _histogram(
+            ROUTE_LATENCY, "Wall time (in microseconds) of successful requests, by track.", labels, self._route_latency
+        )
+        for name, doc in _ROUTE_ROW_SERIES.items():
+            yield _counter(name, doc, labels, self._route_rows[name])
+        yield _counter(
+            ROUTE_PREDICTED_CLASS,
+            "Rows by the argmax of a multi-value output, by track.",
+            (*labels, "class"),
+            self._route_classes,
+        )
+        weight = Metric(CANARY_WEIGHT, "The percent of stable-addressed requests the route sends to canary.", "gauge")
+        for name, value in sorted(self._canary_weights.items()):
+            weight.add_sample(CANARY_WEIGHT, {"model_name": name}, float(value))
+        yield weight
 
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4), with TF Serving's counter names in the headers."""
         return _COUNTER_HEADER.sub(rb"# \1 \2\3", generate_latest(self.registry))
 
 
-def _counter(name: str, doc: str, labels: Sequence[str], values: dict[tuple[str, ...], int]) -> Metric:
+def _counter(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float]) -> Metric:
     metric = Metric(name, doc, "counter")
     for key, value in sorted(values.items()):
         metric.add_sample(name, dict(zip(labels, key, strict=True)), float(value))
@@ -238,7 +330,7 @@ def _counter(name: str, doc: str, labels: Sequence[str], values: dict[tuple[str,
 
 
 def _histogram(
-    name: str, doc: str, labels: Sequence[str], values: dict[tuple[str, str, str], _Histogram]
+    name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], _Histogram]
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=list(labels))
     for key, hist in sorted(values.items()):

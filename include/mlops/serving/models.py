@@ -33,6 +33,7 @@ from typing import Any
 
 from include.mlops.registry.filesystem import CorruptVersionError, Registry
 from include.mlops.registry.protocol import ModelRegistry
+from include.mlops.serving.canary_weights import CANARY, TRACKS, CanaryRoute, RouteWeights, applied_weights
 from include.mlops.serving.loaders import LoadedVersion, TensorSpecInfo, load_version
 from include.mlops.serving.metrics import ServingMetrics
 
@@ -112,6 +113,8 @@ class ServingState:
     # TF Serving's status API reads only a version from the request (GetModelStatusImpl), so a label there
     # is ignored and every version is listed.
     status_ignores_labels: bool = False
+    # The canary routes that apply, by model (include.mlops.serving.route reads them per request).
+    routes: Mapping[str, CanaryRoute] = dataclasses.field(default_factory=dict)
 
     def model(self, name: str) -> ModelState:
         model = self.models.get(name)
@@ -188,6 +191,7 @@ class ModelManager:
         self._seen: tuple[Any, ...] | None = None
         # Versions that failed to load, by (name, version): not retried until the config changes.
         self._failed: dict[tuple[str, int], VersionStatus] = {}
+        self._route_weights = RouteWeights(self.registry.model_dir)
 
     @property
     def state(self) -> ServingState:
@@ -210,10 +214,17 @@ class ModelManager:
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             try:
+                self.refresh_routes()
                 if self._fingerprint() != self._seen:
                     self.reload()
             except Exception:  # keep polling: a broken config must not stop later fixes from loading
                 log.exception("Reloading %s failed; still serving the previous models", self.registry.config_path)
+
+    def refresh_routes(self) -> None:
+        """Re-read the models' route.json (every poll); publish the state again when a weight changed."""
+        with self._reload_lock:
+            if self._route_weights.changed(self._state.models):
+                self._publish(self._state)
 
     def _fingerprint(self) -> tuple[Any, ...]:
         """What a reload depends on: the config file's identity and, for non-specific policies, the versions on disk."""
@@ -248,9 +259,12 @@ class ModelManager:
             return self._state
 
     def _publish(self, state: ServingState) -> None:
-        """Serve ``state`` from now on (one assignment) and bring the metrics in line with it."""
+        """Serve ``state`` (with the canary routes of route.json now) from now on and bring the metrics in line."""
+        state = dataclasses.replace(state, routes=self._route_weights.routes(state.models))
         current, self._state = self._state, state
         models = state.models
+        self.metrics.set_canary_weights(applied_weights(models, state.routes))
+        self.metrics.init_routes((name for name, model in models.items() if CANARY in model.labels), TRACKS)
         self.metrics.set_served_artifacts(
             (name, loaded.version, loaded.artifact.format, loaded.sha256)
             for name, model in models.items()

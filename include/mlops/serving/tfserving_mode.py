@@ -144,6 +144,7 @@ class TFServingModelManager(ModelManager):
                 next_listing = now + self.file_system_poll_seconds
             try:
                 if read_config:
+                    self.refresh_routes()
                     self.reload()
                 else:
                     self.rescan()
