@@ -1,6 +1,7 @@
 """Progressive delivery in the lifecycle DAG, when the model config has a ``deploy.canary`` block.
 
     register -> deploy_canary (setup) -> canary_analysis -> [approve_canary] -> promote -> end_canary (teardown)
+             -> canary_outcome
 
 - ``deploy_canary``: the deploy step for label ``canary`` (infra validation,
   journaled move, verified through the server).
@@ -21,6 +22,7 @@
   tasks between ended (failed, skipped, rejected): it closes the route
   (weight 0, applied by the server) and then removes the ``canary`` label
   (the undeploy step).  ``stable`` is untouched unless ``promote`` moved it.
+- ``canary_outcome``: the run's verdict (:class:`CanaryOutcomeOperator`).
 
 Every label move is in the model's audit log with the reason: the gate, the
 analysis summary, the approver, or why the canary ended.
@@ -51,6 +53,8 @@ ANALYSIS_TASK_ID = "canary_analysis"
 APPROVAL_TASK_ID = "approve_canary"
 PROMOTE_TASK_ID = "promote"
 DEPLOY_CANARY_TASK_ID = "deploy_canary"
+END_TASK_ID = "end_canary"
+OUTCOME_TASK_ID = "canary_outcome"
 CANARY_LABEL = "canary"
 
 
@@ -243,7 +247,7 @@ def _canary_kwargs(canary: CanaryConfig) -> dict[str, Any]:
 
 def approval_operator(config: ModelConfig) -> BaseOperator:
     """The human check before promote: Approve or Reject, Reject when nobody answers in time."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from mlops_airflow.canary_approval import CanaryApprovalOperator as ApprovalOperator
 
     canary = config.deploy.canary
     assert canary is not None
@@ -267,13 +271,48 @@ def end_reason(context: Context) -> str:
     analysis = ti.xcom_pull(task_ids=ANALYSIS_TASK_ID, key="analysis")
     if isinstance(analysis, Mapping) and analysis.get("action") == "abort":
         return f"canary rolled back: analysis aborted it ({analysis.get('summary')})"
-    approval = ti.xcom_pull(task_ids=APPROVAL_TASK_ID)
+    approval = ti.xcom_pull(task_ids=APPROVAL_TASK_ID, key="decision")
     if isinstance(approval, Mapping) and approval.get("chosen_options"):
         who = approval.get("responded_by_user") or "nobody (timed out, default Reject)"
         if isinstance(who, Mapping):
             who = who.get("name") or who.get("id")
         return f"canary rolled back: promotion {approval['chosen_options'][0]} by {who}"
     return "canary rolled back: the run ended before promotion (a failed or stopped task)"
+
+
+class CanaryOutcomeOperator(BaseOperator):
+    """The run's verdict on the canary, after ``end_canary``: what happened, and a failure when it went wrong.
+
+    The run's state follows it: a promotion or a person's rejection succeeds;
+    an aborted analysis, a canary that was not deployed or could not be
+    removed, or a promotion that failed, fails the run with the reason.
+    """
+
+    ui_color = "#e6f0ff"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(trigger_rule="all_done", **kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        deployed = ti.xcom_pull(task_ids=DEPLOY_CANARY_TASK_ID)
+        if not isinstance(deployed, Mapping):
+            raise AirflowFailException(
+                f"the canary was not deployed (see {DEPLOY_CANARY_TASK_ID}); stable is untouched"
+            )
+        if deployed.get("label") != CANARY_LABEL:
+            return {"outcome": "first_version", "version": deployed.get("version"),
+                    "said": f"version {deployed.get('version')} is the first stable version (no canary)"}  # fmt: skip
+        ended = ti.xcom_pull(task_ids=END_TASK_ID)
+        if not isinstance(ended, Mapping):
+            raise AirflowFailException(f"the canary label may still be set: {END_TASK_ID} did not finish; rerun it")
+        reason = end_reason(context)
+        log.info("%s", reason)
+        if reason.startswith("canary promoted"):
+            return {"outcome": "promoted", "version": deployed.get("version"), "said": reason}
+        if "promotion Reject" in reason:
+            return {"outcome": "rejected", "version": deployed.get("version"), "said": reason}
+        raise AirflowFailException(reason)
 
 
 def end_canary_arguments(config: ModelConfig, context: Context) -> dict[str, Any]:
@@ -293,7 +332,7 @@ def end_canary_arguments(config: ModelConfig, context: Context) -> dict[str, Any
 def promote_reason(context: Context) -> str:
     analysis = context["ti"].xcom_pull(task_ids=ANALYSIS_TASK_ID, key="analysis") or {}
     reason = f"canary analysis passed ({analysis.get('summary', 'no summary')})"
-    approval = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID)
+    approval = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID, key="decision")
     if isinstance(approval, Mapping) and approval.get("chosen_options"):
         who = approval.get("responded_by_user")
         if isinstance(who, Mapping):
@@ -328,7 +367,7 @@ def canary_delivery(config: ModelConfig, register: BaseOperator, step: Any) -> N
         pool_slots=1,
     )
     end = step(
-        "end_canary",
+        END_TASK_ID,
         "undeploy",
         resolve_arguments=lambda c: end_canary_arguments(config, c),
         pool=DEPLOY_POOL,
@@ -340,3 +379,4 @@ def canary_delivery(config: ModelConfig, register: BaseOperator, step: Any) -> N
     else:
         analysis >> promote
     promote >> end.as_teardown(setups=deploy_canary, on_failure_fail_dagrun=True)
+    end >> CanaryOutcomeOperator(task_id=OUTCOME_TASK_ID)

@@ -35,6 +35,9 @@ def test_the_canary_tasks_follow_register_and_end_in_a_teardown() -> None:
     assert tasks["deploy_canary"].downstream_task_ids == {"canary_analysis", "end_canary"}
     assert tasks["canary_analysis"].downstream_task_ids == {"promote"}
     assert tasks["promote"].downstream_task_ids == {"end_canary"}
+    # The run's verdict comes last and runs whatever ended before it.
+    assert tasks["end_canary"].downstream_task_ids == {"canary_outcome"}
+    assert tasks["canary_outcome"].trigger_rule == "all_done"
     assert tasks["deploy_canary"].is_setup and tasks["end_canary"].is_teardown
     # A canary left behind must fail the run: the teardown's failure counts.
     assert tasks["end_canary"].on_failure_fail_dagrun
@@ -92,11 +95,16 @@ def context(**xcoms: Any) -> dict[str, Any]:
             "canary rolled back: analysis aborted it (aborted after 2 checks)",
         ),
         (
-            {"approve_canary": {"chosen_options": ["Reject"], "responded_by_user": {"id": "1", "name": "bo"}}},
+            {
+                "approve_canary__decision": {
+                    "chosen_options": ["Reject"],
+                    "responded_by_user": {"id": "1", "name": "bo"},
+                }
+            },
             "canary rolled back: promotion Reject by bo",
         ),
         (
-            {"approve_canary": {"chosen_options": ["Reject"], "responded_by_user": None}},
+            {"approve_canary__decision": {"chosen_options": ["Reject"], "responded_by_user": None}},
             "canary rolled back: promotion Reject by nobody (timed out, default Reject)",
         ),
         ({}, "canary rolled back: the run ended before promotion (a failed or stopped task)"),
@@ -110,7 +118,7 @@ def test_promote_names_the_analysis_and_the_approver() -> None:
     reason = promote_reason(
         context(
             canary_analysis__analysis={"summary": "passed every step after 2 checks"},
-            approve_canary={"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "cy"}},
+            approve_canary__decision={"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "cy"}},
         )
     )
     assert reason == "canary analysis passed (passed every step after 2 checks); approved by cy"
