@@ -10,6 +10,7 @@ CRD cannot pass unread.  A request is then routed through the rendered route as 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ import yaml
 from tooling import require_executable
 
 from include.mlops.serving.app import PREDICT_PATH
+from include.mlops.serving.request_logger import build_parser
 from mlops_airflow.canary_route import (
     CANARY_SERVICE,
     GROUP,
@@ -313,8 +315,10 @@ def test_a_stable_addressed_prediction_reaches_the_canary_as_a_canary_request(ob
 
 def test_two_deployments_of_the_same_server_that_never_select_each_other(objects: list[Obj]) -> None:
     stable, canary = one(objects, "Deployment", STABLE_SERVICE), one(objects, "Deployment", CANARY_SERVICE)
-    pod = {k: v for k, v in stable["spec"]["template"]["spec"].items()}
-    assert canary["spec"]["template"]["spec"] == pod, "the canary must be the stable server (image, args, security)"
+    pod = copy.deepcopy(stable["spec"]["template"]["spec"])
+    canary_pod = copy.deepcopy(canary["spec"]["template"]["spec"])
+    logger_container(canary_pod)["args"].remove("--track=canary")  # the one difference (next test)
+    assert canary_pod == pod, "the canary must be the stable server (image, args, security)"
     assert "replicas" not in stable["spec"] and canary["spec"]["replicas"] == 1
     stable_pods = stable["spec"]["template"]["metadata"]["labels"]
     canary_pods = canary["spec"]["template"]["metadata"]["labels"]
@@ -333,6 +337,21 @@ def test_two_deployments_of_the_same_server_that_never_select_each_other(objects
     (pdb,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     assert selects(pdb["spec"]["selector"]["matchLabels"], stable_pods)
     assert not selects(pdb["spec"]["selector"]["matchLabels"], canary_pods)
+
+
+def logger_container(pod: Obj) -> Obj:
+    (container,) = [c for c in pod["containers"] if c["name"] == "request-logger"]
+    return container
+
+
+def test_each_request_logger_counts_its_own_track(objects: list[Obj]) -> None:
+    """The route series' track of an unlabeled request is the pod's: canary for the canary Deployment only."""
+    tracks = {}
+    for name in (STABLE_SERVICE, CANARY_SERVICE):
+        container = logger_container(one(objects, "Deployment", name)["spec"]["template"]["spec"])
+        assert container["command"][-1] == "include.mlops.serving.request_logger"
+        tracks[name] = build_parser().parse_args(container["args"]).track
+    assert tracks == {STABLE_SERVICE: "stable", CANARY_SERVICE: "canary"}
 
 
 def test_canary_pods_are_admitted_like_the_stable_ones(objects: list[Obj]) -> None:

@@ -30,9 +30,20 @@ import pytest
 from include.mlops.monitoring.drift import read_window
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
+from include.mlops.serving.metrics import (
+    METRICS_PATH,
+    ROUTE_LATENCY,
+    ROUTE_NONFINITE_ROWS,
+    ROUTE_PREDICTION_ROWS,
+    ROUTE_PREDICTION_VALUE_SQUARES,
+    ROUTE_PREDICTION_VALUE_SUM,
+    ROUTE_REQUESTS,
+    UNKNOWN_MODEL,
+)
 from include.mlops.serving.models import TFSERVING_BEHAVIOUR
 from include.mlops.serving.predlog import read_prediction_log
 from include.mlops.serving.proxy_log import decode_body, rows_of
+from include.mlops.serving.proxy_metrics import merged_exposition
 from include.mlops.serving.request_logger import LoggerSettings, create_app, create_request_log
 from tests.serving.conftest import (
     MODEL,
@@ -303,3 +314,224 @@ def test_the_drift_step_reads_the_proxys_log_as_the_servers(stack: Stack) -> Non
     assert by_proxy == by_server and len(by_proxy) == 12
     assert {v for v, _ in by_proxy} == {1, 2, 3}
     assert windows[0].problems == windows[1].problems == []
+
+
+# --------------------------------------------------------------------------- the route series, per track
+#
+# Two request loggers in front of one local server as TF Serving, as the two Deployments of serving/canary read
+# one models.config: the stable pod's (--track stable, the default) and the canary pod's (--track canary), whose
+# requests the gateway has rewritten to labels/canary.  Version 1 (stable) answers sum(x); version 2 (canary)
+# answers the same except NaN for rows whose first feature is above NAN_ABOVE.
+
+NAN_ABOVE = 1000.0
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass
+class Pair:
+    upstream: RunningServer
+    stable_url: str
+    canary_url: str
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, saved_models: dict[float, Path]) -> Iterator[Pair]:
+    from tests.model_factory import make_misbehaving_model
+
+    base = tmp_path_factory.mktemp("request-logger-tracks")
+    registry = Registry(base / "artifacts" / "models")
+    register(registry, saved_models[1.0], run="stable")
+    register(registry, make_misbehaving_model(base / "nan", N_FEATURES, fault="nan", threshold=NAN_ABOVE), run="nan")
+    registry.set_label(MODEL, "stable", 1)
+    registry.set_label(MODEL, "canary", 2)
+    settings = ServerSettings(registry_root=registry.root, predlog_root=base / "server-log", predlog_sample_rate=0.0)
+    with serve_as_configured(behaviour_settings(settings, TFSERVING_BEHAVIOUR)) as upstream:
+        with (
+            run_proxy(upstream.url, base / "stable-log") as stable,
+            run_proxy(upstream.url, base / "canary-log", "--track", "canary") as canary,
+        ):
+            yield Pair(upstream, stable, canary)
+
+
+def scrape(url: str) -> Series:
+    """The logger's metrics page as one exposition: every family once, every sample by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = httpx.get(f"{url}{METRICS_PATH}", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    families = list(text_string_to_metric_families(page.text))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names)), f"a family appears twice: {sorted(n for n in names if names.count(n) > 1)}"
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}
+
+
+def value(series: Series, name: str, track: str, model: str = MODEL, **labels: str) -> float:
+    key = frozenset({"model_name": model, "track": track, **labels}.items())
+    # prometheus_client's parser names a counter's samples <name>_total even where the page does not.
+    return series.get((name, key), series.get((f"{name}_total", key), 0.0))
+
+
+def send(url: str, address: str, batches: list[list[list[float]]], model: str = MODEL) -> list[int]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return [client.post(f"/v1/models/{model}{address}:predict", json={"instances": b}).status_code for b in batches]
+
+
+@dataclass
+class Expected:
+    """What one track of one logger should add: requests by status, and the rows of the answers."""
+
+    statuses: dict[str, int] = dataclasses.field(default_factory=dict)
+    outputs: list[float] = dataclasses.field(default_factory=list)  # finite single-value outputs
+    nonfinite: int = 0
+
+    def add(self, status: str, batches: list[list[list[float]]], nan_above: float | None = None) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + len(batches)
+        if status != "OK":
+            return
+        for row in (r for b in batches for r in b):
+            if nan_above is not None and row[0] > nan_above:
+                self.nonfinite += 1
+            else:
+                self.outputs.append(float(sum(row)))
+
+
+def assert_added(url: str, before: Series, expected: dict[str, Expected]) -> None:
+    """The logger's series grew by ``expected`` per track (rows are counted off the request: wait for them)."""
+    from tests.serving.conftest import wait_for
+
+    def rows_in() -> bool:
+        after = scrape(url)
+        return all(
+            value(after, ROUTE_PREDICTION_ROWS, t) - value(before, ROUTE_PREDICTION_ROWS, t) == len(e.outputs)
+            and value(after, ROUTE_NONFINITE_ROWS, t) - value(before, ROUTE_NONFINITE_ROWS, t) == e.nonfinite
+            for t, e in expected.items()
+        )
+
+    assert wait_for(rows_in, timeout=20)
+    after = scrape(url)
+    for track, e in expected.items():
+        for status in {*e.statuses, "OK", "INVALID_ARGUMENT", "NOT_FOUND"}:
+            added = value(after, ROUTE_REQUESTS, track, status=status) - value(
+                before, ROUTE_REQUESTS, track, status=status
+            )
+            assert added == e.statuses.get(status, 0), (track, status)
+        latency = f"{ROUTE_LATENCY}_count"
+        assert value(after, latency, track) - value(before, latency, track) == e.statuses.get("OK", 0), track
+        total = value(after, ROUTE_PREDICTION_VALUE_SUM, track) - value(before, ROUTE_PREDICTION_VALUE_SUM, track)
+        squares = value(after, ROUTE_PREDICTION_VALUE_SQUARES, track) - value(
+            before, ROUTE_PREDICTION_VALUE_SQUARES, track
+        )
+        assert total == pytest.approx(sum(e.outputs), rel=1e-5)
+        assert squares == pytest.approx(sum(o * o for o in e.outputs), rel=1e-5)
+
+
+def batches(count: int, n: int = 2, first: float | None = None) -> list[list[list[float]]]:
+    made = [rows(n) for _ in range(count)]
+    if first is not None:
+        for batch in made:
+            batch[0][0] = first
+    return made
+
+
+def test_the_stable_pods_logger_counts_each_request_on_the_track_its_path_names(pair: Pair) -> None:
+    before = scrape(pair.stable_url)
+    stable, canary = Expected(), Expected()
+    sent = batches(3)
+    assert send(pair.stable_url, "/labels/stable", sent) == [200] * 3
+    stable.add("OK", sent)
+    sent = batches(2, first=NAN_ABOVE + 1)  # the canary version answers NaN for these rows' first row
+    assert send(pair.stable_url, "/labels/canary", sent) == [200] * 2
+    canary.add("OK", sent, nan_above=NAN_ABOVE)
+    sent = batches(2)
+    assert send(pair.stable_url, "", sent) == [200] * 2  # unlabeled: this pod's track, stable
+    stable.add("OK", sent, nan_above=NAN_ABOVE)  # TF Serving answers from the highest version (the canary's)
+    assert send(pair.stable_url, "/versions/1", batches(2)) == [200] * 2  # a version number: not counted
+    assert send(pair.stable_url, "/labels/next", batches(1)) != [200]  # another label (unknown here): not counted
+    wrong_width = [[[1.0, 2.0]]]
+    assert send(pair.stable_url, "/labels/stable", wrong_width) == [400]
+    stable.add("INVALID_ARGUMENT", wrong_width)
+    assert_added(pair.stable_url, before, {"stable": stable, "canary": canary})
+    # A model no answer has named: its 404 is counted under <unknown>, minting no series of its own.
+    assert send(pair.stable_url, "/labels/stable", batches(1), model="nope") == [404]
+    after = scrape(pair.stable_url)
+    assert value(after, ROUTE_REQUESTS, "stable", model=UNKNOWN_MODEL, status="NOT_FOUND") >= 1
+    assert not any(dict(labels).get("model_name") == "nope" for _, labels in after)
+
+
+def test_the_canary_pods_logger_counts_unlabeled_requests_as_canary(pair: Pair) -> None:
+    before = scrape(pair.canary_url)
+    stable, canary = Expected(), Expected()
+    sent = batches(3, n=3, first=NAN_ABOVE + 5)
+    assert send(pair.canary_url, "/labels/canary", sent) == [200] * 3  # as the gateway rewrites them
+    canary.add("OK", sent, nan_above=NAN_ABOVE)
+    sent = batches(2)
+    assert send(pair.canary_url, "", sent) == [200] * 2
+    canary.add("OK", sent, nan_above=NAN_ABOVE)
+    sent = batches(1)
+    assert send(pair.canary_url, "/labels/stable", sent) == [200]  # the path's label wins over the pod's track
+    stable.add("OK", sent)
+    assert_added(pair.canary_url, before, {"stable": stable, "canary": canary})
+    assert canary.nonfinite == 3
+
+
+def test_the_metrics_page_is_tf_servings_then_the_loggers_own(pair: Pair) -> None:
+    """One exposition: TF Serving's families and the route series, each once (the local server as TF Serving
+    exports mlops_route_* too; the logger's replace them)."""
+    page = httpx.get(f"{pair.stable_url}{METRICS_PATH}", timeout=30).text
+    series = scrape(pair.stable_url)
+    assert any(name.startswith(":tensorflow:serving:request_count") for name, _ in series)
+    assert any(name == ROUTE_REQUESTS for name, _ in series)
+    assert page.index(":tensorflow:serving:request_count") < page.index(ROUTE_REQUESTS)
+    assert page.count(f"# TYPE {ROUTE_LATENCY} histogram") == 1
+
+
+def test_with_tf_serving_down_the_page_has_the_loggers_series_and_says_why(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with run_proxy(dead, tmp_path, "--track", "canary") as url:
+        assert httpx.post(f"{url}{predict_path('')}", json={"instances": rows(1)}, timeout=30).status_code == 503
+        page = httpx.get(f"{url}{METRICS_PATH}", timeout=30)
+        series = scrape(url)
+    assert page.status_code == 200
+    assert page.text.startswith("# The model server's metrics could not be read:") and dead in page.text
+    assert value(series, ROUTE_REQUESTS, "canary", status="UNAVAILABLE") == 1
+
+
+def test_merged_exposition_leaves_out_the_upstreams_route_series() -> None:
+    upstream = (
+        b"# TYPE :tensorflow:serving:request_count counter\n"
+        b':tensorflow:serving:request_count{model_name="m",status="OK"} 3\n'
+        b"# HELP mlops_route_requests_total theirs\n# TYPE mlops_route_requests_total counter\n"
+        b'mlops_route_requests_total{model_name="m",track="stable",status="OK"} 9'
+    )
+    own = b'# TYPE mlops_route_requests_total counter\nmlops_route_requests_total{model_name="m"} 1.0\n'
+    merged = merged_exposition(upstream, None, own)
+    assert merged == upstream.split(b"# HELP mlops_route")[0] + own
+
+
+@pytest.mark.slow
+def test_measure_canary_reads_both_tracks_from_a_prometheus_scraping_the_two_loggers(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """The canary analysis with TF Serving's semantics: a real Prometheus scrapes the stable and the canary pod's
+    loggers as the ServiceMonitor does, and measure_canary gets figures for both tracks (the canary's NaN rows
+    among its errors)."""
+    from prometheus_stack import prometheus_stack
+
+    from include.mlops.deploy.canary_metrics import SMD, measure_canary
+
+    targets = [url.removeprefix("http://") for url in (pair.stable_url, pair.canary_url)]
+    with prometheus_stack(tmp_path / "prometheus", model_servers=targets) as prometheus:
+        prometheus.wait_for_targets_up()
+        time.sleep(3)  # a few scrapes of the starting values
+        for _ in range(6):
+            assert send(pair.stable_url, "/labels/stable", batches(4)) == [200] * 4
+            canary = batches(2, first=NAN_ABOVE + 1) + batches(2)
+            assert send(pair.canary_url, "/labels/canary", canary) == [200] * 4
+            time.sleep(0.5)
+        time.sleep(3)
+        measured = measure_canary(prometheus.url, MODEL, weight=50, interval_s=15)
+    assert measured.unavailable is None and measured.stable is not None and measured.canary is not None
+    assert measured.stable.requests > 0 and measured.canary.requests > 0
+    assert measured.stable.errors == 0 and measured.canary.errors > 0  # the canary's NaN rows
+    assert measured.stable.p95_ms > 0 and measured.canary.p95_ms > 0
+    assert measured.distance_method == SMD and measured.distance is not None, measured.problems

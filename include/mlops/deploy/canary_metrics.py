@@ -19,8 +19,10 @@ shares) come from series of one scrape and are not changed by it.
 The distance: for one output, the standardized mean difference
 ``|mean_canary - mean_stable| / std_stable``; for a classifier, the total
 variation distance ``1/2 sum |p_canary(c) - p_stable(c)|`` between the class
-shares.  Neither series for either track (stock TF Serving exports none): not
-measured.  Prometheus not answering, or answering an error, makes the whole
+shares.  Neither series for either track (a model without a numeric output): not
+measured.  Stock TF Serving exports none of these series itself; on Kubernetes the
+request logger in front of it does (:mod:`include.mlops.serving.proxy_metrics`).
+Prometheus not answering, or answering an error, makes the whole
 check inconclusive (:attr:`Measurements.unavailable`).
 """
 

@@ -39,6 +39,24 @@ HTTP_STATUS = {
 }
 
 
+# The reverse, for an answer seen from outside (the request logger): the code an HTTP status stands for.  Where
+# several codes share a status, the one the server's INITIAL_STATUSES start at (INVALID_ARGUMENT for 400,
+# INTERNAL for 500), else the first listed above; 413 is PayloadTooLarge's RESOURCE_EXHAUSTED.
+_CODE_OF_STATUS = {
+    **{status: code for code, status in reversed(HTTP_STATUS.items())},
+    400: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    413: "RESOURCE_EXHAUSTED",
+}
+
+
+def code_for_http_status(status: int) -> str:
+    """The TF error code name an HTTP status maps to (any 2xx is ``OK``; a status TF Serving never answers, UNKNOWN)."""
+    if 200 <= status < 300:
+        return "OK"
+    return _CODE_OF_STATUS.get(status, "UNKNOWN")
+
+
 class HttpError(ServingError):
     """An error whose HTTP status is not TF Serving's mapping of its code (413, 405)."""
 

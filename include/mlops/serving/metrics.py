@@ -95,7 +95,7 @@ class _Histogram:
 
 @dataclasses.dataclass(frozen=True)
 class RowSummary:
-    """What the rows of one answer add to the route's prediction series (see ``record_route_rows``)."""
+    """What the rows of one answer add to the route's prediction series (see :meth:`RouteMetrics.record_rows`)."""
 
     rows: int = 0  # rows with one finite value each, summed into value_sum and squares
     value_sum: float = 0.0
@@ -107,6 +107,73 @@ class RowSummary:
 def _format_limit(limit: float) -> str:
     # TF Serving prints limits with absl::StrCat (up to 6 significant digits).
     return f"{limit:.6g}"
+
+
+class RouteMetrics(Collector):
+    """The canary route's series (``mlops_route_*``) by model and track: one implementation for the server
+    (:mod:`include.mlops.serving.route`) and the request logger in front of TF Serving
+    (:mod:`include.mlops.serving.proxy_metrics`).  Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # By (model_name, track[, status or class]).
+        self._requests: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[tuple[str, ...], _Histogram] = {}
+        self._rows: dict[str, dict[tuple[str, str], float]] = {name: {} for name in _ROUTE_ROW_SERIES}
+        self._classes: dict[tuple[str, str, str], int] = {}
+
+    def record_request(self, model_name: str, track: str, status: str, micros: float | None = None) -> None:
+        """A request answered on ``track``; ``micros`` (its latency) is given when it succeeded."""
+        with self._lock:
+            key = (model_name, track, status)
+            self._requests[key] = self._requests.get(key, 0) + 1
+            if micros is not None:
+                self._latency.setdefault((model_name, track), _Histogram()).observe(micros)
+
+    def record_rows(self, model_name: str, track: str, summary: RowSummary) -> None:
+        """The output rows of a successful predict answered on ``track``."""
+        with self._lock:
+            key = (model_name, track)
+            for name, amount in (
+                (ROUTE_PREDICTION_VALUE_SUM, summary.value_sum),
+                (ROUTE_PREDICTION_VALUE_SQUARES, summary.squares),
+                (ROUTE_PREDICTION_ROWS, summary.rows),
+                (ROUTE_NONFINITE_ROWS, summary.nonfinite),
+            ):
+                series = self._rows[name]
+                series[key] = series.get(key, 0) + amount
+            for label, count in summary.classes.items():
+                class_key = (model_name, track, label)
+                self._classes[class_key] = self._classes.get(class_key, 0) + count
+
+    def init(self, model_names: Iterable[str], tracks: Sequence[str]) -> None:
+        """Start each model's series at zero on every track (requests per :data:`INITIAL_STATUSES`)."""
+        with self._lock:
+            for name in model_names:
+                for track in tracks:
+                    for status in INITIAL_STATUSES:
+                        self._requests.setdefault((name, track, status), 0)
+                    self._latency.setdefault((name, track), _Histogram())
+                    for series in self._rows.values():
+                        series.setdefault((name, track), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ("model_name", "track")
+        with self._lock:
+            yield _counter(
+                ROUTE_REQUESTS, "Requests the canary route answered, by track.", (*labels, "status"), self._requests
+            )
+            yield _histogram(
+                ROUTE_LATENCY, "Wall time (in microseconds) of successful requests, by track.", labels, self._latency
+            )
+            for name, doc in _ROUTE_ROW_SERIES.items():
+                yield _counter(name, doc, labels, self._rows[name])
+            yield _counter(
+                ROUTE_PREDICTED_CLASS,
+                "Rows by the argmax of a multi-value output, by track.",
+                (*labels, "class"),
+                self._classes,
+            )
 
 
 class ServingMetrics(Collector):
@@ -123,11 +190,7 @@ class ServingMetrics(Collector):
         self._log_rows: dict[tuple[str, str], int] = {}
         self._served_artifacts: frozenset[tuple[str, str, str, str]] = frozenset()
         self._served_versions: dict[tuple[str, str], int] = {}
-        # The canary route's series, by (model_name, track[, status or class]).
-        self._route_requests: dict[tuple[str, str, str], int] = {}
-        self._route_latency: dict[tuple[str, ...], _Histogram] = {}
-        self._route_rows: dict[str, dict[tuple[str, str], float]] = {name: {} for name in _ROUTE_ROW_SERIES}
-        self._route_classes: dict[tuple[str, str, str], int] = {}
+        self.route = RouteMetrics()  # the canary route's series, per track
         self._canary_weights: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -189,43 +252,6 @@ class ServingMetrics(Collector):
         """
         with self._lock:
             self._served_versions = {(name, label): int(version) for name, label, version in labels}
-
-    # ------------------------------------------------------------------ the canary route, per track
-
-    def record_route_request(self, model_name: str, track: str, status: str, micros: float | None = None) -> None:
-        """A request answered on ``track``; ``micros`` (its latency) is given when it succeeded."""
-        with self._lock:
-            key = (model_name, track, status)
-            self._route_requests[key] = self._route_requests.get(key, 0) + 1
-            if micros is not None:
-                self._route_latency.setdefault((model_name, track), _Histogram()).observe(micros)
-
-    def record_route_rows(self, model_name: str, track: str, summary: RowSummary) -> None:
-        """The output rows of a successful predict answered on ``track``."""
-        with self._lock:
-            key = (model_name, track)
-            for name, amount in (
-                (ROUTE_PREDICTION_VALUE_SUM, summary.value_sum),
-                (ROUTE_PREDICTION_VALUE_SQUARES, summary.squares),
-                (ROUTE_PREDICTION_ROWS, summary.rows),
-                (ROUTE_NONFINITE_ROWS, summary.nonfinite),
-            ):
-                series = self._route_rows[name]
-                series[key] = series.get(key, 0) + amount
-            for label, count in summary.classes.items():
-                class_key = (model_name, track, label)
-                self._route_classes[class_key] = self._route_classes.get(class_key, 0) + count
-
-    def init_routes(self, model_names: Iterable[str], tracks: Sequence[str]) -> None:
-        """Start each model's route series at zero on every track (requests per :data:`INITIAL_STATUSES`)."""
-        with self._lock:
-            for name in model_names:
-                for track in tracks:
-                    for status in INITIAL_STATUSES:
-                        self._route_requests.setdefault((name, track, status), 0)
-                    self._route_latency.setdefault((name, track), _Histogram())
-                    for series in self._route_rows.values():
-                        series.setdefault((name, track), 0)
 
     def set_canary_weights(self, weights: Mapping[str, int]) -> None:
         """Replace the weights the route applies, by served model (a whole replacement, as served versions)."""
@@ -293,33 +319,24 @@ class ServingMetrics(Collector):
             for (name, label), version in sorted(self._served_versions.items()):
                 served.add_sample(SERVED_VERSION, {"model_name": name, "label": label}, float(version))
             yield served
-            yield from self._route_families()
+            yield from self.route.collect()
+            yield self._weight_family()
 
-    def _route_families(self) -> Iterator[Metric]:
-        """The canary route's families (called by :meth:`collect`, which holds the lock)."""
-        labels = ("model_name", "track")
-        yield _counter(
-            ROUTE_REQUESTS, "Requests the canary route answered, by track.", (*labels, "status"), self._route_requests
-        )
-        yield _histogram(
-            ROUTE_LATENCY, "Wall time (in microseconds) of successful requests, by track.", labels, self._route_latency
-        )
-        for name, doc in _ROUTE_ROW_SERIES.items():
-            yield _counter(name, doc, labels, self._route_rows[name])
-        yield _counter(
-            ROUTE_PREDICTED_CLASS,
-            "Rows by the argmax of a multi-value output, by track.",
-            (*labels, "class"),
-            self._route_classes,
-        )
+    def _weight_family(self) -> Metric:
+        """The canary weights (called by :meth:`collect`, which holds the lock)."""
         weight = Metric(CANARY_WEIGHT, "The percent of stable-addressed requests the route sends to canary.", "gauge")
         for name, value in sorted(self._canary_weights.items()):
             weight.add_sample(CANARY_WEIGHT, {"model_name": name}, float(value))
-        yield weight
+        return weight
 
     def exposition(self) -> bytes:
         """The Prometheus text format (0.0.4), with TF Serving's counter names in the headers."""
-        return _COUNTER_HEADER.sub(rb"# \1 \2\3", generate_latest(self.registry))
+        return exposition(self.registry)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """``registry`` in the Prometheus text format (0.0.4), with TF Serving's counter names in the headers."""
+    return _COUNTER_HEADER.sub(rb"# \1 \2\3", generate_latest(registry))
 
 
 def _counter(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float]) -> Metric:

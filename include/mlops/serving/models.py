@@ -264,7 +264,7 @@ class ModelManager:
         current, self._state = self._state, state
         models = state.models
         self.metrics.set_canary_weights(applied_weights(models, state.routes))
-        self.metrics.init_routes((name for name, model in models.items() if CANARY in model.labels), TRACKS)
+        self.metrics.route.init((name for name, model in models.items() if CANARY in model.labels), TRACKS)
         self.metrics.set_served_artifacts(
             (name, loaded.version, loaded.artifact.format, loaded.sha256)
             for name, model in models.items()

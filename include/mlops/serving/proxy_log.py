@@ -1,10 +1,14 @@
 """The request logger's work off the request path: a proxied ``:predict`` call to prediction log rows.
 
-The proxy (:mod:`include.mlops.serving.request_logger`) hands each sampled,
-successful ``:predict`` call to :meth:`RequestLog.offer` as a :class:`Capture`
-(the bodies as they went over the wire), which puts it on a bounded queue
-without blocking: when the queue is full the call is dropped and counted.  A
-worker thread then, for each capture:
+The proxy (:mod:`include.mlops.serving.request_logger`) hands each successful
+``:predict`` call that is sampled for the log or counted on a track
+(:mod:`include.mlops.serving.proxy_metrics`) to :meth:`RequestLog.offer` as a
+:class:`Capture` (the bodies as they went over the wire), which puts it on a
+bounded queue without blocking: when the queue is full the call is dropped and
+counted.  A worker thread then, for each capture:
+
+* on a track: adds the response's first output tensor to the route's
+  prediction series (:func:`first_output`, summarised as the server does);
 
 * decodes the bodies (identity or gzip) and reads the request's rows and the
   response's outputs from TF Serving's JSON, row (``instances`` /
@@ -39,7 +43,9 @@ from urllib.parse import quote
 
 import httpx
 
+from include.mlops.serving.metrics import RouteMetrics
 from include.mlops.serving.predlog import PredictionLogger
+from include.mlops.serving.route import summarise_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,6 +67,8 @@ class Capture:
     response_body: bytes
     request_encoding: str | None = None  # Content-Encoding of each body
     response_encoding: str | None = None
+    track: str | None = None  # the route series' track, when they count the call
+    logged: bool = True  # drawn for the prediction log
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -128,6 +136,20 @@ def rows_of(request: Any, response: Any) -> tuple[np.ndarray, np.ndarray] | None
     return input_rows, output_rows
 
 
+def first_output(response: Any) -> Any:
+    """The first output tensor of a predict answer (as the server counts it), or None if there is none."""
+    if not isinstance(response, dict):
+        return None
+    if "predictions" in response:
+        rows = response["predictions"]
+        if isinstance(rows, list) and rows and all(isinstance(row, dict) and row for row in rows):
+            key = next(iter(rows[0]))
+            return [row.get(key) for row in rows]
+        return rows
+    outputs = response.get("outputs")
+    return next(iter(outputs.values()), None) if isinstance(outputs, dict) else outputs
+
+
 class VersionResolver:
     """The version a call by label or by model name was answered by, from the upstream's metadata API."""
 
@@ -175,15 +197,22 @@ _STOP: Any = object()
 class RequestLog:
     """The bounded hand-off from the proxy to the prediction log (see the module docstring)."""
 
-    def __init__(self, predlog: PredictionLogger, resolver: VersionResolver, queue_size: int = 1000) -> None:
+    def __init__(
+        self,
+        predlog: PredictionLogger,
+        resolver: VersionResolver,
+        queue_size: int = 1000,
+        route_metrics: RouteMetrics | None = None,
+    ) -> None:
         if queue_size < 1:
             raise ValueError(f"the request logger's queue_size must be at least 1, got {queue_size}")
         self.predlog = predlog
         self.resolver = resolver
+        self.route_metrics = route_metrics
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self.dropped = 0  # captures the full queue refused
-        self.skipped = 0  # captures without loggable rows or a known version
+        self.skipped = 0  # logged captures without loggable rows or a known version
 
     def sampled(self) -> bool:
         """Draw whether the next call is logged (the prediction log's sample rate)."""
@@ -227,9 +256,17 @@ class RequestLog:
                 log.exception("Could not log a call to %s", capture.model_name)
 
     def _log(self, capture: Capture) -> bool:
+        """Count the capture's rows on its track and log them when drawn; False: drawn but not logged."""
+        try:
+            response = json.loads(decode_body(capture.response_body, capture.response_encoding))
+        except (ValueError, OSError, EOFError) as exc:
+            log.debug("Cannot read the answer to a call to %s: %s", capture.model_name, exc)
+            return not capture.logged
+        self._count_rows(capture, response)
+        if not capture.logged:
+            return True
         try:
             request = json.loads(decode_body(capture.request_body, capture.request_encoding))
-            response = json.loads(decode_body(capture.response_body, capture.response_encoding))
         except (ValueError, OSError, EOFError) as exc:
             log.debug("Not logging a call to %s: %s", capture.model_name, exc)
             return False
@@ -241,3 +278,15 @@ class RequestLog:
             return False
         self.predlog.offer(capture.model_name, version, rows[0], rows[1], label=capture.label, drawn=True)
         return True
+
+    def _count_rows(self, capture: Capture, response: Any) -> None:
+        if capture.track is None or self.route_metrics is None:
+            return
+        import numpy as np
+
+        try:
+            summary = summarise_rows(np.asarray(first_output(response)))
+        except (ValueError, TypeError):  # ragged or not numbers: no prediction series, as on the server
+            return
+        if summary is not None:
+            self.route_metrics.record_rows(capture.model_name, capture.track, summary)

@@ -17,6 +17,15 @@ happen on other threads, so logging adds no work to the request and a full
 queue drops the sample (counted), never the request.  The log is the
 server's (:mod:`include.mlops.serving.predlog`): the drift step reads both
 alike.  gRPC does not pass through here: only REST calls are logged.
+
+It also counts the canary route's per-track series that stock TF Serving
+does not export (:mod:`include.mlops.serving.proxy_metrics`; ``--track`` is
+the pod's own track), and answers the metrics path itself: TF Serving's
+exposition followed by those series.  If TF Serving's page cannot be read,
+the answer is still 200 with the logger's series and the reason in a
+comment: Prometheus drops every sample of a failed scrape, and the failures
+of a canary whose server is down are what the analysis must see.  The pod's
+readiness still follows TF Serving (its own container's probe).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -37,10 +47,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from include.mlops.serving.app import PREDICT_PATH
+from include.mlops.serving.canary_weights import STABLE, TRACKS
 from include.mlops.serving.errors import parse_version
+from include.mlops.serving.metrics import CONTENT_TYPE, METRICS_PATH
 from include.mlops.serving.predlog import PredictionLogger
 from include.mlops.serving.predlog import add_arguments as add_predlog_arguments
 from include.mlops.serving.proxy_log import Capture, RequestLog, VersionResolver
+from include.mlops.serving.proxy_metrics import Addressed, RouteTally, merged_exposition
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +91,17 @@ class LoggerSettings:
     predlog_flush_seconds: float = 60.0
     timeout_seconds: float = 60.0
     version_cache_seconds: float = 5.0
+    track: str = STABLE  # the pod's track: that of requests addressed to no version or label
 
 
-def create_request_log(settings: LoggerSettings) -> RequestLog:
+def create_request_log(settings: LoggerSettings, tally: RouteTally | None = None) -> RequestLog:
     resolver = VersionResolver(settings.upstream, cache_seconds=settings.version_cache_seconds)
-    return RequestLog(PredictionLogger.from_settings(settings), resolver, queue_size=settings.predlog_queue_size)
+    return RequestLog(
+        PredictionLogger.from_settings(settings),
+        resolver,
+        queue_size=settings.predlog_queue_size,
+        route_metrics=None if tally is None else tally.metrics,
+    )
 
 
 def error_response(status: int, message: str) -> Response:
@@ -101,12 +120,17 @@ def _upstream_url(upstream: str, request: Request) -> str:
     return upstream + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
 
 
-def _capture(request: Request, body: bytes, answer: httpx.Response, content: bytes) -> Capture | None:
-    """A successful ``:predict`` call as a :class:`Capture`; None for every other call."""
+def _capture(
+    request: Request, body: bytes, answer: httpx.Response, content: bytes, track: str | None, request_log: RequestLog
+) -> Capture | None:
+    """A successful ``:predict`` call drawn for the log or counted on a track, as a :class:`Capture`."""
     if request.method != "POST" or answer.status_code != 200:
         return None
     match = PREDICT_PATH.fullmatch(request.url.path)
     if match is None or match[4].lower() != "predict":
+        return None
+    drawn = request_log.sampled()
+    if track is None and not drawn:
         return None
     return Capture(
         model_name=match[1],
@@ -116,13 +140,27 @@ def _capture(request: Request, body: bytes, answer: httpx.Response, content: byt
         response_body=content,
         request_encoding=request.headers.get("content-encoding"),
         response_encoding=answer.headers.get("content-encoding"),
+        track=track,
+        logged=drawn,
     )
 
 
-def create_app(settings: LoggerSettings, request_log: RequestLog | None = None) -> Starlette:
-    """The proxy; its lifespan starts and stops the request log (pass one to share or inspect it)."""
+def _count(tally: RouteTally, call: Addressed | None, status: int, start: float) -> None:
+    if call is None:
+        return
+    try:
+        tally.count(call, status, (time.perf_counter() - start) * 1e6)
+    except Exception:  # a metric never fails the request
+        log.exception("Could not count a call to %s on track %s", call.model_name, call.track)
+
+
+def create_app(
+    settings: LoggerSettings, request_log: RequestLog | None = None, tally: RouteTally | None = None
+) -> Starlette:
+    """The proxy; its lifespan starts and stops the request log (pass one, or the tally, to share or inspect it)."""
     upstream = settings.upstream.rstrip("/")
-    request_log = request_log or create_request_log(settings)
+    tally = tally or RouteTally(settings.track)
+    request_log = request_log or create_request_log(settings, tally)
     client = httpx.AsyncClient(timeout=httpx.Timeout(settings.timeout_seconds, connect=5.0))
     for name in _HTTPX_DEFAULT_HEADERS:
         del client.headers[name]
@@ -136,9 +174,23 @@ def create_app(settings: LoggerSettings, request_log: RequestLog | None = None) 
             await client.aclose()
             request_log.stop()
 
+    async def metrics(_: Request) -> Response:
+        page, problem = None, None
+        try:
+            answer = await client.get(upstream + METRICS_PATH)
+            if answer.status_code == 200:
+                page = answer.content
+            else:
+                problem = f"HTTP {answer.status_code} from {upstream}{METRICS_PATH}"
+        except httpx.HTTPError as exc:
+            problem = f"{upstream}{METRICS_PATH}: {exc!r}"
+        return Response(merged_exposition(page, problem, tally.exposition()), media_type=CONTENT_TYPE)
+
     async def proxy(request: Request) -> Response:
         body = await request.body()
         url = _upstream_url(upstream, request)
+        call = tally.addressed(request.method, request.url.path)
+        start = time.perf_counter()
         try:
             sent = client.build_request(request.method, url, headers=_forwarded(request.headers.raw), content=body)
             answer = await client.send(sent, stream=True)
@@ -147,12 +199,15 @@ def create_app(settings: LoggerSettings, request_log: RequestLog | None = None) 
             finally:
                 await answer.aclose()
         except httpx.TimeoutException as exc:
+            _count(tally, call, 504, start)
             return error_response(504, f"The model server at {upstream} did not answer in time: {exc!r}")
         except httpx.TransportError as exc:
+            _count(tally, call, 503, start)
             return error_response(503, f"The model server at {upstream} cannot be reached: {exc!r}")
+        _count(tally, call, answer.status_code, start)
         try:
-            capture = _capture(request, body, answer, content)
-            if capture is not None and request_log.sampled():
+            capture = _capture(request, body, answer, content, None if call is None else call.track, request_log)
+            if capture is not None:
                 request_log.offer(capture)
         except Exception:  # logging never fails the request
             log.exception("Could not hand %s %s to the request log", request.method, request.url.path)
@@ -164,8 +219,10 @@ def create_app(settings: LoggerSettings, request_log: RequestLog | None = None) 
             response.raw_headers.append((b"content-length", length.encode()))
         return response
 
-    app = Starlette(routes=[Route("/{path:path}", proxy, methods=METHODS)], lifespan=lifespan)
+    routes = [Route(METRICS_PATH, metrics, methods=["GET"]), Route("/{path:path}", proxy, methods=METHODS)]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.request_log = request_log
+    app.state.tally = tally
     return app
 
 
@@ -179,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 inside a container)")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on")
+    parser.add_argument(
+        "--track",
+        choices=TRACKS,
+        default=STABLE,
+        help="this pod's track: the route series' track of requests addressed to no version or label",
+    )
     parser.add_argument("--timeout-seconds", type=float, default=60.0, help="longest wait for the upstream's answer")
     parser.add_argument(
         "--version-cache-seconds",

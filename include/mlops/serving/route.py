@@ -71,12 +71,12 @@ def counted(metrics: ServingMetrics, routed: Routed) -> Iterator[None]:
     try:
         yield
     except ServingError as error:
-        metrics.record_route_request(name, track, error.code)
+        metrics.route.record_request(name, track, error.code)
         raise
     except Exception:
-        metrics.record_route_request(name, track, "INTERNAL")
+        metrics.route.record_request(name, track, "INTERNAL")
         raise
-    metrics.record_route_request(name, track, "OK", (time.perf_counter() - start) * 1e6)
+    metrics.route.record_request(name, track, "OK", (time.perf_counter() - start) * 1e6)
 
 
 def count_rows(metrics: ServingMetrics, routed: Routed, output: np.ndarray | None) -> None:
@@ -93,7 +93,7 @@ def count_rows(metrics: ServingMetrics, routed: Routed, output: np.ndarray | Non
         log.exception("Counting the output rows of %s on track %s failed", routed.loaded.name, routed.track)
         return
     if summary is not None:
-        metrics.record_route_rows(routed.loaded.name, routed.track, summary)
+        metrics.route.record_rows(routed.loaded.name, routed.track, summary)
 
 
 def summarise_rows(output: np.ndarray) -> RowSummary | None:
