@@ -79,7 +79,7 @@ def _summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(results_dir: Path) -> dict[str, Any]:
-    from canary_stack import MODEL, N_FEATURES, STEPS, ClientLoop, canary_stack
+    from canary_stack import MODEL, N_FEATURES, STEPS, canary_stack, client_loop
     from model_factory import make_misbehaving_model, make_saved_model
 
     from include.mlops.registry.filesystem import Registry
@@ -97,7 +97,7 @@ def run(results_dir: Path) -> dict[str, Any]:
         bad_version = registry.register(MODEL, bad, metrics={"mae": 1.0}, lineage={**lineage, "run_id": "nan"}).version
         registry.set_label(MODEL, "stable", versions[0])
         promotes, rollbacks = [], []
-        with canary_stack(workdir) as stack, ClientLoop(stack.server_url).running() as loop:
+        with canary_stack(workdir) as stack, client_loop(stack) as loop:
             started = time.time()
             for i in range(EPISODES):
                 promotes.append(_episode(stack, loop, versions[i + 1], day=2 * i + 1))

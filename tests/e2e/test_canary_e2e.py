@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from airflow_stack import AirflowStack
-from canary_stack import MODEL, N_FEATURES, ClientLoop, canary_stack, run, trigger, wait_until
+from canary_stack import MODEL, N_FEATURES, ClientLoop, canary_stack, client_loop, run, trigger, wait_until
 from model_factory import make_misbehaving_model, make_saved_model
 
 from include.mlops.deploy.traffic_split import LocalRoute
@@ -66,8 +66,8 @@ def stack(workdir: Path, registry: Registry) -> Iterator[AirflowStack]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def client_loop(stack: AirflowStack) -> Iterator[ClientLoop]:
-    with ClientLoop(stack.server_url).running() as loop:
+def load(stack: AirflowStack) -> Iterator[ClientLoop]:
+    with client_loop(stack) as loop:
         yield loop
     assert loop.sent > 1000
     assert loop.failed == [], f"{len(loop.failed)} of {loop.sent} requests on stable failed: {loop.failed[:5]}"

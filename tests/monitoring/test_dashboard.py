@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from include.mlops.serving.metrics import CANARY_WEIGHT, ROUTE_LATENCY, ROUTE_REQUESTS
 from tests.monitoring.promql_sources import ROOT, dashboard_expressions, dashboards, metric_names
 
 PROVISIONING = ROOT / "include" / "monitoring" / "grafana" / "provisioning"
@@ -30,7 +31,7 @@ def test_the_model_variable_selects_served_models_and_every_query_uses_it(dashbo
             assert 'model_name="$model"' in target["expr"], (panel["title"], target["expr"])
 
 
-def test_the_dashboard_shows_traffic_errors_latency_versions_and_drift(dashboard: dict) -> None:
+def test_the_dashboard_shows_traffic_errors_latency_versions_drift_and_the_canary(dashboard: dict) -> None:
     read = set().union(*(metric_names(e) for e in dashboard_expressions(dashboard, "diabetes").values()))
     assert {
         ":tensorflow:serving:request_count",
@@ -42,6 +43,9 @@ def test_the_dashboard_shows_traffic_errors_latency_versions_and_drift(dashboard
         "mlops_drift_score",
         "mlops_drift_threshold",
         "mlops_drift_feature_score",
+        CANARY_WEIGHT,
+        ROUTE_REQUESTS,
+        f"{ROUTE_LATENCY}_bucket",
     } <= read
 
 

@@ -1,7 +1,8 @@
 """Every PromQL expression the project ships runs on a real Prometheus and reads only metrics that exist.
 
-A real model server (tests/serving's tiny SavedModel) serves a version under ``stable`` and answers
-a few requests; a drift sample is pushed to a real Pushgateway under the monitoring contract's names.
+A real model server (tests/serving's tiny SavedModels) serves a version under ``stable`` and another
+under ``canary``, with the canary route at 50 %, and answers a few requests on both tracks; a drift
+sample is pushed to a real Pushgateway under the monitoring contract's names.
 Prometheus (tests/prometheus_stack.py) scrapes both and evaluates the committed rules.  Then each
 rule's and each dashboard panel's expression must succeed, and each metric name it reads must be
 among the names Prometheus knows: a rule that names a metric nobody exports fails here.
@@ -16,8 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_stack import PrometheusStack, prometheus_stack
 
+from include.mlops.deploy.traffic_split import LocalRoute
 from include.mlops.registry.filesystem import Registry
 from include.mlops.serving.app import ServerSettings
+from include.mlops.serving.metrics import ROUTE_REQUESTS
 from tests.monitoring.promql_sources import (
     RULES,
     dashboard_expressions,
@@ -29,6 +32,7 @@ from tests.monitoring.promql_sources import (
 from tests.serving.conftest import MODEL, N_FEATURES, make_linear_model, register, serve
 
 FEATURES = ("age", "bmi")
+CANARY_WEIGHT = 50
 
 
 def push_drift_sample(pushgateway_url: str, version: int) -> None:
@@ -56,6 +60,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]
     registry = Registry(base / "artifacts" / "models")
     version = register(registry, make_linear_model(base / "x1", 1.0), run="run-1")
     registry.set_label(MODEL, "stable", version)
+    registry.set_label(MODEL, "canary", register(registry, make_linear_model(base / "x2", 2.0), run="run-2"))
+    LocalRoute(registry.root).set_canary_weight(MODEL, CANARY_WEIGHT)
     settings = ServerSettings(
         registry_root=registry.root,
         poll_seconds=0.1,
@@ -69,17 +75,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]
             base / "prometheus", model_servers=[server.url.removeprefix("http://")], rule_files=[RULES]
         ) as prometheus,
     ):
+        LocalRoute(registry.root).wait_applied(server.url, MODEL, CANARY_WEIGHT, timeout_s=30, steady_s=0.3)
+        push_drift_sample(prometheus.pushgateway_url, version)
+        prometheus.wait_for_targets_up()  # a scrape before the requests, so rate() sees them arrive
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            for _ in range(5):
+            for _ in range(20):  # both tracks answer some (50 %: all 20 on one track has odds 2**-19)
                 ok = client.post(f"/v1/models/{MODEL}:predict", json={"instances": [[1.0] * N_FEATURES]})
                 assert ok.status_code == 200, ok.text
             assert client.post(f"/v1/models/{MODEL}:predict", json={"instances": [[1.0]]}).status_code == 400
-        push_drift_sample(prometheus.pushgateway_url, version)
-        prometheus.wait_for_targets_up()
         try:
             # Two scrapes with the requests in them, so rate() and the recording rules have something to show.
             prometheus.wait_for(f'model_name:mlops_request_latency_p95_ms:5m{{model_name="{MODEL}"}}', timeout=60)
             prometheus.wait_for(f'mlops_serving_prediction_log_rows{{model_name="{MODEL}"}}', timeout=60)
+            prometheus.wait_for(f'sum(increase({ROUTE_REQUESTS}{{model_name="{MODEL}"}}[1m])) > 0', timeout=60)
             yield prometheus
         finally:
             print(prometheus.log_tail())
@@ -136,3 +144,19 @@ def test_a_metric_nobody_exports_is_reported(stack: PrometheusStack) -> None:
     typo = {"mlops-diabetes/typo": 'sum by (model_name) (rate(:tensorflow:serving:request_cnt{model_name="x"}[5m]))'}
     assert failing(stack, typo) == {}  # PromQL accepts it: only the name check can tell
     assert unknown_names(typo, known_names(stack)) == {"mlops-diabetes/typo": {":tensorflow:serving:request_cnt"}}
+
+
+@pytest.mark.slow
+def test_the_canary_panels_show_the_weight_and_both_tracks(stack: PrometheusStack) -> None:
+    expressions = dashboard_expressions(dashboards()["lifecycle.json"], MODEL)
+
+    def answer(panel: str) -> dict[str, float]:
+        return {
+            r["metric"].get("track", ""): float(r["value"][1])
+            for r in stack.query(expressions[panel])["data"]["result"]
+        }
+
+    assert answer("Canary weight/A") == {"": CANARY_WEIGHT}
+    assert {"stable", "canary"} <= set(answer("Requests per track/A"))
+    p95_ms = answer("p95 latency per track (ms)/A")
+    assert set(p95_ms) == {"stable", "canary"} and all(0 < ms < 10_000 for ms in p95_ms.values()), p95_ms

@@ -30,7 +30,7 @@ def test_an_empty_block_takes_the_defaults(tmp_path: Path) -> None:
     canary = load_model_config(_diabetes_with(tmp_path, {})).deploy.canary
     assert canary == CanaryConfig()
     assert canary.steps == (10, 25, 50)
-    assert (canary.interval_s, canary.failure_limit, canary.inconclusive_limit, canary.min_requests) == (60, 2, 3, 20)
+    assert (canary.interval_s, canary.failure_limit, canary.inconclusive_limit, canary.min_requests) == (60, 2, 3, 100)
     assert (canary.max_error_ratio_increase, canary.max_p95_latency_ratio, canary.max_prediction_distance) == (
         0.01,
         2.0,
