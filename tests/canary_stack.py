@@ -2,8 +2,9 @@
 
 :func:`canary_stack` starts a real Airflow (scheduler, triggerer, API server, DAG processor), the local model
 server and Prometheus (scraping every second) over a registry the caller fills, with a DAG folder holding
-``canary`` and ``canary_approval``: the lifecycle's canary tasks (``mlops_airflow.canary.canary_delivery``)
-behind a stand-in ``register`` that returns the version given in the trigger form.  :class:`ClientLoop`
+``canary``, ``canary_approval`` and ``canary_approval_timeout`` (5 s to answer): the lifecycle's canary
+tasks (``mlops_airflow.canary.canary_delivery``) behind a stand-in ``register`` that returns the version
+given in the trigger form.  :class:`ClientLoop`
 (tests/client_loop.py) sends production-like predictions to ``stable`` from a thread.
 """
 
@@ -39,12 +40,13 @@ from mlops_airflow.backends import step_operator
 from mlops_airflow.canary import canary_delivery
 
 BASE = find_model_config("{model}")
-for dag_id, approval in (("canary", False), ("canary_approval", True)):
+for dag_id, approval, timeout_s in (("canary", False, 600.0), ("canary_approval", True, 600.0),
+                                    ("canary_approval_timeout", True, 5.0)):
     # 6 s windows hold ~50 canary requests: looser latency and distance limits than the defaults, so that a
     # good version's noise (a p95 one 1.8x bucket up, a distance of 0.2-0.4) never fails it.
     canary = CanaryConfig(steps={steps}, interval_s={interval_s}, min_requests=10, failure_limit=1,
                           inconclusive_limit=3, max_p95_latency_ratio=3.0, max_prediction_distance=1.0,
-                          approval=approval, approval_timeout_s=600.0)
+                          approval=approval, approval_timeout_s=timeout_s)
     config = dataclasses.replace(BASE, deploy=dataclasses.replace(BASE.deploy, canary=canary))
     with DAG(dag_id=dag_id, schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
              params={{"version": Param(2, type="integer")}}, is_paused_upon_creation=False,
@@ -88,7 +90,7 @@ def canary_stack(workdir: Path) -> Iterator[AirflowStack]:
     with airflow_stack(workdir, env) as running:
         text = DAGS.format(model=MODEL, data=data, steps=STEPS, interval_s=INTERVAL_S)
         (dags / "canary.py").write_text(text)
-        for dag_id in ("canary", "canary_approval"):
+        for dag_id in ("canary", "canary_approval", "canary_approval_timeout"):
             running.wait_for_dag(dag_id)
         yield running
 

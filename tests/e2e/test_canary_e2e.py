@@ -8,7 +8,8 @@ label for the whole module and no request may fail.  In file order:
 - a good version (answers within a few percent of stable) is promoted step by step;
 - a version that answers NaN for production-like rows (but not for the held-out
   rows the deploy checks) is rolled back by the analysis;
-- with approval asked for, a person's Reject (over the REST API, as the UI sends it) rolls it back;
+- with approval asked for, a person's Reject (over the REST API, as the UI sends it) rolls it back, and so
+  does nobody answering within the approval's timeout;
 - the scheduler killed (SIGKILL) while the analysis waits on the triggerer: the run resumes and promotes.
 
 After each: ``canary`` is gone (file and server), the route's weight is 0,
@@ -133,6 +134,14 @@ def test_a_rejected_approval_rolls_back(stack: AirflowStack, registry: Registry)
     assert tasks["promote"] == "skipped" and tasks["end_canary"] == "success", tasks
     assert_canary_gone(stack, registry, stable=2)
     assert "promotion Reject by admin" in last_reason(registry, "canary")
+
+
+def test_an_approval_nobody_answers_rolls_back_when_it_times_out(stack: AirflowStack, registry: Registry) -> None:
+    state, tasks = run(stack, "canary_approval_timeout", 4, "2026-12-05T00:00:00+00:00")
+    assert state == "success", states(tasks)
+    assert tasks["promote"]["state"] == "skipped" and tasks["end_canary"]["state"] == "success", states(tasks)
+    assert_canary_gone(stack, registry, stable=2)
+    assert "promotion Reject by nobody (timed out, default Reject)" in last_reason(registry, "canary")
 
 
 def test_a_scheduler_killed_during_the_analysis_window_resumes_and_promotes(
