@@ -29,7 +29,7 @@ from include.mlops.deploy.canary_metrics import (
 from include.mlops.deploy.canary_progress import CanaryState, advance, current_weight
 from include.mlops.serving.metrics import ROUTE_LATENCY, ROUTE_PREDICTED_CLASS, ROUTE_REQUESTS
 
-CONFIG = CanaryConfig()  # steps 10/25/50, min_requests 20, +0.01 error ratio, x2 p95, distance 0.5
+CONFIG = CanaryConfig(min_requests=20)  # steps 10/25/50, +0.01 error ratio, x2 p95, distance 0.5
 
 
 def measured(
