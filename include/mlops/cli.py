@@ -9,7 +9,9 @@ artifact root).
 The subcommands, their options and their exit codes are generated from the
 step declarations in :mod:`include.mlops.steps`; this module adds the
 options every step has (``--model``, ``--models-dir``, ``--out``,
-``--result-file``) and runs the chosen step.
+``--result-file``) and runs the chosen step.  A few subcommands are no step
+(:data:`COMMANDS`): they read and print, write nothing, and take their own
+arguments (``python -m include.mlops history <name>``: the model's label moves).
 
 Exit codes: 0 success; 3 the input is bad, so retrying cannot help (bad
 usage, bad data, an invalid config, a missing expectation suite, a corrupt
@@ -31,7 +33,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from include.mlops.artifacts import atomic_write_json, to_jsonable, use_shared_umask
@@ -41,7 +43,19 @@ from include.mlops.steps import bad_input_errors, get_step, registered_steps
 
 log = logging.getLogger("include.mlops")
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FAILED", "build_parser", "main"]
+
+
+def _history(argv: Sequence[str]) -> int:
+    from include.mlops.registry.label_history import main as history_main
+
+    return history_main(argv)
+
+
+# Subcommands that are no step: name -> (help, main taking the arguments after the name, returning the exit code).
+COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "history": ("a model's label moves (the audit log), newest first; writes nothing", _history),
+}
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -68,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--result-file", help="also write the JSON result to this file")
         for argument in step.arguments:
             argument.add_to(p)
+    for name, (help_text, _) in COMMANDS.items():
+        # Listed in --help; its own parser reads the arguments (main hands them over before this parser runs).
+        p = sub.add_parser(name, help=f"{help_text} (see {parser.prog} {name} --help)", add_help=False)
+        p.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -83,6 +101,9 @@ def _raise_step_terminated(signum: int, frame: object) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][1](argv[1:])
     # Steps write the shared artifact root, also through libraries that follow the umask (pyarrow, matplotlib).
     use_shared_umask()
     logging.basicConfig(

@@ -8,6 +8,9 @@
 records the window's drift verdict.  ``request_retrain``
 (:mod:`mlops_airflow.retraining`) emits the model's retraining Asset, which
 also schedules the lifecycle DAG, when drift persists and no cooldown holds it back.
+With ``monitor.rollback_on_slo_breach``, a breach also branches to
+``request_rollback`` (:mod:`mlops_airflow.rollback_request`), which triggers
+``rollback__<name>`` back to the previous stable version, at most once per episode.
 
 Building a DAG only reads the model config; the monitoring library
 (Prometheus client, drift, report) is imported inside ``execute``.
@@ -39,6 +42,7 @@ from mlops_airflow.retraining import (  # re-exported: the lifecycle DAG and the
     retrain_asset,
     retrain_note,
 )
+from mlops_airflow.rollback_request import REQUEST_ROLLBACK_TASK_ID, RollbackRequestOperator
 from mlops_airflow.schedules import dag_start_date
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,7 @@ when the run is due (a run triggered by hand: when it was triggered):
   windows of the serving version, at most once per {cooldown} h (`monitoring/{name}/{requests}`). After
   {max_retrains} requests in one drift episode it raises a `drift_persists` alert instead. A skipped
   `request_retrain` logs why (and when the cooldown ends). For a retraining now, trigger `{lifecycle}` by hand.
+* {rollback}
 
 | objective | value |
 |---|---|
@@ -218,7 +223,15 @@ class MonitorDecisionOperator(BaseBranchOperator):
         ti.xcom_push(key="outcome", value=record)
         log.info("Monitoring outcome: %s", ", ".join(outcomes))
         log.info("Report: %s", report.resolve().as_uri())
-        return [OUTCOME_TASKS[o] for o in outcomes]
+        return branch_tasks(self.config, outcomes)
+
+
+def branch_tasks(config: ModelConfig, outcomes: list[str]) -> list[str]:
+    """The tasks ``decide`` follows for ``outcomes``: an SLO breach also requests a rollback when the config says so."""
+    tasks = [OUTCOME_TASKS[o] for o in outcomes]
+    if outcome_lib.SLO_BREACH in outcomes and config.monitor.rollback_on_slo_breach:
+        tasks.append(REQUEST_ROLLBACK_TASK_ID)
+    return tasks
 
 
 def _uri(result: Mapping[str, Any] | None) -> str | None:
@@ -251,6 +264,8 @@ class SloBreachOperator(BaseOperator):
         slo, _, decided = monitor_results(context)
         run_id = context["dag_run"].run_id
         breaches = list(slo.get("breaches") or [])
+        if not self.config.monitor.rollback_on_slo_breach:
+            log.info("No rollback requested: monitor.rollback_on_slo_breach is off in %s's config", self.config.name)
         subject = f"[mlops] SLO breach of model {self.config.name}: {'; '.join(breaches) or 'see the report'}"
         details = {
             "dag_id": self.dag_id,
@@ -271,6 +286,16 @@ class SloBreachOperator(BaseOperator):
         )
 
 
+def _rollback_doc(config: ModelConfig) -> str:
+    if not config.monitor.rollback_on_slo_breach:
+        return "An SLO breach requests no rollback (`monitor.rollback_on_slo_breach` is off)."
+    return (
+        f"`request_rollback` (on an SLO breach) triggers `rollback__{config.name}` to put `stable` back on the "
+        f"version it named before, at most once per {config.monitor.cooldown_hours:g} h, and not when a rollback "
+        "put the current version there within that time; a skip logs why."
+    )
+
+
 def _doc_md(config: ModelConfig) -> str:
     monitor = config.monitor
     return DOC_TEMPLATE.format(
@@ -287,6 +312,7 @@ def _doc_md(config: ModelConfig) -> str:
         max_retrains=monitor.max_retrains,
         slo=monitor.slo,
         drift=monitor.drift,
+        rollback=_rollback_doc(config),
     )
 
 
@@ -314,11 +340,13 @@ def build_monitor_dag(config: ModelConfig, *, models_dir: str | None = None) -> 
             resolve_arguments=lambda context: drift_arguments(config, context),
         )
         decide = MonitorDecisionOperator(task_id="decide", config=config)
-        branches = [
+        branches: list[BaseOperator] = [
             MonitorLogOperator(task_id=OUTCOME_TASKS[outcome_lib.HEALTHY]),
             MonitorLogOperator(task_id=OUTCOME_TASKS[outcome_lib.INSUFFICIENT_DATA]),
             SloBreachOperator(task_id=OUTCOME_TASKS[outcome_lib.SLO_BREACH], config=config),
             RetrainRequestOperator(task_id=OUTCOME_TASKS[outcome_lib.DRIFT], config=config),
         ]
+        if config.monitor.rollback_on_slo_breach:
+            branches.append(RollbackRequestOperator(task_id=REQUEST_ROLLBACK_TASK_ID, config=config))
         [slo, drift] >> decide >> branches
     return dag

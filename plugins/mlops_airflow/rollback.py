@@ -8,7 +8,7 @@ compare-and-set and verifies it through the model server (Connection
 verification").  A version that does not exist, is corrupt, or fails in the
 sandbox is refused with the reason, without a retry, and nothing moves.  The
 reason and the triggering user go into the model's audit log of label moves
-(``python -m include.mlops.registry.label_history <name>``).
+(``python -m include.mlops history <name>``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from typing import Any
 from airflow.sdk import DAG, Context, Param
 
 from include.mlops.config import ModelConfig
+from include.mlops.registry.label_log import ROLLBACK_REASON
 from mlops_airflow.backends import step_operator
 from mlops_airflow.deploy_tasks import DEPLOY_POOL, audit_arguments, model_server_poll_seconds, model_server_url
 from mlops_airflow.params import SCHEMA_DIALECT
+from mlops_airflow.rollback_request import rollback_dag_id
 from mlops_airflow.schedules import dag_start_date
 
 __all__ = ["build_rollback_dag", "rollback_params"]
@@ -49,14 +51,14 @@ def _rollback_arguments(context: Context) -> dict[str, Any]:
         "label": "stable",
         "server_url": server_url,
         "server_poll_seconds": model_server_poll_seconds() if server_url is not None else None,
-        **audit_arguments(context, f"rollback: {params['reason']}"),
+        **audit_arguments(context, f"{ROLLBACK_REASON} {params['reason']}"),
     }
 
 
 def build_rollback_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
     """The rollback DAG of ``config``'s model.  Pure: reads only ``config``."""
     with DAG(
-        dag_id=f"rollback__{config.name}",
+        dag_id=rollback_dag_id(config),
         description=f"Point {config.serving_name}'s stable label back at a version you name, with a reason",
         doc_md=__doc__,
         schedule=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
@@ -101,3 +102,50 @@ def test_a_run_triggered_by_hand_measures_up_to_when_it_was_triggered() -> None:
     }
     start, end = monitoring_window(context, dt.timedelta(minutes=60))  # type: ignore[arg-type]
     assert (start, end) == (run_after - dt.timedelta(minutes=60), run_after)
+
+
+def with_rollback(config: Any, enabled: bool = True) -> Any:
+    return dataclasses.replace(config, monitor=dataclasses.replace(config.monitor, rollback_on_slo_breach=enabled))
+
+
+def test_the_rollback_request_is_a_branch_only_when_the_config_enables_it() -> None:
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+    from mlops_airflow.monitoring import build_monitor_dag
+
+    config = CONFIGS["monitor__diabetes"]
+    assert "request_rollback" not in build_monitor_dag(config).task_ids  # off in the demo configs
+    dag = build_monitor_dag(with_rollback(config))
+    task = dag.get_task("request_rollback")
+    assert isinstance(task, TriggerDagRunOperator) and task.trigger_dag_id == "rollback__diabetes"
+    assert task.upstream_task_ids == {"decide"} and task.retries >= 1
+    assert dag.get_task("decide").downstream_task_ids == BRANCHES | {"request_rollback"}
+    assert "`request_rollback` (on an SLO breach) triggers `rollback__diabetes`" in dag.doc_md
+    assert "requests no rollback" in build_monitor_dag(config).doc_md
+
+
+def test_a_monitor_with_the_rollback_request_serializes() -> None:
+    from mlops_airflow.monitoring import build_monitor_dag
+
+    dag = build_monitor_dag(with_rollback(CONFIGS["monitor__diabetes"]))
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert restored.get_task("request_rollback").downstream_task_ids == set()
+    assert restored.get_task("decide").downstream_task_ids == BRANCHES | {"request_rollback"}
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "enabled", "tasks"),
+    [
+        (["slo_breach"], True, ["slo_breach", "request_rollback"]),
+        (["slo_breach", "drift"], True, ["slo_breach", "request_retrain", "request_rollback"]),
+        (["slo_breach"], False, ["slo_breach"]),
+        (["drift", "insufficient_data"], True, ["request_retrain", "insufficient_data"]),
+        (["healthy"], True, ["healthy"]),
+    ],
+)
+def test_decide_follows_a_breach_to_the_rollback_request_when_enabled(
+    outcomes: list[str], enabled: bool, tasks: list[str]
+) -> None:
+    from mlops_airflow.monitoring import branch_tasks
+
+    assert branch_tasks(with_rollback(CONFIGS["monitor__diabetes"], enabled), outcomes) == tasks

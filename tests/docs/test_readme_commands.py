@@ -28,7 +28,7 @@ from markdown_blocks import DOC_PAGES, README, ROOT, Command, shell_blocks, shel
 RUNS = (
     re.compile(r"^make help\b"),
     re.compile(r'^make airflow ARGS="version"'),
-    re.compile(r"^\S*python\S* -m [\w.]+ --help\b"),
+    re.compile(r"^\S*python\S* -m [\w.]+(?: history)? --help\b"),
     re.compile(r"^python -c 'from cryptography\.fernet import Fernet; print\(Fernet\.generate_key\(\)\.decode\(\)\)'"),
     re.compile(r"^openssl rand -hex \d+"),
 )

@@ -79,14 +79,15 @@ def monitor_dag(dag_id: str, config: Any = CONFIG) -> DAG:
     return dag
 
 
-def register(dag: DAG, folder: Path) -> None:
-    """Write ``dag`` to the metadata DB as the DAG processor would (dag.test() runs only stored DAGs)."""
+def register(dag: DAG, folder: Path, *others: DAG) -> None:
+    """Write ``dag`` (and ``others``) to the metadata DB as the DAG processor would (dag.test() runs only stored DAGs)."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=str(folder))
-    bag.bag_dag(dag)
+    for each in (dag, *others):
+        bag.bag_dag(each)
     sync_bag_to_db(bag, "dags-folder", None)
 
 

@@ -1,4 +1,4 @@
-"""A model's label history: the catalog's list, the CLI ``python -m include.mlops.registry.label_history``."""
+"""A model's label history: the catalog's list, the CLI ``python -m include.mlops history`` (and its module's own)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.ui import write_history
-from include.mlops import artifacts
+from include.mlops import artifacts, cli
 from include.mlops.config import load_model_config
 from include.mlops.exit_codes import EXIT_BAD_INPUT
 from include.mlops.registry.catalog import Catalog
@@ -71,9 +71,20 @@ def test_the_cli_says_so_when_no_move_is_recorded_and_refuses_unknown_models(
     assert "no model named 'nope'" in capsys.readouterr().err
 
 
-def test_the_cli_has_help() -> None:
+@pytest.mark.parametrize("command", [["include.mlops", "history"], ["include.mlops.registry.label_history"]])
+def test_the_cli_has_help(command: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "include.mlops.registry.label_history", "--help"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", *command, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "a model's label moves, newest first" in " ".join(proc.stdout.split())
+    assert proc.stdout.startswith("usage: python -m include.mlops history ")
+
+
+def test_the_step_cli_prints_the_same_history(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["diabetes", "--artifact-root", str(root), "--models-dir", str(MODELS), "--limit", "2"]
+    history(root, "--limit", "2")
+    expected = capsys.readouterr().out
+    assert cli.main(["history", *args]) == 0
+    assert capsys.readouterr().out == expected and len(expected.splitlines()) == 2
+    assert cli.main(["history", "nope", "--artifact-root", str(root)]) == EXIT_BAD_INPUT
+    assert "no model named 'nope'" in capsys.readouterr().err

@@ -99,6 +99,15 @@ def test_a_declared_step_runs_as_a_subcommand_of_the_module(touch_step: Step, tm
     assert "touch" in listing and touch_step.help in " ".join(listing.split())
 
 
+def test_history_is_a_subcommand_but_no_step(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "history" in cli.COMMANDS and "history" not in registered_steps()
+    with pytest.raises(SystemExit) as help_exit:
+        cli.main(["history", "--help"])  # its own parser: a name, no --model or --out
+    assert help_exit.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m include.mlops history ")
+    assert "history" in cli.build_parser().format_help()
+
+
 def test_the_parser_takes_the_declared_options(touch_step: Step) -> None:
     parsed = cli.build_parser().parse_args(touch(Path("/tmp/out"), "--fail", "crash"))
     assert (parsed.step, parsed.text, parsed.fail) == ("touch", "hello", "crash")

@@ -93,6 +93,11 @@ class MonitorConfig:
     it was queued notifies through ``alert_conn_id`` (null: no deadline).
     ``alert_conn_id``: the Airflow Connection alerts go to (an SMTP connection
     whose extra names the recipients: ``{"to": "a@example.com"}``).
+    ``rollback_on_slo_breach``: on an SLO breach, also trigger ``rollback__<name>``
+    to put ``stable`` back on the version it named before (off by default; at
+    most one request per ``cooldown_hours``, none when the current version was
+    itself put there by a rollback within the cooldown, none for a first
+    version: :mod:`include.mlops.monitoring.rollback_request`).
     """
 
     schedule: Str = "@hourly"
@@ -101,6 +106,7 @@ class MonitorConfig:
     max_retrains: PositiveInt = 2
     deadline_minutes: PositiveFloat | None = 360.0
     alert_conn_id: Str = "mlops_alerts"
+    rollback_on_slo_breach: Annotated[bool, Strict()] = False
     slo: SloConfig = dataclasses.field(default_factory=SloConfig)
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 

@@ -62,7 +62,7 @@ from include.mlops.deploy.sandbox import infra_validate
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
 from include.mlops.registry.filesystem import Registry
-from include.mlops.registry.label_log import label_move_context
+from include.mlops.registry.label_log import FAILED_DEPLOY_REASON, label_move_context
 from include.mlops.registry.protocol import ModelRegistry, RegistryError
 from include.mlops.registry.serving_artifact import served_artifact
 
@@ -201,7 +201,7 @@ def deploy(
             _verify(result, name, version, settings)
             _write_result(result, name, out)
         except BaseException as exc:
-            with label_move_context(reason=f"roll back of a failed deploy ({type(exc).__name__}: {exc})"[:500]):
+            with label_move_context(reason=f"{FAILED_DEPLOY_REASON} ({type(exc).__name__}: {exc})"[:500]):
                 restored, settled = restore_label(
                     registry, server, name, label, version, current, confirm=moved,
                     server_poll_seconds=server_poll_seconds,

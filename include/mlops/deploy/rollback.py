@@ -17,7 +17,7 @@ import logging
 from include.mlops.deploy.errors import DeployError
 from include.mlops.deploy.journal import DeployJournal, deploy_lock_if_free, read_journal, remove_journal
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
-from include.mlops.registry.label_log import label_move_context
+from include.mlops.registry.label_log import REPAIR_REASON, label_move_context
 from include.mlops.registry.protocol import LabelMovedError, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def repair_unfinished_deploy(
     config file only (the server applies it at its next poll).
     """
     name, label = journal.model_name, journal.label
-    with label_move_context(reason=f"repair: {journal.describe()}"):
+    with label_move_context(reason=f"{REPAIR_REASON} {journal.describe()}"):
         said, settled = restore_label(
             registry, server, name, label, journal.version, journal.previous, confirm=True,
             server_poll_seconds=server_poll_seconds,

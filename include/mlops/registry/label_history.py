@@ -1,4 +1,4 @@
-"""``python -m include.mlops.registry.label_history <name>``: a model's label moves, newest first.
+"""``python -m include.mlops history <name>``: a model's label moves, newest first.
 
 Reads the registry's audit log (``models/<serving name>/label-moves.jsonl``,
 :mod:`include.mlops.registry.label_log`) under the artifact root: when each
@@ -6,9 +6,11 @@ label moved, from which version to which, by which process (pid and host),
 and any other keys a line carries (a run, a task, a reason).  The Models
 view's model page shows the same list.
 
-Not a step of the step CLI (``python -m include.mlops``): it writes nothing
-and needs no ``--out``.  Exit codes: 0, also for a model with no recorded
-move; 3 for a name that is no model (no config and no registry folder).
+A subcommand of the step CLI (``python -m include.mlops``, :data:`include.mlops.cli.COMMANDS`)
+but not a step: it writes nothing and needs no ``--out``.  ``python -m
+include.mlops.registry.label_history <name>`` runs the same.  Exit codes: 0,
+also for a model with no recorded move; 3 for a name that is no model (no
+config and no registry folder).
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from include.mlops.registry.label_log import describe_move
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m include.mlops.registry.label_history", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m include.mlops history", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the model's name (its config's name)")
     parser.add_argument(
         "--artifact-root", help="the artifact root (default: $MLOPS_ARTIFACT_ROOT or the project's artifacts/)"

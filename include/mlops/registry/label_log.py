@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 LOG_NAME = "label-moves.jsonl"
 # The keys every line has; a line may carry more (a run, a task, a reason), which readers show as they are.
 MOVE_KEYS = ("at", "label", "from", "to", "pid", "host")
+# How the ``reason`` of a move starts when the move undid another one or was asked for as a rollback: the deploy's
+# roll back of its own failed move, the repair of a move a dead deploy left, and the rollback DAG's move.
+FAILED_DEPLOY_REASON = "roll back of a failed deploy"
+REPAIR_REASON = "repair:"
+ROLLBACK_REASON = "rollback:"
 _CONTEXT: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("label_move_context", default=None)
 
 
