@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,10 +118,11 @@ def test_a_rejected_approval_rolls_back(stack: AirflowStack, registry: Registry)
         return stack.task_states("canary_approval", run_id).get("approve_canary") == "awaiting_input"
 
     wait_until(awaiting, 300, "the approval task waiting for a person")
-    # A person answers after seconds at least.  An answer within ~1 s of the pause races the executor's report
-    # of the paused process in Airflow 3.3.2 (the requeued task is then marked failed, "state changed
-    # externally"); waiting a few seconds stays clear of that race, as any human answer does.
-    time.sleep(5)
+    # Airflow 3.3.2 races an answer against the scheduler's handling of the paused process's exit: an answer
+    # that lands first requeues the task, and the late executor event then marks it failed ("state changed
+    # externally").  People answer minutes later; the test waits until the scheduler logged that event.
+    event = "state success for task instance TaskInstanceKey(dag_id='canary_approval', task_id='approve_canary'"
+    wait_until(lambda: event in (stack.home / "scheduler.log").read_text(), 120, "the paused process's exit handled")
     details = stack.api().get(hitl).json()
     assert "Canary analysis" in details["body"] and "passed every step" in details["body"]
     answer = stack.api().patch(hitl, json={"chosen_options": ["Reject"]})
