@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,16 @@ ADMIN_PASSWORD = "lifecycle-e2e"
 TERMINAL = {"success", "failed"}
 SUPERVISOR_CONF = PROJECT_ROOT / "scripts" / "supervisord.conf"
 STACK_PROCESSES = PROJECT_ROOT / "scripts" / "stack_processes.py"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    """Poll ``condition`` every ``every`` seconds until it holds; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"{what} did not happen within {timeout}s")
 
 
 def free_port() -> int:

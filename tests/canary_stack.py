@@ -11,8 +11,7 @@ given in the trigger form.  :class:`ClientLoop`
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,6 @@ for dag_id, approval, timeout_s in (("canary", False, 600.0), ("canary_approval"
 
         canary_delivery(config, register, step)
 """
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not happen within {timeout}s")
 
 
 def held_out_rows(path: Path) -> Path:

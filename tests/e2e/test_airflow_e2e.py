@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
-from airflow_stack import ADMIN_PASSWORD, AirflowStack, airflow_stack
+from airflow_stack import ADMIN_PASSWORD, AirflowStack, airflow_stack, wait_until
 from browser import AirflowUI, headless_chromium, screenshot, screenshot_on_failure
 from selenium.webdriver.common.by import By
 
@@ -38,15 +37,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
         for dag_id in DAG_IDS:
             running.wait_for_dag(dag_id)
         yield running
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(2)
-    raise TimeoutError(f"{what} did not happen within {timeout}s")
 
 
 def test_dags_are_loaded_and_unpaused(stack: AirflowStack) -> None:
@@ -208,7 +198,7 @@ def latest_backfill(stack: AirflowStack) -> dict:
 
 
 def test_a_finished_backfill_is_marked_completed_then_the_next_one_may_start(stack: AirflowStack) -> None:
-    wait_until(lambda: latest_backfill(stack)["completed_at"] is not None, 120, "the backfill's completion")
+    wait_until(lambda: latest_backfill(stack)["completed_at"] is not None, 120, "the backfill's completion", every=2)
     stack.create_backfill(DAG_ID, "2026-11-14", "2026-11-14T23:59:59")
     assert latest_backfill(stack)["completed_at"] is None
 
@@ -224,7 +214,7 @@ def test_model_server_comes_back_after_kill_9(stack: AirflowStack) -> None:
         except httpx.HTTPError:
             return False
 
-    wait_until(serves_stable_again, 120, "the model server's restart")
+    wait_until(serves_stable_again, 120, "the model server's restart", every=2)
     assert predict_through_stable(stack)
 
 
@@ -232,7 +222,7 @@ def test_scheduler_kill_9_during_train_heals_without_help(stack: AirflowStack) -
     response = stack.trigger(DAG_ID, "2026-11-21T00:00:00Z", {"max_regression": 0.5})
     assert response.status_code == 200, response.text
     run_id = response.json()["dag_run_id"]
-    wait_until(lambda: stack.task_states(DAG_ID, run_id).get("train") == "running", 900, "train running")
+    wait_until(lambda: stack.task_states(DAG_ID, run_id).get("train") == "running", 900, "train running", every=2)
     crashed = stack.pid("scheduler")
     os.kill(crashed, signal.SIGKILL)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from airflow_stack import AirflowStack
-from canary_stack import MODEL, N_FEATURES, ClientLoop, canary_stack, client_loop, run, trigger, wait_until
+from airflow_stack import AirflowStack, wait_until
+from canary_stack import MODEL, N_FEATURES, ClientLoop, canary_stack, client_loop, run, trigger
 from model_factory import make_misbehaving_model, make_saved_model
 
 from include.mlops.deploy.traffic_split import LocalRoute

@@ -18,15 +18,14 @@ names it.  The tests run in file order on versions 1 (x1), 2 (x2), 3 (x3).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from airflow_stack import AirflowStack, airflow_stack
+from airflow_stack import AirflowStack, airflow_stack, wait_until
 from model_factory import make_saved_model
 
 from include.mlops.config import find_model_config
@@ -62,15 +61,6 @@ for dag_id, task_args in ENDINGS.items():
             **task_args,
         )
 """
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not happen within {timeout}s")
 
 
 @pytest.fixture(scope="module")

@@ -31,16 +31,22 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "artifacts"
 
 
+@pytest.fixture
+def registry(root: Path, saved_models: dict[float, Path]) -> Registry:
+    """Versions 1 and 2 (sum(x) and 2 sum(x)), no label yet."""
+    registry = Registry(root / "models")
+    register(registry, saved_models[1.0], run="a")
+    register(registry, saved_models[2.0], run="b")
+    return registry
+
+
 def status(client: httpx.Client, label: str) -> int:
     return client.post(f"/v1/models/diabetes/labels/{label}:predict", json={"instances": [[1.0] * 10]}).status_code
 
 
 def test_the_canary_label_leaves_the_file_the_policy_and_the_server(
-    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
+    root: Path, config: ModelConfig, registry: Registry, tmp_path: Path
 ) -> None:
-    registry = Registry(root / "models")
-    register(registry, saved_models[1.0], run="a")
-    register(registry, saved_models[2.0], run="b")
     registry.set_label("diabetes", "stable", 1)
     registry.set_label("diabetes", "canary", 2)
     with serve(ServerSettings(registry_root=root / "models", poll_seconds=0.1, predlog_root=None)) as server:
@@ -61,10 +67,8 @@ def test_the_canary_label_leaves_the_file_the_policy_and_the_server(
 
 
 def test_a_promoted_canary_leaves_its_version_loaded_for_stable(
-    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
+    config: ModelConfig, registry: Registry, tmp_path: Path
 ) -> None:
-    registry = Registry(root / "models")
-    register(registry, saved_models[1.0], run="a")
     registry.set_label("diabetes", "stable", 1)
     registry.set_label("diabetes", "canary", 1)
     result = undeploy(config, label="canary", out=tmp_path / "out")
@@ -73,22 +77,14 @@ def test_a_promoted_canary_leaves_its_version_loaded_for_stable(
     assert registry.served_versions("diabetes") == [1]
 
 
-def test_a_missing_label_is_a_no_op_and_says_so(
-    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
-) -> None:
-    registry = Registry(root / "models")
-    register(registry, saved_models[1.0], run="a")
+def test_a_missing_label_is_a_no_op_and_says_so(config: ModelConfig, registry: Registry, tmp_path: Path) -> None:
     registry.set_label("diabetes", "stable", 1)
     before = registry.config_path.read_bytes()
     assert undeploy(config, label="canary", out=tmp_path / "out")["removed"] is False
     assert registry.config_path.read_bytes() == before
 
 
-def test_stable_is_refused_and_nothing_moves(
-    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
-) -> None:
-    registry = Registry(root / "models")
-    register(registry, saved_models[1.0], run="a")
+def test_stable_is_refused_and_nothing_moves(config: ModelConfig, registry: Registry, tmp_path: Path) -> None:
     registry.set_label("diabetes", "stable", 1)
     before = registry.config_path.read_bytes()
     with pytest.raises(ProtectedLabelError, match=r"out of service.*rollback__diabetes"):
@@ -97,13 +93,8 @@ def test_stable_is_refused_and_nothing_moves(
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unfinished_move_is_repaired_first(
-    root: Path, config: ModelConfig, saved_models: dict[float, Path], tmp_path: Path
-) -> None:
+def test_an_unfinished_move_is_repaired_first(config: ModelConfig, registry: Registry, tmp_path: Path) -> None:
     """A stable move that died half-way (its journal left) is put back before the canary goes."""
-    registry = Registry(root / "models")
-    register(registry, saved_models[1.0], run="a")
-    register(registry, saved_models[2.0], run="b")
     registry.set_label("diabetes", "stable", 2)
     registry.set_label("diabetes", "canary", 2)
     write_journal(registry.model_dir("diabetes"), "diabetes", "stable", 2, 1)
