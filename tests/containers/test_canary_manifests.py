@@ -24,7 +24,7 @@ import pytest
 import yaml
 from tooling import require_executable
 
-from include.mlops.serving.app import PREDICT_PATH
+from include.mlops.serving.post_api import PREDICT_PATH
 from include.mlops.serving.request_logger import build_parser
 from mlops_airflow.canary_route import (
     CANARY_SERVICE,

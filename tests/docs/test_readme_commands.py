@@ -247,11 +247,11 @@ def test_request_body_is_json(command: Command, request_) -> None:
     ids=lambda value: _id(value) if isinstance(value, Command) else None,
 )
 def test_model_server_request_is_a_route_of_the_server(command: Command, request_) -> None:
-    from include.mlops.serving import app
+    from include.mlops.serving import app, post_api
 
     _port, method, path, body = request_
     if method == "POST":
-        match = app.PREDICT_PATH.fullmatch(path)
+        match = post_api.PREDICT_PATH.fullmatch(path)
         assert match, f"{command}\nPOST {path} is not a :predict, :classify or :regress path"
     else:
         assert method == "GET", command

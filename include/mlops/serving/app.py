@@ -43,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.mlops.serving import classify
-from include.mlops.serving.errors import HTTP_STATUS, HttpError, PayloadTooLarge, model_error, parse_version
+from include.mlops.serving.errors import HttpError, model_error, parse_version
 from include.mlops.serving.metrics import CONTENT_TYPE, METRICS_PATH, UNKNOWN_MODEL, ServingMetrics
 from include.mlops.serving.models import (
     DEFAULT_BEHAVIOUR,
@@ -53,20 +53,19 @@ from include.mlops.serving.models import (
     invalid,
     not_found,
 )
+from include.mlops.serving.post_api import PostApi, error_body
 from include.mlops.serving.predict_json import format_predict_response, parse_predict_request
 from include.mlops.serving.predlog import PredictionLogger
 from include.mlops.serving.route import Routed, count_rows, counted, route
 from include.mlops.serving.tfserving_mode import create_model_manager
+from include.mlops.serving.workers import WorkerThreads
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
 
-# TF Serving's kPredictionApiGegex / kModelStatusApiRegex (http_rest_api_util.cc).
-PREDICT_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
-)
+# TF Serving's kModelStatusApiRegex (http_rest_api_util.cc); its predict regex is post_api.PREDICT_PATH.
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
 )
@@ -127,6 +126,7 @@ class ModelServer:
         self.predlog = (
             PredictionLogger.from_settings(settings, self.metrics) if settings.predlog_root is not None else None
         )
+        self._workers = WorkerThreads()
 
     def start(self) -> None:
         if self.predlog is not None:
@@ -134,6 +134,7 @@ class ModelServer:
         self.models.start()
 
     def stop(self) -> None:
+        self._workers.stop()
         self.models.stop()
         if self.predlog is not None:
             self.predlog.stop()
@@ -181,7 +182,7 @@ class ModelServer:
         state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
         routed = route(state, name, version, label)
         with counted(self.metrics, routed):
-            return await run_in_threadpool(self._predict_blocking, routed, label, body)
+            return await self._workers.run(self._predict_blocking, routed, label, body)
 
     def _predict_blocking(self, routed: Routed, label: str | None, body: bytes) -> bytes:
         """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
@@ -227,7 +228,7 @@ class ModelServer:
     ) -> bytes:
         routed = route(self.models.state, name, version, label)
         with counted(self.metrics, routed):
-            return await run_in_threadpool(self._classify_or_regress_blocking, method, routed.loaded, body)
+            return await self._workers.run(self._classify_or_regress_blocking, method, routed.loaded, body)
 
     def _classify_or_regress_blocking(self, method: str, loaded: LoadedVersion, body: bytes) -> bytes:
         import numpy as np
@@ -252,30 +253,10 @@ def _json_response(text: str | bytes, status: int = 200) -> Response:
 
 
 def _error_response(error: ServingError) -> Response:
-    if isinstance(error, HttpError):
-        response = _json_response(json.dumps({"error": error.message}), error.http_status)
-        response.headers.update(error.headers)
-        return response
-    return _json_response(json.dumps({"error": error.message}), HTTP_STATUS.get(error.code, 500))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(limit)
-        except ValueError:
-            raise invalid("Content-Length is not a number") from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    status, body, headers = error_body(error)
+    response = _json_response(body, status)
+    response.headers.update(headers)
+    return response
 
 
 def create_app(settings: ServerSettings, server: ModelServer | None = None) -> FastAPI:
@@ -318,13 +299,14 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
     async def metrics() -> Response:
         return Response(content=server.metrics.exposition(), media_type=CONTENT_TYPE)
 
+    app.add_middleware(PostApi, server=server, max_body_bytes=settings.max_body_bytes)
+
     # One catch-all route parsed with TF Serving's own (case-insensitive) regexes, as TF Serving does.
     # It takes every common method so that the answer (404 or 405) and its shape are decided here.
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
     async def v1(request: Request) -> Response:
         start = time.perf_counter()
         path = request.url.path
-        model_name = ""
         try:
             if path == METRICS_PATH:
                 raise method_not_allowed(request.method, path, "GET")
@@ -332,23 +314,7 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
                 raise unknown_path(path)
             if request.method not in ("GET", "POST"):
                 raise method_not_allowed(request.method, path, "GET, POST")
-            if request.method == "POST":
-                match = PREDICT_PATH.fullmatch(path)
-                if match is None:
-                    raise invalid(f"Malformed request: POST {path}")
-                model_name, version_str, label, method = match.groups()
-                version = parse_version(version_str)
-                method = method.lower()
-                body = await read_body(request, settings.max_body_bytes)
-                if method == "predict":
-                    content = await server.predict(model_name, version, label, body)
-                else:
-                    content = await server.classify_or_regress(method, model_name, version, label, body)
-                server.metrics.record_request(model_name, "OK")
-                server.metrics.record_request_latency(
-                    model_name, method.capitalize(), "REST", (time.perf_counter() - start) * 1e6
-                )
-                return _json_response(content)
+            # POSTs under /v1/ never get here: PostApi (added above) answers them before the router.
             match = _STATUS_PATH.fullmatch(path)
             if match is None:
                 raise invalid(f"Malformed request: GET {path}")
@@ -365,8 +331,6 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             server.metrics.record_request_latency(model_name, api, "REST", (time.perf_counter() - start) * 1e6)
             return _json_response(text)
         except ServingError as error:
-            if request.method == "POST" and model_name:
-                server.metrics.record_request(server.metric_model_name(model_name), error.code)
             if error.code in ("INTERNAL", "UNKNOWN"):
                 log.error("%s %s failed: %s", request.method, path, error.message)
             return _error_response(error)
@@ -374,8 +338,6 @@ def create_app(settings: ServerSettings, server: ModelServer | None = None) -> F
             # A bug of ours: answer here, in TF Serving's shape, so the server keeps the client's connection
             # (an exception that escapes the app makes uvicorn drop it).
             log.exception("%s %s failed", request.method, path)
-            if request.method == "POST" and model_name:
-                server.metrics.record_request(server.metric_model_name(model_name), "INTERNAL")
             return _error_response(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
     return app

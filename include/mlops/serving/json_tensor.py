@@ -22,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import struct
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.serving.models import ServingError, invalid
@@ -225,6 +227,11 @@ def contains_bool(value: Any) -> bool:
 
 _MAX_DIGITS10 = {4: 9, 8: 17}  # std::numeric_limits<float/double>::max_digits10
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_SMALL = 64  # up to this many values, float_texts writes them one at a time
+_INF = float("inf")
+_MIN_NORMAL32 = 2.0**-126
+_HALF_ULP_SCALE = 2.0**25  # a float32 mantissa has 24 bits: a halfway point needs the 25th
+_F32 = struct.Struct("<f")
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -249,6 +256,10 @@ def float_texts(array: np.ndarray) -> list[str]:
     import numpy as np
 
     flat = array.reshape(-1)
+    if flat.size <= _SMALL and flat.dtype.itemsize in _MAX_DIGITS10:
+        small = _small_float_texts(flat.tolist(), flat.dtype.itemsize == 4)
+        if small is not None:
+            return small
     if flat.dtype.itemsize not in _MAX_DIGITS10:
         texts = [repr(v) for v in flat.astype(str).astype(np.float64).tolist()]
         return [_NON_FINITE.get(t, t) for t in texts]
@@ -258,6 +269,39 @@ def float_texts(array: np.ndarray) -> list[str]:
     for index in np.flatnonzero((read != flat) & np.isfinite(flat)).tolist():
         texts[index] = format(values[index], f".{_MAX_DIGITS10[flat.dtype.itemsize]}g")
     return [_NON_FINITE.get(t) or (t if "." in t or "e" in t else t + ".0") for t in texts]
+
+
+def _small_float_texts(values: list[float], single: bool) -> list[str] | None:
+    """:func:`float_texts` one value at a time, for a few values (numpy's per-call cost dominates there).
+
+    None where a value needs the array path's care: a float32 text that reads as a double exactly halfway
+    between two floats, or in the subnormal range, where rounding through a double may differ from
+    rounding the decimal once.
+    """
+    texts = []
+    for value in values:
+        if value != value or value in (_INF, -_INF):
+            texts.append("NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
+            continue
+        text = format(value, ".6g")
+        read = float(text)
+        if single:
+            if read != 0.0 and (abs(read) < _MIN_NORMAL32 or _halfway32(read)):
+                return None
+            try:
+                read = _F32.unpack(_F32.pack(read))[0]
+            except OverflowError:
+                return None
+        if read != value:
+            text = format(value, ".9g" if single else ".17g")
+        texts.append(text if "." in text or "e" in text else text + ".0")
+    return texts
+
+
+def _halfway32(value: float) -> bool:
+    """Whether the double ``value`` lies exactly halfway between two (normal) float32 values."""
+    scaled = math.frexp(value)[0] * _HALF_ULP_SCALE
+    return scaled == int(scaled) and int(scaled) % 2 == 1
 
 
 def _read_float32(texts: list[str]) -> np.ndarray:

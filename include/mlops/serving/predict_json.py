@@ -14,20 +14,55 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.serving.errors import json_parse_error, may_differ_from_rapidjson, rapidjson_error
+import orjson
+
+from include.mlops.serving.errors import json_parse_error, may_differ_from_rapidjson, number_marks, rapidjson_error
 from include.mlops.serving.json_tensor import as_array, debug_string, is_b64_object, row_json, tensor_json, to_tensor
 from include.mlops.serving.models import DEFAULT_SIGNATURE, LoadedVersion, ServingError, TensorSpecInfo, invalid
 
 if TYPE_CHECKING:
     import numpy as np
 
+_UNREAD = object()  # _fast_loads: orjson did not read the body
+_LONG_DIGITS = b"0" * 19  # in number_marks(body): a run of 19 digits
+
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or TF Serving's parse errors (RapidJSON's words and offset)."""
     if not body:
         raise invalid("JSON Parse error: The document is empty")
+    marks = number_marks(body)
+    doc = _UNREAD if _LONG_DIGITS in marks else _fast_loads(body)
+    if doc is _UNREAD:
+        doc = _loads(body)
+    # What Python reads but RapidJSON refuses: a number beyond a double (Python reads infinity), a lone surrogate.
+    if may_differ_from_rapidjson(body, marks):
+        found = rapidjson_error(body)
+        if found is not None:
+            raise invalid(f"JSON Parse error: {found[0]} at offset: {found[1]}")
+    if not isinstance(doc, dict):
+        raise invalid(f"JSON Value: {debug_string(doc)} Is not object")
+    return doc
+
+
+def _fast_loads(body: bytes) -> Any:
+    """``json.loads(body)`` by orjson where the two read the same, else ``_UNREAD``.
+
+    orjson refuses what only Python's json reads (NaN and Infinity, a byte order mark, lone surrogates,
+    nesting past 1024, numbers beyond a double): those, and any other error, go to :func:`_loads`.  The one
+    value they read differently is an integer beyond 64 bits (orjson: a float), so the caller sends a body
+    with a run of 19 digits (every integer out of int64's range has one) there too.
+    """
     try:
-        doc = json.loads(body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _UNREAD
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)`` with its errors in TF Serving's words."""
+    try:
+        return json.loads(body)
     except RecursionError:
         # json recurses once per nesting level; TF Serving's parser does not, and no tensor nests this deep.
         raise invalid(
@@ -36,14 +71,6 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(json_parse_error(body, exc)) from None
-    # What Python reads but RapidJSON refuses: a number beyond a double (Python reads infinity), a lone surrogate.
-    if may_differ_from_rapidjson(body):
-        found = rapidjson_error(body)
-        if found is not None:
-            raise invalid(f"JSON Parse error: {found[0]} at offset: {found[1]}")
-    if not isinstance(doc, dict):
-        raise invalid(f"JSON Value: {debug_string(doc)} Is not object")
-    return doc
 
 
 def signature_name(doc: Mapping[str, Any]) -> str:

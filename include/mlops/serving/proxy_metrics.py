@@ -31,10 +31,10 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from include.mlops.serving.app import PREDICT_PATH
 from include.mlops.serving.canary_weights import TRACKS
 from include.mlops.serving.errors import code_for_http_status
 from include.mlops.serving.metrics import UNKNOWN_MODEL, RouteMetrics, exposition
+from include.mlops.serving.post_api import PREDICT_PATH
 
 # The logger owns every series of this prefix on its page: an upstream that exports them too (the project's
 # own server in its tfserving behaviour) has its lines left out, so that each name appears once.

@@ -46,10 +46,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from include.mlops.serving.app import PREDICT_PATH
 from include.mlops.serving.canary_weights import STABLE, TRACKS
 from include.mlops.serving.errors import parse_version
 from include.mlops.serving.metrics import CONTENT_TYPE, METRICS_PATH
+from include.mlops.serving.post_api import PREDICT_PATH
 from include.mlops.serving.predlog import PredictionLogger
 from include.mlops.serving.predlog import add_arguments as add_predlog_arguments
 from include.mlops.serving.proxy_log import Capture, RequestLog, VersionResolver
