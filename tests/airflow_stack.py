@@ -54,11 +54,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def models_off_the_clock(source: Path, folder: Path) -> Path:
+def models_off_the_clock(source: Path, folder: Path, *, lifecycle_schedule: str | None = None) -> Path:
     """Copy the model configs and builders in ``source`` to ``folder``, every schedule daily twelve hours from now.
 
     The latest scheduled interval of each DAG (lifecycle and monitor) has ended, so its run
     starts as soon as the DAG is unpaused, as under ``make run``; the next one is half a day away.
+    ``lifecycle_schedule``: the lifecycle DAGs' cron instead (a test that needs the nightly run's
+    interval to have ended days ago gives a weekly one; it must be off the clock as well).
     """
     folder.mkdir(parents=True, exist_ok=True)
     hour = (dt.datetime.now(dt.UTC).hour + 12) % 24
@@ -68,7 +70,7 @@ def models_off_the_clock(source: Path, folder: Path) -> Path:
             shutil.copy(path, folder / path.name)
         elif path.suffix in (".yaml", ".yml"):
             document = yaml.safe_load(path.read_text())
-            document["schedule"] = off_the_clock
+            document["schedule"] = lifecycle_schedule or off_the_clock
             document.setdefault("monitor", {})["schedule"] = off_the_clock
             (folder / path.name).write_text(yaml.safe_dump(document, sort_keys=False))
     return folder
@@ -299,10 +301,13 @@ class AirflowStack:
 
 
 @contextmanager
-def airflow_stack(workdir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[AirflowStack]:
+def airflow_stack(
+    workdir: Path, extra_env: Mapping[str, str] | None = None, *, lifecycle_schedule: str | None = None
+) -> Iterator[AirflowStack]:
     env = dict(extra_env or {})
     source = Path(env.get("MLOPS_MODELS_DIR", PROJECT_ROOT / "include" / "models"))
-    env["MLOPS_MODELS_DIR"] = str(models_off_the_clock(source, workdir / "models-off-the-clock"))
+    folder = models_off_the_clock(source, workdir / "models-off-the-clock", lifecycle_schedule=lifecycle_schedule)
+    env["MLOPS_MODELS_DIR"] = str(folder)
     stack = AirflowStack(workdir / "airflow-home", workdir / "artifacts", env)
     try:
         stack.start()

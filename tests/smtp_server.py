@@ -6,6 +6,7 @@ import email
 import json
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import Message
 from typing import Any
 
@@ -18,6 +19,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], Message]] = []
+        self.port = 0  # set by running_inbox()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls it by this name
         self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
@@ -30,15 +32,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox, port = Inbox(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+@contextmanager
+def running_inbox() -> Iterator[Inbox]:
+    """An SMTP server on a free loopback port (``inbox.port``) keeping what it receives in the inbox."""
+    inbox = Inbox()
+    inbox.port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
     controller.start()
     try:
-        yield inbox, port
+        yield inbox
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Inbox, int]]:
+    with running_inbox() as inbox:
+        yield inbox, inbox.port
 
 
 def smtp_connection(port: int, to: Any = "oncall@example.com, lead@example.com") -> str:

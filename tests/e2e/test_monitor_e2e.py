@@ -20,166 +20,60 @@ the tests run in file order:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from airflow_stack import AirflowStack, airflow_stack
-from smtp_server import Inbox, smtp_connection
-from tooling import require_executable
+from airflow_stack import AirflowStack
+from monitor_stack import (
+    CONFIG,
+    LIFECYCLE,
+    MODEL,
+    MONITOR,
+    asset_events,
+    diabetes_config,
+    monitor_run,
+    monitoring_stack,
+    outcome,
+    prometheus_value,
+    retrain_runs,
+    taken,
+    traffic,
+    wait_for,
+)
+from smtp_server import Inbox, running_inbox, smtp_connection
 
 from include.mlops.artifacts import run_dir
-from include.mlops.config import find_model_config
-from include.mlops.monitoring.traffic import latest_snapshot, send_traffic
 from include.mlops.registry.filesystem import Registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-MODEL = "diabetes"
-LIFECYCLE = f"lifecycle__{MODEL}"
-MONITOR = f"monitor__{MODEL}"
-BRANCHES = ("healthy", "insufficient_data", "slo_breach", "request_retrain")
-CONFIG = find_model_config(MODEL)
-
 
 @pytest.fixture(scope="module")
 def inbox() -> Iterator[Inbox]:
-    from aiosmtpd.controller import Controller
-    from smtp_server import free_port
-
-    handler, port = Inbox(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port  # type: ignore[attr-defined]
-    try:
-        yield handler
-    finally:
-        controller.stop()
+    with running_inbox() as running:
+        yield running
 
 
 DEADLINE_MINUTES = 0.2
 
 
-def models_with_a_short_deadline(folder: Path) -> Path:
-    """Only the diabetes model, whose lifecycle runs get a deadline every run misses, and drift acted on at once."""
-    import shutil
-
-    import yaml
-
-    folder.mkdir(parents=True)
-    shutil.copy(CONFIG.builder_path, folder / CONFIG.builder_path.name)
-    document = yaml.safe_load(CONFIG.path.read_text())
+def short_deadline(document: dict[str, Any]) -> None:
+    """Lifecycle runs get a deadline every run misses, and drift is acted on at once."""
     document["monitor"]["deadline_minutes"] = DEADLINE_MINUTES
     # One drifted window requests here; persistence over several windows (2 of 3 by default) is tested with
     # dag.test() in tests/integration/test_monitor_branches.py and tests/unit/test_retraining.py.
     document["monitor"].setdefault("drift", {})["persistence"] = {"k": 1, "n": 1}
-    (folder / CONFIG.path.name).write_text(yaml.safe_dump(document))
-    return folder
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[AirflowStack]:
-    require_executable("prometheus", "install it with: apt-get install prometheus prometheus-pushgateway")
-    require_executable("prometheus-pushgateway", "install it with: apt-get install prometheus prometheus-pushgateway")
-    env = {
-        "MLOPS_MODELS_DIR": str(models_with_a_short_deadline(tmp_path_factory.mktemp("models") / "models")),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        # Every request logged and written within seconds, so a monitor run sees the traffic just sent.
-        "MLOPS_PREDLOG_SAMPLE_RATE": "1",
-        "MLOPS_PREDLOG_FLUSH_SECONDS": "2",
-        "AIRFLOW_CONN_MLOPS_ALERTS": smtp_connection(inbox.port),  # type: ignore[attr-defined]
-    }
-    with airflow_stack(tmp_path_factory.mktemp("monitor-e2e"), extra_env=env) as running:
-        for dag_id in (LIFECYCLE, MONITOR):
-            running.wait_for_dag(dag_id)
-            response = running.api().patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-            assert response.status_code == 200, response.text
+    models = diabetes_config(tmp_path_factory.mktemp("models") / "models", short_deadline)
+    env = {"AIRFLOW_CONN_MLOPS_ALERTS": smtp_connection(inbox.port)}
+    with monitoring_stack(tmp_path_factory.mktemp("monitor-e2e"), models, env) as running:
         yield running
-
-
-def wait_for(condition: Any, timeout: float, what: str, every: float = 2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} did not happen within {timeout}s")
-
-
-def prometheus_value(stack: AirflowStack, promql: str) -> float | None:
-    answer = httpx.get(
-        f"http://127.0.0.1:{stack.prometheus_port}/api/v1/query", params={"query": promql}, timeout=10
-    ).json()
-    result = answer.get("data", {}).get("result") or []
-    return float(result[0]["value"][1]) if result else None
-
-
-def traffic(stack: AirflowStack, requests: int, **kwargs: Any) -> None:
-    """Send ``requests`` requests, then wait until Prometheus has scraped all of them."""
-    query = f'sum(:tensorflow:serving:request_count{{model_name="{CONFIG.serving_name}"}})'
-    before = prometheus_value(stack, query) or 0.0
-    rows_from = latest_snapshot(CONFIG, root=stack.artifact_root)
-    summary = send_traffic(
-        CONFIG,
-        stack.server_url,
-        rate=25,
-        requests=requests,
-        duration=None,
-        seed=7,
-        rows_from=rows_from,
-        report=lambda line: None,
-        **kwargs,
-    )
-    assert summary.sent == requests and summary.transport_errors == 0, summary
-    wait_for(
-        lambda: (prometheus_value(stack, query) or 0.0) >= before + requests,
-        90,
-        f"Prometheus scraping {requests} more requests",
-    )
-    time.sleep(3)  # the prediction log writes every 2 s
-
-
-def monitor_run(stack: AirflowStack) -> tuple[str, dict[str, str | None]]:
-    """Trigger ``monitor__diabetes`` now and wait for it; its run id and task states."""
-    now = dt.datetime.now(dt.UTC).isoformat()
-    response = stack.trigger(MONITOR, now)
-    assert response.status_code == 200, response.text
-    run_id = response.json()["dag_run_id"]
-    [run] = stack.wait_for_runs(MONITOR, {run_id}, timeout=600)
-    states = stack.task_states(MONITOR, run_id)
-    assert run["state"] == "success", states
-    return run_id, states
-
-
-def outcome(stack: AirflowStack, run_id: str) -> dict[str, Any]:
-    return json.loads((run_dir(MONITOR, run_id, "decide", root=stack.artifact_root) / "outcome.json").read_text())
-
-
-def taken(states: dict[str, str | None]) -> set[str]:
-    return {task for task in BRANCHES if states.get(task) == "success"}
-
-
-def asset_events(stack: AirflowStack) -> list[dict[str, Any]] | None:
-    """The monitor DAG's asset events, or None while Airflow cannot list them yet.
-
-    Airflow 3.3's events endpoint answers 500 while a dag run the event created is queued and has no
-    start_date yet (AssetEventResponse requires one), so the listing is retried until that run starts.
-    """
-    response = stack.api().get("/api/v2/assets/events", params={"source_dag_id": MONITOR})
-    if response.status_code == 500:
-        return None
-    assert response.status_code == 200, response.text
-    return response.json()["asset_events"]
-
-
-def retrain_runs(stack: AirflowStack) -> list[dict[str, Any]]:
-    return [r for r in stack.dag_runs(LIFECYCLE) if r["run_type"] == "asset_triggered"]
 
 
 def mails(inbox: Inbox, subject: str) -> list[Any]:
