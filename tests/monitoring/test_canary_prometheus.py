@@ -232,7 +232,7 @@ def test_requests_error_ratio_latency_and_the_mean_difference_are_what_was_fed(w
     assert got.distance_method == SMD
     assert got.distance == pytest.approx(abs(canary.mean() - stable.mean()) / stable.std(), rel=1e-6)
     # 12/60 errors against 6/204 and a mean moved by ~10 std: a failed check.
-    result = judge(got, CanaryConfig(interval_s=INTERVAL_S))
+    result = judge(got, CanaryConfig(interval_s=INTERVAL_S, min_requests=20))
     assert result.outcome == "fail", result.summary()
     assert {c.name for c in result.criteria if c.passed is False} == {"error_ratio", "prediction_distance"}
 
@@ -245,7 +245,7 @@ def test_the_class_shares_give_the_total_variation_distance(window: Window) -> N
     assert got.distance_method == TVD
     assert got.distance == pytest.approx(0.5 * np.abs(p - q).sum(), rel=1e-6)  # 0.5 * (1/6 + 1/30 + 0.2 + 1/3) = 11/30
     assert (got.stable.error_ratio, got.canary.error_ratio) == (0.0, 0.0)
-    result = judge(got, CanaryConfig(interval_s=INTERVAL_S, max_prediction_distance=0.2))
+    result = judge(got, CanaryConfig(interval_s=INTERVAL_S, min_requests=20, max_prediction_distance=0.2))
     assert result.outcome == "fail" and [c.name for c in result.criteria if c.passed is False] == [
         "prediction_distance"
     ]
@@ -254,13 +254,13 @@ def test_the_class_shares_give_the_total_variation_distance(window: Window) -> N
 def test_without_prediction_series_the_distance_is_not_measured_and_the_check_passes(window: Window) -> None:
     got = window.measure("bare")
     assert (got.distance, got.distance_method, got.problems) == (None, None, ())
-    result = judge(got, CanaryConfig(interval_s=INTERVAL_S))
+    result = judge(got, CanaryConfig(interval_s=INTERVAL_S, min_requests=20))
     assert result.outcome == "pass", result.summary()
     assert "prediction distance not measured" in result.summary()
 
 
 def test_a_model_prometheus_never_saw_is_inconclusive(window: Window) -> None:
-    result = judge(window.measure("unknown_model"), CanaryConfig(interval_s=INTERVAL_S))
+    result = judge(window.measure("unknown_model"), CanaryConfig(interval_s=INTERVAL_S, min_requests=20))
     assert result.outcome == "inconclusive"
     assert result.reasons[:2] == (
         "stable: 0 requests in 10 s, fewer than min_requests (20)",
@@ -275,7 +275,7 @@ def test_prometheus_stopped_is_inconclusive_with_the_reason(window: Window) -> N
     process.wait(timeout=15)
     got = window.measure("reg")
     assert got.unavailable is not None and "cannot be reached" in got.unavailable
-    result = judge(got, CanaryConfig(interval_s=INTERVAL_S))
+    result = judge(got, CanaryConfig(interval_s=INTERVAL_S, min_requests=20))
     assert result.outcome == "inconclusive"
     assert result.reasons == (got.unavailable,)
     assert result.summary().startswith("step 25 %: inconclusive — Prometheus at http://127.0.0.1:")
