@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from include.mlops.config import ModelConfig
@@ -180,7 +180,7 @@ class CanaryAnalysisOperator(BaseOperator):
     def _prometheus_url(self) -> str:
         try:
             return PrometheusHook(self.prometheus_conn_id).get_conn()
-        except Exception as exc:  # an undefined Connection: every check is inconclusive, never a pass
+        except AirflowException as exc:  # an undefined Connection: every check is inconclusive, never a pass
             log.warning("%s; every canary check will be inconclusive", exc)
             return ""
 
@@ -271,12 +271,9 @@ def end_reason(context: Context) -> str:
     analysis = ti.xcom_pull(task_ids=ANALYSIS_TASK_ID, key="analysis")
     if isinstance(analysis, Mapping) and analysis.get("action") == "abort":
         return f"canary rolled back: analysis aborted it ({analysis.get('summary')})"
-    approval = ti.xcom_pull(task_ids=APPROVAL_TASK_ID, key="decision")
-    if isinstance(approval, Mapping) and approval.get("chosen_options"):
-        who = approval.get("responded_by_user") or "nobody (timed out, default Reject)"
-        if isinstance(who, Mapping):
-            who = who.get("name") or who.get("id")
-        return f"canary rolled back: promotion {approval['chosen_options'][0]} by {who}"
+    approval = _approval(context)
+    if approval is not None:
+        return f"canary rolled back: promotion {approval[0]} by {approval[1] or 'nobody (timed out, default Reject)'}"
     return "canary rolled back: the run ended before promotion (a failed or stopped task)"
 
 
@@ -332,13 +329,21 @@ def end_canary_arguments(config: ModelConfig, context: Context) -> dict[str, Any
 def promote_reason(context: Context) -> str:
     analysis = context["ti"].xcom_pull(task_ids=ANALYSIS_TASK_ID, key="analysis") or {}
     reason = f"canary analysis passed ({analysis.get('summary', 'no summary')})"
-    approval = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID, key="decision")
-    if isinstance(approval, Mapping) and approval.get("chosen_options"):
-        who = approval.get("responded_by_user")
-        if isinstance(who, Mapping):
-            who = who.get("name") or who.get("id")
-        reason += f"; approved by {who}"
+    approval = _approval(context)
+    if approval is not None:
+        reason += f"; approved by {approval[1]}"
     return reason
+
+
+def _approval(context: Context) -> tuple[str, str | None] | None:
+    """The approval's answer and who gave it (None: nobody, the timeout's default), or None without one."""
+    decision = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID, key="decision")
+    if not isinstance(decision, Mapping) or not decision.get("chosen_options"):
+        return None
+    who = decision.get("responded_by_user")
+    if isinstance(who, Mapping):
+        who = who.get("name") or who.get("id")
+    return decision["chosen_options"][0], who
 
 
 def canary_delivery(config: ModelConfig, register: BaseOperator, step: Any) -> None:

@@ -122,3 +122,11 @@ def test_promote_names_the_analysis_and_the_approver() -> None:
         )
     )
     assert reason == "canary analysis passed (passed every step after 2 checks); approved by cy"
+
+
+def test_without_a_prometheus_connection_a_window_is_inconclusive_never_a_pass() -> None:
+    from mlops_airflow.canary import judge_window
+
+    result = judge_window("", "diabetes", {"steps": [10, 50], "interval_s": 30.0}, weight=10)
+    assert result["outcome"] == "inconclusive"
+    assert "prometheus_default" in result["summary"]
