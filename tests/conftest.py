@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,11 @@ def artifact_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a loopback port, with the AWS variables pointing at it (tests/s3_stand_in.py)."""
+    from s3_stand_in import running_s3
+
+    yield from running_s3()

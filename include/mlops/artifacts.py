@@ -110,14 +110,19 @@ def make_dirs(path: str | os.PathLike[str]) -> Path:
 
 
 def artifact_root() -> Path:
-    """``$MLOPS_ARTIFACT_ROOT`` or ``<project>/artifacts``, as an absolute path."""
+    """``$MLOPS_ARTIFACT_ROOT`` or ``<project>/artifacts``, as an absolute path.
+
+    When the root is an object store (``s3://bucket/prefix``) this is the
+    process's local mirror of it (:mod:`include.mlops.artifact_store`).
+    """
+    from include.mlops import artifact_store
+
+    uri = artifact_store.remote_root()
+    if uri is not None:
+        return artifact_store.mirror_dir(uri)
     root = os.environ.get("MLOPS_ARTIFACT_ROOT") or str(PROJECT_ROOT / "artifacts")
     if root.startswith("file://"):
         root = root[len("file://") :]
-    if "://" in root:
-        raise ValueError(
-            f"MLOPS_ARTIFACT_ROOT={root!r}: only local paths (or a mounted bucket/PVC) are supported by this build"
-        )
     return Path(root).resolve()
 
 

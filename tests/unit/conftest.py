@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -77,11 +77,3 @@ def write_partition() -> Callable[[pd.DataFrame, str | Path, str], Path]:
         return path
 
     return write
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a loopback port, with the AWS variables pointing at it (tests/s3_stand_in.py)."""
-    from s3_stand_in import running_s3
-
-    yield from running_s3()

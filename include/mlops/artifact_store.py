@@ -1,0 +1,278 @@
+"""The artifact root on object storage: a local mirror that processes work in, synced with the bucket.
+
+``MLOPS_ARTIFACT_ROOT`` is a local folder (the embedded default, a mounted
+share) or an object-store URI, ``s3://bucket/prefix``.  On object storage:
+
+- the **registry** (``<root>/models/``) is :class:`ObjectStoreRegistry`: versions
+  are claimed and labels moved with conditional writes, straight in the bucket
+  (:func:`open_registry` builds the one this process should use);
+- **everything else** (``runs/<dag_id>/<run_id>/<step>/``, prediction logs,
+  monitoring outputs) is worked on in a local mirror of the root
+  (:func:`include.mlops.artifacts.artifact_root` returns it:
+  ``$MLOPS_STAGING_DIR/<bucket>-<hash>``, default under the temp folder).  The
+  step CLI pulls a step's inputs into the mirror before it runs and pushes its
+  ``--out`` folder and result file after it succeeded (:mod:`include.mlops.cli`),
+  so step code keeps reading and writing local paths;
+- a **pushed folder is published by a marker** (``<folder>/.complete.json``,
+  the list of its files with their sizes and sha256), written last; a rerun
+  deletes the marker before it uploads.  A reader pulls a run folder only
+  through its marker, so it never sees a step's output half-written, and a step
+  that died before its push published nothing.  Registry version folders are
+  published by their own manifest (``checksums.json``) and are immutable.
+
+Object stores have no rename, so this is the one place that decides what
+"written" means there.  Only ``s3://`` is supported: ``gs://`` is refused
+because no GCS stand-in runs where this project is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "MLOPS_ARTIFACT_ROOT"
+STAGING_ENV = "MLOPS_STAGING_DIR"
+MARKER = ".complete.json"
+# Folders under the root whose contents are published by MARKER (step outputs); others are pulled as listed.
+MARKED_TOP = ("runs",)
+# The registry's manifest: a version folder without it does not exist (include.mlops.registry.object_store).
+VERSION_MANIFEST = "assets.extra/checksums.json"
+
+
+class ArtifactStoreError(RuntimeError):
+    """The object-store artifact root cannot be used as configured; the message says what to fix."""
+
+
+def is_object_store_uri(value: str | os.PathLike[str] | None) -> bool:
+    """Whether a configured root names an object store (``s3://``, ``gs://``) rather than a local folder."""
+    return value is not None and "://" in str(value) and not str(value).startswith("file://")
+
+
+def remote_root(value: str | None = None) -> Any:
+    """The configured root as an :class:`ObjectUri` when it is an object store, else None.
+
+    Raises :class:`ArtifactStoreError` for a URI this build cannot use (a
+    malformed one, or ``gs://``), naming the variable and the fix.
+    """
+    from include.mlops.registry.object_uri import ObjectUri
+
+    value = os.environ.get(ROOT_ENV, "") if value is None else value
+    if not is_object_store_uri(value):
+        return None
+    try:
+        uri = ObjectUri.parse(value)
+    except ValueError as exc:
+        raise ArtifactStoreError(f"{ROOT_ENV}={value!r}: {exc}") from None
+    if uri.scheme != "s3":
+        raise ArtifactStoreError(
+            f"{ROOT_ENV}={value!r}: only s3:// is supported on object storage (gs:// is untested, no GCS stand-in "
+            "runs where this project is tested); use an s3:// bucket or a mounted folder"
+        )
+    return uri
+
+
+def mirror_dir(uri: Any) -> Path:
+    """The local mirror of ``uri``: ``$MLOPS_STAGING_DIR/<bucket>-<hash of the URI>`` (default: the temp folder)."""
+    base = Path(os.environ.get(STAGING_ENV) or Path(tempfile.gettempdir()) / "mlops-mirror")
+    digest = hashlib.sha256(str(uri).encode()).hexdigest()[:10]
+    return (base / f"{uri.bucket}-{digest}").resolve()
+
+
+@dataclass
+class ArtifactStore:
+    """An object-store artifact root (``uri``) and this process's local mirror of it (``local``)."""
+
+    uri: Any  # ObjectUri
+    local: Path
+    client: Any
+
+    @functools.cached_property
+    def objects(self) -> Any:
+        from include.mlops.registry.s3_objects import S3Objects
+
+        return S3Objects(self.uri, self.client)
+
+    # ------------------------------------------------------------------ addresses
+
+    def relative(self, path: str | os.PathLike[str]) -> str | None:
+        """``path`` (a mirror path or a URI under the root) relative to the root, or None when it is neither."""
+        text = os.fspath(path)
+        if is_object_store_uri(text):
+            prefix = str(self.uri).rstrip("/") + "/"
+            return text[len(prefix) :].strip("/") if text.startswith(prefix) else None
+        try:
+            return Path(text).resolve().relative_to(self.local).as_posix()
+        except ValueError:
+            return None
+
+    def localize(self, value: str) -> str:
+        """A URI under the root -> its mirror path; anything else unchanged."""
+        rel = self.relative(value) if is_object_store_uri(value) else None
+        return str(self.local / rel) if rel is not None else value
+
+    def uri_of(self, path: str | os.PathLike[str]) -> Any:
+        rel = self.relative(path)
+        if rel is None:
+            raise ArtifactStoreError(f"{path} is not under the artifact root {self.uri} (mirror {self.local})")
+        return self.uri / rel
+
+    # ------------------------------------------------------------------ pull
+
+    def pull(self, path: str | os.PathLike[str]) -> bool:
+        """Bring a file or folder of the root into the mirror; False when the bucket has nothing published there.
+
+        A run folder (``runs/...``) is pulled through its marker: only its
+        listed files, and only once the marker exists.  Files already in the
+        mirror with the listed sha256 are not downloaded again.
+        """
+        rel = self.relative(path)
+        if rel is None:
+            raise ArtifactStoreError(f"{path} is not under the artifact root {self.uri} (mirror {self.local})")
+        local = self.local / rel
+        if rel and self.objects.exists(rel):
+            self._download(rel, local)
+            return True
+        marked = rel.split("/", 1)[0] in MARKED_TOP
+        found = self._marker(rel)
+        if found is not None:
+            files = [item["path"] for item in found["files"]]
+            sums = {item["path"]: item["sha256"] for item in found["files"]}
+            for name in files:
+                target = local / name
+                if not (target.is_file() and _sha256(target) == sums[name]):
+                    self._download(f"{rel}/{name}", target)
+            _remove_unlisted(local, set(files))
+            return True
+        if marked:
+            # The folder itself may hold published step folders (a whole run): pull each that has a marker.
+            children = list(self.objects.children(rel)) if rel else []
+            pulled = [self.pull(local / child) for child in children if self._marker(f"{rel}/{child}") is not None]
+            return any(pulled)
+        keys = list(self.objects.keys(rel)) if rel else []
+        for key in keys:
+            target = local / key
+            if not target.is_file():  # registry versions are immutable; other folders are re-read when missing
+                self._download(f"{rel}/{key}", target)
+        return bool(keys)
+
+    def _marker(self, rel: str) -> dict[str, Any] | None:
+        found = self.objects.get(f"{rel}/{MARKER}") if rel else None
+        return json.loads(found[0]) if found is not None else None
+
+    def _download(self, rel: str, target: Path) -> None:
+        from include.mlops import artifacts
+
+        found = self.objects.get(rel)
+        if found is None:
+            raise ArtifactStoreError(f"{self.uri / rel} vanished while it was being read; retry the task")
+        artifacts.atomic_write_bytes(target, found[0])
+
+    # ------------------------------------------------------------------ push
+
+    def push(self, path: str | os.PathLike[str]) -> Any:
+        """Publish a mirror file, or a folder with its marker written last; returns the URI.
+
+        A folder's earlier marker is deleted first and its objects that are no
+        longer in the folder are deleted after the new marker, so a reader sees
+        the old output, nothing, or the new output; never a mix.
+        """
+        local = Path(path)
+        rel = self.relative(local)
+        if not rel:
+            raise ArtifactStoreError(f"{path} is not a file or folder under the artifact root {self.uri}")
+        if local.is_file():
+            self.objects.upload(rel, str(local))
+            return self.uri / rel
+        if not local.is_dir():
+            raise ArtifactStoreError(f"cannot publish {local}: it does not exist")
+        self.objects.delete([f"{rel}/{MARKER}"])
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and p.name != MARKER)
+        for name in files:
+            self.objects.upload(f"{rel}/{name}", str(local / name))
+        marker = {
+            "files": [{"path": n, "size": (local / n).stat().st_size, "sha256": _sha256(local / n)} for n in files],
+            "published_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.objects.put(f"{rel}/{MARKER}", json.dumps(marker, indent=1, sort_keys=True).encode())
+        stale = [f"{rel}/{key}" for key in self.objects.keys(rel) if key != MARKER and key not in set(files)]
+        if stale:
+            self.objects.delete(stale)
+        log.info("Published %d file(s) to %s", len(files), self.uri / rel)
+        return self.uri / rel
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_unlisted(folder: Path, keep: Iterable[str]) -> None:
+    """Files a pulled folder's mirror holds that its marker does not list (an older output) go away."""
+    keep = set(keep)
+    if not folder.is_dir():
+        return
+    for p in folder.rglob("*"):
+        if p.is_file() and p.relative_to(folder).as_posix() not in keep:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+@functools.lru_cache(maxsize=4)
+def _store_for(uri_text: str, staging: str) -> ArtifactStore:
+    from include.mlops.registry.object_uri import ObjectUri
+    from include.mlops.registry.s3_objects import make_client
+
+    uri = ObjectUri.parse(uri_text)
+    return ArtifactStore(uri, mirror_dir(uri), make_client())
+
+
+def current() -> ArtifactStore | None:
+    """This process's object-store artifact root (from the environment), or None when the root is a folder."""
+    uri = remote_root()
+    if uri is None:
+        return None
+    return _store_for(str(uri), os.environ.get(STAGING_ENV, ""))
+
+
+def open_registry(root: str | os.PathLike[str] | None = None) -> Any:
+    """The registry this process should use: the one in the bucket on object storage, else ``root``'s folder.
+
+    ``root`` (a registry folder) is used as given; without it, the configured
+    artifact root decides.
+    """
+    store = None if root is not None else current()
+    if store is not None:
+        from include.mlops.registry.object_store import ObjectStoreRegistry
+
+        return ObjectStoreRegistry(store.uri / "models", client=store.client)
+    from include.mlops.registry.filesystem import Registry
+
+    return Registry(root)
+
+
+def local_version_dir(registry: Any, name: str, version: int) -> Path:
+    """A version's folder on local disk: the registry's own on a filesystem, its mirror copy on object storage."""
+    where = registry.require_version(name, version)
+    if isinstance(where, Path):
+        return where
+    store = current()
+    if store is None:
+        raise ArtifactStoreError(f"{where} is on object storage but {ROOT_ENV} does not name that store")
+    local = store.local / store.relative(str(where))
+    store.pull(local)
+    return local
