@@ -47,6 +47,8 @@ STAGING_ENV = "MLOPS_STAGING_DIR"
 MARKER = ".complete.json"
 # Folders under the root whose contents are published by MARKER (step outputs); others are pulled as listed.
 MARKED_TOP = ("runs",)
+# runs/<dag_id>/<run_id>/<file>: files pushed alone (result files) sit directly in a run folder.
+RUN_FILE_DEPTH = 3
 # The registry's manifest: a version folder without it does not exist (include.mlops.registry.object_store).
 VERSION_MANIFEST = "assets.extra/checksums.json"
 
@@ -112,10 +114,13 @@ class ArtifactStore:
         if is_object_store_uri(text):
             prefix = str(self.uri).rstrip("/") + "/"
             return text[len(prefix) :].strip("/") if text.startswith(prefix) else None
+        if not os.path.isabs(text):
+            return None  # "auto", "stable", a number: no artifact
         try:
-            return Path(text).resolve().relative_to(self.local).as_posix()
+            rel = Path(text).resolve().relative_to(self.local).as_posix()
         except ValueError:
             return None
+        return "" if rel == "." else rel
 
     def localize(self, value: str) -> str:
         """A URI under the root -> its mirror path; anything else unchanged."""
@@ -133,39 +138,60 @@ class ArtifactStore:
     def pull(self, path: str | os.PathLike[str]) -> bool:
         """Bring a file or folder of the root into the mirror; False when the bucket has nothing published there.
 
-        A run folder (``runs/...``) is pulled through its marker: only its
-        listed files, and only once the marker exists.  Files already in the
-        mirror with the listed sha256 are not downloaded again.
+        Under ``runs/`` only what a marker lists is pulled: the folder's own,
+        or the marker of the step folder it is in (``train/model`` is pulled
+        through ``train``'s), so a step's output is never read half-written.
+        Files already in the mirror with the listed sha256 are not downloaded
+        again.  Elsewhere (the registry's versions, which are immutable) a file
+        or folder is pulled as the bucket lists it.
         """
         rel = self.relative(path)
         if rel is None:
             raise ArtifactStoreError(f"{path} is not under the artifact root {self.uri} (mirror {self.local})")
+        if rel.split("/", 1)[0] in MARKED_TOP:
+            return self._pull_published(rel)
         local = self.local / rel
         if rel and self.objects.exists(rel):
             self._download(rel, local)
             return True
-        marked = rel.split("/", 1)[0] in MARKED_TOP
-        found = self._marker(rel)
-        if found is not None:
-            files = [item["path"] for item in found["files"]]
-            sums = {item["path"]: item["sha256"] for item in found["files"]}
-            for name in files:
-                target = local / name
-                if not (target.is_file() and _sha256(target) == sums[name]):
-                    self._download(f"{rel}/{name}", target)
-            _remove_unlisted(local, set(files))
-            return True
-        if marked:
-            # The folder itself may hold published step folders (a whole run): pull each that has a marker.
-            children = list(self.objects.children(rel)) if rel else []
-            pulled = [self.pull(local / child) for child in children if self._marker(f"{rel}/{child}") is not None]
-            return any(pulled)
         keys = list(self.objects.keys(rel)) if rel else []
         for key in keys:
             target = local / key
-            if not target.is_file():  # registry versions are immutable; other folders are re-read when missing
+            if not target.is_file():
                 self._download(f"{rel}/{key}", target)
         return bool(keys)
+
+    def _pull_published(self, rel: str) -> bool:
+        owner = self._owning_marker(rel)
+        if owner is None and rel.count("/") == RUN_FILE_DEPTH and self.objects.exists(rel):
+            # A file pushed alone beside the step folders (a step's result file): one object, written whole.
+            self._download(rel, self.local / rel)
+            return True
+        if owner is None:
+            # A folder above the step folders (a whole run): pull each published step folder in it.
+            children = list(self.objects.children(rel))
+            return any([self._pull_published(f"{rel}/{child}") for child in children if self._marker(f"{rel}/{child}")])
+        base, marker = owner
+        sub = rel[len(base) :].strip("/")
+        sums = {item["path"]: item["sha256"] for item in marker["files"]}
+        wanted = [name for name in sums if not sub or name == sub or name.startswith(f"{sub}/")]
+        for name in wanted:
+            target = self.local / base / name
+            if not (target.is_file() and _sha256(target) == sums[name]):
+                self._download(f"{base}/{name}", target)
+        if not sub:
+            _remove_unlisted(self.local / base, sums)
+        return bool(wanted)
+
+    def _owning_marker(self, rel: str) -> tuple[str, dict[str, Any]] | None:
+        """The marker of ``rel`` or of the nearest folder above it (below ``runs/<dag_id>``), with that folder."""
+        parts = rel.split("/")
+        for depth in range(len(parts), 2, -1):
+            base = "/".join(parts[:depth])
+            found = self._marker(base)
+            if found is not None:
+                return base, found
+        return None
 
     def _marker(self, rel: str) -> dict[str, Any] | None:
         found = self.objects.get(f"{rel}/{MARKER}") if rel else None
@@ -274,5 +300,57 @@ def local_version_dir(registry: Any, name: str, version: int) -> Path:
     if store is None:
         raise ArtifactStoreError(f"{where} is on object storage but {ROOT_ENV} does not name that store")
     local = store.local / store.relative(str(where))
-    store.pull(local)
+    if not (local / VERSION_MANIFEST).is_file():
+        from include.mlops.registry.mirror import copy_version
+
+        copy_version(registry, name, version, local)
     return local
+
+
+def publish(path: str | os.PathLike[str]) -> None:
+    """Push a file or folder this process wrote under the artifact root; nothing to do on a local root."""
+    store = current()
+    if store is not None:
+        store.push(path)
+
+
+def fetch(path: str | os.PathLike[str]) -> None:
+    """Pull a file or folder another process published under the artifact root; nothing to do on a local root."""
+    store = current()
+    if store is not None:
+        store.pull(path)
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every mirror path in it (strings, in dicts and lists too) written as its URI.
+
+    Paths that leave a process (a step's JSON result, XComs, the arguments
+    handed to a step, lineage) are written this way on object storage, so that
+    any machine can read them; on a local root nothing changes.
+    """
+    store = current()
+    if store is None:
+        return value
+    return map_strings(value, lambda text: str(store.uri / rel) if (rel := store.relative(text)) else text)
+
+
+def localized(value: str) -> str:
+    """A URI under the object-store root -> its path in this process's mirror, pulled; anything else unchanged."""
+    store = current()
+    if store is None or not is_object_store_uri(value):
+        return value
+    local = store.localize(value)
+    if local != value:
+        store.pull(local)
+    return local
+
+
+def map_strings(value: Any, change: Any) -> Any:
+    """``value`` with ``change`` applied to every string in it, also inside dicts and lists."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {key: map_strings(item, change) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [map_strings(item, change) for item in value]
+    return value

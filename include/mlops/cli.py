@@ -34,8 +34,10 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, to_jsonable, use_shared_umask
 from include.mlops.config import ConfigError, find_model_config
 from include.mlops.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TERMINATED, BadInputError, StepTerminated
@@ -91,13 +93,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_bad_input(exc: Exception) -> bool:
     """Whether ``exc`` means the input is bad: a config error, a :class:`BadInputError`, or a declared type."""
-    return isinstance(exc, (ConfigError, BadInputError, *bad_input_errors()))
+    return isinstance(exc, (ConfigError, BadInputError, artifact_store.ArtifactStoreError, *bad_input_errors()))
 
 
 def _raise_step_terminated(signum: int, frame: object) -> NoReturn:
     """SIGTERM: stop the step by raising :class:`StepTerminated`, so its clean-up runs; later ones wait for it."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise StepTerminated(f"{signal.Signals(signum).name} received; the step cleaned up and stopped")
+
+
+# Arguments that name no artifact, and the step's result file (written, then pushed).
+_NO_ARTIFACT = frozenset({"step", "model", "models_dir"})
+
+
+def stage_inputs(store: artifact_store.ArtifactStore, args: argparse.Namespace) -> None:
+    """On an object-store root: map the arguments' URIs to mirror paths and pull the inputs they name.
+
+    Every string under the root (a URI, or a path in this process's mirror),
+    also inside JSON arguments such as ``--lineage``, is an input; ``--out``
+    too, so that a retry sees what an earlier try published (a deploy reports
+    the version it moved from).  An input the bucket has not published is left
+    missing, so the step fails as it does on a folder: with its own message
+    about the missing input.
+    """
+    pulled: set[str] = set()
+
+    def stage(key: str, text: str) -> str:
+        local = store.localize(text)
+        if key != "result_file" and store.relative(local) is not None and local not in pulled:
+            pulled.add(local)
+            if not store.pull(local) and key != "out":
+                log.warning("%s: --%s %s: nothing is published there in %s", args.step, key.replace("_", "-"), text,
+                            store.uri)  # fmt: skip
+        return local
+
+    for key, value in vars(args).items():
+        if key not in _NO_ARTIFACT:
+            setattr(args, key, artifact_store.map_strings(value, lambda text, key=key: stage(key, text)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,8 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous_handler = signal.signal(signal.SIGTERM, _raise_step_terminated)
     try:
+        store = artifact_store.current()
+        if store is not None:
+            stage_inputs(store, args)
         config = find_model_config(args.model, args.models_dir)
         result = to_jsonable(get_step(args.step).run(config, args))
+        if store is not None:
+            if Path(args.out).exists():
+                store.push(args.out)
+            result = artifact_store.portable(result)
     except StepTerminated as exc:
         log.error("%s stopped: %s", args.step, exc)
         return EXIT_TERMINATED
@@ -127,5 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_handler)
     if args.result_file:
         atomic_write_json(args.result_file, result)
+        if store is not None and store.relative(args.result_file) is not None:
+            store.push(args.result_file)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0

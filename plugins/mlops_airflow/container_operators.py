@@ -48,6 +48,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 from kubernetes.client import models as k8s
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import artifact_root, run_dir
 from include.mlops.config import DEFAULT_SCHEDULE_TIMEOUT_S, PROJECT_ROOT, ModelConfig
 from mlops_airflow import step_pods
@@ -181,6 +182,11 @@ class DockerStepOperator(_StepArguments, DockerOperator):
             "MLOPS_ARTIFACT_ROOT": str(root),
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         }
+        store = artifact_store.current()
+        if store is not None:
+            # On object storage the container works in its own mirror and pushes; it gets the worker's AWS settings.
+            self.environment["MLOPS_ARTIFACT_ROOT"] = str(store.uri)
+            self.environment.update({key: value for key, value in os.environ.items() if key.startswith("AWS_")})
         self._check_image()
         self.log.info("Running step %r in %s: %s", self.step, self.image, " ".join(self.command))
         try:
@@ -200,6 +206,8 @@ class DockerStepOperator(_StepArguments, DockerOperator):
                 ) from None
             raise
         finally:
+            with contextlib.suppress(Exception):  # a missing result is reported below
+                artifact_store.fetch(result_file)
             result = self._read_result(result_file)
         if result is None:
             raise AirflowException(f"step {self.step!r} exited 0 but wrote no result file {result_file}")
@@ -317,8 +325,9 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         return result_file_beside(run_dir(self.dag_id, context["dag_run"].run_id, self.task_id, root=root), attempt)
 
     def _step_result(self, context: Context, pod_name: str) -> dict[str, Any]:
-        """The succeeded pod's result, read through the worker's own mount of the share."""
+        """The succeeded pod's result, read through the worker's own mount of the share (or pulled from the bucket)."""
         path = self._result_file(context, artifact_root())
+        artifact_store.fetch(path)
         result = read_pod_result(path, pod=pod_name, wait_s=self.result_file_wait_s)
         with contextlib.suppress(OSError):
             path.unlink()
@@ -357,7 +366,8 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         # The argv depends on upstream XComs, so it is made here, when the pod is about to be
         # submitted, not at parse time.
         if context is not None:
-            root = k8s_artifact_root()
+            # On object storage the worker's mirror paths go to the pod as URIs (steps.step_command).
+            root = artifact_root() if artifact_store.current() is not None else k8s_artifact_root()
             if artifact_root() != root:
                 self.log.warning(
                     "This worker's artifact root %s differs from the pods' %s: tasks that run on the worker "

@@ -18,6 +18,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.evaluation import gate as gate_lib
@@ -148,6 +149,7 @@ class GateOperator(BaseBranchOperator):
         atomic_write_json(out / "decision.json", record)
         headline = f"> **{not_registered}.**\n\n" if not_registered else ""
         atomic_write_text(out / "decision.md", f"# Gate `{task_id}`: {route}\n\n{headline}{decision.to_markdown()}\n")
+        artifact_store.publish(out)
         for check in decision.checks:
             log.info("gate check: %s", check.message)
         if decision.override and not not_registered:
@@ -213,12 +215,15 @@ class RejectOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = context["dag_run"].run_id
-        record = read_json(run_dir(self.dag_id, run_id, self.gate_task_id) / "decision.json")
+        decision_file = run_dir(self.dag_id, run_id, self.gate_task_id) / "decision.json"
+        artifact_store.fetch(decision_file.parent)
+        record = read_json(decision_file)
         reasons = record["decision"].get("reasons", [])
         out = run_dir(self.dag_id, run_id, self.task_id)
         lines = [f"# Candidate rejected: DAG `{self.dag_id}`, run `{run_id}`", ""]
         lines += ["The optimized candidate still failed the gate, so the `stable` version keeps serving.", ""]
         lines += [f"- {reason}" for reason in reasons]
         atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+        artifact_store.publish(out)
         log.warning("Candidate rejected; stable is unchanged. Reasons: %s", "; ".join(reasons))
         return {"rejected": True, "reasons": reasons, "report_uri": str(out / "report.md")}

@@ -27,6 +27,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import DAG, BaseHook, BaseOperator, Context, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.monitoring import outcome as outcome_lib
@@ -164,6 +165,7 @@ class SloOperator(BaseOperator):
             result = unmeasured(self.config, f"SLOs not measured: {exc}")
         out = run_dir(self.dag_id, context["dag_run"].run_id, self.task_id)
         result["result_uri"] = str(atomic_write_json(out / "slo.json", result))
+        artifact_store.publish(out)
         log.info("SLO %s over %s min ending %s: %s", result.get("status"), result.get("window_minutes"), end, result)
         return result
 
@@ -220,6 +222,7 @@ class MonitorDecisionOperator(BaseBranchOperator):
             "drift_uri": _uri(drift),
         }
         atomic_write_json(out / "outcome.json", record)
+        artifact_store.publish(out)
         ti.xcom_push(key="outcome", value=record)
         log.info("Monitoring outcome: %s", ", ".join(outcomes))
         log.info("Report: %s", report.resolve().as_uri())

@@ -19,6 +19,7 @@ import pendulum
 from airflow.sdk import Asset, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowSkipException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.monitoring import retraining as retraining_lib
@@ -120,6 +121,7 @@ class RetrainRequestOperator(BaseOperator):
         }
         out = run_dir(self.dag_id, run_id, self.task_id)
         atomic_write_json(out / "decision.json", {"window": window, **decision.to_dict()})
+        artifact_store.publish(out)
         if decision.action == retraining_lib.HOLD:
             log.warning("No retraining requested for %s: %s", self.config.name, decision.reason)
             raise AirflowSkipException(f"No retraining requested: {decision.reason}")

@@ -24,6 +24,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowSkipException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.monitoring import retraining as retraining_lib
@@ -79,6 +80,7 @@ class RollbackRequestOperator(TriggerDagRunOperator):
         )
         out = run_dir(self.dag_id, run_id, self.task_id)
         atomic_write_json(out / "decision.json", decision.to_dict())
+        artifact_store.publish(out)
         if decision.action == rollback_lib.HOLD:
             log.warning("No rollback of %s requested: %s", self.config.name, decision.reason)
             raise AirflowSkipException(f"No rollback requested: {decision.reason}")

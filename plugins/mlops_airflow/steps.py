@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import run_dir
 from include.mlops.exit_codes import EXIT_BAD_INPUT
 
@@ -49,7 +50,8 @@ class StepFailedError(AirflowException):
 def step_command(step: str, model: str, arguments: Mapping[str, Any]) -> list[str]:
     """The step CLI's argv for ``arguments`` (``{"data": "/x"}`` -> ``--data /x``)."""
     argv = [sys.executable, "-m", "include.mlops", step, "--model", model]
-    for key, value in arguments.items():
+    # On object storage, paths in this worker's mirror go as URIs: the step pulls them into its own mirror.
+    for key, value in artifact_store.portable(dict(arguments)).items():
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.data.sources import as_utc
 from include.mlops.monitoring.reference import has_sample, read_reference
@@ -142,16 +142,24 @@ def check_drift(
     from include.mlops.monitoring.scoring import feature_columns, score_columns
     from include.mlops.monitoring.stattests import feature_tests, judge
     from include.mlops.registry.filesystem import Registry
+    from include.mlops.serving.predlog import PREDICTIONS_DIR
 
     if as_utc(window_start) >= as_utc(window_end):
         raise DriftInputError(
             f"the drift window must start before it ends, got {window_start.isoformat()} .. {window_end.isoformat()}"
         )
-    registry = Registry(registry) if registry is None or isinstance(registry, str | os.PathLike) else registry
+    if registry is None:
+        registry = artifact_store.open_registry()
+    elif isinstance(registry, str | os.PathLike):
+        registry = Registry(registry)
     root = Path(predictions_root) if predictions_root is not None else artifacts.artifact_root()
+    name = config.serving_name
+    # On object storage, the servers' uploaded log files join this machine's mirror first.
+    store = artifact_store.current()
+    if store is not None and store.relative(root) is not None:
+        store.pull(root / PREDICTIONS_DIR / name)
     drift = config.monitor.drift
     features = list(config.features)
-    name = config.serving_name
     window = read_window(root, name, len(features), window_start, window_end)
     problems = list(window.problems)
 
@@ -292,13 +300,15 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
 def full_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """``result`` with the per-feature detail of its ``drift.json``, when it is a summary whose file exists."""
     uri = result.get("result_uri")
+    if uri:
+        uri = artifact_store.localized(str(uri))  # a URI on object storage: pulled into this mirror
     if uri and Path(uri).is_file():
         return artifacts.read_json(uri)
     return dict(result)
 
 
 def _reference_of(registry: ModelRegistry, name: str, version: int) -> dict[str, Any] | None:
-    return read_reference(registry.version_dir(name, version))
+    return read_reference(artifact_store.local_version_dir(registry, name, version))
 
 
 def _feature_decision(

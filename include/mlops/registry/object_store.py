@@ -170,6 +170,19 @@ class ObjectStoreRegistry(Layout, LabelEdits):
         log.info("Verified %s version %d at %s: %d files match their checksums", name, version, path, len(actual))
         return actual
 
+    def download_version(self, name: str, version: int, dest: Path) -> Path:
+        """Copy a complete version's objects into the local folder ``dest`` (made; the caller renames it in place)."""
+        self.require_version(name, version)
+        base = f"{name}/{version}"
+        for rel in self._store.keys(base):
+            found = self._store.get(f"{base}/{rel}")
+            if found is None:
+                raise RegistryError(f"{self._store.uri(f'{base}/{rel}')} vanished while it was copied")
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(found[0])
+        return dest
+
     def _is_complete(self, name: str, version: int) -> bool:
         if (name, version) not in self._complete and self._store.exists(f"{name}/{version}/{CHECKSUMS_FILE}"):
             self._complete.add((name, version))

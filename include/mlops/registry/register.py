@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.config import BUDGET_METRICS, METRICS, ModelConfig
 from include.mlops.data.snapshot import MANIFEST_FILE
 from include.mlops.data.sources import snapshot_path
 from include.mlops.evaluation.evaluate import PREDICTIONS_FILE
 from include.mlops.evaluation.gate import GateDecision
 from include.mlops.monitoring.reference import REFERENCE_FILE, build_reference
-from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE, Registry
+from include.mlops.registry.filesystem import EVIDENCE_DIR, TFLITE_FILE
 from include.mlops.registry.fingerprint import code_version
 from include.mlops.registry.model_card import model_card
 from include.mlops.registry.protocol import ModelRegistry
@@ -227,7 +227,9 @@ def register_model(
     signature = check_serving_signature(config, model_uri)
     reference = training_reference(config, full_lineage)
 
-    registry: ModelRegistry = Registry()
+    registry: ModelRegistry = artifact_store.open_registry()
+    # Paths in the mirror are recorded as URIs on object storage: the lineage is read on other machines.
+    full_lineage = artifact_store.portable(full_lineage)
     result = registry.register(
         config.serving_name,
         model_uri,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import artifact_root, registry_root
 from include.mlops.serving.models import BEHAVIOUR_ENV, BEHAVIOURS, DEFAULT_BEHAVIOUR, TFSERVING_BEHAVIOUR
 from include.mlops.serving.predlog import add_arguments as add_predlog_arguments
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-verify-checksums", action="store_true", help="load versions without checking assets.extra/checksums.json"
     )
+    parser.add_argument(
+        "--mirror-interval-s",
+        type=float,
+        default=2.0,
+        help="with MLOPS_ARTIFACT_ROOT=s3://...: seconds between syncs of the local copy of the registry (default 2)",
+    )
     add_predlog_arguments(parser)
     parser.add_argument("--no-predlog", action="store_true", help="do not log predictions")
     parser.add_argument("--log-level", default="INFO")
@@ -85,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             TFSERVING_BEHAVIOUR,
         )
     registry = (args.registry or registry_root()).resolve()
+    store = artifact_store.current() if args.registry is None else None
+    if store is not None:
+        # The registry is in a bucket: serve a local mirror of it, kept in step by a background loop.
+        from include.mlops.registry.mirror import MirrorLoop
+
+        MirrorLoop(artifact_store.open_registry(), registry, args.mirror_interval_s).start()
     predlog_root = None if args.no_predlog else (args.predlog_root or (artifact_root())).resolve()
     settings = ServerSettings(
         registry_root=registry,

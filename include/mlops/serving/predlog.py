@@ -248,6 +248,7 @@ class PredictionLogger:
             tmp = folder / f".{final.name}.tmp"
             pq.write_table(table, tmp)
             os.replace(tmp, final)
+            self._publish(final)
             self.written_rows += len(inputs)
             if self.metrics is not None:
                 self.metrics.record_log_rows(model_name, "written", len(inputs))
@@ -258,6 +259,23 @@ class PredictionLogger:
             self.dropped += len(buffer.entries)
             if self.metrics is not None:
                 self.metrics.record_log_rows(model_name, "dropped", rows)
+
+    def _publish(self, path: Path) -> None:
+        """On an object-store artifact root, upload the new file (whole: a reader never sees half of it).
+
+        The bucket keeps what the local rotation removes; its lifecycle rule
+        bounds it (docs/production.md).  A failed upload is logged and the rows
+        stay in the local file, so drift on this machine still sees them.
+        """
+        from include.mlops import artifact_store
+
+        store = artifact_store.current()
+        if store is None or store.relative(path) is None:
+            return
+        try:
+            store.push(path)
+        except Exception:
+            log.exception("Could not upload prediction log file %s to %s", path, store.uri)
 
     def _rotate(self, folder: Path) -> None:
         files = sorted(folder.glob(f"*{FILE_SUFFIX}"))
