@@ -134,8 +134,24 @@ locals {
     )
   ]
 
+  # The object-storage mode (var.artifact_store): no share, so neither the Job that prepares it nor the
+  # share-mode model server (include/k8s/serving/overlays/object-storage installs the mirrored one); every
+  # ServiceAccount carries the cloud identity, as overlays/object-storage gives it.
+  object_storage       = var.artifact_store.kind == "object_storage"
+  share_only_objects   = ["Job/mlops-prepare-share", "Deployment/${local.model_server_name}"]
+  identity_annotations = local.object_storage ? var.artifact_store.service_account_annotations : {}
+  stored_objects = [
+    for obj in local.configured_objects : merge(
+      obj,
+      obj.kind == "ServiceAccount" && length(local.identity_annotations) > 0 ? {
+        metadata = merge(obj.metadata, { annotations = merge(try(obj.metadata.annotations, {}), local.identity_annotations) })
+      } : {},
+    )
+    if !(local.object_storage && contains(local.share_only_objects, "${obj.kind}/${obj.metadata.name}"))
+  ]
+
   applied_objects = [
-    for obj in local.configured_objects : !contains(local.pod_template_kinds, obj.kind) ? obj : merge(obj, {
+    for obj in local.stored_objects : !contains(local.pod_template_kinds, obj.kind) ? obj : merge(obj, {
       spec = merge(obj.spec, {
         template = merge(obj.spec.template, {
           spec = merge(
@@ -192,8 +208,9 @@ locals {
 
   # The artifact root: the same PVC name in both namespaces, each bound to its own PV on the one share.
   artifact_pvc_name    = "mlops-artifacts"
-  artifact_access_mode = var.artifact_share.nfs != null ? "ReadWriteMany" : "ReadWriteOnce"
-  artifact_volumes = {
+  artifact_access_mode = try(var.artifact_share.nfs, null) != null ? "ReadWriteMany" : "ReadWriteOnce"
+  # None with a bucket (share mode only).
+  artifact_volumes = local.object_storage ? {} : {
     airflow = { pv_name = "mlops-artifacts-airflow", namespace = var.namespaces.airflow }
     steps   = { pv_name = "mlops-artifacts-steps", namespace = var.namespaces.steps }
   }
@@ -210,7 +227,7 @@ locals {
   # How often the server re-reads models.config (its --model_config_file_poll_wait_seconds): the Connection's
   # extra config_poll_seconds, so that a deploy waits one poll for every replica before it trusts an answer.
   model_server_args = try(one([
-    for obj in local.applied_objects : obj
+    for obj in local.configured_objects : obj
     if obj.kind == "Deployment" && obj.metadata.name == local.model_server_name
   ]).spec.template.spec.containers[0].args, [])
   model_server_poll_seconds = try(one([
@@ -229,11 +246,33 @@ locals {
     MLOPS_K8S_GPU_NODE_SELECTOR       = join(",", [for key in sort(keys(var.gpu_node_labels)) : "${key}=${var.gpu_node_labels[key]}"])
     AIRFLOW_CONN_MODEL_SERVER_DEFAULT = local.model_server_connection
   }
+  # With a bucket the root is its URI, and the share's two settings go (step pods then mount no share).
+  release_env_mode = local.object_storage ? { MLOPS_ARTIFACT_ROOT = var.artifact_store.uri } : {}
+  release_env_drop = local.object_storage ? ["MLOPS_K8S_ARTIFACT_PVC", "MLOPS_K8S_ARTIFACT_ROOT"] : []
+  release_env_all  = merge(local.release_env_overrides, local.release_env_mode)
   release_env = concat(
-    [for entry in try(local.helm_values.env, []) : entry if !contains(keys(local.release_env_overrides), entry.name)],
-    [for name in sort(keys(local.release_env_overrides)) : { name = name, value = local.release_env_overrides[name] }],
+    [for entry in try(local.helm_values.env, []) : entry if !contains(concat(keys(local.release_env_all), local.release_env_drop), entry.name)],
+    [for name in sort(keys(local.release_env_all)) : { name = name, value = local.release_env_all[name] }],
   )
+  # The object-storage release, as include/k8s/helm/values-object-storage.yaml has it: task logs in <uri>/logs
+  # (remote logging), no logs PVC, no share volume on workers, the cloud identity on the chart's own
+  # ServiceAccounts, and the optional fallback Secret.  A list of none or one document (conditional objects of
+  # different shapes do not unify).
+  object_storage_values = !local.object_storage ? [] : [{
+    config = { logging = {
+      remote_logging         = "True"
+      remote_base_log_folder = "${trimsuffix(var.artifact_store.uri, "/")}/logs"
+      remote_log_conn_id     = startswith(var.artifact_store.uri, "gs://") ? "google_cloud_default" : "aws_default"
+    } }
+    logs         = { persistence = { enabled = false } }
+    workers      = { extraVolumes = [], extraVolumeMounts = [] }
+    apiServer    = { serviceAccount = { annotations = var.artifact_store.service_account_annotations } }
+    dagProcessor = { serviceAccount = { annotations = var.artifact_store.service_account_annotations } }
+    extraEnvFrom = "- secretRef:\n    name: mlops-object-store\n    optional: true\n"
+  }]
   # The release's last values document: the env above, and the pull Secret for chart pods and step pods (null
   # removes values.yaml's, so no pod names one).
-  release_values = { env = local.release_env, registry = { secretName = var.image_pull_secret } }
+  release_values = merge(
+    { env = local.release_env, registry = { secretName = var.image_pull_secret } },
+  local.object_storage_values...)
 }

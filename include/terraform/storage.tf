@@ -2,6 +2,7 @@
 # bound to the PVC `mlops-artifacts` of one namespace.  Binding is static (claimRef + volumeName), so no
 # dynamic provisioner claims the PVCs first, and the storage class name only has to match on both sides.
 # Reclaim policy Retain: destroying the module never deletes the registry or the run history.
+# Share mode only: with artifact_store.kind = "object_storage" local.artifact_volumes is empty.
 resource "kubernetes_persistent_volume_v1" "artifacts" {
   for_each = local.artifact_volumes
 

@@ -61,8 +61,8 @@ variable "storage_class_name" {
 
 variable "artifact_share" {
   description = <<-EOT
-    The one shared filesystem behind the artifact root, mounted by workers, step pods and the model server.
-    Set exactly one of:
+    The one shared filesystem behind the artifact root, mounted by workers, step pods and the model server
+    (artifact_store.kind = "share", the default; null with "object_storage"). Set exactly one of:
       nfs       = { server = "nfs.example.internal", path = "/exports/mlops" }  # production: ReadWriteMany
       host_path = "/var/lib/mlops-artifacts"                                  # single-node clusters (kind): ReadWriteOnce
     Both static PersistentVolumes (one per namespace) point at this same share. Prepare its root once:
@@ -77,25 +77,68 @@ variable "artifact_share" {
     size          = optional(string, "100Gi")
     mount_options = optional(list(string), [])
   })
+  default = null
 
   validation {
-    condition     = (var.artifact_share.nfs == null) != (var.artifact_share.host_path == null)
+    # Cross-variable: needs Terraform >= 1.9 (versions.tf).
+    condition     = (var.artifact_share == null) == (var.artifact_store.kind == "object_storage")
+    error_message = "artifact_share is the ReadWriteMany share of artifact_store.kind = \"share\" (the default): set it there, and leave it null with artifact_store.kind = \"object_storage\" (the bucket replaces the share)."
+  }
+
+  validation {
+    condition     = var.artifact_share == null || (try(var.artifact_share.nfs, null) == null) != (try(var.artifact_share.host_path, null) == null)
     error_message = "artifact_share needs exactly one of nfs = { server, path } (a ReadWriteMany share for a real cluster) or host_path (a directory on the node of a single-node cluster such as kind)."
   }
 
   validation {
-    condition     = var.artifact_share.nfs == null || (try(length(trimspace(var.artifact_share.nfs.server)), 0) > 0 && startswith(try(var.artifact_share.nfs.path, ""), "/"))
+    condition     = try(var.artifact_share.nfs, null) == null || (try(length(trimspace(var.artifact_share.nfs.server)), 0) > 0 && startswith(try(var.artifact_share.nfs.path, ""), "/"))
     error_message = "artifact_share.nfs needs a non-empty server and an absolute export path (starting with '/')."
   }
 
   validation {
-    condition     = var.artifact_share.host_path == null || startswith(coalesce(var.artifact_share.host_path, "/"), "/")
+    condition     = try(var.artifact_share.host_path, null) == null || startswith(coalesce(try(var.artifact_share.host_path, null), "/"), "/")
     error_message = "artifact_share.host_path must be an absolute path on the node (starting with '/')."
   }
 
   validation {
-    condition     = can(regex("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", var.artifact_share.size))
+    condition     = var.artifact_share == null || can(regex("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", try(var.artifact_share.size, "")))
     error_message = "artifact_share.size must be a Kubernetes quantity such as 100Gi or 2Ti."
+  }
+}
+
+variable "artifact_store" {
+  description = <<-EOT
+    Where runs/, the model registry (models/), the prediction log and the task logs live.
+      kind = "share"           the default: the ReadWriteMany share of artifact_share (on-premises)
+      kind = "object_storage"  a bucket, no RWX volume: uri = "s3://<bucket>/<prefix>" or "gs://<bucket>/<prefix>"
+    With object_storage: every process gets MLOPS_ARTIFACT_ROOT = uri, task logs go to <uri>/logs (Airflow remote
+    logging, Connection aws_default or google_cloud_default), no PV/PVC or share Job is created, and
+    service_account_annotations (the cloud identity: {"eks.amazonaws.com/role-arn" = "arn:aws:iam::...:role/..."}
+    for IRSA, {"iam.gke.io/gcp-service-account" = "...@....iam.gserviceaccount.com"} for Workload Identity) go on
+    the project's ServiceAccounts and the chart's API server and DAG processor ServiceAccounts.  The model server
+    then comes from include/k8s/serving/overlays/object-storage (kubectl apply -k), not from this module.
+  EOT
+  type = object({
+    kind                        = optional(string, "share")
+    uri                         = optional(string)
+    service_account_annotations = optional(map(string), {})
+  })
+  default = {}
+
+  validation {
+    condition     = contains(["share", "object_storage"], var.artifact_store.kind)
+    error_message = "artifact_store.kind must be \"share\" (a ReadWriteMany volume, artifact_share) or \"object_storage\" (a bucket, artifact_store.uri)."
+  }
+
+  validation {
+    # A bucket name (S3 and GCS rules, roughly): 3-63 characters of lower-case letters, digits, '.', '-', '_'.
+    condition     = var.artifact_store.kind != "object_storage" || can(regex("^(s3|gs)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^/]+)*/?$", coalesce(var.artifact_store.uri, "-")))
+    error_message = "artifact_store.uri must be the bucket and an optional prefix, s3://<bucket>/<prefix> or gs://<bucket>/<prefix> (e.g. s3://acme-mlops/prod), when artifact_store.kind is \"object_storage\"."
+  }
+
+  validation {
+    condition     = var.artifact_store.kind == "object_storage" || (var.artifact_store.uri == null && length(var.artifact_store.service_account_annotations) == 0)
+    error_message = "artifact_store.uri and service_account_annotations apply to kind = \"object_storage\" only; the share mode's root is artifact_share."
   }
 }
 

@@ -309,6 +309,7 @@ class KubernetesStepOperator(_StepArguments, KubernetesPodOperator):
         kwargs.setdefault("volumes", volumes)
         kwargs.setdefault("volume_mounts", mounts)
         kwargs.setdefault("env_vars", step_pods.step_env(gpus))
+        kwargs.setdefault("env_from", step_pods.step_env_from())
         super().__init__(image=image or step_image(step, model, gpus), cmds=["python"], arguments=[], **kwargs)
         self.step = step
         self.model = model

@@ -10,6 +10,13 @@ the two equal).  The rules are the platform contract's:
 - every pod carries the labels the NetworkPolicies select on;
 - the step leaves its JSON result on the artifact share (no XCom sidecar,
   whose reading needs ``pods/exec``), where the worker reads it;
+- when the worker's ``$MLOPS_ARTIFACT_ROOT`` is an object store
+  (``s3://bucket/prefix``, ``gs://...``; :func:`object_store_root`), pods get
+  that same root instead of the share, a local ``/scratch`` (``emptyDir``) as
+  the step CLI's staging folder, credentials from their ServiceAccount
+  (IRSA, Workload Identity) or else from the optional Secret
+  ``$MLOPS_K8S_OBJECT_STORE_SECRET``, and the worker's ``AWS_REGION`` and
+  ``AWS_ENDPOINT_URL_S3``;
 - each step's declaration (:mod:`include.mlops.steps`) says whether it gets
   GPUs (``gpus``) and the larger requests (``heavy``);
 - GPU steps get ``nvidia.com/gpu`` limits, a toleration for the GPU taint
@@ -30,6 +37,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from include.mlops import artifact_store
 from include.mlops.config import ModelConfig, Toleration
 from include.mlops.names import k8s_label_problem, k8s_object_name_problem
 from include.mlops.steps import get_step
@@ -40,10 +48,24 @@ PVC_ENV = "MLOPS_K8S_ARTIFACT_PVC"
 SERVICE_ACCOUNT_ENV = "MLOPS_K8S_SERVICE_ACCOUNT"
 PULL_SECRETS_ENV = "MLOPS_K8S_IMAGE_PULL_SECRETS"
 GPU_NODE_SELECTOR_ENV = "MLOPS_K8S_GPU_NODE_SELECTOR"
+OBJECT_STORE_SECRET_ENV = "MLOPS_K8S_OBJECT_STORE_SECRET"
+WORKER_ARTIFACT_ROOT_ENV = "MLOPS_ARTIFACT_ROOT"
+STAGING_DIR_ENV = "MLOPS_STAGING_DIR"
 DEFAULT_NAMESPACE = "mlops-steps"
 DEFAULT_ARTIFACT_ROOT = "/mnt/mlops-artifacts"
 DEFAULT_PVC = "mlops-artifacts"
 DEFAULT_SERVICE_ACCOUNT = "mlops-step"
+# The credentials' fallback where the ServiceAccount has no cloud identity (IRSA, Workload Identity): a Secret
+# with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, loaded only if it exists.
+DEFAULT_OBJECT_STORE_SECRET = "mlops-object-store"
+# Passed from the worker to the pods as they are: the bucket's region, and the endpoint of an S3-compatible
+# store (MinIO, Ceph...).  Unset on the worker: not set in the pod either.
+OBJECT_STORE_PASSTHROUGH_ENV = ("AWS_REGION", "AWS_ENDPOINT_URL_S3")
+SCRATCH_VOLUME = "scratch"
+# The step CLI's local mirror of what it reads and writes in the bucket (pods have a read-only root
+# filesystem, so TMPDIR points here too).  A training step stages its data and model, hence the size.
+SCRATCH_DIR = "/scratch"
+SCRATCH_SIZE_LIMIT = "20Gi"
 ARTIFACT_VOLUME = "artifacts"
 SHM_VOLUME = "dshm"
 # A memory-backed /dev/shm counts against the container's memory limit; NCCL needs well under this.
@@ -86,6 +108,26 @@ def service_account() -> str:
 def artifact_root_in_pods() -> Path:
     """Where the artifact share is mounted, in step pods and in the Airflow workers alike."""
     return Path(os.environ.get(ARTIFACT_ROOT_ENV) or DEFAULT_ARTIFACT_ROOT)
+
+
+def object_store_root() -> str | None:
+    """The worker's ``$MLOPS_ARTIFACT_ROOT`` when it is an object store (``s3://...``, ``gs://...``), else None.
+
+    A ``file://`` URI or a path is the share mode (:func:`include.mlops.artifact_store.is_object_store_uri`).
+    """
+    root = os.environ.get(WORKER_ARTIFACT_ROOT_ENV, "").strip()
+    return root if artifact_store.is_object_store_uri(root) else None
+
+
+def object_store_secret() -> str:
+    """``$MLOPS_K8S_OBJECT_STORE_SECRET``: the optional Secret with the store's keys, for pods without a cloud identity."""
+    name = os.environ.get(OBJECT_STORE_SECRET_ENV) or DEFAULT_OBJECT_STORE_SECRET
+    problem = k8s_object_name_problem(name)
+    if problem is not None:
+        raise StepPodSettingError(
+            f"{OBJECT_STORE_SECRET_ENV}: {problem}. Give the name of a Secret in the steps' namespace."
+        )
+    return name
 
 
 def pod_labels(step: str, model: str) -> dict[str, str]:
@@ -185,15 +227,22 @@ def gpu_placement(config: ModelConfig, gpus: int) -> dict[str, object]:
 
 
 def step_volumes(gpus: int) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
-    """The artifact share (every step) and a memory ``/dev/shm`` (steps on more than one GPU)."""
-    claim = os.environ.get(PVC_ENV) or DEFAULT_PVC
-    volumes = [
-        k8s.V1Volume(
-            name=ARTIFACT_VOLUME,
-            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
-        )
-    ]
-    mounts = [k8s.V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=str(artifact_root_in_pods()))]
+    """The artifact share, or with an object store a local ``/scratch`` (every step), and a memory ``/dev/shm``
+    (steps on more than one GPU)."""
+    if object_store_root() is not None:
+        volumes = [
+            k8s.V1Volume(name=SCRATCH_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=SCRATCH_SIZE_LIMIT))
+        ]
+        mounts = [k8s.V1VolumeMount(name=SCRATCH_VOLUME, mount_path=SCRATCH_DIR)]
+    else:
+        claim = os.environ.get(PVC_ENV) or DEFAULT_PVC
+        volumes = [
+            k8s.V1Volume(
+                name=ARTIFACT_VOLUME,
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
+            )
+        ]
+        mounts = [k8s.V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=str(artifact_root_in_pods()))]
     if gpus > 1:
         # The container runtime's default /dev/shm is 64 MiB; NCCL's all-reduce between GPUs of one
         # pod goes through shared memory and fails or crawls with that.
@@ -207,10 +256,30 @@ def step_volumes(gpus: int) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]
 
 
 def step_env(gpus: int) -> list[k8s.V1EnvVar]:
-    return [
-        k8s.V1EnvVar(name="MLOPS_ARTIFACT_ROOT", value=str(artifact_root_in_pods())),
+    bucket = object_store_root()
+    if bucket is None:
+        return [
+            k8s.V1EnvVar(name=WORKER_ARTIFACT_ROOT_ENV, value=str(artifact_root_in_pods())),
+            k8s.V1EnvVar(name="MLOPS_GPUS", value=str(gpus)),
+        ]
+    # The worker's own root: a bucket is the same address everywhere.
+    env = [
+        k8s.V1EnvVar(name=WORKER_ARTIFACT_ROOT_ENV, value=bucket),
+        k8s.V1EnvVar(name=STAGING_DIR_ENV, value=SCRATCH_DIR),
+        k8s.V1EnvVar(name="TMPDIR", value=SCRATCH_DIR),
         k8s.V1EnvVar(name="MLOPS_GPUS", value=str(gpus)),
     ]
+    env += [
+        k8s.V1EnvVar(name=name, value=os.environ[name]) for name in OBJECT_STORE_PASSTHROUGH_ENV if os.environ.get(name)
+    ]
+    return env
+
+
+def step_env_from() -> list[k8s.V1EnvFromSource]:
+    """With an object store, the optional credentials Secret (``optional``: a pod with a cloud identity runs without it)."""
+    if object_store_root() is None:
+        return []
+    return [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=object_store_secret(), optional=True))]
 
 
 def model_settings(config: ModelConfig | None) -> Mapping[str, object]:

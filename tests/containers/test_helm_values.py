@@ -135,6 +135,13 @@ def password_like_literals(node: Any, path: str = "") -> list[str]:
     return found
 
 
+def helm_layer(base: Any, override: Any) -> Any:
+    """``-f base -f override`` as Helm merges them: maps key by key, anything else (lists too) replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{key: helm_layer(base.get(key), value) for key, value in override.items()}}
+    return override
+
+
 def kustomize(path: Path) -> list[dict[str, Any]]:
     kubectl = require_executable("kubectl", "the manifest checks render include/k8s with `kubectl kustomize`")
     out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, check=True)
@@ -190,9 +197,16 @@ def test_the_auth_manager_the_chart_runs_is_installed_by_the_image() -> None:
     assert "apache-airflow-providers-fab" in pins or "fab" not in module
 
 
+# The overlay without the share goes with the values file that drops it (layered on values.yaml).
+OBJECT_STORAGE = {"object-storage": K8S_DIR / "helm" / "values-object-storage.yaml"}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_names_agree_with_the_manifests(overlay: str) -> None:
-    values, env = load_values(), static_env(load_values())
+    values = load_values()
+    if overlay in OBJECT_STORAGE:
+        values = helm_layer(values, yaml.safe_load(OBJECT_STORAGE[overlay].read_text()))
+    env = static_env(values)
     objects = kustomize(K8S_DIR / "overlays" / overlay)
     steps_namespace = env["MLOPS_K8S_NAMESPACE"]
     assert steps_namespace != RELEASE_NAMESPACE, "step pods run in their own (restricted) namespace"
@@ -203,9 +217,14 @@ def test_names_agree_with_the_manifests(overlay: str) -> None:
         assert owner["create"] is False and owner["name"] == worker_sa["name"]
     find(objects, "ServiceAccount", worker_sa["name"], RELEASE_NAMESPACE)
     find(objects, "ServiceAccount", env["MLOPS_K8S_SERVICE_ACCOUNT"], steps_namespace)
-    (volume,) = values["workers"]["extraVolumes"]
-    find(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], RELEASE_NAMESPACE)
-    find(objects, "PersistentVolumeClaim", env["MLOPS_K8S_ARTIFACT_PVC"], steps_namespace)
+    if overlay in OBJECT_STORAGE:
+        # No share: no claim in the manifests, none named by the values.
+        assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+        assert values["workers"]["extraVolumes"] == [] and "MLOPS_K8S_ARTIFACT_PVC" not in env
+    else:
+        (volume,) = values["workers"]["extraVolumes"]
+        find(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], RELEASE_NAMESPACE)
+        find(objects, "PersistentVolumeClaim", env["MLOPS_K8S_ARTIFACT_PVC"], steps_namespace)
     bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"].get("namespace") == steps_namespace]
     subjects = [(s["kind"], s["name"], s.get("namespace")) for b in bindings for s in b.get("subjects", [])]
     assert ("ServiceAccount", worker_sa["name"], RELEASE_NAMESPACE) in subjects

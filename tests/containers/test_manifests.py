@@ -38,9 +38,12 @@ CLUSTER_OVERLAYS = ["overlays/kind", "overlays/production"]
 KUSTOMIZATIONS = [
     "base",
     *CLUSTER_OVERLAYS,
+    # Without the share: tests/containers/test_object_storage_manifests.py checks them further.
+    "overlays/object-storage",
     "serving",
     "serving/base",
     "serving/overlays/project-server",
+    "serving/overlays/object-storage",
     "serving/monitoring",
     "serving/canary",
     "serving/canary/track",

@@ -476,3 +476,106 @@ def test_every_pod_has_the_steps_runtime_cap_as_active_deadline(pods: list[dict[
         assert built["task"].execution_timeout == cap
         assert built["manifest"]["spec"]["activeDeadlineSeconds"] == int(cap.total_seconds())
     assert {built["manifest"]["spec"]["activeDeadlineSeconds"] for built in pods if built["step"] == "train"} == {7200}
+
+
+# --------------------------------------------------------------------------- object-storage mode
+
+BUCKET_ROOT = "s3://mlops-bucket/team-a"
+
+
+@pytest.fixture
+def object_store_pods(monkeypatch: pytest.MonkeyPatch, gpu_models_dir: Path) -> list[dict[str, Any]]:
+    """Every step pod of a GPU model (2 GPUs: /dev/shm too) with the worker's artifact root in a bucket.
+
+    Built without a task context: the volumes, env and credentials are decided when the operator is made.
+    """
+    monkeypatch.setenv("MLOPS_BACKEND", "kubernetes")
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", BUCKET_ROOT)
+    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", CPU_IMAGE)
+    monkeypatch.setenv("MLOPS_TRAINER_GPU_IMAGE", GPU_IMAGE)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://minio.storage.svc:9000")
+    for name in ("MLOPS_K8S_ARTIFACT_ROOT", "MLOPS_K8S_ARTIFACT_PVC", "MLOPS_K8S_OBJECT_STORE_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    dag = build_lifecycle_dag(load_model_config(gpu_models_dir / "diabetes_gpu.yaml"), models_dir=str(gpu_models_dir))
+    built = []
+    for task_id in STEP_TASKS:
+        task = dag.get_task(task_id)
+        if task_id == "tune_trial":
+            task = task.unmap({"step_arguments": {"trial": TRIAL}})
+        built.append({"task": task, "manifest": as_manifest(task.build_pod_request_obj(None, dry_run=True))})
+    return built
+
+
+def test_object_store_pods_get_the_bucket_and_a_scratch_folder_instead_of_the_share(
+    object_store_pods: list[dict[str, Any]],
+) -> None:
+    for built in object_store_pods:
+        manifest, task_id = built["manifest"], built["task"].task_id
+        validate_manifest(manifest)
+        assert pod_security.restricted_violations(manifest) == [], task_id
+        spec, container = manifest["spec"], base_container(manifest)
+        # No share at all: nothing names the PVC, nothing is mounted at the share's path.
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], task_id
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert PODS_ROOT not in mounts, task_id
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes[mounts["/scratch"]]["emptyDir"]["sizeLimit"], task_id
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["MLOPS_ARTIFACT_ROOT"] == BUCKET_ROOT, task_id
+        assert env["MLOPS_STAGING_DIR"] == env["TMPDIR"] == "/scratch", task_id
+        assert env["AWS_REGION"] == "eu-west-1" and env["AWS_ENDPOINT_URL_S3"] == "https://minio.storage.svc:9000"
+        # Credentials: the pod's ServiceAccount (cloud identity), or else the optional Secret.
+        assert spec["serviceAccountName"] == "mlops-step"
+        assert container["envFrom"] == [{"secretRef": {"name": "mlops-object-store", "optional": True}}], task_id
+        if task_id == "train":
+            assert "/dev/shm" in mounts, "the multi-GPU /dev/shm stays in object-storage mode"
+
+
+def test_object_store_settings_not_passed_when_the_worker_has_none(
+    monkeypatch: pytest.MonkeyPatch, gpu_models_dir: Path
+) -> None:
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", "gs://mlops-bucket")
+    monkeypatch.setenv("MLOPS_K8S_OBJECT_STORE_SECRET", "gcs-keys")
+    for name in ("AWS_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    manifest = as_manifest(
+        build_one_pod(monkeypatch, gpu_models_dir, "diabetes_gpu1").build_pod_request_obj(None, dry_run=True)
+    )
+    validate_manifest(manifest)
+    container = base_container(manifest)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MLOPS_ARTIFACT_ROOT"] == "gs://mlops-bucket"
+    assert not {"AWS_REGION", "AWS_ENDPOINT_URL_S3"} & env.keys()
+    assert container["envFrom"] == [{"secretRef": {"name": "gcs-keys", "optional": True}}]
+
+
+@pytest.mark.parametrize(
+    ("root", "bucket"),
+    [
+        ("s3://b/p", "s3://b/p"),
+        ("gs://b", "gs://b"),
+        ("/mnt/mlops-artifacts", None),
+        ("file:///mnt/mlops-artifacts", None),
+        ("", None),
+    ],
+)
+def test_the_one_rule_for_an_object_store_root(monkeypatch: pytest.MonkeyPatch, root: str, bucket: str | None) -> None:
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", root)
+    assert step_pods.object_store_root() == bucket
+    volumes, _ = step_pods.step_volumes(0)
+    assert [v.name for v in volumes] == (["scratch"] if bucket else ["artifacts"])
+    assert bool(step_pods.step_env_from()) == bool(bucket)
+
+
+def test_share_mode_pods_load_no_object_store_secret(pods: list[dict[str, Any]]) -> None:
+    for built in pods:
+        container = base_container(built["manifest"])
+        assert not container.get("envFrom") and "MLOPS_STAGING_DIR" not in {e["name"] for e in container["env"]}
+
+
+def test_a_bad_object_store_secret_name_fails_the_dag(monkeypatch: pytest.MonkeyPatch, gpu_models_dir: Path) -> None:
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", BUCKET_ROOT)
+    monkeypatch.setenv("MLOPS_K8S_OBJECT_STORE_SECRET", "Object_Store")
+    with pytest.raises(step_pods.StepPodSettingError, match=r"^MLOPS_K8S_OBJECT_STORE_SECRET: "):
+        build_one_pod(monkeypatch, gpu_models_dir, "diabetes_gpu1")

@@ -75,7 +75,7 @@ def test_every_tf_file_parses(path: Path) -> None:
 def test_terraform_and_providers_are_pinned(module_files: dict[str, dict[str, Any]]) -> None:
     settings = [block for parsed in module_files.values() for block in parsed.get("terraform", [])]
     assert len(settings) == 1, "the module should have exactly one terraform {} block (versions.tf)"
-    assert unquote(settings[0]["required_version"]) == ">= 1.8"
+    assert unquote(settings[0]["required_version"]) == ">= 1.9"
     providers = {
         name: spec
         for block in settings[0]["required_providers"]
@@ -219,6 +219,31 @@ BAD_INPUTS = [
         {"artifact_share": {"host_path": "/x", "nfs": {"server": "s", "path": "/p"}}}, "exactly one of", id="two-shares"
     ),
     pytest.param({"artifact_share": {}}, "exactly one of", id="no-share"),
+    pytest.param({"artifact_share": None}, "set it there", id="share-mode-without-share"),
+    pytest.param(
+        {"artifact_share": None, "artifact_store": {"kind": "bucket", "uri": "s3://b/p"}},
+        'must be "share"',
+        id="bad-kind",
+    ),
+    pytest.param(
+        {"artifact_share": None, "artifact_store": {"kind": "object_storage"}}, "s3://<bucket>/<prefix>", id="no-uri"
+    ),
+    pytest.param(
+        {"artifact_share": None, "artifact_store": {"kind": "object_storage", "uri": "https://b.example/p"}},
+        "s3://<bucket>/<prefix>",
+        id="http-uri",
+    ),
+    pytest.param(
+        {"artifact_share": None, "artifact_store": {"kind": "object_storage", "uri": "s3:///prefix"}},
+        "s3://<bucket>/<prefix>",
+        id="uri-without-bucket",
+    ),
+    pytest.param(
+        {"artifact_store": {"kind": "object_storage", "uri": "s3://acme-mlops/prod"}},
+        "leave it null",
+        id="bucket-and-share",
+    ),
+    pytest.param({"artifact_store": {"uri": "s3://acme-mlops/prod"}}, "apply to kind", id="uri-in-share-mode"),
     pytest.param(
         {"artifact_share": {"nfs": {"server": "s", "path": "exports"}}}, "absolute export path", id="relative-nfs-path"
     ),
@@ -265,6 +290,17 @@ def test_validation_accepts_good_values(tmp_path: Path) -> None:
     value, stderr = evaluate(tmp_path, "var.namespaces", inputs, files=("variables.tf",))
     assert "Error" not in stderr, stderr
     assert value == {"airflow": "mlops", "steps": "mlops-steps"}
+
+
+@pytest.mark.parametrize("uri", ["s3://acme-mlops/prod", "gs://acme.mlops", "s3://acme_mlops/a/b/"])
+def test_validation_accepts_a_bucket(tmp_path: Path, uri: str) -> None:
+    inputs = {
+        "image": {"repository": "reg.example/airflow", "tag": "1.0"},
+        "artifact_store": {"kind": "object_storage", "uri": uri},
+    }
+    value, stderr = evaluate(tmp_path, "var.artifact_store.uri", inputs, files=("variables.tf",))
+    assert "Error" not in stderr, stderr
+    assert value == uri
 
 
 def test_the_kind_example_calls_the_module_with_declared_inputs(module_files: dict[str, dict[str, Any]]) -> None:

@@ -228,3 +228,74 @@ def test_images_and_secret_names_follow_the_variables(
     }
     served = {c["image"] for c in _containers(default_evaluation, "Deployment", "mlops-model-server")}
     assert all(re.search(r":[\w.-]+$|@sha256:", image) for image in served), f"model server image not pinned: {served}"
+
+
+# --- the object-storage mode ---------------------------------------------------------------------------------
+
+BUCKET = "s3://acme-mlops/prod"
+IDENTITY = {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/mlops-artifacts"}
+
+
+@pytest.fixture(scope="module")
+def bucket_evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    inputs = {
+        **_inputs(artifact_store={"kind": "object_storage", "uri": BUCKET, "service_account_annotations": IDENTITY}),
+        "artifact_share": None,
+    }
+    return _evaluate_ok(
+        tmp_path_factory.mktemp("tf"), EVERYTHING.replace("}", ", values = local.release_values}"), inputs
+    )
+
+
+def test_object_storage_creates_no_share_and_mounts_none(bucket_evaluation: dict[str, Any]) -> None:
+    assert bucket_evaluation["volumes"] == {}
+    keys = {_key(obj) for obj in bucket_evaluation["objects"]}
+    # The share's Job and the share-mode model server are not applied (serving/overlays/object-storage is).
+    assert "Job/mlops-steps/mlops-prepare-share" not in keys
+    assert "Deployment/mlops-steps/mlops-model-server" not in keys
+    assert "Service/mlops-steps/mlops-model-server" in keys and bucket_evaluation["url"]
+    for obj in bucket_evaluation["objects"]:
+        if "template" in obj.get("spec", {}):
+            claims = [v for v in obj["spec"]["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v]
+            assert claims == [], _key(obj)
+
+
+def test_object_storage_gives_every_service_account_the_identity(
+    bucket_evaluation: dict[str, Any], default_evaluation: dict[str, Any]
+) -> None:
+    accounts = [obj for obj in bucket_evaluation["objects"] if obj["kind"] == "ServiceAccount"]
+    assert len(accounts) == 4
+    for account in accounts:
+        assert account["metadata"]["annotations"] == IDENTITY, _key(account)
+        assert account["imagePullSecrets"] == [{"name": "mlops-registry"}], _key(account)
+    assert not [
+        o for o in default_evaluation["objects"] if o["kind"] == "ServiceAccount" and "annotations" in o["metadata"]
+    ]
+
+
+def test_object_storage_release_logs_to_the_bucket(bucket_evaluation: dict[str, Any]) -> None:
+    values = bucket_evaluation["values"]
+    env = _env(bucket_evaluation)
+    assert env["MLOPS_ARTIFACT_ROOT"] == BUCKET
+    assert not {"MLOPS_K8S_ARTIFACT_PVC", "MLOPS_K8S_ARTIFACT_ROOT"} & env.keys()
+    assert values["config"]["logging"] == {
+        "remote_logging": "True",
+        "remote_base_log_folder": f"{BUCKET}/logs",
+        "remote_log_conn_id": "aws_default",
+    }
+    assert values["logs"] == {"persistence": {"enabled": False}}
+    assert values["workers"] == {"extraVolumes": [], "extraVolumeMounts": []}
+    for component in ("apiServer", "dagProcessor"):
+        assert values[component]["serviceAccount"]["annotations"] == IDENTITY
+    assert yaml.safe_load(values["extraEnvFrom"]) == [{"secretRef": {"name": "mlops-object-store", "optional": True}}]
+
+
+def test_object_storage_release_matches_the_documented_values_file(bucket_evaluation: dict[str, Any]) -> None:
+    """The module's object-storage values and include/k8s/helm/values-object-storage.yaml set the same keys."""
+    documented = yaml.safe_load((HELM_VALUES.parent / "values-object-storage.yaml").read_text())
+    values = bucket_evaluation["values"]
+    assert set(documented) <= set(values), sorted(set(documented) - set(values))
+    assert values["extraEnvFrom"] == documented["extraEnvFrom"]
+    assert values["config"]["logging"]["remote_log_conn_id"] == documented["config"]["logging"]["remote_log_conn_id"]
+    documented_env = {e["name"] for e in documented["env"]} - {"AWS_REGION"}
+    assert documented_env == set(_env(bucket_evaluation))
