@@ -262,7 +262,7 @@ locals {
     config = { logging = {
       remote_logging         = "True"
       remote_base_log_folder = "${trimsuffix(var.artifact_store.uri, "/")}/logs"
-      remote_log_conn_id     = startswith(var.artifact_store.uri, "gs://") ? "google_cloud_default" : "aws_default"
+      remote_log_conn_id     = "aws_default"
     } }
     logs         = { persistence = { enabled = false } }
     workers      = { extraVolumes = [], extraVolumeMounts = [] }

@@ -110,7 +110,8 @@ variable "artifact_store" {
   description = <<-EOT
     Where runs/, the model registry (models/), the prediction log and the task logs live.
       kind = "share"           the default: the ReadWriteMany share of artifact_share (on-premises)
-      kind = "object_storage"  a bucket, no RWX volume: uri = "s3://<bucket>/<prefix>" or "gs://<bucket>/<prefix>"
+      kind = "object_storage"  a bucket, no RWX volume: uri = "s3://<bucket>/<prefix>" (S3 or an S3-compatible store;
+                               gs:// is refused: the steps do not support it yet)
     With object_storage: every process gets MLOPS_ARTIFACT_ROOT = uri, task logs go to <uri>/logs (Airflow remote
     logging, Connection aws_default or google_cloud_default), no PV/PVC or share Job is created, and
     service_account_annotations (the cloud identity: {"eks.amazonaws.com/role-arn" = "arn:aws:iam::...:role/..."}
@@ -131,9 +132,9 @@ variable "artifact_store" {
   }
 
   validation {
-    # A bucket name (S3 and GCS rules, roughly): 3-63 characters of lower-case letters, digits, '.', '-', '_'.
-    condition     = var.artifact_store.kind != "object_storage" || can(regex("^(s3|gs)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^/]+)*/?$", coalesce(var.artifact_store.uri, "-")))
-    error_message = "artifact_store.uri must be the bucket and an optional prefix, s3://<bucket>/<prefix> or gs://<bucket>/<prefix> (e.g. s3://acme-mlops/prod), when artifact_store.kind is \"object_storage\"."
+    # A bucket name (S3 rules, roughly): 3-63 characters of lower-case letters, digits, '.', '-', '_'.
+    condition     = var.artifact_store.kind != "object_storage" || can(regex("^s3://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^/]+)*/?$", coalesce(var.artifact_store.uri, "-")))
+    error_message = "artifact_store.uri must be the bucket and an optional prefix, s3://<bucket>/<prefix> (e.g. s3://acme-mlops/prod), when artifact_store.kind is \"object_storage\" (gs:// is not supported yet)."
   }
 
   validation {

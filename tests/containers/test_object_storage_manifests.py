@@ -174,7 +174,7 @@ def resolved_env(container: Obj, store_root: str) -> dict[str, str]:
 
 def test_every_container_that_reads_or_writes_the_registry_gets_the_bucket() -> None:
     deployment, containers, root = model_server()
-    assert root.startswith(("s3://", "gs://")) and root.split("://", 1)[1].split("/")[0]
+    assert root.startswith("s3://") and root.split("://", 1)[1].split("/")[0]
     assert set(containers) == {"registry-mirror-init", "server", "request-logger", "registry-mirror"}
     for name in ("registry-mirror-init", "registry-mirror", "request-logger"):
         container = containers[name]
@@ -257,8 +257,8 @@ def test_task_logs_go_to_the_bucket_under_the_artifact_root() -> None:
     assert values["logs"]["persistence"]["enabled"] is False
     assert logging["remote_logging"] == "True"
     assert logging["remote_base_log_folder"] == f"{root}/logs"
-    scheme = root.split("://", 1)[0]
-    assert logging["remote_log_conn_id"] == {"s3": "aws_default", "gs": "google_cloud_default"}[scheme]
+    assert root.startswith("s3://")
+    assert logging["remote_log_conn_id"] == "aws_default"
 
 
 def test_no_airflow_pod_mounts_the_share_and_the_env_names_the_bucket() -> None:
@@ -266,7 +266,7 @@ def test_no_airflow_pod_mounts_the_share_and_the_env_names_the_bucket() -> None:
     assert values["workers"]["extraVolumes"] == [] and values["workers"]["extraVolumeMounts"] == []
     env = {e["name"]: e["value"] for e in values["env"]}
     share_env = {e["name"]: e["value"] for e in share_values["env"]}
-    assert env["MLOPS_ARTIFACT_ROOT"].startswith(("s3://", "gs://"))
+    assert env["MLOPS_ARTIFACT_ROOT"].startswith("s3://")
     assert not {"MLOPS_K8S_ARTIFACT_PVC", "MLOPS_K8S_ARTIFACT_ROOT"} & env.keys()
     assert not [name for name, value in env.items() if SHARE in value]
     # Helm replaces the env list as a whole: every other entry must stay values.yaml's.

@@ -234,6 +234,11 @@ BAD_INPUTS = [
         id="http-uri",
     ),
     pytest.param(
+        {"artifact_share": None, "artifact_store": {"kind": "object_storage", "uri": "gs://acme-mlops/prod"}},
+        "gs:// is not supported yet",
+        id="gcs-uri",
+    ),
+    pytest.param(
         {"artifact_share": None, "artifact_store": {"kind": "object_storage", "uri": "s3:///prefix"}},
         "s3://<bucket>/<prefix>",
         id="uri-without-bucket",
@@ -292,7 +297,7 @@ def test_validation_accepts_good_values(tmp_path: Path) -> None:
     assert value == {"airflow": "mlops", "steps": "mlops-steps"}
 
 
-@pytest.mark.parametrize("uri", ["s3://acme-mlops/prod", "gs://acme.mlops", "s3://acme_mlops/a/b/"])
+@pytest.mark.parametrize("uri", ["s3://acme-mlops/prod", "s3://acme.mlops", "s3://acme_mlops/a/b/"])
 def test_validation_accepts_a_bucket(tmp_path: Path, uri: str) -> None:
     inputs = {
         "image": {"repository": "reg.example/airflow", "tag": "1.0"},
