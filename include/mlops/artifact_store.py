@@ -34,16 +34,23 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.mlops import artifacts
+from include.mlops.artifacts import (  # re-exported: the root's address is decided in artifacts
+    ROOT_ENV,
+    STAGING_ENV,
+    ArtifactStoreError,
+    is_object_store_uri,
+    mirror_dir,
+    remote_root,
+)
+
 log = logging.getLogger(__name__)
 
-ROOT_ENV = "MLOPS_ARTIFACT_ROOT"
-STAGING_ENV = "MLOPS_STAGING_DIR"
 MARKER = ".complete.json"
 # Folders under the root whose contents are published by MARKER (step outputs); others are pulled as listed.
 MARKED_TOP = ("runs",)
@@ -51,45 +58,6 @@ MARKED_TOP = ("runs",)
 RUN_FILE_DEPTH = 3
 # The registry's manifest: a version folder without it does not exist (include.mlops.registry.object_store).
 VERSION_MANIFEST = "assets.extra/checksums.json"
-
-
-class ArtifactStoreError(RuntimeError):
-    """The object-store artifact root cannot be used as configured; the message says what to fix."""
-
-
-def is_object_store_uri(value: str | os.PathLike[str] | None) -> bool:
-    """Whether a configured root names an object store (``s3://``, ``gs://``) rather than a local folder."""
-    return value is not None and "://" in str(value) and not str(value).startswith("file://")
-
-
-def remote_root(value: str | None = None) -> Any:
-    """The configured root as an :class:`ObjectUri` when it is an object store, else None.
-
-    Raises :class:`ArtifactStoreError` for a URI this build cannot use (a
-    malformed one, or ``gs://``), naming the variable and the fix.
-    """
-    from include.mlops.registry.object_uri import ObjectUri
-
-    value = os.environ.get(ROOT_ENV, "") if value is None else value
-    if not is_object_store_uri(value):
-        return None
-    try:
-        uri = ObjectUri.parse(value)
-    except ValueError as exc:
-        raise ArtifactStoreError(f"{ROOT_ENV}={value!r}: {exc}") from None
-    if uri.scheme != "s3":
-        raise ArtifactStoreError(
-            f"{ROOT_ENV}={value!r}: only s3:// is supported on object storage (gs:// is untested, no GCS stand-in "
-            "runs where this project is tested); use an s3:// bucket or a mounted folder"
-        )
-    return uri
-
-
-def mirror_dir(uri: Any) -> Path:
-    """The local mirror of ``uri``: ``$MLOPS_STAGING_DIR/<bucket>-<hash of the URI>`` (default: the temp folder)."""
-    base = Path(os.environ.get(STAGING_ENV) or Path(tempfile.gettempdir()) / "mlops-mirror")
-    digest = hashlib.sha256(str(uri).encode()).hexdigest()[:10]
-    return (base / f"{uri.bucket}-{digest}").resolve()
 
 
 @dataclass
@@ -198,8 +166,6 @@ class ArtifactStore:
         return json.loads(found[0]) if found is not None else None
 
     def _download(self, rel: str, target: Path) -> None:
-        from include.mlops import artifacts
-
         found = self.objects.get(rel)
         if found is None:
             raise ArtifactStoreError(f"{self.uri / rel} vanished while it was being read; retry the task")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from include.mlops.config import PROJECT_ROOT
+from include.mlops.registry.object_uri import ObjectUri
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ EXECUTABLE_MODE = 0o775
 # A chmod without this bit clears it, so every chmod of a folder uses this mode.
 DIR_MODE = 0o2775
 POLICY_DOC = "docs/shared-storage.md"
+# The artifact root: a folder, or an object store (include.mlops.artifact_store) with a local mirror under STAGING_ENV.
+ROOT_ENV = "MLOPS_ARTIFACT_ROOT"
+STAGING_ENV = "MLOPS_STAGING_DIR"
 
 
 def use_shared_umask() -> int:
@@ -109,17 +113,52 @@ def make_dirs(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+class ArtifactStoreError(RuntimeError):
+    """The object-store artifact root cannot be used as configured; the message says what to fix."""
+
+
+def is_object_store_uri(value: str | os.PathLike[str] | None) -> bool:
+    """Whether a configured root names an object store (``s3://``, ``gs://``) rather than a local folder."""
+    return value is not None and "://" in str(value) and not str(value).startswith("file://")
+
+
+def remote_root(value: str | None = None) -> Any:
+    """The configured root as an :class:`ObjectUri` when it is an object store, else None.
+
+    Raises :class:`ArtifactStoreError` for a URI this build cannot use (a
+    malformed one, or ``gs://``), naming the variable and the fix.
+    """
+    value = os.environ.get(ROOT_ENV, "") if value is None else value
+    if not is_object_store_uri(value):
+        return None
+    try:
+        uri = ObjectUri.parse(value)
+    except ValueError as exc:
+        raise ArtifactStoreError(f"{ROOT_ENV}={value!r}: {exc}") from None
+    if uri.scheme != "s3":
+        raise ArtifactStoreError(
+            f"{ROOT_ENV}={value!r}: only s3:// is supported on object storage (gs:// is untested, no GCS stand-in "
+            "runs where this project is tested); use an s3:// bucket or a mounted folder"
+        )
+    return uri
+
+
+def mirror_dir(uri: Any) -> Path:
+    """The local mirror of ``uri``: ``$MLOPS_STAGING_DIR/<bucket>-<hash of the URI>`` (default: the temp folder)."""
+    base = Path(os.environ.get(STAGING_ENV) or Path(tempfile.gettempdir()) / "mlops-mirror")
+    digest = hashlib.sha256(str(uri).encode()).hexdigest()[:10]
+    return (base / f"{uri.bucket}-{digest}").resolve()
+
+
 def artifact_root() -> Path:
     """``$MLOPS_ARTIFACT_ROOT`` or ``<project>/artifacts``, as an absolute path.
 
     When the root is an object store (``s3://bucket/prefix``) this is the
     process's local mirror of it (:mod:`include.mlops.artifact_store`).
     """
-    from include.mlops import artifact_store
-
-    uri = artifact_store.remote_root()
+    uri = remote_root()
     if uri is not None:
-        return artifact_store.mirror_dir(uri)
+        return mirror_dir(uri)
     root = os.environ.get("MLOPS_ARTIFACT_ROOT") or str(PROJECT_ROOT / "artifacts")
     if root.startswith("file://"):
         root = root[len("file://") :]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from s3_stand_in import BUCKET
 
@@ -163,3 +165,36 @@ def test_a_missing_bucket_names_the_uri_and_the_operation(s3_endpoint, tmp_path,
         store.push(out)
     with pytest.raises(RegistryError, match="no-such-bucket-here"):
         store.pull(out)
+
+
+def test_a_network_error_mid_upload_is_retried_then_fails_clearly_and_publishes_nothing(
+    root_uri, tmp_path, monkeypatch
+) -> None:
+    store = artifact_store.current()
+    out = artifacts.run_dir("d", "r", "train")
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"loss": 1}')
+    faults = {"left": 2, "raised": 0}
+
+    def drop_puts(request: Any, **_: Any) -> None:
+        # The connection drops before the request is answered, as a flaky network does.
+        if request.method == "PUT" and faults["left"] > 0:
+            faults["left"] -= 1
+            faults["raised"] += 1
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url=request.url)
+
+    store.client.meta.events.register("before-send.s3", drop_puts)
+    try:
+        store.push(out)  # two dropped connections: the client's standard retry mode gets through
+        assert faults["raised"] == 2
+        other = _other_mirror(root_uri, tmp_path, monkeypatch)
+        assert other.pull(other.local / "runs/d/r/train")
+
+        faults["left"] = 1000
+        with pytest.raises(RegistryError, match=r"cannot write s3://.*/runs/d/r/train/metrics\.json"):
+            store.push(out)
+        assert faults["raised"] >= 2 + 5  # at least the client's max_attempts, then the clear failure
+        # The failed rerun took the old marker down first: readers now see no output, never a mix.
+        assert other.pull(other.local / "runs/d/r/train") is False
+    finally:
+        store.client.meta.events.unregister("before-send.s3", drop_puts)
