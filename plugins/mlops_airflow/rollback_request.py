@@ -29,8 +29,6 @@ from include.mlops.artifacts import atomic_write_json, run_dir
 from include.mlops.config import ModelConfig
 from include.mlops.monitoring import retraining as retraining_lib
 from include.mlops.monitoring import rollback_request as rollback_lib
-from include.mlops.registry.filesystem import Registry
-from include.mlops.registry.label_log import read_label_moves
 from mlops_airflow import alerts
 from mlops_airflow.gate_operators import BACKFILL_RUN_TYPE, run_type
 from mlops_airflow.retraining import monitor_results, monitoring_window
@@ -67,11 +65,11 @@ class RollbackRequestOperator(TriggerDagRunOperator):
         slo, _, decided = monitor_results(context)
         run_id = context["dag_run"].run_id
         _, at = monitoring_window(context, self.config.monitor.window)
-        registry = Registry()
+        registry = artifact_store.open_registry()
         path = rollback_requests_path(self.config.name)
         decision = rollback_lib.decide_rollback(
             current=registry.label_version(self.config.serving_name, "stable"),
-            moves=read_label_moves(registry.model_dir(self.config.serving_name)),
+            moves=registry.read_label_moves(self.config.serving_name),
             requests=retraining_lib.read_requests(path),
             run_id=run_id,
             at=at,

@@ -39,6 +39,13 @@ nothing loaded) and waits until the label answers with the previous version
 again (:mod:`include.mlops.deploy.rollback`).  A death there (SIGKILL, a lost
 node) leaves the journal behind: the next deploy of the model, a retry or the
 next run, and the champion lookup find it and put the label back first.
+
+On an object-store artifact root (``MLOPS_ARTIFACT_ROOT=s3://...``) the
+registry, the journal and the deploy lock are in the bucket
+(:func:`include.mlops.artifact_store.open_registry`; the lock's lease is in
+:mod:`include.mlops.deploy.journal`), and the checks that read the version's
+files (served bytes, smoke answers, the sandbox) read its copy in the local
+mirror (:func:`include.mlops.artifact_store.local_version_dir`).
 """
 
 from __future__ import annotations
@@ -53,15 +60,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.deploy.errors import DeployError, DeployVerificationError, ServedBytesError
-from include.mlops.deploy.journal import deploy_lock, remove_journal, unfinished_deploys, write_journal
+from include.mlops.deploy.journal import deploy_lock, lease_for, remove_journal, unfinished_deploys, write_journal
 from include.mlops.deploy.rollback import repair_unfinished_deploy, restore_label
 from include.mlops.deploy.sandbox import infra_validate
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, prepare_smoke_check, smoke_rows, verify_deployment
-from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.label_log import FAILED_DEPLOY_REASON, label_move_context
 from include.mlops.registry.protocol import ModelRegistry, RegistryError
 from include.mlops.registry.serving_artifact import served_artifact
@@ -142,12 +148,13 @@ def deploy(
     nothing and reports the ``previous`` version recorded in ``out/result.json``.
     """
     out = Path(out)
-    registry: ModelRegistry = Registry()
+    registry: ModelRegistry = artifact_store.open_registry()
     name = config.serving_name
     with contextlib.ExitStack() as stack:
         stack.enter_context(label_move_context(reason=reason or "deploy", requested_by=requested_by, task=str(out)))
         server = stack.enter_context(ModelServerClient(server_url, timeout=timeout)) if server_url else None
-        stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=max(timeout, 60.0) * 5))
+        wait_s = max(timeout, 60.0) * 5
+        stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=wait_s, lease_s=lease_for(config, "deploy")))
         # First, before anything can fail: a label left on an unverified version by an unfinished deploy goes back.
         for unfinished in unfinished_deploys(registry.model_dir(name)):
             repair_unfinished_deploy(registry, server, unfinished, server_poll_seconds=server_poll_seconds)
@@ -158,7 +165,7 @@ def deploy(
         _check_gated_bytes(registry, name, version)
         # Built while the old version still serves: an error here (bad rows, a model TF cannot load) moves nothing.
         check = (
-            prepare_smoke_check(config, registry.require_version(name, version), data_uri, smoke_rows)
+            prepare_smoke_check(config, artifact_store.local_version_dir(registry, name, version), data_uri, smoke_rows)
             if server is not None
             else None
         )
@@ -244,7 +251,7 @@ def _check_gated_bytes(registry: ModelRegistry, name: str, version: int) -> None
         log.warning("%s version %d: its lineage names no measured artifact (registered without an evaluation), "
                     "so the served bytes are not compared with what a gate measured", name, version)  # fmt: skip
         return
-    served = served_artifact(registry.require_version(name, version))
+    served = served_artifact(artifact_store.local_version_dir(registry, name, version))
     if (served.format, served.sha256) != (measured.get("format"), measured["sha256"]):
         raise ServedBytesError(
             f"{name} version {version} would serve {served.path} ({served.format}, sha256 {served.sha256}), "

@@ -1,8 +1,8 @@
-"""The deploy journal: one file per model and label, under the model's registry folder.
+"""The deploy journal: one record per model and label, in the model's registry folder (or prefix).
 
 A deploy writes ``models/<name>/.deploy-<label>.journal.json`` before it moves
 the label and removes it once the new version is verified (or the label is
-back).  While the file exists, the label may name a version nobody verified,
+back).  While the record exists, the label may name a version nobody verified,
 so every reader that needs the *verified* version checks it first:
 
 - the next deploy of the model repairs the label (puts it back on the
@@ -13,10 +13,34 @@ so every reader that needs the *verified* version checks it first:
 
 ``models/<name>/.deploy.lock`` serialises deploys of one model (every label:
 a deploy's final policy edit must not drop a version another deploy of the
-same model has just preloaded).  The kernel releases a dead process's lock, so
-a journal whose lock is free belongs to a deploy that ended without finishing
-(an exception it could not clean up after, SIGKILL, a lost node, retries
-exhausted).  TF Serving ignores both files: only numeric folders are versions.
+same model has just preloaded).  A journal whose lock is free belongs to a
+deploy that ended without finishing (an exception it could not clean up
+after, SIGKILL, a lost node, retries exhausted).  TF Serving ignores both:
+only numeric folders are versions.
+
+**Both registry backends, one API.**  Every function takes the folder the
+registry's ``model_dir(name)`` returns; the rules (the record, the wait for the
+lock, its messages) are here once, and :mod:`include.mlops.deploy.journal_store`
+keeps the bytes and takes the lock for each backend:
+
+- **filesystem** (a ``Path``): a journal is a file written by rename after
+  fsync; the lock is an ``flock``, which the kernel releases the moment its
+  holder dies, so a dead deploy's journal is repairable at once;
+- **object store** (an ``ObjectUri``, ``s3://``): a journal is an object (S3
+  replaces objects atomically; journals are found by listing the model's
+  prefix); the lock is an object created with ``If-None-Match: *`` that names
+  its holder and a *lease*.  The holder deletes it when done; nothing renews
+  it, and no kernel frees it, so a holder that died keeps the model's deploys
+  waiting until the lease ends (they fail with :class:`DeployBusyError` after
+  ``wait_s`` and the task's retry waits again).  Then the first waiter to
+  overwrite it with ``If-Match: <its ETag>`` has it: two waiters never both do.
+  The lease is the step's runtime cap (``config.step_timeout(step)``, after
+  which Airflow has stopped the task, its SIGTERM roll back included) plus
+  :data:`LEASE_GRACE_S` for that clean up and for clock skew between workers
+  (:func:`lease_for`): shorter, a live slow deploy could lose its lock to a
+  second one and two label moves would interleave; longer, only the recovery
+  from a SIGKILL waits longer.  "Free" for :func:`deploy_lock_if_free` means the
+  same on both: no holder, or (S3) a holder whose lease ended.
 
 Nothing here imports TensorFlow: the Models view reads journals too.
 """
@@ -25,8 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import logging
 import os
 import socket
@@ -34,15 +56,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from include.mlops import artifacts
 from include.mlops.deploy.errors import DeployError
-from include.mlops.registry.file_lock import open_lock_file
+from include.mlops.deploy.journal_store import LOCK_NAME as LOCK_NAME  # re-exported
+from include.mlops.deploy.journal_store import store_for
+from include.mlops.registry.object_uri import ObjectUri
+from include.mlops.steps.declaration import DEFAULT_STEP_TIMEOUTS
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".deploy.lock"
 _PREFIX, _SUFFIX = ".deploy-", ".journal.json"
+# Added to a step's runtime cap to make the lock's lease on an object store (see the module docstring).
+LEASE_GRACE_S = 300.0
+# The lease of a holder that names no step: the deploy step's default runtime cap plus the grace.
+DEFAULT_LEASE_S = DEFAULT_STEP_TIMEOUTS["deploy"] + LEASE_GRACE_S
+# The champion lookup holds the lock for one config edit (a repair without a server).
+REPAIR_LEASE_S = LEASE_GRACE_S
+
+ModelDir = Path | ObjectUri
 
 
 class DeployBusyError(DeployError):
@@ -60,7 +92,7 @@ class DeployJournal:
     started_at: str
     pid: int
     host: str
-    path: Path
+    path: ModelDir
 
     def describe(self) -> str:
         was = f"version {self.previous}" if self.previous is not None else "no version"
@@ -70,13 +102,22 @@ class DeployJournal:
         )
 
 
-def journal_path(model_dir: Path, label: str) -> Path:
-    return Path(model_dir) / f"{_PREFIX}{label}{_SUFFIX}"
+def lease_for(config: Any, step: str = "deploy") -> float:
+    """Seconds a holder's deploy lock lasts on an object store: the step's runtime cap plus :data:`LEASE_GRACE_S`."""
+    return config.step_timeout(step).total_seconds() + LEASE_GRACE_S
 
 
-def write_journal(model_dir: Path, name: str, label: str, version: int, previous: int | None) -> DeployJournal:
+def _name(label: str) -> str:
+    return f"{_PREFIX}{label}{_SUFFIX}"
+
+
+def journal_path(model_dir: ModelDir, label: str) -> ModelDir:
+    return store_for(model_dir).where(_name(label))
+
+
+def write_journal(model_dir: ModelDir, name: str, label: str, version: int, previous: int | None) -> DeployJournal:
     """Record the move about to happen (atomically, durably) and return it."""
-    path = journal_path(model_dir, label)
+    store = store_for(model_dir)
     journal = DeployJournal(
         model_name=name,
         label=label,
@@ -85,22 +126,22 @@ def write_journal(model_dir: Path, name: str, label: str, version: int, previous
         started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         pid=os.getpid(),
         host=socket.gethostname(),
-        path=path,
+        path=store.where(_name(label)),
     )
-    entry = {k: v for k, v in asdict(journal).items() if k != "path"}
-    artifacts.atomic_write_json(path, entry)
+    store.write(_name(label), {k: v for k, v in asdict(journal).items() if k != "path"})
     return journal
 
 
-def read_journal(model_dir: Path, label: str) -> DeployJournal | None:
+def read_journal(model_dir: ModelDir, label: str) -> DeployJournal | None:
     """The label's journal, None when there is none; :class:`DeployError` when it cannot be read."""
-    path = journal_path(model_dir, label)
+    store = store_for(model_dir)
+    path = store.where(_name(label))
     try:
-        entry = artifacts.read_json(path)
-    except FileNotFoundError:
-        return None
+        entry = store.read(_name(label))
     except (OSError, ValueError) as exc:
         raise _unreadable(path, exc) from None
+    if entry is None:
+        return None
     try:
         previous = entry["previous"]
         return DeployJournal(
@@ -113,28 +154,25 @@ def read_journal(model_dir: Path, label: str) -> DeployJournal | None:
             host=str(entry.get("host", "?")),
             path=path,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _unreadable(path, exc) from None
 
 
-def unfinished_deploys(model_dir: Path) -> list[DeployJournal]:
+def unfinished_deploys(model_dir: ModelDir) -> list[DeployJournal]:
     """Every label journal of the model, by label; an unreadable one raises :class:`DeployError`."""
-    if not Path(model_dir).is_dir():
-        return []
     labels = sorted(
-        p.name[len(_PREFIX) : -len(_SUFFIX)]
-        for p in Path(model_dir).iterdir()
-        if p.name.startswith(_PREFIX) and p.name.endswith(_SUFFIX)
+        n[len(_PREFIX) : -len(_SUFFIX)]
+        for n in store_for(model_dir).names()
+        if n.startswith(_PREFIX) and n.endswith(_SUFFIX)
     )
     return [j for j in (read_journal(model_dir, label) for label in labels) if j is not None]
 
 
 def remove_journal(journal: DeployJournal) -> None:
-    journal.path.unlink(missing_ok=True)
-    artifacts.fsync_dir(journal.path.parent)
+    store_for(journal.path.parent).remove(journal.path.name)
 
 
-def _unreadable(path: Path, exc: Exception) -> DeployError:
+def _unreadable(path: ModelDir, exc: Exception) -> DeployError:
     return DeployError(
         f"the deploy journal {path} is unreadable ({exc!r}); check the model's labels in models.config "
         "by hand (put the label on the last version you know was verified), then delete the journal and retry"
@@ -142,55 +180,44 @@ def _unreadable(path: Path, exc: Exception) -> DeployError:
 
 
 @contextlib.contextmanager
-def deploy_lock(model_dir: Path, *, wait_s: float, progress_s: float = 10.0) -> Iterator[None]:
-    """Hold the model's deploy lock; wait up to ``wait_s`` for another deploy, saying so every ``progress_s``."""
-    fd = _open_lock(model_dir)
-    try:
+def deploy_lock(
+    model_dir: ModelDir, *, wait_s: float, lease_s: float = DEFAULT_LEASE_S, progress_s: float = 10.0
+) -> Iterator[None]:
+    """Hold the model's deploy lock; wait up to ``wait_s`` for another deploy, saying so every ``progress_s``.
+
+    ``lease_s`` matters on an object store only: how long the lock stays this
+    holder's should it die (:func:`lease_for` its step).
+    """
+    with store_for(model_dir).lock(lease_s) as lock:
         deadline = time.monotonic() + wait_s
         next_report = time.monotonic()
-        while not _try_flock(fd):
+        while not lock.try_take():
             now = time.monotonic()
             if now >= deadline:
                 raise DeployBusyError(
-                    f"another deploy of this model holds {Path(model_dir) / LOCK_NAME} after {wait_s:g} s; "
+                    f"another deploy of this model holds {lock.where}{lock.holder()} after {wait_s:g} s; "
                     "it runs until it verified its version or put the label back: retry later"
                 )
             if now >= next_report:
-                log.info("Waiting for another deploy of this model to finish (%s)", Path(model_dir) / LOCK_NAME)
+                log.info("Waiting for another deploy of this model to finish (%s%s)", lock.where, lock.holder())
                 next_report = now + progress_s
-            time.sleep(0.2)
+            time.sleep(min(lock.poll_s, max(deadline - now, 0.01)))
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            lock.release()
 
 
 @contextlib.contextmanager
-def deploy_lock_if_free(model_dir: Path) -> Iterator[bool]:
-    """Hold the model's deploy lock if nobody does (yields True), else yield False at once."""
-    fd = _open_lock(model_dir)
-    try:
-        held = _try_flock(fd)
+def deploy_lock_if_free(model_dir: ModelDir, *, lease_s: float = REPAIR_LEASE_S) -> Iterator[bool]:
+    """Hold the model's deploy lock if nobody does (yields True), else yield False at once.
+
+    Free means no holder, or on an object store a holder whose lease ended (it is taken over).
+    """
+    with store_for(model_dir).lock(lease_s) as lock:
+        held = lock.try_take()
         try:
             yield held
         finally:
             if held:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _open_lock(model_dir: Path) -> int:
-    return open_lock_file(Path(model_dir) / LOCK_NAME)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
+                lock.release()

@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from include.mlops import artifact_store
 from include.mlops.config import PROJECT_ROOT
 from include.mlops.deploy.errors import DeployVerificationError, InfraValidationError, SandboxTimeoutError
 from include.mlops.deploy.server_client import ModelServerClient, ServerNotReadyError
 from include.mlops.deploy.smoke import SmokeCheck, compare_answers
-from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.protocol import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ def infra_validate(
     with tempfile.TemporaryDirectory(prefix="mlops-sandbox-") as tmp:
         root = Path(tmp) / "models"
         root.mkdir()
-        (root / name).symlink_to(registry.model_dir(name), target_is_directory=True)
-        Registry(root).preload(name, version)  # models.config with this version only, no label
+        # The version's folder on local disk: the registry's own, or its copy in the artifact root's mirror.
+        local = artifact_store.local_version_dir(registry, name, version)
+        (root / name).symlink_to(local.parent, target_is_directory=True)
+        artifact_store.open_registry(root).preload(name, version)  # models.config with this version only, no label
         port = _free_port()
         log.info("%s: infra validation of version %d in a sandbox server on port %d", name, version, port)
         with _sandbox_server(root, port, Path(tmp) / SANDBOX_LOG) as (proc, sandbox_log):

@@ -26,13 +26,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.config import ModelConfig
 from include.mlops.deploy.errors import DeployError
-from include.mlops.deploy.journal import deploy_lock, unfinished_deploys
+from include.mlops.deploy.journal import deploy_lock, lease_for, unfinished_deploys
 from include.mlops.deploy.rollback import repair_unfinished_deploy, restore_label
 from include.mlops.deploy.server_client import ModelServerClient
-from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.label_log import label_move_context
 from include.mlops.registry.protocol import ModelRegistry
 
@@ -70,13 +69,14 @@ def undeploy(
             f"label {PROTECTED_LABEL!r} is not removed: that would take {config.serving_name} out of service. "
             f"Point it at another version instead (the deploy step, or the rollback__{config.name} DAG)"
         )
-    registry: ModelRegistry = Registry()
+    registry: ModelRegistry = artifact_store.open_registry()
     name = config.serving_name
     with contextlib.ExitStack() as stack:
         stack.enter_context(label_move_context(reason=reason or f"remove label {label}", requested_by=requested_by,
                                                task=str(out)))  # fmt: skip
         server = stack.enter_context(ModelServerClient(server_url, timeout=timeout)) if server_url else None
-        stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=max(timeout, 60.0) * 5))
+        wait_s = max(timeout, 60.0) * 5
+        stack.enter_context(deploy_lock(registry.model_dir(name), wait_s=wait_s, lease_s=lease_for(config, "undeploy")))
         for unfinished in unfinished_deploys(registry.model_dir(name)):
             repair_unfinished_deploy(registry, server, unfinished, server_poll_seconds=server_poll_seconds)
         current = registry.label_version(name, label)

@@ -219,15 +219,20 @@ def champion_problem(champion_uri: str | os.PathLike[str], champion_version: int
 
     A champion that is a registry version folder, ``<registry>/<name>/<version>``
     (what ``--champion auto`` resolves the stable label to), is verified
-    against its checksums.json.  Returns None when the champion can be used.
+    against its checksums.json.  On an object-store artifact root that folder
+    is the version's copy in the local mirror
+    (:func:`include.mlops.artifact_store.local_version_dir`), laid out the
+    same way, so the bytes verified are the bytes evaluated.  Returns None
+    when the champion can be used.
     """
-    from include.mlops.registry.filesystem import Registry, RegistryError
+    from include.mlops.artifact_store import open_registry
+    from include.mlops.registry.protocol import RegistryError
 
     path = Path(champion_uri)
     if champion_version is None or path.name != str(champion_version):
         return None if path.exists() else f"no model at {path}"
     try:
-        Registry(path.parent.parent).verify(path.parent.name, champion_version)
+        open_registry(path.parent.parent).verify(path.parent.name, champion_version)
     except RegistryError as exc:
         return str(exc)
     return None

@@ -59,7 +59,7 @@ from include.mlops.registry import model_config_file, version_build, version_fil
 from include.mlops.registry.file_lock import locked
 from include.mlops.registry.label_edits import SERVING_BASE_PATH_ENV as SERVING_BASE_PATH_ENV  # re-exported
 from include.mlops.registry.label_edits import LabelEdits, Layout, check_name
-from include.mlops.registry.label_log import record_label_moves
+from include.mlops.registry.label_log import read_label_moves, record_label_moves
 from include.mlops.registry.model_config_file import CONFIG_FILE as CONFIG_FILE  # re-exported for callers
 from include.mlops.registry.protocol import (
     CorruptVersionError,
@@ -245,6 +245,10 @@ class Registry(Layout, LabelEdits):
         """The versions the config asks TF Serving to keep loaded."""
         entry = model_config_file.find_entry(self.read_serving_config(), name)
         return sorted(entry.model_version_policy.specific.versions) if entry is not None else []
+
+    def read_label_moves(self, name: str) -> list[dict[str, Any]]:
+        """The model's label moves, oldest first (``label-moves.jsonl``, as :class:`ObjectStoreRegistry` has it)."""
+        return read_label_moves(self.model_dir(name))
 
     def _edit_entry(self, name: str, change: Callable[[Any], _T]) -> _T:
         check_name(name)  # base_path does not when $MLOPS_SERVING_BASE_PATH is set

@@ -105,6 +105,15 @@ class S3Objects:
             for item in page.get("CommonPrefixes", []):
                 yield item["Prefix"][len(prefix) :].rstrip("/")
 
+    def files(self, rel_prefix: str = "") -> Iterator[str]:
+        """The names of the objects directly under ``rel_prefix/`` (not those in its 'folders')."""
+        key = self._key(rel_prefix)
+        prefix = f"{key}/" if key else ""
+        for page in self._pages("list", rel_prefix, Prefix=prefix, Delimiter="/"):
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    yield item["Key"][len(prefix) :]
+
     def _pages(self, operation: str, rel: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         try:
             yield from self.client.get_paginator("list_objects_v2").paginate(Bucket=self.root.bucket, **kwargs)
@@ -145,6 +154,13 @@ class S3Objects:
             raise self.error(exc, "write", rel) from None
         except boto3.exceptions.S3UploadFailedError as exc:
             raise RegistryError(f"cannot write {self.uri(rel)}: {exc}") from None
+
+    def remove(self, rel: str) -> None:
+        """Delete one object (none there is fine); unlike :meth:`delete`, a failure raises :class:`RegistryError`."""
+        try:
+            self.client.delete_object(Bucket=self.root.bucket, Key=self._key(rel))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self.error(exc, "delete", rel) from None
 
     def delete(self, rels: list[str]) -> None:
         """Delete the objects (best effort: the caller is already failing)."""

@@ -47,15 +47,19 @@ def champion(config: ModelConfig, choice: str) -> tuple[str | None, int | None]:
         return None, None
     if choice != "auto":
         return choice, None
-    from include.mlops.artifacts import registry_root
+    from include.mlops import artifact_store
     from include.mlops.deploy.rollback import verified_label_version
-    from include.mlops.registry.filesystem import Registry
+    from include.mlops.registry.protocol import VersionNotFoundError
 
-    registry = Registry(registry_root())
+    registry = artifact_store.open_registry()
     version = verified_label_version(registry, config.serving_name, "stable")
     if version is None:
         return None, None
-    return str(registry.version_dir(config.serving_name, version)), version
+    try:  # on an object store, the version's copy in the local mirror (pulled now)
+        folder = artifact_store.local_version_dir(registry, config.serving_name, version)
+    except VersionNotFoundError:  # the evaluation reports the champion missing and goes on without it
+        folder = registry.version_dir(config.serving_name, version)
+    return str(folder), version
 
 
 def run_evaluate(config: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
