@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,10 @@ from include.mlops.artifacts import (  # re-exported: the root's address is deci
 log = logging.getLogger(__name__)
 
 MARKER = ".complete.json"
-# Folders under the root whose contents are published by MARKER (step outputs); others are pulled as listed.
-MARKED_TOP = ("runs",)
+# Folders under the root whose contents are published by MARKER, with the depth of a published folder's
+# shallowest possible path: step outputs (runs/<dag_id>/<run_id>/<step>) and each model's monitoring state
+# (monitoring/<model>: window verdicts, requests, alerts).  Other folders are pulled as the bucket lists them.
+MARKED_TOP = {"runs": 3, "monitoring": 2}
 # runs/<dag_id>/<run_id>/<file>: files pushed alone (result files) sit directly in a run folder.
 RUN_FILE_DEPTH = 3
 # The registry's manifest: a version folder without it does not exist (include.mlops.registry.object_store).
@@ -131,7 +133,7 @@ class ArtifactStore:
 
     def _pull_published(self, rel: str) -> bool:
         owner = self._owning_marker(rel)
-        if owner is None and rel.count("/") == RUN_FILE_DEPTH and self.objects.exists(rel):
+        if owner is None and rel.startswith("runs/") and rel.count("/") == RUN_FILE_DEPTH and self.objects.exists(rel):
             # A file pushed alone beside the step folders (a step's result file): one object, written whole.
             self._download(rel, self.local / rel)
             return True
@@ -152,9 +154,9 @@ class ArtifactStore:
         return bool(wanted)
 
     def _owning_marker(self, rel: str) -> tuple[str, dict[str, Any]] | None:
-        """The marker of ``rel`` or of the nearest folder above it (below ``runs/<dag_id>``), with that folder."""
+        """The marker of ``rel`` or of the nearest folder above it (down to :data:`MARKED_TOP`'s depth), with that folder."""
         parts = rel.split("/")
-        for depth in range(len(parts), 2, -1):
+        for depth in range(len(parts), MARKED_TOP[parts[0]] - 1, -1):
             base = "/".join(parts[:depth])
             found = self._marker(base)
             if found is not None:
@@ -271,6 +273,24 @@ def local_version_dir(registry: Any, name: str, version: int) -> Path:
 
         copy_version(registry, name, version, local)
     return local
+
+
+@contextlib.contextmanager
+def synced(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Work on a folder of state that several machines update in turn (a model's monitoring state).
+
+    On object storage the published folder is pulled first and published
+    again afterwards, also when the block raises (state recorded before a
+    skip must reach the bucket).  The last writer wins, so callers must not
+    run at the same time: a model's monitor runs do not (one active run).
+    """
+    folder = Path(folder)
+    fetch(folder)
+    try:
+        yield folder
+    finally:
+        if folder.is_dir():
+            publish(folder)
 
 
 def publish(path: str | os.PathLike[str]) -> None:

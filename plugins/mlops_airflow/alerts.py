@@ -31,6 +31,7 @@ from typing import Any
 from airflow.sdk import BaseHook, DeadlineAlert, DeadlineReference, SyncCallback
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from include.mlops import artifact_store
 from include.mlops.artifacts import artifact_root, fsync_dir
 from include.mlops.config import ModelConfig
 
@@ -48,15 +49,16 @@ def monitoring_dir(model: str, root: Path | None = None) -> Path:
 
 def record_alert(model: str, alert: Mapping[str, Any]) -> Path:
     """Append ``alert`` as one JSON line to the model's ``alerts.jsonl`` (flushed to disk) and return the file."""
-    path = monitoring_dir(model) / ALERTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(dict(alert), sort_keys=True, default=str) + "\n"
-    # One write of one line in append mode: concurrent writers cannot interleave within a line.
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fsync_dir(path.parent)
+    with artifact_store.synced(monitoring_dir(model)) as folder:
+        path = folder / ALERTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(dict(alert), sort_keys=True, default=str) + "\n"
+        # One write of one line in append mode: concurrent writers cannot interleave within a line.
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(path.parent)
     return path
 
 

@@ -70,7 +70,8 @@ def record_window(config: ModelConfig, context: Context, drift: Mapping[str, Any
     """Record this run's drift verdict in the model's window history (``decide`` calls it)."""
     _, end = monitoring_window(context, config.monitor.window)
     record = retraining_lib.window_record(drift, run_id=context["dag_run"].run_id, window_end=end)
-    retraining_lib.record_window(alerts.monitoring_dir(config.name), record)
+    with artifact_store.synced(alerts.monitoring_dir(config.name)) as folder:
+        retraining_lib.record_window(folder, record)
     return record
 
 
@@ -91,6 +92,11 @@ class RetrainRequestOperator(BaseOperator):
         self.config = config
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # The model's window verdicts and requests: pulled first, published again after (also after a skip).
+        with artifact_store.synced(alerts.monitoring_dir(self.config.name)):
+            return self._request(context)
+
+    def _request(self, context: Context) -> dict[str, Any]:
         _, drift, decided = monitor_results(context)
         monitor, run_id = self.config.monitor, context["dag_run"].run_id
         folder = alerts.monitoring_dir(self.config.name)

@@ -62,6 +62,12 @@ class RollbackRequestOperator(TriggerDagRunOperator):
         self.config = config
 
     def execute(self, context: Context) -> None:
+        # The model's requests: pulled first, published again after (also after a skip).
+        with artifact_store.synced(alerts.monitoring_dir(self.config.name)):
+            self._request(context)
+        super().execute(context)  # raises the trigger for the task runner
+
+    def _request(self, context: Context) -> None:
         slo, _, decided = monitor_results(context)
         run_id = context["dag_run"].run_id
         _, at = monitoring_window(context, self.config.monitor.window)
@@ -103,4 +109,3 @@ class RollbackRequestOperator(TriggerDagRunOperator):
             "Rollback of %s requested (%s): %s run %s with %s",
             self.config.name, decision.reason, self.trigger_dag_id, self.trigger_run_id, self.conf,
         )  # fmt: skip
-        super().execute(context)  # raises the trigger for the task runner

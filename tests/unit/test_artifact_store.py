@@ -198,3 +198,25 @@ def test_a_network_error_mid_upload_is_retried_then_fails_clearly_and_publishes_
         assert other.pull(other.local / "runs/d/r/train") is False
     finally:
         store.client.meta.events.unregister("before-send.s3", drop_puts)
+
+
+def test_monitoring_state_follows_the_model_from_machine_to_machine(root_uri, tmp_path, monkeypatch) -> None:
+    first = artifact_store.current()
+    folder = first.local / "monitoring" / "diabetes"
+    # A task records a request, then skips: what it recorded is published all the same.
+    with pytest.raises(RuntimeError, match="skip"), artifact_store.synced(folder) as state:
+        artifacts.atomic_write_json(state / "retrain_requests.json", {"requests": [{"run": "a"}]})
+        raise RuntimeError("skip")
+
+    second = _other_mirror(root_uri, tmp_path, monkeypatch)
+    with artifact_store.synced(second.local / "monitoring" / "diabetes") as state:
+        assert json.loads((state / "retrain_requests.json").read_text()) == {"requests": [{"run": "a"}]}
+        artifacts.atomic_write_json(state / "retrain_requests.json", {"requests": [{"run": "a"}, {"run": "b"}]})
+        (state / "windows").mkdir()
+        (state / "windows" / "w1.json").write_text("{}")
+
+    # Back on the first machine, its stale copy is replaced by the newer state.
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "mirror-a"))
+    with artifact_store.synced(folder) as state:
+        assert json.loads((state / "retrain_requests.json").read_text())["requests"][-1] == {"run": "b"}
+        assert (state / "windows" / "w1.json").is_file()
