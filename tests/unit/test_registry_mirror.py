@@ -10,12 +10,15 @@ import pytest
 from model_factory import make_saved_model
 from s3_stand_in import registry_uri
 
+from include.mlops import artifacts
 from include.mlops.config import PROJECT_ROOT
+from include.mlops.deploy.traffic_split import LocalRoute
 from include.mlops.registry import mirror
 from include.mlops.registry.filesystem import Registry
 from include.mlops.registry.model_config_file import CONFIG_FILE, read_model_config
 from include.mlops.registry.object_store import ObjectStoreRegistry
 from include.mlops.registry.protocol import CorruptVersionError
+from include.mlops.serving.canary_weights import ROUTE_FILE, read_weight
 
 LINEAGE = {"dag_id": "lifecycle__tiny", "run_id": "r1"}
 
@@ -95,3 +98,25 @@ def test_the_command_line_syncs_once_and_names_a_missing_bucket(bucket, models, 
     done = subprocess.run([*command[:3], *missing], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "no-such-bucket-here" in done.stderr and "does not exist" in done.stderr
+
+
+def test_the_canary_route_goes_through_the_bucket_to_the_mirror(bucket, models, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", str(bucket.root.parent))
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "worker"))
+    bucket.set_label("tiny", "stable", _register(bucket, models[1], "r1"))
+    route = LocalRoute(artifacts.registry_root())
+    with pytest.raises(FileNotFoundError, match=r"no model 'other' in the registry at s3://"):
+        route.set_canary_weight("other", 10)
+    route.set_canary_weight("tiny", 20)
+    dest = tmp_path / "served"
+
+    assert mirror.sync_once(bucket, dest) is True
+    assert read_weight(dest / "tiny" / ROUTE_FILE) == 20
+    route.set_canary_weight("tiny", 50)
+    assert mirror.sync_once(bucket, dest) is True
+    assert read_weight(dest / "tiny" / ROUTE_FILE) == 50
+    assert mirror.sync_once(bucket, dest) is False
+
+    # Another worker, with an empty mirror, reads the weight the bucket holds.
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "another-worker"))
+    assert LocalRoute(artifacts.registry_root()).canary_weight("tiny") == 50

@@ -30,7 +30,7 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.names import serving_name_problem
 from include.mlops.serving.canary_weights import ROUTE_FILE, WEIGHT_KEY, check_weight, read_weight
 from include.mlops.serving.metrics import CANARY_WEIGHT, METRICS_PATH
@@ -67,7 +67,9 @@ class LocalRoute:
     def canary_weight(self, name: str) -> int:
         """The weight the file sets: 0 without a file, and 0 (with a warning) when it is malformed, as the server reads it."""
         try:
-            return read_weight(self.route_file(name))
+            path = self.route_file(name)
+            artifact_store.fetch(path)  # on S3: the route the bucket holds
+            return read_weight(path)
         except ValueError as exc:
             log.warning("%s: canary route file ignored (weight 0): %s", name, exc)
             return 0
@@ -76,9 +78,14 @@ class LocalRoute:
         """Set the canary's share of ``name``'s stable traffic (a whole percent, 0 to 100), atomically."""
         check_weight(percent)
         path = self.route_file(name)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"no model {name!r} in the registry at {self.root}")
+        store = artifact_store.current()
+        on_s3 = store is not None and store.relative(path) is not None
+        # On S3 the model is in the bucket's registry and the servers' mirrors copy the route from there.
+        if not (artifact_store.open_registry().versions(name) if on_s3 else path.parent.is_dir()):
+            raise FileNotFoundError(f"no model {name!r} in the registry at {store.uri if on_s3 else self.root}")
         artifacts.atomic_write_json(path, {WEIGHT_KEY: percent})
+        if on_s3:
+            store.push(path)
         log.info("%s: canary weight set to %d%% in %s", name, percent, path)
 
     def wait_applied(

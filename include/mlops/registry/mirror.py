@@ -37,6 +37,7 @@ from include.mlops.registry.model_config_file import CONFIG_FILE
 from include.mlops.registry.object_store import ObjectStoreRegistry
 from include.mlops.registry.protocol import RegistryError
 from include.mlops.registry.version_files import CHECKSUMS_FILE
+from include.mlops.serving.canary_weights import ROUTE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def sync_once(source: ObjectStoreRegistry, dest: Path) -> bool:
                 entry.model_version_policy.specific.ClearField("versions")
             continue
         entry.base_path = str(dest / entry.name)
+        changed |= _copy_route(source, entry.name, dest)
     text = model_config_file.format_model_config(config)
     if not config_file.is_file() or config_file.read_text() != text:
         artifacts.atomic_write_text(config_file, text)
@@ -79,6 +81,16 @@ def sync_once(source: ObjectStoreRegistry, dest: Path) -> bool:
     if failures:
         raise failures[0]
     return changed
+
+
+def _copy_route(source: ObjectStoreRegistry, name: str, dest: Path) -> bool:
+    """The canary's weighted route of the project's server (``<name>/route.json``), when the bucket has one."""
+    found = source.read_object(f"{name}/{ROUTE_FILE}")
+    target = dest / name / ROUTE_FILE
+    if found is None or (target.is_file() and target.read_bytes() == found):
+        return False
+    artifacts.atomic_write_bytes(target, found)
+    return True
 
 
 def copy_version(source: ObjectStoreRegistry, name: str, version: int, target: Path) -> None:

@@ -170,6 +170,11 @@ class ObjectStoreRegistry(Layout, LabelEdits):
         log.info("Verified %s version %d at %s: %d files match their checksums", name, version, path, len(actual))
         return actual
 
+    def read_object(self, rel: str) -> bytes | None:
+        """The bytes of one object under the registry (``<name>/route.json``, say), or None when there is none."""
+        found = self._store.get(rel)
+        return found[0] if found is not None else None
+
     def download_version(self, name: str, version: int, dest: Path) -> Path:
         """Copy a complete version's objects into the local folder ``dest`` (made; the caller renames it in place)."""
         self.require_version(name, version)
