@@ -145,13 +145,22 @@ class ArtifactStore:
         sub = rel[len(base) :].strip("/")
         sums = {item["path"]: item["sha256"] for item in marker["files"]}
         wanted = [name for name in sums if not sub or name == sub or name.startswith(f"{sub}/")]
-        for name in wanted:
-            target = self.local / base / name
-            if not (target.is_file() and _sha256(target) == sums[name]):
-                self._download(f"{base}/{name}", target)
+        self.pull_listed(base, marker, wanted)
         if not sub:
             _remove_unlisted(self.local / base, sums)
         return bool(wanted)
+
+    def pull_listed(self, base: str, marker: dict[str, Any], names: Iterable[str]) -> None:
+        """Bring the files ``names`` of the published folder ``base`` (relative to the root) into the mirror.
+
+        ``marker`` is the folder's marker, already read, and must list every
+        name; a file the mirror holds with the listed sha256 is not downloaded.
+        """
+        sums = {item["path"]: item["sha256"] for item in marker["files"]}
+        for name in names:
+            target = self.local / base / name
+            if not (target.is_file() and _sha256(target) == sums[name]):
+                self._download(f"{base}/{name}", target)
 
     def _owning_marker(self, rel: str) -> tuple[str, dict[str, Any]] | None:
         """The marker of ``rel`` or of the nearest folder above it (down to :data:`MARKED_TOP`'s depth), with that folder."""

@@ -11,9 +11,15 @@ Every lookup by name, version or run folder is checked against what exists
 path is built from it: a URL cannot name a file outside those.
 
 The run folders are read by :mod:`include.mlops.registry.run_folders` (the
-monitor's by :mod:`include.mlops.registry.monitor_status`); the labels come through the :class:`~include.mlops.registry.protocol.ModelRegistry`
-(TF Serving's own parser of ``models.config``), and version metadata straight
-from the version folders, cached like the run files.
+monitor's by :mod:`include.mlops.registry.monitor_status`); versions, labels
+(TF Serving's own parser of ``models.config``), label moves and checksums come
+through the :class:`~include.mlops.registry.protocol.ModelRegistry`, and the
+version files from the version folders, cached like the run files.  On an
+object-store root (``s3://``) the registry is the bucket's and those local
+readers read a folder of the view's own, which
+:class:`~include.mlops.registry.catalog_bucket.BucketView` fills with the small
+files they read (never a model) and refreshes at most every few seconds; on a
+folder root nothing of that runs.
 
 No Airflow imports: the Airflow glue (``plugins/mlops_airflow/models_view``)
 adds what only Airflow knows (run states, permissions, links).
@@ -21,27 +27,29 @@ adds what only Airflow knows (run states, permissions, links).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops import artifacts
+from include.mlops import artifact_store, artifacts
 from include.mlops.config import ModelConfig, models_dir, scan_model_configs
 from include.mlops.deploy.journal import unfinished_deploys
-from include.mlops.registry.label_log import read_label_moves
+from include.mlops.names import serving_name_problem
+from include.mlops.registry import monitor_status, run_folders
+from include.mlops.registry.catalog_bucket import BucketView, subfolders
+from include.mlops.registry.catalog_records import ModelRecord as ModelRecord  # re-exported
+from include.mlops.registry.catalog_records import VersionRecord as VersionRecord  # re-exported
 from include.mlops.registry.monitor_status import MonitorHealth, MonitorRuns
+from include.mlops.registry.protocol import CorruptVersionError
 from include.mlops.registry.run_folders import GATE_TASKS as GATE_TASKS  # re-exported with the run records
 from include.mlops.registry.run_folders import (
     REPORT_FILE,
     REPORT_STEPS,
-    Decision,
     FileCache,
     RunHistory,
     RunRecord,
-    as_dict,
     parse_decision,
 )
 from include.mlops.registry.version_files import (
@@ -50,7 +58,7 @@ from include.mlops.registry.version_files import (
     LINEAGE_FILE,
     METRICS_FILE,
     MODEL_CARD_FILE,
-    checksum_problems,
+    folder_files,
 )
 
 if TYPE_CHECKING:
@@ -60,54 +68,26 @@ log = logging.getLogger(__name__)
 
 VERSION_REPORT = "assets.extra/evidence/evaluate/report.html"
 _METADATA = {"metrics": METRICS_FILE, "lineage": LINEAGE_FILE, "gate": GATE_FILE}
+# What the view reads in run folders: all that an object-store root's runs bring over (catalog_bucket).
+VIEW_FILES = (*run_folders.VIEW_FILES, *monitor_status.VIEW_FILES)
 
 
 class UnknownError(LookupError):
     """A model, version or run that the registry and run folders do not hold (an HTTP 404)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class VersionRecord:
-    version: int
-    labels: list[str]
-    metrics: dict[str, Any]
-    lineage: dict[str, Any]
-    gate: Decision | None
-    checksum_status: str
-    checksum_problems: list[str]
-    has_report: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return as_dict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRecord:
-    name: str
-    dag_id: str
-    serving_name: str
-    gate_metrics: list[str]
-    labels: dict[str, int]
-    version_count: int
-    stable_version: int | None
-    stable_metrics: dict[str, Any]
-    deployed: dict[str, Any] | None
-    last_run: RunRecord | None
-    # Label moves a deploy started and did not finish: {"label", "version", "previous", "started_at", "pid", "host"};
-    # ``labels`` and ``stable_version`` already give such a label's last verified version.
-    unfinished_deploys: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return as_dict(self)
-
-
 class Catalog:
-    """Models, versions and run history under one artifact root."""
+    """Models, versions and run history under one artifact root (the configured one when none is given)."""
 
     def __init__(
         self, artifact_root: str | os.PathLike[str] | None = None, models: str | os.PathLike[str] | None = None
     ):
-        self.root = Path(artifact_root).resolve() if artifact_root is not None else artifacts.artifact_root()
+        store = artifact_store.current() if artifact_root is None else None
+        self._bucket = BucketView(store) if store is not None else None
+        if self._bucket is not None:
+            self.root = self._bucket.root
+        else:
+            self.root = Path(artifact_root).resolve() if artifact_root is not None else artifacts.artifact_root()
         self.models_dir = Path(models) if models is not None else models_dir()
         self.registry_root = artifacts.registry_root(self.root)
         self.runs_root = self.root / "runs"
@@ -117,7 +97,11 @@ class Catalog:
         self._registry: ModelRegistry | None = None
         self._configs_key: tuple[Any, ...] | None = None
         self._configs: dict[str, ModelConfig] = {}
-        self._verified: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._verified: dict[tuple[str, int], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def _read(self, key: Any, read: Any) -> Any:
+        """``read()``; on an object store, its answer kept for the bucket view's refresh interval."""
+        return read() if self._bucket is None else self._bucket.fresh(key, read)
 
     # ------------------------------------------------------------------ models
 
@@ -140,13 +124,8 @@ class Catalog:
         """Every model: the configs, and registry folders whose config is gone (their versions still exist)."""
         configs = self.configs()
         served = {c.serving_name for c in configs.values()}
-        orphans = set()
-        if self.registry_root.is_dir():
-            orphans = {
-                p.name
-                for p in self.registry_root.iterdir()
-                if p.is_dir() and not p.name.startswith(".") and p.name not in served
-            }
+        folders = self._bucket.model_folders() if self._bucket is not None else subfolders(self.registry_root)
+        orphans = {f for f in folders if f not in served and not f.startswith(".") and serving_name_problem(f) is None}
         return sorted({*configs, *orphans})
 
     def claimed_dag_id(self, name: str) -> str:
@@ -173,21 +152,21 @@ class Catalog:
         return self._identity(name)[0]
 
     def registry(self) -> ModelRegistry:
-        """The registry under this artifact root (built on first use: it loads TF Serving's protos)."""
+        """The registry under this artifact root, the bucket's on object storage (built on first use: it loads
+        TF Serving's protos)."""
         if self._registry is None:
-            from include.mlops.registry.filesystem import Registry
-
-            self._registry = Registry(self.registry_root)
+            self._registry = artifact_store.open_registry(None if self._bucket else self.registry_root)
         return self._registry
 
     def labels(self, serving_name: str) -> dict[str, int]:
-        return _labels(self.registry(), serving_name)
+        if self._bucket is None:
+            return _labels(self.registry(), serving_name)
+        every = self._bucket.fresh("labels", lambda: _all_labels(self.registry().read_serving_config()))
+        return dict(every.get(serving_name, {}))
 
     def versions(self, name: str) -> list[int]:
-        base = self.registry_root / self._identity(name)[1]
-        if not base.is_dir():
-            return []
-        return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and int(p.name) > 0 and p.is_dir())
+        serving_name = self._identity(name)[1]
+        return list(self._read(("versions", serving_name), lambda: self.registry().versions(serving_name)))
 
     def model(self, name: str, runs: list[RunRecord] | None = None) -> ModelRecord:
         """The model's summary; ``runs`` is :meth:`runs` when the caller already has it."""
@@ -228,7 +207,7 @@ class Catalog:
         """The labels as their last verified versions, and the unfinished moves (the deploy journals) behind them."""
         labels = self.labels(serving_name)
         unfinished = []
-        for journal in unfinished_deploys(self.registry_root / serving_name):
+        for journal in self._read(("journals", serving_name), lambda: _journals(self.registry(), serving_name)):
             if journal.previous is None:
                 labels.pop(journal.label, None)
             else:
@@ -243,12 +222,21 @@ class Catalog:
 
     def label_moves(self, name: str) -> list[dict[str, Any]]:
         """The audit log of the model's label moves (:mod:`~include.mlops.registry.label_log`), newest first."""
-        return list(reversed(read_label_moves(self.registry_root / self._identity(name)[1])))
+        serving_name = self._identity(name)[1]
+        return list(
+            reversed(self._read(("moves", serving_name), lambda: self.registry().read_label_moves(serving_name)))
+        )
 
     # ------------------------------------------------------------------ versions
 
-    def _metadata(self, serving_name: str, version: int | None) -> dict[str, Any]:
-        folder = os.path.join(self.registry_root, serving_name, str(version))
+    def _version_folder(self, serving_name: str, version: int) -> Path:
+        """The local folder of a registered version's files (of its ``assets.extra/`` on an object store)."""
+        if self._bucket is not None:
+            return self._bucket.version_files(serving_name, version)
+        return self.registry_root / serving_name / str(version)
+
+    def _metadata(self, serving_name: str, version: int) -> dict[str, Any]:
+        folder = str(self._version_folder(serving_name, version))
         return {key: self._files.json(os.path.join(folder, file)) for key, file in _METADATA.items()}
 
     def version_records(self, name: str) -> list[VersionRecord]:
@@ -259,9 +247,9 @@ class Catalog:
             by_version.setdefault(version, []).append(label)
         records = []
         for version in reversed(self.versions(name)):
-            folder = self.registry_root / serving_name / str(version)
+            folder = self._version_folder(serving_name, version)
             meta = self._metadata(serving_name, version)
-            problems = self._listed_files_problems(folder)
+            problems = self._listed_files_problems(serving_name, version, folder)
             records.append(
                 VersionRecord(
                     version=version,
@@ -288,7 +276,8 @@ class Catalog:
         return int(text)
 
     def version_dir(self, name: str, version: str | int) -> Path:
-        return self.registry_root / self._identity(name)[1] / str(self.check_version(name, version))
+        """The local folder of a version's files (on an object store, of its ``assets.extra/`` only)."""
+        return self._version_folder(self._identity(name)[1], self.check_version(name, version))
 
     def model_card(self, name: str, version: str | int) -> str | None:
         path = self.version_dir(name, version) / MODEL_CARD_FILE
@@ -301,54 +290,56 @@ class Catalog:
         return path
 
     def verification(self, name: str, version: str | int) -> dict[str, Any]:
-        """Every file of a version hashed against its checksums.json: ``{"verified", "files", "problems"}``.
+        """Every file of a version hashed against its checksums.json by the registry: ``{"verified", "files", "problems"}``.
 
-        Hashed again only when a file of the version was added, removed or
-        changed (its size, mtime or ctime), so asking twice costs a walk of the
-        folder, not a read of the model.
+        Hashed again only when a file of the version was added, removed or changed (its size, mtime or ctime; its
+        ETag on an object store), so asking twice costs a walk of the folder (a LIST), not a read of the model.
         """
-        folder = str(self.version_dir(name, version))
-        signature = []
-        for root, _, files in os.walk(folder):
-            for file in files:
-                path = os.path.join(root, file)
-                try:
-                    info = os.stat(path)
-                except OSError:  # gone between the walk and the stat: hashing will tell
-                    continue
-                signature.append((path, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
-        key = tuple(sorted(signature))
-        cached = self._verified.get(folder)
+        serving_name, number = self._identity(name)[1], self.check_version(name, version)
+        key = tuple(sorted(self._version_files(serving_name, number, stat=True).items()))
+        cached = self._verified.get((serving_name, number))
         if cached is not None and cached[0] == key:
             return cached[1]
-        actual, problems = checksum_problems(Path(folder))
-        result = {"verified": not problems, "files": None if problems else len(actual), "problems": problems}
-        self._verified[folder] = (key, result)
+        try:
+            files, problems = len(self.registry().verify(serving_name, number)), []
+        except CorruptVersionError as exc:
+            files, problems = None, exc.problems
+        result = {"verified": not problems, "files": files, "problems": problems}
+        self._verified[serving_name, number] = (key, result)
         return result
 
-    def _listed_files_problems(self, folder: Path) -> list[str]:
+    def _version_files(self, serving_name: str, version: int, *, stat: bool = False) -> dict[str, Any]:
+        """``{path in the version: its ETag, or with stat its (size, mtime, ctime)}`` of every file of a version."""
+        if self._bucket is not None:
+            return self._bucket.version_listing(serving_name, version)
+        return folder_files(self.registry_root / serving_name / str(version), stat=stat)
+
+    def _listed_files_problems(self, serving_name: str, version: int, folder: Path) -> list[str]:
         """Files missing from, or not listed in, checksums.json: a cheap check (no hashing; that is verify)."""
-        top = str(folder)
-        listed = self._files.json(os.path.join(top, CHECKSUMS_FILE))
+        listed = self._files.json(os.path.join(str(folder), CHECKSUMS_FILE))
         if not isinstance(listed, Mapping):
             return [f"{CHECKSUMS_FILE} is missing or not valid JSON"]
-        present = set()
-        for root, _, files in os.walk(top):
-            prefix = root[len(top) + 1 :].replace(os.sep, "/")
-            present.update(f"{prefix}/{f}" if prefix else f for f in files)
+        present = set(self._version_files(serving_name, version))
         present.discard(CHECKSUMS_FILE)
         problems = [f"{rel} is missing" for rel in sorted(set(listed) - present)]
         return problems + [f"{rel} is not listed in checksums.json" for rel in sorted(present - set(listed))]
 
     # ------------------------------------------------------------------ runs
 
+    def _runs_of(self, dag_id: str) -> Path:
+        """The local folder of a DAG's run folders (on an object store, refreshed from the bucket first)."""
+        folder = artifacts.safe_segment(dag_id)
+        if self._bucket is not None:
+            self._bucket.sync_runs(folder, VIEW_FILES)
+        return self.runs_root / folder
+
     def runs(self, name: str) -> list[RunRecord]:
         """Every run folder of the model's lifecycle DAG, oldest first (by run date, then folder name)."""
-        return self._history.records(self.runs_root / artifacts.safe_segment(self.dag_id(name)))
+        return self._history.records(self._runs_of(self.dag_id(name)))
 
     def run_folder(self, name: str, run: str) -> Path:
         """The folder of one run of ``name``, if that run exists; :class:`UnknownError` otherwise."""
-        base = self.runs_root / artifacts.safe_segment(self.dag_id(name))
+        base = self._runs_of(self.dag_id(name))
         known = {e.name for e in os.scandir(base) if e.is_dir()} if base.is_dir() else set()
         if run.startswith(".") or run not in known:
             raise UnknownError(f"model {name!r} has no run {run!r}")
@@ -367,7 +358,7 @@ class Catalog:
     def _monitor_runs(self, name: str) -> Path:
         self._identity(name)  # an unknown name is a 404 before a path is built from it
         config = self.configs().get(name)
-        return self.runs_root / artifacts.safe_segment(config.monitor_dag_id if config else f"monitor__{name}")
+        return self._runs_of(config.monitor_dag_id if config else f"monitor__{name}")
 
     def run_report(self, name: str, run: str, step: str) -> Path:
         if step not in REPORT_STEPS:
@@ -391,8 +382,19 @@ def _labels(registry: ModelRegistry, serving_name: str) -> dict[str, int]:
     key = (info.st_mtime_ns, info.st_size)
     cached = _LABELS_CACHE.get(config_path)
     if cached is None or cached[0] != key:
-        config = registry.read_serving_config()
-        labels = {e.name: dict(e.version_labels) for e in config.model_config_list.config}
-        cached = (key, labels)
+        cached = (key, _all_labels(registry.read_serving_config()))
         _LABELS_CACHE[config_path] = cached
     return dict(cached[1].get(serving_name, {}))
+
+
+def _all_labels(config: Any) -> dict[str, dict[str, int]]:
+    """``{model: {label: version}}`` of a parsed model config file."""
+    return {e.name: dict(e.version_labels) for e in config.model_config_list.config}
+
+
+def _journals(registry: ModelRegistry, serving_name: str) -> list[Any]:
+    """The model's unfinished deploys, from the journals in its registry folder (or prefix)."""
+    try:
+        return unfinished_deploys(registry.model_dir(serving_name))
+    except TypeError:  # a journal module that reads folders only: no deploy can have left a journal in a bucket
+        return []

@@ -21,13 +21,13 @@ from typing import Any
 
 from include.mlops import artifacts
 from include.mlops.registry.catalog import Catalog, UnknownError, VersionRecord
+from include.mlops.registry.run_folders import TRAIN_RECORD, TUNE_RECORD
 from include.mlops.registry.version_files import EVIDENCE_DIR
 
 log = logging.getLogger(__name__)
 
-# The train step's and the tune_select step's records, under the run folder (the task ids) or the evidence.
-TRAIN_RECORD = "train/history.json"
-TUNE_RECORD = "tune_select/trials.json"
+# The train step's and the tune_select step's records (TRAIN_RECORD, TUNE_RECORD), under the run folder (the task
+# ids) or the evidence.
 # Lineage keys shown under "data and run", in this order; others the lineage has follow them.
 DATA_KEYS = ("data_interval_start", "data_interval_end", "run_id", "run_type", "created_at", "try_number",
              "data_sha256", "snapshot_sha256", "code_version", "triggered_by")  # fmt: skip

@@ -37,6 +37,11 @@ OUTCOME_FILE = "outcome.json"
 SLO_FILE = ("slo", "slo.json")
 DRIFT_FILE = ("drift", "drift.json")
 RETRAIN_FILE = ("request_retrain", "decision.json")
+# Every file the Models view reads in a monitor run folder (on an object store, only these are brought over).
+VIEW_FILES = tuple(
+    "/".join(parts) for parts in ((DECIDE_TASK, OUTCOME_FILE), (DECIDE_TASK, REPORT_FILE), SLO_FILE, DRIFT_FILE,
+                                  RETRAIN_FILE)
+)  # fmt: skip
 NO_RUN, MEASURED, UNREADABLE = "no_run", "measured", "unreadable"
 # What a drift.json feature entry contributes to the view (bins and shares stay in the report).
 FEATURE_KEYS = ("test", "statistic", "p_value", "p_adjusted", "psi", "out_of_range", "drifted", "reason")

@@ -204,6 +204,13 @@ class ModelRegistry(Protocol):
         """The versions the model config file asks the server to keep loaded, ascending."""
         ...
 
+    def read_label_moves(self, name: str) -> list[dict[str, Any]]:
+        """The audit log of ``name``'s label moves, oldest first (:mod:`include.mlops.registry.label_log`'s records).
+
+        Empty when none was recorded.
+        """
+        ...
+
     def set_label(self, name: str, label: str, version: int) -> int | None:
         """Point ``label`` at an existing ``version``; returns the version it pointed at before (None if new).
 

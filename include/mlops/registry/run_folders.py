@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 GATE_TASKS = ("gate_optimized", "gate")
 REPORT_STEPS = ("evaluate", "evaluate_optimized")
 REPORT_FILE = "report.html"
+RESULT_STEPS = ("register", "deploy")
+# The train step's and the tune_select step's records (include.mlops.registry.compare reads them).
+TRAIN_RECORD = "train/history.json"
+TUNE_RECORD = "tune_select/trials.json"
+# Every file the Models view reads in a lifecycle run folder (on an object store, only these are brought over).
+VIEW_FILES = (
+    *(f"{task}/decision.json" for task in GATE_TASKS),
+    *(f"{step}/result.json" for step in RESULT_STEPS),
+    *(f"{step}/{REPORT_FILE}" for step in REPORT_STEPS),
+    TRAIN_RECORD,
+    TUNE_RECORD,
+)
 _RUN_FOLDER = re.compile(
     r"^(?P<type>[a-z_]+?)__(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<h>\d{2})_(?P<m>\d{2})_(?P<s>\d{2}))?"
 )
@@ -145,10 +157,11 @@ class RunHistory:
                 if isinstance(record, Mapping) and isinstance(record.get("decision"), Mapping):
                     decision = parse_decision(task_id, record["decision"], record.get("route"))
                     break
-        result = os.path.join(path, "register", "result.json")
-        registered = self._files.json(result) if "register" in steps else None
-        result = os.path.join(path, "deploy", "result.json")
-        deployed = self._files.json(result) if "deploy" in steps else None
+        register, deploy = RESULT_STEPS
+        result = os.path.join(path, register, "result.json")
+        registered = self._files.json(result) if register in steps else None
+        result = os.path.join(path, deploy, "result.json")
+        deployed = self._files.json(result) if deploy in steps else None
         if isinstance(deployed, Mapping):
             # When the label moved: the deploy step writes its result.json right after moving it.
             moved = dt.datetime.fromtimestamp(os.stat(result).st_mtime, dt.UTC)

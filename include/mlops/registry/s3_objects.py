@@ -92,11 +92,16 @@ class S3Objects:
 
     def keys(self, rel_prefix: str) -> Iterator[str]:
         """Every object key under ``rel_prefix/``, relative to it."""
+        for key, _ in self.listing(rel_prefix):
+            yield key
+
+    def listing(self, rel_prefix: str) -> Iterator[tuple[str, str]]:
+        """(key relative to ``rel_prefix/``, ETag) of every object under it: the LIST alone, no object is read."""
         prefix = self._key(rel_prefix) + "/"
         for page in self._pages("list", rel_prefix, Prefix=prefix):
             for item in page.get("Contents", []):
                 if not item["Key"].endswith("/"):  # a folder marker some tools create
-                    yield item["Key"][len(prefix) :]
+                    yield item["Key"][len(prefix) :], str(item.get("ETag", ""))
 
     def children(self, rel_prefix: str) -> Iterator[str]:
         """The names of the 'folders' directly under ``rel_prefix/``."""

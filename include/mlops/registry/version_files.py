@@ -48,6 +48,24 @@ def metadata_name_problem(file_name: str) -> str | None:
     return None
 
 
+def folder_files(path: str | os.PathLike[str], *, stat: bool = False) -> dict[str, Any]:
+    """``{path in the folder: None, or with stat its (size, mtime_ns, ctime_ns)}`` of every file under ``path``.
+
+    A cheap look at a version folder (no file is read); a file gone before its stat is left out.
+    """
+    top = os.fspath(path)
+    found: dict[str, Any] = {}
+    for root, _, files in os.walk(top):
+        prefix = root[len(top) + 1 :].replace(os.sep, "/")
+        for file in files:
+            try:
+                info = os.stat(os.path.join(root, file)) if stat else None
+            except OSError:
+                continue
+            found[f"{prefix}/{file}" if prefix else file] = info and (info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return found
+
+
 def checksum_problems(path: Path) -> tuple[dict[str, str], list[str]]:
     """The version folder's checksums as they are now, and how they differ from its ``checksums.json``."""
     sums_path = path / CHECKSUMS_FILE
