@@ -394,7 +394,4 @@ def _all_labels(config: Any) -> dict[str, dict[str, int]]:
 
 def _journals(registry: ModelRegistry, serving_name: str) -> list[Any]:
     """The model's unfinished deploys, from the journals in its registry folder (or prefix)."""
-    try:
-        return unfinished_deploys(registry.model_dir(serving_name))
-    except TypeError:  # a journal module that reads folders only: no deploy can have left a journal in a bucket
-        return []
+    return unfinished_deploys(registry.model_dir(serving_name))
