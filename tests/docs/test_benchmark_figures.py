@@ -209,6 +209,18 @@ ROWS = [
         for step in ("snapshot", "validate")
     ],
     *[
+        ("**Object store**", label, {
+            1: [lambda d, k=key: d["steps"][k]["local_median_s"]],
+            2: [lambda d, k=key: d["steps"][k]["s3_median_s"]],
+            3: [lambda d, k=key: d["steps"][k]["ratio_s3_over_local"]],
+        }, "object_store")
+        for label, key in (
+            *((step, step) for step in ("snapshot", "validate", "train", "evaluate", "register")),
+            ("deploy (label only)", "deploy"),
+            ("whole lifecycle", "lifecycle"),
+        )
+    ],
+    *[
         ("**Models view**", label, {
             1: [lambda d, k=key: d["timings"][k]["cold_ms"]],
             2: [lambda d, k=key: d["timings"][k]["warm_median_ms"]],
