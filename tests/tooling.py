@@ -8,10 +8,14 @@ to install what it needs.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
+from typing import Any
 
 import pytest
+import yaml
 
 
 def unavailable(reason: str) -> None:
@@ -27,3 +31,16 @@ def require_executable(name: str, install_hint: str) -> str:
     if path is None:
         unavailable(f"{name} is not on PATH; {install_hint}")
     return str(path)
+
+
+@functools.cache
+def _kustomize(folder: str) -> str:
+    kubectl = require_executable("kubectl", "the manifest tests render include/k8s with `kubectl kustomize`")
+    result = subprocess.run([kubectl, "kustomize", folder], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {folder} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def kustomize(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize`` renders from ``folder`` (rendered once per session)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(os.fspath(folder))) if doc]

@@ -16,14 +16,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from tooling import require_executable
+from tooling import kustomize
 
 from include.mlops.artifacts import registry_root
 from include.mlops.registry.filesystem import CONFIG_FILE, Registry
@@ -57,16 +56,8 @@ CLUSTER_SCOPED = {"Namespace", "PersistentVolume"}
 Obj = dict[str, Any]
 
 
-@cache
-def _render(path: str) -> str:
-    kubectl = require_executable("kubectl", "the kustomize tests render include/k8s with `kubectl kustomize`")
-    result = subprocess.run([kubectl, "kustomize", str(K8S_DIR / path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
-    return result.stdout
-
-
 def render(path: str) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(_render(path)) if doc]
+    return kustomize(K8S_DIR / path)
 
 
 def one(objects: list[Obj], kind: str, name: str, namespace: str | None = None) -> Obj:

@@ -9,15 +9,13 @@ does (maps merged, lists replaced).
 from __future__ import annotations
 
 import copy
-import subprocess
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from tooling import require_executable
+from tooling import kustomize
 
 from tools.pod_security import has_pod_spec, violations
 
@@ -36,16 +34,8 @@ MODE_ENV = {"MLOPS_K8S_ARTIFACT_PVC", "MLOPS_K8S_ARTIFACT_ROOT", "MLOPS_ARTIFACT
 Obj = dict[str, Any]
 
 
-@cache
-def _render(path: str) -> str:
-    kubectl = require_executable("kubectl", "the kustomize tests render include/k8s with `kubectl kustomize`")
-    result = subprocess.run([kubectl, "kustomize", str(K8S_DIR / path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
-    return result.stdout
-
-
 def render(path: str) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(_render(path)) if doc]
+    return kustomize(K8S_DIR / path)
 
 
 def pod_spec(obj: Obj) -> Obj:
