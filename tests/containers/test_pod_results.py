@@ -248,3 +248,36 @@ def test_sync_execution_reads_the_result_from_the_share_too(kubeconfig: Path, sh
     StubApi.pod = finished_pod(0)
     assert task.execute(context) == {"rows": 442}
     assert not [r for r in StubApi.requests if "/exec" in r or "/attach" in r], StubApi.requests
+
+
+def test_on_s3_the_pod_gets_uris_and_the_worker_reads_the_result_from_the_bucket(
+    kubeconfig: Path, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3_stand_in import BUCKET
+
+    from include.mlops import artifact_store
+
+    root = f"s3://{BUCKET}/pod-results-{tmp_path.name}"
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", root)
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "worker"))
+    task = make_task(kubeconfig)
+    context = task_context(task)
+    pod = task.build_pod_request_obj(context, dry_run=True)
+    (container,) = pod.spec.containers
+    args = build_parser().parse_args(container.args[2:])
+    # The pod has a mirror of its own (/scratch), so it is told where things are as URIs.
+    run = f"{root}/runs/lifecycle__diabetes/manual__2026-11-20T00_00_00_00_00"
+    assert args.out == f"{run}/snapshot"
+    assert args.result_file == f"{run}/.snapshot.result-try1.json"
+
+    # What the step CLI in the pod does: write in its mirror, then publish.
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "pod"))
+    pod_store = artifact_store.current()
+    written = Path(pod_store.localize(args.result_file))
+    expected = {"data_uri": f"{run}/snapshot/data.parquet", "rows": 442, "sha256": "a" * 64}
+    atomic_write_json(written, expected)
+    pod_store.push(written)
+    monkeypatch.setenv("MLOPS_STAGING_DIR", str(tmp_path / "worker"))
+    StubApi.pod = finished_pod(0)
+
+    assert task.trigger_reentry(context, event()) == expected
