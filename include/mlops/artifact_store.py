@@ -48,6 +48,7 @@ from include.mlops.artifacts import (  # re-exported: the root's address is deci
     mirror_dir,
     remote_root,
 )
+from include.mlops.registry.protocol import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class ArtifactStore:
         for name in names:
             target = self.local / base / name
             if not (target.is_file() and _sha256(target) == sums[name]):
-                self._download(f"{base}/{name}", target)
+                self._download(f"{base}/{name}", target, sha256=sums[name])
 
     def _owning_marker(self, rel: str) -> tuple[str, dict[str, Any]] | None:
         """The marker of ``rel`` or of the nearest folder above it (down to :data:`MARKED_TOP`'s depth), with that folder."""
@@ -176,10 +177,21 @@ class ArtifactStore:
         found = self.objects.get(f"{rel}/{MARKER}") if rel else None
         return json.loads(found[0]) if found is not None else None
 
-    def _download(self, rel: str, target: Path) -> None:
+    def _download(self, rel: str, target: Path, sha256: str | None = None) -> None:
+        """Copy one object into the mirror; with ``sha256`` (its marker's), only the bytes the marker published.
+
+        An object that vanished, or whose bytes are not the marker's (a rerun
+        publishing the folder again meanwhile), raises :class:`RegistryError`,
+        which the task retries; nothing is written to the mirror then.
+        """
         found = self.objects.get(rel)
         if found is None:
-            raise ArtifactStoreError(f"{self.uri / rel} vanished while it was being read; retry the task")
+            raise RegistryError(f"{self.uri / rel} vanished while it was being read; the task is retried")
+        if sha256 is not None and hashlib.sha256(found[0]).hexdigest() != sha256:
+            raise RegistryError(
+                f"{self.uri / rel} changed while it was being read (it is not what its folder's {MARKER} "
+                "lists: the folder is being published again); the task is retried"
+            )
         artifacts.atomic_write_bytes(target, found[0])
 
     # ------------------------------------------------------------------ push

@@ -220,3 +220,18 @@ def test_monitoring_state_follows_the_model_from_machine_to_machine(root_uri, tm
     with artifact_store.synced(folder) as state:
         assert json.loads((state / "retrain_requests.json").read_text())["requests"][-1] == {"run": "b"}
         assert (state / "windows" / "w1.json").is_file()
+
+
+def test_a_file_republished_while_it_is_read_is_refused_not_mixed_in(root_uri, tmp_path, monkeypatch) -> None:
+    store = artifact_store.current()
+    out = artifacts.run_dir("d", "r", "evaluate")
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"mae": 1}')
+    (out / "plot.png").write_bytes(b"png-1")
+    store.push(out)
+    # A rerun has uploaded its new plot but not yet replaced the marker this reader is about to follow.
+    store.objects.put("runs/d/r/evaluate/plot.png", b"png-2")
+    other = _other_mirror(root_uri, tmp_path, monkeypatch)
+    with pytest.raises(RegistryError, match=r"evaluate/plot\.png changed while it was being read.*retried"):
+        other.pull(other.local / "runs/d/r/evaluate")
+    assert not (other.local / "runs/d/r/evaluate/plot.png").exists()
