@@ -26,6 +26,7 @@ BENCHMARKS = {
     "drift_quality": "drift decision's false alarms and detection of small shifts, against Evidently's defaults",
     "optimize": "compressed TFLite variants of digits (size, CPU speedup, accuracy) against the float model",
     "delivery": "canary promote and rollback on the embedded default: time besides the analysis, requests lost",
+    "step_startup": "what each lifecycle step pays before its work: interpreter start and imports (TF, GX, the rest)",
     "object_store": "one lifecycle through the step CLI with the artifact root in S3 (moto) against a local folder",
     "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",

@@ -35,36 +35,45 @@ INTERVAL = ["--interval-start", "2026-11-19T00:00:00+00:00", "--interval-end", "
 STEPS = ("snapshot", "validate", "train", "evaluate", "register", "deploy")
 
 
-def _step(step: str, env: dict[str, str], out: str, *arguments: str) -> tuple[float, dict[str, Any]]:
-    command = [sys.executable, "-m", "include.mlops", step, "--model", MODEL, "--out", out, *arguments]
+def run_step(
+    step: str, env: dict[str, str], out: str, *arguments: str, python: tuple[str, ...] = ()
+) -> tuple[float, dict[str, Any], str]:
+    """One step CLI subprocess (``python``: interpreter flags): its wall seconds, JSON result and stderr."""
+    command = [sys.executable, *python, "-m", "include.mlops", step, "--model", MODEL, "--out", out, *arguments]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{step} failed ({done.returncode}): {done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
-def lifecycle(root: str, env: dict[str, str], run_id: str) -> dict[str, float]:
-    """The lifecycle's steps under ``root`` (a folder or an ``s3://`` URI); seconds per step and in all."""
+def timed_step(step: str, env: dict[str, str], out: str, *arguments: str) -> tuple[float, dict[str, Any]]:
+    seconds, result, _ = run_step(step, env, out, *arguments)
+    return seconds, result
+
+
+def lifecycle(root: str, env: dict[str, str], run_id: str, step: Any = timed_step) -> dict[str, float]:
+    """The lifecycle's steps under ``root`` (a folder or an ``s3://`` URI); seconds per step and in all.
+
+    ``step`` runs one step (:func:`timed_step`'s signature); another benchmark passes one that profiles it too.
+    """
     run = f"{root}/runs/bench__{MODEL}/{run_id}"
     seconds: dict[str, float] = {}
-    seconds["snapshot"], snap = _step("snapshot", env, f"{run}/snapshot", *INTERVAL)
-    seconds["validate"], _ = _step("validate", env, f"{run}/validate", "--data", snap["data_uri"])
+    seconds["snapshot"], snap = step("snapshot", env, f"{run}/snapshot", *INTERVAL)
+    seconds["validate"], _ = step("validate", env, f"{run}/validate", "--data", snap["data_uri"])
     overrides = json.dumps({"epochs": 3})
-    seconds["train"], trained = _step(
-        "train", env, f"{run}/train", "--data", snap["data_uri"], "--overrides", overrides
-    )
-    seconds["evaluate"], _ = _step(
+    seconds["train"], trained = step("train", env, f"{run}/train", "--data", snap["data_uri"], "--overrides", overrides)
+    seconds["evaluate"], _ = step(
         "evaluate", env, f"{run}/evaluate", "--data", snap["data_uri"], "--candidate", trained["model_uri"],
         "--champion", "none",
     )  # fmt: skip
     lineage = json.dumps({"dag_id": f"bench__{MODEL}", "run_id": run_id, "data_uri": snap["data_uri"]})
-    seconds["register"], registered = _step(
+    seconds["register"], registered = step(
         "register", env, f"{run}/register", "--candidate", trained["model_uri"], "--evaluation", f"{run}/evaluate",
         "--lineage", lineage,
     )  # fmt: skip
-    seconds["deploy"], _ = _step("deploy", env, f"{run}/deploy", "--version", str(registered["version"]))
+    seconds["deploy"], _ = step("deploy", env, f"{run}/deploy", "--version", str(registered["version"]))
     seconds["lifecycle"] = sum(seconds.values())
     return seconds
 

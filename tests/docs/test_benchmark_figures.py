@@ -221,6 +221,20 @@ ROWS = [
         )
     ],
     *[
+        ("**Step startup**", label, {
+            1: [lambda d, k=key: d["steps"][k]["wall_median_s"]],
+            2: [lambda d, k=key: d["steps"][k]["imports_s"]],
+            3: [lambda d, k=key: d["steps"][k]["tensorflow_imports_s"]],
+            4: [lambda d, k=key: d["steps"][k]["great_expectations_imports_s"]],
+            5: [lambda d, k=key: d["steps"][k]["other_imports_s"]],
+            6: [lambda d, k=key: d["steps"][k]["startup_share_of_wall"]],
+        }, "step_startup")
+        for label, key in (
+            *((step, step) for step in ("snapshot", "validate", "train", "evaluate", "register")),
+            ("deploy (label only)", "deploy"),
+        )
+    ],
+    *[
         ("**Models view**", label, {
             1: [lambda d, k=key: d["timings"][k]["cold_ms"]],
             2: [lambda d, k=key: d["timings"][k]["warm_median_ms"]],
