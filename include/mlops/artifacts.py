@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from include.mlops.config import PROJECT_ROOT
-from include.mlops.registry.object_uri import ObjectUri
+from include.mlops.registry.object_uri import ObjectUri, scheme_problem
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,9 @@ def remote_root(value: str | None = None) -> Any:
         uri = ObjectUri.parse(value)
     except ValueError as exc:
         raise ArtifactStoreError(f"{ROOT_ENV}={value!r}: {exc}") from None
-    if uri.scheme != "s3":
-        raise ArtifactStoreError(
-            f"{ROOT_ENV}={value!r}: only s3:// is supported on object storage (gs:// is untested, no GCS stand-in "
-            "runs where this project is tested); use an s3:// bucket or a mounted folder"
-        )
+    problem = scheme_problem(uri)
+    if problem is not None:
+        raise ArtifactStoreError(f"{ROOT_ENV}={value!r}: {problem}; use an s3:// bucket or a mounted folder")
     return uri
 
 

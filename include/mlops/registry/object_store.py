@@ -87,7 +87,7 @@ from include.mlops.registry.label_edits import SERVING_BASE_PATH_ENV as SERVING_
 from include.mlops.registry.label_edits import LabelEdits, Layout, check_name
 from include.mlops.registry.label_log import label_moves
 from include.mlops.registry.model_config_file import CONFIG_FILE
-from include.mlops.registry.object_uri import ObjectUri
+from include.mlops.registry.object_uri import ObjectUri, scheme_problem
 from include.mlops.registry.protocol import (
     CorruptVersionError,
     RegisterResult,
@@ -114,11 +114,9 @@ class ObjectStoreRegistry(Layout, LabelEdits):
             root = uri if isinstance(uri, ObjectUri) else ObjectUri.parse(str(uri))
         except ValueError as exc:
             raise RegistryError(f"registry URI: {exc}") from None
-        if root.scheme != "s3":
-            raise RegistryError(
-                f"registry URI {root}: only s3:// is supported on object storage (gs:// is untested; "
-                "use a mounted folder instead)"
-            )
+        problem = scheme_problem(root)
+        if problem is not None:
+            raise RegistryError(f"registry URI {root}: {problem}; use a mounted folder instead")
         self.root = root
         self._store = S3Objects(root, client if client is not None else make_client(endpoint_url))
         # Versions are immutable once their manifest exists, so what was read of them stays true.

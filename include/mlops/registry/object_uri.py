@@ -62,3 +62,15 @@ class ObjectUri:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.key}" if self.key else f"{self.scheme}://{self.bucket}"
+
+
+def scheme_problem(uri: ObjectUri) -> str | None:
+    """Why this build cannot keep artifacts at ``uri`` (its scheme), or None: only ``s3://`` is supported.
+
+    ``gs://`` parses (TF Serving reads it), but no GCS stand-in runs where the
+    project is tested, so its conditional writes (generation preconditions)
+    are not built.
+    """
+    if uri.scheme == "s3":
+        return None
+    return f"only s3:// is supported on object storage, not {uri.scheme}:// (gs:// is untested: no GCS stand-in)"
