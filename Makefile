@@ -15,6 +15,11 @@ export PATH := $(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` and `make test-fast`: "auto" is one per CPU core (at most 4, each worker
+# may run a whole Airflow stack); 0 runs in this process, one test at a time.  Each worker takes one test module
+# at a time (--dist loadfile), so a module's shared stack or trained model is still built once.
+PYTEST_WORKERS ?= auto
+XDIST := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 ARGS ?= --help
 
 .PHONY: setup run test test-fast lint format bench clean help airflow
@@ -34,10 +39,10 @@ run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, trigger
 	@bash scripts/run_local.sh
 
 test: setup  ## run every test tier (unit, DAG integrity, dag.test end-to-end, real Airflow)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## the fast tiers only (no slow marker): about 3 minutes on 2 cores, for the inner loop
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff, including Airflow's AIR rules
 	$(VENV)/bin/ruff check .
