@@ -70,22 +70,7 @@ def s3_endpoint() -> Iterator[str]:
     yield from running_s3()
 
 
-# Modules that start a whole stack (Airflow, compose, containers) run for minutes each.  Under pytest-xdist
-# (`make test` runs one module per worker at a time, `--dist loadfile`) they go first, so that the many
-# short modules fill in around them instead of one long module running alone at the end.  The order
-# within a module is kept: some modules' tests build on the previous test's state.
-_LONG_MODULE_MARKERS = ("compose", "e2e", "docker")
-
-
-def _module_rank(item: pytest.Item) -> int:
-    if any(item.get_closest_marker(marker) for marker in _LONG_MODULE_MARKERS):
-        return 0
-    return 1 if item.get_closest_marker("slow") else 2
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    ranks: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        ranks[module] = min(ranks.get(module, 2), _module_rank(item))
-    items.sort(key=lambda item: ranks[item.nodeid.split("::", 1)[0]])
+    from collection_order import long_modules_first
+
+    long_modules_first(items)
