@@ -28,6 +28,7 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ["MLOPS_ARTIFACT_ROOT"] = str(_SESSION_DIR / "artifacts")
+os.environ["MLOPS_CACHE_DIR"] = str(_SESSION_DIR / "cache")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")])
 for entry in (str(PROJECT_ROOT / "plugins"), str(PROJECT_ROOT)):

@@ -170,7 +170,16 @@ def load_bundled(dataset: str, label: str) -> pd.DataFrame:
 
     Features are float64; the label keeps scikit-learn's dtype (float64 for
     regression targets, int64 for class labels).
+
+    Built once per scikit-learn release and then read from a local cache
+    (:mod:`include.mlops.data.bundled_cache`), which spares a step importing scikit-learn.
     """
+    from include.mlops.data.bundled_cache import cached_frame
+
+    return cached_frame(dataset, label, lambda: _build_bundled(dataset, label))
+
+
+def _build_bundled(dataset: str, label: str) -> pd.DataFrame:
     import pandas as pd
     from sklearn import datasets
 
