@@ -15,11 +15,13 @@ export PATH := $(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` and `make test-fast`: "auto" is one per CPU core (at most 4, each worker
-# may run a whole Airflow stack); 0 runs in this process, one test at a time.  Each worker takes one test module
-# at a time (--dist loadfile), so a module's shared stack or trained model is still built once.
-PYTEST_WORKERS ?= auto
-XDIST := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+# pytest-xdist workers for `make test` and `make test-fast`: one more than the CPU cores, at most 4 (each worker
+# may run a whole Airflow stack, and much of a stack test's time is spent waiting on its scheduler and servers,
+# so a third worker keeps 2 cores busy); PYTEST_WORKERS=0 runs in this process, one test at a time.  Each worker
+# takes one test module at a time (--dist loadfile), so a module's shared stack or trained model is built once,
+# in the order tests/collection_order.py gives (the modules that start a stack first).
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n + 1 < 4 ? n + 1 : 4 )))
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 ARGS ?= --help
 
 .PHONY: setup run test test-fast lint format bench clean help airflow
@@ -41,7 +43,7 @@ run: setup  ## start Airflow (API server + UI, scheduler, DAG processor, trigger
 test: setup  ## run every test tier (unit, DAG integrity, dag.test end-to-end, real Airflow)
 	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-test-fast: setup  ## the fast tiers only (no slow marker): about 3 minutes on 2 cores, for the inner loop
+test-fast: setup  ## the fast tiers only (no slow marker): under 3 minutes on 2 cores, for the inner loop
 	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff, including Airflow's AIR rules

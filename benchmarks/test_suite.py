@@ -82,11 +82,11 @@ def summarise(report: Path, wall_s: float | None = None) -> dict[str, Any]:
     }
 
 
-def record(report: Path, results_dir: Path, wall_s: float | None = None) -> dict[str, Any]:
+def record(report: Path, results_dir: Path, wall_s: float | None = None, workers: str | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "test_suite",
         "command": "make test",
-        "workers": os.environ.get("PYTEST_WORKERS", "see Makefile"),
+        "workers": workers or os.environ.get("PYTEST_WORKERS") or "the Makefile's default (cores + 1, at most 4)",
         "cpu_count": os.cpu_count(),
         **summarise(report, wall_s),
         "note": "sum_of_test_times_s counts each test's setup, call and teardown (JUnit's time per case); "
@@ -116,12 +116,13 @@ def run(results_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.test_suite", description=__doc__.split("\n\n")[0])
     parser.add_argument("--junit", type=Path, help="record this report instead of running make test")
+    parser.add_argument("--workers", help="the run's PYTEST_WORKERS, to record with a --junit report")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.junit is None:
         run(args.results_dir)
     else:
-        record(args.junit, args.results_dir)
+        record(args.junit, args.results_dir, workers=args.workers)
     return 0
 
 

@@ -191,6 +191,11 @@ ROWS = [
         for model in ("diabetes", "digits")
         for size in ("200", "1000", "5000")
     ],
+    ("**Test suite**", "`make test` wall time", {1: [lambda d: d["wall_min"]]}, "test_suite"),
+    ("**Test suite**", "sum of the tests' own times", {1: [lambda d: d["sum_of_test_times_s"] / 60]}, "test_suite"),
+    ("**Test suite**", "tests", {
+        1: [lambda d: d["tests"], lambda d: d["outcomes"]["passed"], lambda d: d["outcomes"]["skipped"]],
+    }, "test_suite"),
     ("**Compose**", "start until every service is healthy", {
         1: [lambda d: d["compose"]["up_to_all_healthy_s"]],
         2: [lambda d: d["make_run"]["start_to_api_ready_s"]],
