@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from model_factory import make_saved_model
 from prometheus_client.parser import text_string_to_metric_families
 
 from include.mlops.registry.filesystem import Registry
@@ -20,6 +22,7 @@ from include.mlops.serving.loaders import LoadedVersion, load_version
 from include.mlops.serving.metrics import INITIAL_STATUSES, LATENCY_BUCKETS_US, UNKNOWN_MODEL
 from include.mlops.serving.models import ModelManager
 from include.mlops.serving.predlog import read_prediction_log
+from include.mlops.serving.workers import InlineGate
 from tests.serving.conftest import MODEL, N_FEATURES, RunningServer, corrupt_weights, register, wait_for
 
 pytestmark = pytest.mark.slow  # every test here starts a real server on real SavedModels
@@ -419,8 +422,8 @@ def test_deeply_nested_json_is_a_400_in_tf_serving_shape(running: RunningServer)
         assert_still_serving(client)
 
 
-def test_predict_bodies_are_parsed_in_a_worker_thread(running: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real parser, wrapped to record where it runs: never on the event loop's thread."""
+def record_where_bodies_are_parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap the real parser to record where each predict body is parsed: on the event loop or in a worker thread."""
     where: list[str] = []
     parse = app_module.parse_predict_request
 
@@ -433,10 +436,114 @@ def test_predict_bodies_are_parsed_in_a_worker_thread(running: RunningServer, mo
         return parse(body, loaded)
 
     monkeypatch.setattr(app_module, "parse_predict_request", recording_parse)
+    return where
+
+
+def test_small_predicts_move_to_the_event_loop_once_the_version_is_timed_quick_and_big_bodies_never_do(
+    running: RunningServer, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version's first small predicts, and every big body, are parsed in a worker thread.
+
+    The gate's time limit is lifted here, so that which calls count as quick does not depend on the machine.
+    """
+    where = record_where_bodies_are_parsed(monkeypatch)
+    gate = InlineGate(max_micros=float("inf"))
+    monkeypatch.setattr(running.server, "inline", gate)
+    big = {"instances": [ROW] * 400}  # about 13 KB: over the gate's body limit, within the test server's
+    assert len(json.dumps(big)) > gate.max_body_bytes
     with running.client() as client:
+        for _ in range(gate.after):
+            assert_still_serving(client)
+        assert where == ["worker thread"] * gate.after
         assert_still_serving(client)
         assert served_value(client, f"/v1/models/{MODEL}:predict") == pytest.approx(10.0)
-    assert where == ["worker thread", "worker thread"]
+        assert where[gate.after :] == ["event loop", "event loop"]
+        response = client.post(f"/v1/models/{MODEL}/labels/stable:predict", json=big)
+        assert response.status_code == 200 and response.json()["predictions"] == [[10.0]] * 400
+        assert where[-1] == "worker thread"
+        # A version loaded later is timed afresh: its first small predicts go to a worker thread again.
+        registry.preload(MODEL, 2)
+        assert wait_for(lambda: client.get(f"/v1/models/{MODEL}/versions/2").status_code == 200, timeout=60)
+        assert served_value(client, f"/v1/models/{MODEL}/versions/2:predict") == pytest.approx(20.0)
+        assert where[-1] == "worker thread"
+        assert_still_serving(client)
+        assert where[-1] == "event loop"
+
+
+def test_a_small_predict_to_a_version_busy_in_a_worker_thread_does_not_wait_on_the_event_loop(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that takes one call at a time (as a TFLite interpreter does) and a big call holding it: a small
+    call to the same version then waits in a worker thread, and status requests are answered meanwhile."""
+    where = record_where_bodies_are_parsed(monkeypatch)
+    gate = InlineGate(max_micros=float("inf"))
+    monkeypatch.setattr(running.server, "inline", gate)
+    big = {"instances": [ROW] * 400}
+    with running.client() as client:
+        for _ in range(gate.after):
+            assert_still_serving(client)  # from now on small predicts to this version may run inline
+        loaded = running.server.models.state.resolve(MODEL, None, "stable")
+        one_at_a_time, big_running, small_waiting, release = (threading.Lock(), *(threading.Event() for _ in "abc"))
+        run = loaded.runner
+
+        def serialised_run(signature: str, feeds: dict[str, object]) -> dict[str, object]:
+            (big_running if len(feeds["inputs"]) > 1 else small_waiting).set()  # type: ignore[arg-type]
+            with one_at_a_time:
+                if len(feeds["inputs"]) > 1:  # type: ignore[arg-type]
+                    release.wait(30)
+                return run(signature, feeds)
+
+        monkeypatch.setattr(loaded, "runner", serialised_run)
+        answers: list[int] = []
+
+        def post(body: object) -> None:
+            with running.client() as other:
+                answers.append(other.post(f"/v1/models/{MODEL}/labels/stable:predict", json=body).status_code)
+
+        threads = [threading.Thread(target=post, args=(big,))]
+        threads[0].start()
+        assert big_running.wait(30)
+        threads.append(threading.Thread(target=post, args=({"instances": [ROW]},)))
+        threads[1].start()
+        try:
+            assert small_waiting.wait(30)
+            assert client.get(f"/v1/models/{MODEL}", timeout=10).status_code == 200  # the event loop is free
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join(timeout=30)
+    assert answers == [200, 200]
+    assert where[-2:] == ["worker thread", "worker thread"]
+
+
+def test_a_version_loaded_later_is_read_with_its_own_signature(
+    running: RunningServer, registry: Registry, tmp_path: Path
+) -> None:
+    """What the server works out once per version (the input names and dtypes) follows the version."""
+    renamed = make_saved_model(tmp_path / "renamed", N_FEATURES, scale=4.0, input_name="features")
+    version = register(registry, renamed, run="run-renamed")
+    path = f"/v1/models/{MODEL}/labels/stable:predict"
+    named = {"instances": [{"inputs": ROW}]}
+    with running.client() as client:
+        assert client.post(path, json=named).json() == {"predictions": [[10.0]]}
+        registry.set_label(MODEL, "stable", version)
+        assert wait_for(lambda: client.post(path, json={"instances": [{"features": ROW}]}).status_code == 200)
+        assert client.post(path, json={"instances": [{"features": ROW}]}).json() == {"predictions": [[40.0]]}
+        refused = client.post(path, json=named)
+        assert refused.status_code == 400 and "does not have named input: inputs" in refused.json()["error"]
+
+
+def test_predicts_to_a_slow_version_stay_in_worker_threads(
+    running: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate for which no call is quick enough stands for a slow model: its small predicts never run inline."""
+    where = record_where_bodies_are_parsed(monkeypatch)
+    gate = InlineGate(max_micros=0.0)
+    monkeypatch.setattr(running.server, "inline", gate)
+    with running.client() as client:
+        for _ in range(gate.after + 5):
+            assert_still_serving(client)
+    assert where == ["worker thread"] * (gate.after + 5)
 
 
 def test_label_less_requests_keep_the_stable_version_while_a_new_one_is_preloaded(

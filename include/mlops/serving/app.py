@@ -15,7 +15,9 @@ the HTTP status TF Serving maps the error code to, plus 413 for a body over
 ``max_body_bytes``, 404 for unknown paths and 405 for other methods (never a
 redirect).  Parsing the JSON body, the model call and writing the answer run
 in a worker thread, off the event loop, so big bodies and slow models do not
-stall status requests or other clients.
+stall status requests or other clients; only a small predict to a version
+whose calls have been quick runs on the event loop itself, which saves the hop
+there and back (see :class:`include.mlops.serving.workers.InlineGate`).
 
 A request that names no version and no label is answered by the ``stable``
 label's version while the model has one (see ``ServingState.resolve``); with
@@ -33,9 +35,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -58,12 +60,14 @@ from include.mlops.serving.predict_json import format_predict_response, parse_pr
 from include.mlops.serving.predlog import PredictionLogger
 from include.mlops.serving.route import Routed, count_rows, counted, route
 from include.mlops.serving.tfserving_mode import create_model_manager
-from include.mlops.serving.workers import WorkerThreads
+from include.mlops.serving.workers import InlineGate, WorkerThreads
 
 if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # TF Serving's kModelStatusApiRegex (http_rest_api_util.cc); its predict regex is post_api.PREDICT_PATH.
 _STATUS_PATH = re.compile(
@@ -127,6 +131,7 @@ class ModelServer:
             PredictionLogger.from_settings(settings, self.metrics) if settings.predlog_root is not None else None
         )
         self._workers = WorkerThreads()
+        self.inline = InlineGate()
 
     def start(self) -> None:
         if self.predlog is not None:
@@ -182,15 +187,33 @@ class ModelServer:
         state: ServingState = self.models.state  # read once: the whole request runs on one snapshot
         routed = route(state, name, version, label)
         with counted(self.metrics, routed):
-            return await self._workers.run(self._predict_blocking, routed, label, body)
+            if self.inline.allows(routed.loaded, len(body)):
+                return self._predict_blocking(routed, label, body)
+            return await self._in_worker(routed.loaded, self._predict_blocking, routed, label, body)
+
+    async def _in_worker(self, loaded: LoadedVersion, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in a worker thread, counted on ``loaded`` while it runs (see ``InlineGate.allows``)."""
+        loaded.worker_calls += 1  # on the event loop only, so the count needs no lock
+        try:
+            return await self._workers.run(fn, *args)
+        finally:
+            loaded.worker_calls -= 1
 
     def _predict_blocking(self, routed: Routed, label: str | None, body: bytes) -> bytes:
-        """Parse, run and answer one predict request; runs in a worker thread, off the event loop."""
+        """Parse, run and answer one predict request, timed for the inline gate (see :meth:`predict`)."""
+        start = time.perf_counter()
+        try:
+            return self._predict(routed, label, body)
+        finally:
+            self.inline.record(routed.loaded, len(body), (time.perf_counter() - start) * 1e6)
+
+    def _predict(self, routed: Routed, label: str | None, body: bytes) -> bytes:
+        """The predict itself: parse the body, call the model, log a sample, write the answer, count its rows."""
         loaded = routed.loaded
-        signature, feeds, columnar = parse_predict_request(body, loaded)
+        plan, feeds, columnar = parse_predict_request(body, loaded)
         first = next(iter(feeds.values()))
         rows = first.shape[0] if first.ndim else 1
-        outputs = self._run(loaded, "Predict", signature, feeds, rows)
+        outputs = self._run(loaded, "Predict", plan.signature, feeds, rows)
         output = next(iter(outputs.values()), None)
         # The log holds float rows: numeric single-input, single-output models only (not strings or scalars).
         if (
@@ -204,7 +227,7 @@ class ModelServer:
             and output.dtype.kind in "iufb"
         ):
             self.predlog.offer(loaded.name, loaded.version, first, output, label=label)
-        response = format_predict_response(outputs, loaded.outputs[signature], columnar)
+        response = format_predict_response(outputs, plan.outputs, columnar)
         count_rows(self.metrics, routed, output)
         return response
 
@@ -228,7 +251,7 @@ class ModelServer:
     ) -> bytes:
         routed = route(self.models.state, name, version, label)
         with counted(self.metrics, routed):
-            return await self._workers.run(self._classify_or_regress_blocking, method, routed.loaded, body)
+            return await self._in_worker(routed.loaded, self._classify_or_regress_blocking, method, routed.loaded, body)
 
     def _classify_or_regress_blocking(self, method: str, loaded: LoadedVersion, body: bytes) -> bytes:
         import numpy as np

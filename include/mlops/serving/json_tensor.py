@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import struct
@@ -192,35 +193,43 @@ def _fast_array(value: Any, np_dtype: np.dtype, may_hold_bools: bool) -> np.ndar
     return None
 
 
-def to_tensor(value: Any, dtype: str, may_hold_bools: bool = True) -> np.ndarray:
-    """A JSON value (scalar or nested lists) as a tensor of ``dtype``, or a 400 in TF Serving's words."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorType:
+    """An input's dtype as :func:`to_tensor` needs it, worked out once (by :func:`tensor_type`)."""
+
+    dtype: str  # the numpy dtype name a signature gives
+    numpy: np.dtype | None  # None: a dtype JSON tensors do not carry (e.g. complex64)
+    strings: bool
+
+
+def tensor_type(dtype: str) -> TensorType:
     import numpy as np
 
     if dtype not in TF_TYPE_NAMES:
-        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: {dtype}")
-    np_dtype = np.dtype(object) if dtype in STRING_DTYPES else np.dtype(dtype)
-    if dtype not in STRING_DTYPES:
+        return TensorType(dtype, None, False)
+    strings = dtype in STRING_DTYPES
+    return TensorType(dtype, np.dtype(object) if strings else np.dtype(dtype), strings)
+
+
+def to_tensor(value: Any, kind: TensorType, may_hold_bools: bool = True) -> np.ndarray:
+    """A JSON value (scalar or nested lists) as a tensor of ``kind``, or a 400 in TF Serving's words."""
+    import numpy as np
+
+    np_dtype = kind.numpy
+    if np_dtype is None:
+        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: {kind.dtype}")
+    if not kind.strings:
         fast = _fast_array(value, np_dtype, may_hold_bools)
         if fast is not None:
             return fast
     shape = _dense_shape(value)
     flat: list[Any] = []
-    _fill(value, 0, shape, dtype, np_dtype, flat)
-    if dtype in STRING_DTYPES:
+    _fill(value, 0, shape, kind.dtype, np_dtype, flat)
+    if kind.strings:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
     return np.asarray(flat, dtype=np_dtype).reshape(shape)
-
-
-def contains_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, list):
-        return any(contains_bool(v) for v in value)
-    if isinstance(value, dict):
-        return any(contains_bool(v) for v in value.values())
-    return False
 
 
 # --------------------------------------------------------------------------- output

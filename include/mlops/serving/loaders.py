@@ -55,6 +55,16 @@ class LoadedVersion:
     signature_def_map: Any  # tensorflow.serving.SignatureDefMap for the metadata API
     runner: RunFn
     handle: Any  # keeps the loaded object (and its variables) alive
+    # What the request path works out once per version rather than per request: signature -> its set-up
+    # (``include.mlops.serving.predict_json.SignaturePlan``), built on first use.  A reload keeps a loaded
+    # version's object, so its set-up; a new version is a new object, with its own.
+    plans: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # How long the version's small predicts take, for ``include.mlops.serving.workers.InlineGate``: how many
+    # were timed, and their moving average (µs).
+    small_calls: int = dataclasses.field(default=0, repr=False, compare=False)
+    small_call_micros: float = dataclasses.field(default=0.0, repr=False, compare=False)
+    # Calls to the version now running in a worker thread (counted on the event loop; see InlineGate.allows).
+    worker_calls: int = dataclasses.field(default=0, repr=False, compare=False)
 
     def run(self, signature: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner(signature, feeds)

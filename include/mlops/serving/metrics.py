@@ -17,6 +17,7 @@ TF Serving's exporter writes them.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import threading
@@ -83,12 +84,8 @@ class _Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        index = len(LATENCY_BUCKETS_US)
-        for i, limit in enumerate(LATENCY_BUCKETS_US):
-            if value <= limit:
-                index = i
-                break
-        self.buckets[index] += 1
+        # The first bucket whose limit is >= value (len(LATENCY_BUCKETS_US): the +Inf bucket).
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_US, value)] += 1
         self.sum += value
         self.count += 1
 
