@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from include.mlops import artifacts
 from include.mlops.data import bundled_cache
 from include.mlops.data.sources import SnapshotError, load_bundled
 
@@ -67,6 +68,14 @@ def test_a_second_process_reads_the_cache_without_importing_scikit_learn(cache: 
     )
     assert first == {"sklearn": True, "rows": 442}
     assert second == {"sklearn": False, "rows": 442}
+
+
+def test_the_file_is_written_like_every_shared_artifact_and_leaves_no_temporary(cache: Path) -> None:
+    """Through artifacts.atomic_write_bytes: group-readable (a worker and a step pod may share the folder)."""
+    load_bundled("diabetes", "target")
+    path = bundled_cache.cache_path("diabetes", "target")
+    assert path.stat().st_mode & 0o777 == artifacts.FILE_MODE
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_a_damaged_file_is_built_again_and_replaced(cache: Path) -> None:

@@ -7,7 +7,7 @@ package metadata, which does not import it).  A new scikit-learn release gets fi
 
 The folder is ``$MLOPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlops``, else ``~/.cache/mlops``.  The cache is
 only a shortcut: a folder that cannot be written, or a file that cannot be read, means the frame is built
-from scikit-learn as before (an unreadable file is replaced).  A file is written under a temporary name
+from scikit-learn as before (an unreadable file is replaced).  A file is written (by ``artifacts.atomic_write_bytes``) under a temporary name
 and renamed into place, so a reader never sees part of one, even with several steps starting at once.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -70,14 +69,9 @@ def cached_frame(dataset: str, label: str, build: Callable[[], pd.DataFrame]) ->
 
 
 def _keep(frame: pd.DataFrame, path: Path) -> None:
+    from include.mlops.artifacts import atomic_write_bytes
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            frame.to_parquet(temporary, index=False)
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        atomic_write_bytes(path, frame.to_parquet(index=False))
     except OSError as exc:
         log.info("not caching dataset at %s: %s", path, exc)
