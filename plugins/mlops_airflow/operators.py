@@ -8,6 +8,11 @@ returns the step's JSON result as the task's XCom.
 The step runs in its own process group, so that a task that times out
 (``execution_timeout``) or is killed takes the step and every process the step
 started with it: a hung training step cannot hold the machine.
+
+Under ``make run`` the step runner (:mod:`include.mlops.warm`) has imported
+TensorFlow and Great Expectations already, and forks the step instead: the same
+CLI, environment, process group and exit status, without paying the imports.
+A retry, or a machine without the runner, starts the step cold.
 """
 
 from __future__ import annotations
@@ -26,8 +31,15 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from include.mlops.config import PROJECT_ROOT
+from include.mlops.warm.client import WarmStartError, WarmStep, start_warm
 from mlops_airflow.step_logs import StepLogRouter
-from mlops_airflow.steps import ArgumentResolver, raise_for_exit_code, resolve_step_arguments, step_command
+from mlops_airflow.steps import (
+    ArgumentResolver,
+    StepFailedError,
+    raise_for_exit_code,
+    resolve_step_arguments,
+    step_command,
+)
 
 __all__ = ["LifecycleStepOperator", "step_command"]
 
@@ -66,7 +78,7 @@ class LifecycleStepOperator(BaseOperator):
         self.arguments = dict(arguments or {})
         self.resolve_arguments = resolve_arguments
         self.models_dir = models_dir
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[str] | WarmStep | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         arguments = resolve_step_arguments(
@@ -80,17 +92,22 @@ class LifecycleStepOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="mlops-step-") as tmp:
             result_file = Path(tmp) / "result.json"
             arguments["result_file"] = str(result_file)
-            return self._run(step_command(self.step, self.model, arguments), result_file)
+            # A retry starts cold: whatever went wrong in the first try cannot have come from the runner.
+            warm = context["ti"].try_number <= 1
+            return self._run(step_command(self.step, self.model, arguments), result_file, warm=warm)
 
-    def _run(self, argv: list[str], result_file: Path) -> dict[str, Any]:
-        self.log.info("Running step %r: %s", self.step, " ".join(argv))
-        router = StepLogRouter.for_this_machine()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-        router.runtime_env(env)
-        # Keep the last lines so the failure message can quote the step's own error.
-        tail: deque[str] = deque(maxlen=15)
-        proc = subprocess.Popen(
+    def _start(self, argv: list[str], env: dict[str, str], *, warm: bool) -> subprocess.Popen[str] | WarmStep:
+        """The step's process: forked by the step runner when one is up (:mod:`include.mlops.warm`), else new."""
+        if warm:
+            try:
+                started = start_warm(argv, env, PROJECT_ROOT)
+            except WarmStartError as exc:
+                raise StepFailedError(f"step {self.step!r}: {exc}") from None
+            if isinstance(started, WarmStep):
+                self.log.info("Step %r started warm by the step runner (pid %d)", self.step, started.pid)
+                return started
+            self.log.info("Step %r starts cold: %s", self.step, started)
+        return subprocess.Popen(
             argv,
             cwd=PROJECT_ROOT,
             env=env,
@@ -101,6 +118,16 @@ class LifecycleStepOperator(BaseOperator):
             # Its own process group: a timeout or kill ends the step and its children together.
             start_new_session=True,
         )
+
+    def _run(self, argv: list[str], result_file: Path, *, warm: bool = False) -> dict[str, Any]:
+        self.log.info("Running step %r: %s", self.step, " ".join(argv))
+        router = StepLogRouter.for_this_machine()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        router.runtime_env(env)
+        # Keep the last lines so the failure message can quote the step's own error.
+        tail: deque[str] = deque(maxlen=15)
+        proc = self._start(argv, env, warm=warm)
         self._proc = proc
         try:
             assert proc.stdout is not None
@@ -129,7 +156,7 @@ class LifecycleStepOperator(BaseOperator):
         self.log.info("Step %r result: %s", self.step, json.dumps(result, sort_keys=True)[:2000])
         return result
 
-    def _terminate(self, proc: subprocess.Popen[str]) -> None:
+    def _terminate(self, proc: subprocess.Popen[str] | WarmStep) -> None:
         """End the step's whole process group: SIGTERM, then SIGKILL after a grace period."""
         if proc.poll() is not None:
             return

@@ -91,7 +91,7 @@ def operator(step: str, arguments: dict[str, Any], **kwargs: Any) -> DockerStepO
 
 
 def context() -> dict[str, Any]:
-    return {"dag_run": SimpleNamespace(run_id="manual__test"), "ti": SimpleNamespace(map_index=-1)}
+    return {"dag_run": SimpleNamespace(run_id="manual__test"), "ti": SimpleNamespace(map_index=-1, try_number=1)}
 
 
 def test_failing_step_fails_the_task_with_the_step_error(

@@ -52,7 +52,9 @@ def run_train_step(tmp_path: Path) -> list[dict[str, Any]]:
             task = LifecycleStepOperator(
                 task_id="train", step="train", model="diabetes", arguments={"data": data, "overrides": {"epochs": 1}}
             )
-        task.execute({"dag_run": SimpleNamespace(run_id="manual__logs"), "ti": SimpleNamespace(map_index=-1)})  # type: ignore[arg-type]
+        task.execute(
+            {"dag_run": SimpleNamespace(run_id="manual__logs"), "ti": SimpleNamespace(map_index=-1, try_number=1)}
+        )  # type: ignore[arg-type]
     return events
 
 

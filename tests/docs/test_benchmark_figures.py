@@ -240,6 +240,20 @@ ROWS = [
         )
     ],
     *[
+        ("**Per-step overhead**", label, {
+            1: [lambda d, k=key: d["overhead"]["steps"][k]["in_process_s"]],
+            2: [lambda d, k=key: d["overhead"]["steps"][k]["cold_wall_s"]],
+            3: [lambda d, k=key: d["overhead"]["steps"][k]["warm_wall_s"]],
+            4: [lambda d, k=key: d["overhead"]["steps"][k]["cold_overhead_s"]],
+            5: [lambda d, k=key: d["overhead"]["steps"][k]["warm_overhead_s"]],
+            6: [lambda d, k=key: d["overhead"]["steps"][k]["warm_to_cold_wall_ratio"]],
+        }, "step_startup")
+        for label, key in (
+            *((step, step) for step in ("snapshot", "validate", "train", "evaluate", "register")),
+            ("deploy (label only)", "deploy"),
+        )
+    ],
+    *[
         ("**Models view**", label, {
             1: [lambda d, k=key: d["timings"][k]["cold_ms"]],
             2: [lambda d, k=key: d["timings"][k]["warm_median_ms"]],

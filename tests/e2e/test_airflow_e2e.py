@@ -61,6 +61,11 @@ def test_first_nightly_runs_succeed_on_first_try(stack: AirflowStack) -> None:
         ran = {task: attempt for task, (state, attempt) in tries.items() if state == "success"}
         assert "snapshot" in ran and "deploy" in ran, tries
         assert set(ran.values()) == {1}, f"tasks of {dag_id}'s first run needed more than one try: {tries}"
+        # The step runner (scripts/supervisord.conf) forked the steps that import TensorFlow or GX.
+        for task_id in ("validate", "train", "evaluate"):
+            log = stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={nightly['dag_run_id']}" / f"task_id={task_id}"
+            text = (log / "attempt=1.log").read_text()
+            assert "started warm by the step runner" in text, f"{dag_id}.{task_id} started cold:\n{text[-3000:]}"
 
 
 @pytest.mark.browser
