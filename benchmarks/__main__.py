@@ -31,6 +31,7 @@ BENCHMARKS = {
     "ui": "Models view pages with 200 versions and 1,000 runs of one model, through a real API server",
     "containers": "per-step overhead of the docker backend against the local one (needs Docker)",
     "compose": "docker-compose.yaml up to healthy, and one lifecycle run against make run's (needs Docker)",
+    "first_run": "make run on a fresh home and artifact root until both demo models are AVAILABLE, and where the time goes",
     "test_suite": "make test itself: wall time on this machine's cores, the serial sum, the slowest tests and modules",
 }
 

@@ -31,20 +31,10 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="${AIRFLOW__CORE__SIMPL
 
 echo "==> Preparing the metadata database in $AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
-airflow pools set model_deploy 1 "One model deploy at a time" >/dev/null
-# Tuning trials (one training task each) run in this pool: its slots bound how many train at once.
-airflow pools set mlops_tuning "${MLOPS_TUNING_POOL_SLOTS:-2}" "Tuning trials training at once" >/dev/null
-# The deploy task finds the model server through this Connection (edit it in the UI to point elsewhere).
-airflow connections get model_server_default >/dev/null 2>&1 ||
-  airflow connections add model_server_default --conn-type http --conn-host localhost \
-    --conn-port "$MLOPS_SERVER_PORT" --conn-description "Model server (TF Serving REST API)" >/dev/null
-# The monitor DAGs read SLO figures from Prometheus and push drift scores to the Pushgateway.
-airflow connections get prometheus_default >/dev/null 2>&1 ||
-  airflow connections add prometheus_default --conn-type http --conn-host localhost \
-    --conn-port "$MLOPS_PROMETHEUS_PORT" --conn-description "Prometheus (SLO figures)" >/dev/null
-airflow connections get pushgateway_default >/dev/null 2>&1 ||
-  airflow connections add pushgateway_default --conn-type http --conn-host localhost \
-    --conn-port "$MLOPS_PUSHGATEWAY_PORT" --conn-description "Prometheus Pushgateway (drift scores)" >/dev/null
+# The pools (model_deploy: one deploy at a time; mlops_tuning: tuning trials training at once,
+# $MLOPS_TUNING_POOL_SLOTS) and the Connections the tasks use (model_server_default, prometheus_default,
+# pushgateway_default; kept when they exist, so edits in the UI stay), in one process.
+python "$MLOPS_PROJECT_ROOT/scripts/prepare_home.py"
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v prometheus-pushgateway >/dev/null 2>&1; then
   echo "==> Prometheus or the Pushgateway is not installed: monitoring stays off" \
     "(install with: apt-get install prometheus prometheus-pushgateway)"

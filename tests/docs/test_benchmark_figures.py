@@ -254,6 +254,16 @@ ROWS = [
         )
     ],
     *[
+        ("**First run**", label, {
+            1: [lambda d, k=key: d["variants"][k]["medians"]["ui_up_s"]],
+            2: [lambda d, k=key: d["variants"][k]["medians"]["digits_available_s"]],
+            3: [lambda d, k=key: d["variants"][k]["medians"]["diabetes_available_s"]],
+            4: [lambda d, k=key: d["variants"][k]["medians"]["all_available_s"]],
+            5: [lambda d, k=key: d["ratios_to_first_variant"].get(k, {"all_available_s": 1.0})["all_available_s"]],
+        }, "first_run")
+        for label, key in (("cold", "cold"), ("warm", "warm"))
+    ],
+    *[
         ("**Models view**", label, {
             1: [lambda d, k=key: d["timings"][k]["cold_ms"]],
             2: [lambda d, k=key: d["timings"][k]["warm_median_ms"]],
