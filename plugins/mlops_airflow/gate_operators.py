@@ -16,7 +16,8 @@ from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, DownstreamTasksSkipped
+from airflow.task.trigger_rule import TriggerRule
 
 from include.mlops import artifact_store
 from include.mlops.artifacts import atomic_write_json, atomic_write_text, read_json, run_dir
@@ -33,6 +34,40 @@ ROUTE_TASKS = {"optimize": "tune_plan", "identical": "skip_deploy"}
 # task whose result holds the trained candidate's fingerprint.
 FIRST_GATE, OPTIMIZED_GATE, TRAIN_TASK = "gate", "gate_optimized", "train"
 BACKFILL_RUN_TYPE = "backfill"
+
+
+# Trigger rules under which a task whose upstream tasks were all skipped is skipped as well.
+SKIPPED_WITH_ALL_UPSTREAM = frozenset(
+    {
+        TriggerRule.ALL_SUCCESS,
+        TriggerRule.ONE_SUCCESS,
+        TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+    }
+)
+
+
+def skipped_with(dag: Any, skipped: set[str]) -> set[str]:
+    """The tasks the scheduler would skip after ``skipped``: those whose every upstream task is skipped, repeatedly.
+
+    The scheduler finds them one level per pass (about a second each); a gate
+    that skips them together takes the optimize branch's six levels off the
+    way from the gate to ``register``.  Only tasks whose trigger rule skips
+    them when all their upstream tasks are skipped (:data:`SKIPPED_WITH_ALL_UPSTREAM`)
+    are added; one with another upstream task left (``register``, which also
+    follows the first gate) is not.
+    """
+    result = set(skipped)
+    grown = True
+    while grown:
+        grown = False
+        for task in dag.tasks:
+            if task.task_id in result or not task.upstream_task_ids:
+                continue
+            if task.trigger_rule in SKIPPED_WITH_ALL_UPSTREAM and task.upstream_task_ids <= result:
+                result.add(task.task_id)
+                grown = True
+    return result
 
 
 def run_type(dag_run: Any) -> str:
@@ -183,6 +218,15 @@ class GateOperator(BaseBranchOperator):
             "gate %s -> %s%s", "passed" if decision.passed else "failed", route, f" ({why_not})" if why_not else ""
         )
         return ROUTE_TASKS.get(route, route)
+
+    def skip_all_except(self, ti: Any, branch_task_ids: Any) -> None:
+        """Skip the branches not taken, and at once everything downstream that only they lead to."""
+        try:
+            super().skip_all_except(ti, branch_task_ids)
+        except DownstreamTasksSkipped as skipping:
+            direct = [task if isinstance(task, tuple) else (task, -1) for task in skipping.tasks]
+            further = skipped_with(self.dag, {task_id for task_id, _ in direct}) - {task_id for task_id, _ in direct}
+            raise DownstreamTasksSkipped(tasks=[*direct, *((task_id, -1) for task_id in sorted(further))]) from None
 
     def _identical_to_champion(
         self, context: Context, champion: Mapping[str, Any] | None

@@ -219,3 +219,40 @@ def test_register_records_the_candidates_fingerprint_marked_after_the_optimize_b
     assert {k: v for k, v in optimized.items() if k not in ("sha256", "stage")} == {
         k: v for k, v in FINGERPRINT.items() if k not in ("sha256", "stage")
     }
+
+
+@pytest.mark.parametrize(
+    ("route", "skipped"),
+    [
+        (
+            "register",
+            {"tune_plan", "skip_deploy", "tune_trial", "tune_select", "compress", "evaluate_optimized",
+             "gate_optimized", "reject"},
+        ),
+        (
+            "skip_deploy",
+            {"tune_plan", "register", "deploy", "tune_trial", "tune_select", "compress", "evaluate_optimized",
+             "gate_optimized", "reject"},
+        ),
+        ("tune_plan", None),
+    ],
+    ids=["register", "identical", "optimize"],
+)  # fmt: skip
+def test_the_first_gate_skips_everything_only_the_routes_not_taken_lead_to_at_once(
+    route: str, skipped: set[str] | None
+) -> None:
+    # The scheduler would find them one level per pass (about a second each) on the way to register.
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+    from mlops_airflow.lifecycle import build_lifecycle_dag
+
+    gate = build_lifecycle_dag(DIABETES).get_task("gate")
+    ti = SimpleNamespace(task=gate, map_index=-1, xcom_push=lambda **_: None)
+    if skipped is None:  # register and skip_deploy follow the optimize branch too: nothing is skipped
+        gate.skip_all_except(ti, route)
+        return
+    with pytest.raises(DownstreamTasksSkipped) as skipping:
+        gate.skip_all_except(ti, route)
+    tasks = skipping.value.tasks
+    assert {task_id for task_id, _ in tasks} == skipped
+    assert {map_index for _, map_index in tasks} == {-1} and len(tasks) == len(skipped)
