@@ -23,7 +23,6 @@ from include.mlops.registry.label_log import ROLLBACK_REASON
 from mlops_airflow.backends import step_operator
 from mlops_airflow.deploy_tasks import DEPLOY_POOL, audit_arguments, model_server_poll_seconds, model_server_url
 from mlops_airflow.params import SCHEMA_DIALECT
-from mlops_airflow.rollback_request import rollback_dag_id
 from mlops_airflow.schedules import dag_start_date
 
 __all__ = ["build_rollback_dag", "rollback_params"]
@@ -58,7 +57,7 @@ def _rollback_arguments(context: Context) -> dict[str, Any]:
 def build_rollback_dag(config: ModelConfig, *, models_dir: str | None = None) -> DAG:
     """The rollback DAG of ``config``'s model.  Pure: reads only ``config``."""
     with DAG(
-        dag_id=rollback_dag_id(config),
+        dag_id=config.rollback_dag_id,
         description=f"Point {config.serving_name}'s stable label back at a version you name, with a reason",
         doc_md=__doc__,
         schedule=None,

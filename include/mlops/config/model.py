@@ -74,6 +74,10 @@ class ModelConfig:
         return f"monitor__{self.name}"
 
     @property
+    def rollback_dag_id(self) -> str:
+        return f"rollback__{self.name}"
+
+    @property
     def builder_path(self) -> Path:
         return self.path.parent / f"{self.builder}.py"
 
