@@ -142,6 +142,11 @@ ROWS = [
         2: [lambda d: d["parse"]["trivial_dag_median_s"] * 1000],
         3: [lambda d: d["parse"]["files"]["monitor.py"]["ratio_to_trivial"]],
     }, "spine"),
+    ("**Spine**", "parse `dags/rollback.py`", {
+        1: [lambda d: d["parse"]["files"]["rollback.py"]["median_s"] * 1000],
+        2: [lambda d: d["parse"]["trivial_dag_median_s"] * 1000],
+        3: [lambda d: d["parse"]["files"]["rollback.py"]["ratio_to_trivial"]],
+    }, "spine"),
     ("**Spine**", "one lifecycle run through the scheduler", {
         1: [lambda d: d["orchestration"]["airflow_median_s"]],
         2: [lambda d: d["orchestration"]["in_process_median_s"]],
