@@ -332,7 +332,7 @@ def one_run(extra_env: Mapping[str, str], timeout_s: float = TIMEOUT_S) -> dict[
 
 def run(
     results_dir: Path,
-    repeats: int = 1,
+    repeats: int = 2,
     variants: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
