@@ -8,6 +8,7 @@ from scripts/supervisord.conf.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,10 +43,14 @@ def start_runner(sock: Path, env: dict[str, str] | None = None) -> subprocess.Po
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
-    while not answers(sock):
-        assert proc.poll() is None, sock.with_suffix(".log").read_text()
-        assert time.monotonic() < deadline, "the step runner did not open its socket within 60 s"
-        time.sleep(0.05)
+    try:
+        while not answers(sock):
+            assert proc.poll() is None, sock.with_suffix(".log").read_text()
+            assert time.monotonic() < deadline, "the step runner did not open its socket within 60 s"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
     return proc
 
 
@@ -56,6 +61,13 @@ def answers(sock: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def end_group(step: WarmStep | None) -> None:
+    """SIGKILL what is left of a step's process group (a failed test leaves no sleeping probe behind)."""
+    if step is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(step.pid, signal.SIGKILL)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -163,17 +175,20 @@ def test_killing_the_process_group_ends_the_step_and_its_children_and_the_step_c
     runner: Path, tmp_path: Path
 ) -> None:
     step = warm(runner, probe_argv(tmp_path / "out", "sleep"), step_env())
-    assert step.stdout is not None
-    line = ""
-    while "grandchild" not in line:
-        line = step.stdout.readline()
-        assert line, "the probe ended before it slept"
-    grandchild = psutil.Process(int(line.rsplit(" ", 1)[1]))
-    assert step.poll() is None
-    os.killpg(step.pid, signal.SIGTERM)  # what the operator does on execution_timeout
-    assert step.wait(timeout=30) == 143  # the CLI's StepTerminated: SIGTERM reached the step's own handler
-    grandchild.wait(timeout=30)
-    assert not grandchild.is_running()
+    try:
+        assert step.stdout is not None
+        line = ""
+        while "grandchild" not in line:
+            line = step.stdout.readline()
+            assert line, "the probe ended before it slept"
+        grandchild = psutil.Process(int(line.rsplit(" ", 1)[1]))
+        assert step.poll() is None
+        os.killpg(step.pid, signal.SIGTERM)  # what the operator does on execution_timeout
+        assert step.wait(timeout=30) == 143  # the CLI's StepTerminated: SIGTERM reached the step's own handler
+        grandchild.wait(timeout=30)
+        assert not grandchild.is_running()
+    finally:
+        end_group(step)
 
 
 def test_a_request_with_other_import_time_settings_is_refused_and_starts_cold(runner: Path, tmp_path: Path) -> None:
@@ -228,13 +243,14 @@ def test_a_malformed_request_is_refused_and_the_runner_goes_on(
 def test_a_runner_that_dies_mid_step_gives_an_unknown_exit(tmp_path: Path) -> None:
     sock = tmp_path / "dying.sock"
     proc = start_runner(sock)
+    step = None
     try:
         step = warm(sock, probe_argv(tmp_path / "out", "sleep"), step_env())
         proc.kill()
         proc.wait(timeout=30)
         assert step.wait(timeout=30) is None  # the task retries a step whose end nobody saw
-        os.killpg(step.pid, signal.SIGKILL)
     finally:
+        end_group(step)
         stop(proc)
 
 
@@ -258,9 +274,11 @@ def test_the_runner_removes_its_socket_when_stopped_and_replaces_a_stale_one(tmp
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:  # what a runner killed with -9 leaves
         stale.bind(str(sock))
     proc = start_runner(sock)
-    code, _ = finish(warm(sock, probe_argv(tmp_path / "out"), step_env()))
-    assert code == 0
-    stop(proc)
+    try:
+        code, _ = finish(warm(sock, probe_argv(tmp_path / "out"), step_env()))
+        assert code == 0
+    finally:
+        stop(proc)
     assert proc.returncode == 0 and not sock.exists()
 
 
