@@ -191,11 +191,17 @@ def test_killing_the_process_group_ends_the_step_and_its_children_and_the_step_c
         end_group(step)
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_a_request_with_other_import_time_settings_is_refused_and_starts_cold(runner: Path, tmp_path: Path) -> None:
+    before = open_fds()
     reason = start_warm(probe_argv(tmp_path), step_env(TF_ENABLE_ONEDNN_OPTS="0"), PROJECT_ROOT, path=runner)
     assert reason == "the step runner refused: import-time settings differ from the runner's: TF_ENABLE_ONEDNN_OPTS"
     other = start_warm(["/usr/bin/python3", *probe_argv(tmp_path)[1:]], step_env(), PROJECT_ROOT, path=runner)
     assert isinstance(other, str) and "wants interpreter '/usr/bin/python3'" in other
+    assert open_fds() == before  # the pipe and the connection of a refused request are closed
 
 
 def test_no_runner_or_warm_starts_off_means_a_cold_start(runner: Path, tmp_path: Path) -> None:
@@ -262,11 +268,13 @@ def test_a_runner_that_takes_the_request_and_never_answers_fails_the_try(tmp_pat
         listener.bind(str(sock))
         listener.listen(1)
         original, client.REPLY_TIMEOUT_S = client.REPLY_TIMEOUT_S, 0.5
+        before = open_fds()
         try:
             with pytest.raises(WarmStartError, match="took the request but did not answer"):
                 start_warm(probe_argv(tmp_path), step_env(), PROJECT_ROOT, path=sock)
         finally:
             client.REPLY_TIMEOUT_S = original
+        assert open_fds() == before
 
 
 def test_the_runner_removes_its_socket_when_stopped_and_replaces_a_stale_one(tmp_path: Path) -> None:

@@ -93,30 +93,29 @@ def start_warm(
         conn.close()
         return f"the step runner at {path} does not answer ({exc})"
     read_fd, write_fd = os.pipe()
+    handed_over = False  # until the WarmStep owns the pipe's read end and the connection
     try:
         request = {"executable": argv[0], "argv": list(argv[3:]), "cwd": str(cwd), "env": dict(env)}
-        send(conn, request, [write_fd])
-    except OSError as exc:
-        for fd in (read_fd, write_fd):
-            os.close(fd)
-        conn.close()
-        return f"the step runner at {path} did not take the request ({exc})"
-    os.close(write_fd)
-    reader = LineReader(conn)
-    conn.settimeout(REPLY_TIMEOUT_S)
-    try:
-        reply = reader.read()
-    except (OSError, ProtocolError) as exc:
-        os.close(read_fd)
-        conn.close()
-        raise WarmStartError(f"the step runner at {path} took the request but did not answer: {exc}") from None
-    if reply is not None and isinstance(reply.get("refused"), str):
-        os.close(read_fd)
-        conn.close()
-        return f"the step runner refused: {reply['refused']}"
-    if reply is None or not isinstance(reply.get("pid"), int):
-        os.close(read_fd)
-        conn.close()
-        raise WarmStartError(f"the step runner at {path} answered {reply!r} instead of a pid")
-    stdout = io.open(read_fd, "r", encoding="utf-8", errors="replace", buffering=1)  # noqa: UP020
-    return WarmStep(conn, reader, reply["pid"], stdout)
+        try:
+            send(conn, request, [write_fd])
+        except OSError as exc:
+            return f"the step runner at {path} did not take the request ({exc})"
+        finally:
+            os.close(write_fd)  # sent: the runner holds its own copy
+        reader = LineReader(conn)
+        conn.settimeout(REPLY_TIMEOUT_S)
+        try:
+            reply = reader.read()
+        except (OSError, ProtocolError) as exc:
+            raise WarmStartError(f"the step runner at {path} took the request but did not answer: {exc}") from None
+        if reply is not None and isinstance(reply.get("refused"), str):
+            return f"the step runner refused: {reply['refused']}"
+        if reply is None or not isinstance(reply.get("pid"), int):
+            raise WarmStartError(f"the step runner at {path} answered {reply!r} instead of a pid")
+        stdout = io.open(read_fd, "r", encoding="utf-8", errors="replace", buffering=1)  # noqa: UP020
+        handed_over = True
+        return WarmStep(conn, reader, reply["pid"], stdout)
+    finally:
+        if not handed_over:
+            os.close(read_fd)
+            conn.close()
