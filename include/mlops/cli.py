@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if store is not None:
             stage_inputs(store, args)
         config = find_model_config(args.model, args.models_dir)
-        # The step's first line of work: what benchmarks/step_startup.py times a start up to.
+        # Where the step's own work begins: the task log shows how long the start took before it.
         log.info("%s of model %s: started", args.step, args.model)
         result = to_jsonable(get_step(args.step).run(config, args))
         if store is not None:
