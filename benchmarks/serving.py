@@ -9,10 +9,22 @@ sending 1-row or 32-row ``{"instances": ...}`` predicts for a fixed time.  The
 baseline is the same SavedModel's ``serving_default`` signature called
 in-process on the same rows.
 
-Reported: p50/p99 latency (ms), throughput (requests/s and rows/s), the ratio
-HTTP p50 / bare-model p50, and the serving overhead per row at batch 32.  On
-the 2-core CI machines the client and server share the cores, so the
-8-client numbers measure saturation more than latency.
+Two reference servers run beside it (``benchmarks/minimal_server.py``, on
+uvicorn with the same settings): ``minimal_model_app``, which parses the body,
+calls the same signature and writes the predictions with no TF Serving
+format, errors, routes or metrics, and ``uvicorn_fixed_answer``, which
+answers a fixed body without a model.  They tell what any ASGI app on
+uvicorn pays on this machine, and so how much of the server's overhead is its
+own.  Each round times the bare model, then every case on each server, one
+window after the other (the order flipping each round), so all see the same
+machine; the references run the 1-client cases only.
+
+Reported per server: the medians over the rounds of each window's p50 and p99
+latency (ms) and throughput (requests/s and rows/s), the ratio HTTP p50 /
+bare-model p50, and the serving overhead per row at batch 32 and per request
+at batch 1 (the median of each round's difference to the bare model timed in
+that round).  On the 2-core CI machines client and server share the cores, so
+the 8-client numbers measure saturation more than latency.
 """
 
 from __future__ import annotations
@@ -35,10 +47,11 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 log = logging.getLogger(__name__)
 
-SECONDS_PER_RUN = 4.0
+SECONDS_PER_RUN = 3.0
 WARMUP_SECONDS = 0.5
 CONCURRENCY = (1, 8)
 BATCHES = (1, 32)
+ROUNDS = 3
 
 LOAD_GENERATOR = r"""
 import asyncio, json, sys, time
@@ -116,10 +129,7 @@ def _build_registry(root: Path) -> tuple[Any, Path, Any]:
     return config, registry.version_dir(config.serving_name, 1), data.features
 
 
-def _bare_model(version_dir: Path, rows: Any, batch: int, seconds: float = 2.0) -> dict[str, float]:
-    from include.mlops.training.savedmodel import load_serving_fn
-
-    predict = load_serving_fn(version_dir)
+def _bare_model(predict: Any, rows: Any, batch: int, seconds: float = 2.0) -> dict[str, float]:
     sample = rows[:batch]
     for _ in range(50):
         predict(sample)
@@ -133,6 +143,27 @@ def _bare_model(version_dir: Path, rows: Any, batch: int, seconds: float = 2.0) 
         "p50_ms": statistics.median(times) * 1e3,
         "p99_ms": _percentile(times, 0.99) * 1e3,
         "calls": len(times),
+    }
+
+
+def _load_window(port: int, path: str, body_file: Path, clients: int) -> dict[str, Any]:
+    """One load window of the load generator: its p50, p99 and throughput."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_GENERATOR, "127.0.0.1", str(port), path, str(body_file), str(clients),
+         str(SECONDS_PER_RUN), str(WARMUP_SECONDS)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator exited with code {done.returncode}: {done.stderr.strip()[-500:]}")
+    out = done.stdout
+    raw = json.loads(out.strip().splitlines()[-1])
+    latencies = raw["latencies"]
+    if raw["error_count"] or not latencies:
+        raise RuntimeError(f"load window of {clients} clients to {path} failed: {raw['errors']}")
+    return {
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
+        "requests_per_s": len(latencies) / raw["seconds"],
     }
 
 
@@ -151,65 +182,70 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
     raise RuntimeError(f"the model server did not serve {url} within {timeout:g} s")
 
 
-def run(results_dir: Path) -> dict[str, Any]:
+def _serve(argv: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", *argv], cwd=PROJECT_ROOT, env=env)
+
+
+# The servers: the model server, then the references (see the module's docstring), with the cases each runs.
+SERVER = "model_server"
+REFERENCES = ("minimal_model_app", "uvicorn_fixed_answer")
+
+
+def _commands(registry: Path, version_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
+    return {
+        SERVER: ["include.mlops.serving", "--registry", str(registry), "--port", str(ports[SERVER]),
+                 "--no-predlog", "--log-level", "warning"],
+        "minimal_model_app": ["benchmarks.minimal_server", "--model", str(version_dir),
+                              "--port", str(ports["minimal_model_app"])],
+        "uvicorn_fixed_answer": ["benchmarks.minimal_server", "--model", str(version_dir),
+                                 "--port", str(ports["uvicorn_fixed_answer"]), "--fixed"],
+    }  # fmt: skip
+
+
+def run(results_dir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     """Run the benchmark and write ``results_dir / "serving.json"``; returns the results."""
+    from include.mlops.training.savedmodel import load_serving_fn
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         root = Path(tmp)
         config, version_dir, rows = _build_registry(root)
         name = config.serving_name
-        baseline = {f"batch_{b}": _bare_model(version_dir, rows, b) for b in BATCHES}
-        log.info("Bare model: %s", baseline)
-
-        port = _free_port()
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "include.mlops.serving", "--registry", str(root / "models"), "--port", str(port),
-             "--no-predlog", "--log-level", "warning"],
-            cwd=PROJECT_ROOT, env=env,
-        )  # fmt: skip
-        http: dict[str, Any] = {}
+        predict = load_serving_fn(version_dir)
+        ports = {server: _free_port() for server in (SERVER, *REFERENCES)}
+        servers = {server: _serve(argv) for server, argv in _commands(root / "models", version_dir, ports).items()}
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}/labels/stable", server)
+            for server, process in servers.items():
+                _wait_ready(f"http://127.0.0.1:{ports[server]}/v1/models/{name}/labels/stable", process)
             path = f"/v1/models/{name}/labels/stable:predict"
+            bodies = {}
             for batch in BATCHES:
-                body_file = root / f"body-{batch}.json"
-                body_file.write_text(json.dumps({"instances": rows[:batch].tolist()}))
-                for clients in CONCURRENCY:
-                    out = subprocess.run(
-                        [sys.executable, "-c", LOAD_GENERATOR, "127.0.0.1", str(port), path, str(body_file),
-                         str(clients), str(SECONDS_PER_RUN), str(WARMUP_SECONDS)],
-                        capture_output=True, text=True, check=True, timeout=120,
-                    )  # fmt: skip
-                    raw = json.loads(out.stdout.strip().splitlines()[-1])
-                    latencies = raw["latencies"]
-                    if raw["error_count"] or not latencies:
-                        raise RuntimeError(f"load run batch={batch} clients={clients} failed: {raw['errors']}")
-                    throughput = len(latencies) / raw["seconds"]
-                    key = f"batch_{batch}_clients_{clients}"
-                    http[key] = {
-                        "batch": batch,
-                        "clients": clients,
-                        "requests": len(latencies),
-                        "p50_ms": statistics.median(latencies) * 1e3,
-                        "p99_ms": _percentile(latencies, 0.99) * 1e3,
-                        "requests_per_s": throughput,
-                        "rows_per_s": throughput * batch,
-                        "ratio_p50_vs_bare_model": statistics.median(latencies)
-                        * 1e3
-                        / baseline[f"batch_{batch}"]["p50_ms"],
-                    }
-                    log.info("%s: %s", key, http[key])
+                bodies[batch] = root / f"body-{batch}.json"
+                bodies[batch].write_text(json.dumps({"instances": rows[:batch].tolist()}))
+            for round_ in range(rounds):
+                bare = {f"batch_{b}": _bare_model(predict, rows, b) for b in BATCHES}
+                http: dict[str, dict[str, Any]] = {server: {} for server in servers}
+                for batch in BATCHES:
+                    for clients in CONCURRENCY:
+                        runs = [SERVER, *REFERENCES] if clients == 1 else [SERVER]
+                        for server in runs if round_ % 2 == 0 else runs[::-1]:
+                            window = _load_window(ports[server], path, bodies[batch], clients)
+                            http[server][f"batch_{batch}_clients_{clients}"] = window
+                measured.append({"bare_model": bare, "http": http})
+                log.info("round %d/%d: bare %s, http %s", round_ + 1, rounds, bare, http)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            for process in servers.values():
+                process.terminate()
+            for process in servers.values():
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
-    single = http["batch_32_clients_1"]
     results = {
         "benchmark": "serving",
         "load_generator": "asyncio-keepalive-client (Python asyncio HTTP/1.1 over keep-alive connections, own process)",
@@ -217,14 +253,56 @@ def run(results_dir: Path) -> dict[str, Any]:
         "model": f"{name} (diabetes builder architecture, {len(config.features)} features)",
         "cpu_count": os.cpu_count(),
         "seconds_per_run": SECONDS_PER_RUN,
-        "bare_model": baseline,
-        "http": http,
-        "overhead_per_row_us_at_batch_32": (single["p50_ms"] - baseline["batch_32"]["p50_ms"]) * 1e3 / 32,
-        "overhead_per_request_ms_at_batch_1": http["batch_1_clients_1"]["p50_ms"] - baseline["batch_1"]["p50_ms"],
+        "rounds": rounds,
+        **summarise(measured, SERVER),
+        "references": {server: summarise(measured, server) for server in REFERENCES},
+        "windows": measured,
     }
     (results_dir / "serving.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
+def summarise(rounds: list[dict[str, Any]], server: str) -> dict[str, Any]:
+    """Medians over the rounds for one server: the bare model, each HTTP case, and the overheads.
+
+    Each round's overhead is its HTTP p50 minus the bare model's p50 timed in that round, so a round on a
+    busier machine is compared with a bare model on that same machine.
+    """
+    bare = {
+        key: {stat: statistics.median(r["bare_model"][key][stat] for r in rounds) for stat in ("p50_ms", "p99_ms")}
+        for key in rounds[0]["bare_model"]
+    }
+    http: dict[str, Any] = {}
+    for key in rounds[0]["http"][server]:
+        batch = int(key.split("_")[1])
+        windows = [r["http"][server][key] for r in rounds]
+        p50 = statistics.median(w["p50_ms"] for w in windows)
+        throughput = statistics.median(w["requests_per_s"] for w in windows)
+        http[key] = {
+            "batch": batch,
+            "clients": int(key.split("_")[3]),
+            "p50_ms": p50,
+            "p99_ms": statistics.median(w["p99_ms"] for w in windows),
+            "requests_per_s": throughput,
+            "rows_per_s": throughput * batch,
+            "ratio_p50_vs_bare_model": statistics.median(
+                r["http"][server][key]["p50_ms"] / r["bare_model"][f"batch_{batch}"]["p50_ms"] for r in rounds
+            ),
+        }
+
+    def overhead(key: str, batch: int) -> float:
+        return statistics.median(
+            r["http"][server][key]["p50_ms"] - r["bare_model"][f"batch_{batch}"]["p50_ms"] for r in rounds
+        )
+
+    return {
+        "bare_model": bare,
+        "http": http,
+        "overhead_per_row_us_at_batch_32": overhead("batch_32_clients_1", 32) * 1e3 / 32,
+        "overhead_per_request_ms_at_batch_1": overhead("batch_1_clients_1", 1),
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(PROJECT_ROOT / "benchmarks" / "results"), indent=2))
+    done = run(PROJECT_ROOT / "benchmarks" / "results")
+    print(json.dumps({key: value for key, value in done.items() if key != "windows"}, indent=2))

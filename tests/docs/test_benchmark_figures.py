@@ -112,6 +112,34 @@ def test_serving_prose() -> None:
     assert agrees(overhead.group(2), data["overhead_per_request_ms_at_batch_1"])
 
 
+def test_serving_references() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())  # the paragraph's line breaks as spaces
+    data = result("serving")
+    fixed = data["references"]["uvicorn_fixed_answer"]
+    minimal = data["references"]["minimal_model_app"]
+    quoted = re.search(r"answers a fixed body, with no model, answers in ([\d.]+) ms at batch 1", text)
+    assert quoted, "the serving section quotes the fixed-answer reference"
+    assert agrees(quoted.group(1), fixed["http"]["batch_1_clients_1"]["p50_ms"])
+    quoted = re.search(
+        r"answers in ([\d.]+) ms at batch 1, ([\d.]+) ms over the bare model \(and ([\d.]+) ms at batch 32, "
+        r"([\d.]+) µs a row over it\)",
+        text,
+    )
+    assert quoted, "the serving section quotes the minimal app"
+    expected = [
+        minimal["http"]["batch_1_clients_1"]["p50_ms"],
+        minimal["overhead_per_request_ms_at_batch_1"],
+        minimal["http"]["batch_32_clients_1"]["p50_ms"],
+        minimal["overhead_per_row_us_at_batch_32"],
+    ]
+    for figure, value in zip(quoted.groups(), expected, strict=True):
+        assert agrees(figure, value), f"minimal app: {figure} vs {value}"
+    quoted = re.search(r"adds ([\d.]+) ms to that floor at batch 1", text)
+    assert quoted, "the serving section quotes the server's own share"
+    own = data["overhead_per_request_ms_at_batch_1"] - minimal["overhead_per_request_ms_at_batch_1"]
+    assert agrees(quoted.group(1), own)
+
+
 # --------------------------------------------------------------------------------------------- the others
 
 DRIFT_METHODS = ("project", "evidently_defaults", "ks_bonferroni")
