@@ -1,7 +1,7 @@
 """Reference servers for the serving benchmark: the least an ASGI app on uvicorn can do per predict.
 
     python -m benchmarks.minimal_server --model VERSION_DIR --port 8601          # parse, call, answer
-    python -m benchmarks.minimal_server --model VERSION_DIR --port 8602 --fixed  # a fixed answer, no model
+    python -m benchmarks.minimal_server --port 8602 --fixed                      # a fixed answer, no model
 
 Both run under uvicorn with the settings the model server uses (uvloop, httptools, no access log) and
 answer every request alike, whatever its path.  ``model``: read the body with orjson, call the
@@ -71,10 +71,12 @@ def model_answer(version_dir: Path) -> Callable[[bytes], bytes]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.minimal_server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a SavedModel folder (a registry version)")
+    parser.add_argument("--model", type=Path, help="a SavedModel folder (a registry version); not with --fixed")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fixed", action="store_true", help="answer a fixed body; load no model")
     args = parser.parse_args(argv)
+    if (args.model is None) != args.fixed:
+        parser.error("give either --model or --fixed")
     import uvicorn
 
     answer = (lambda _: FIXED_ANSWER) if args.fixed else model_answer(args.model)

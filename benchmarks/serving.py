@@ -155,8 +155,7 @@ def _load_window(port: int, path: str, body_file: Path, clients: int) -> dict[st
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"the load generator exited with code {done.returncode}: {done.stderr.strip()[-500:]}")
-    out = done.stdout
-    raw = json.loads(out.strip().splitlines()[-1])
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
     latencies = raw["latencies"]
     if raw["error_count"] or not latencies:
         raise RuntimeError(f"load window of {clients} clients to {path} failed: {raw['errors']}")
@@ -187,7 +186,7 @@ def _serve(argv: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", *argv], cwd=PROJECT_ROOT, env=env)
 
 
-# The servers: the model server, then the references (see the module's docstring), with the cases each runs.
+# The servers: the model server, then the references (see the module's docstring).
 SERVER = "model_server"
 REFERENCES = ("minimal_model_app", "uvicorn_fixed_answer")
 
@@ -198,8 +197,8 @@ def _commands(registry: Path, version_dir: Path, ports: dict[str, int]) -> dict[
                  "--no-predlog", "--log-level", "warning"],
         "minimal_model_app": ["benchmarks.minimal_server", "--model", str(version_dir),
                               "--port", str(ports["minimal_model_app"])],
-        "uvicorn_fixed_answer": ["benchmarks.minimal_server", "--model", str(version_dir),
-                                 "--port", str(ports["uvicorn_fixed_answer"]), "--fixed"],
+        "uvicorn_fixed_answer": ["benchmarks.minimal_server", "--port", str(ports["uvicorn_fixed_answer"]),
+                                 "--fixed"],
     }  # fmt: skip
 
 

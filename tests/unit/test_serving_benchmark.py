@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.minimal_server import FIXED_ANSWER, READY, build_app
+from benchmarks.minimal_server import FIXED_ANSWER, READY, build_app, main
 from benchmarks.serving import summarise
 
 
@@ -104,3 +104,13 @@ def test_the_reference_app_answers_a_request_without_a_body_as_ready_and_runs_it
         call(app, {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     )
     assert lifespan == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+@pytest.mark.parametrize("argv", [["--port", "1"], ["--port", "1", "--model", "m", "--fixed"]])
+def test_the_reference_server_takes_a_model_or_fixed_answers_not_both_nor_neither(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "give either --model or --fixed" in capsys.readouterr().err
