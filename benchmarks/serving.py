@@ -181,9 +181,16 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
     raise RuntimeError(f"the model server did not serve {url} within {timeout:g} s")
 
 
-def _serve(argv: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", *argv], cwd=PROJECT_ROOT, env=env)
+def serve(argv: list[str], tree: Path = PROJECT_ROOT) -> subprocess.Popen[bytes]:
+    """``python -m <argv>`` run from the source tree ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", *argv], cwd=tree, env=env)
+
+
+def model_server_argv(registry: Path, port: int) -> list[str]:
+    """The model server as every serving benchmark runs it: no prediction log, warnings only."""
+    return ["include.mlops.serving", "--registry", str(registry), "--port", str(port), "--no-predlog",
+            "--log-level", "warning"]  # fmt: skip
 
 
 # The servers: the model server, then the references (see the module's docstring).
@@ -193,8 +200,7 @@ REFERENCES = ("minimal_model_app", "uvicorn_fixed_answer")
 
 def _commands(registry: Path, version_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
     return {
-        SERVER: ["include.mlops.serving", "--registry", str(registry), "--port", str(ports[SERVER]),
-                 "--no-predlog", "--log-level", "warning"],
+        SERVER: model_server_argv(registry, ports[SERVER]),
         "minimal_model_app": ["benchmarks.minimal_server", "--model", str(version_dir),
                               "--port", str(ports["minimal_model_app"])],
         "uvicorn_fixed_answer": ["benchmarks.minimal_server", "--port", str(ports["uvicorn_fixed_answer"]),
@@ -216,7 +222,7 @@ def run(results_dir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
         name = config.serving_name
         predict = load_serving_fn(version_dir)
         ports = {server: _free_port() for server in (SERVER, *REFERENCES)}
-        servers = {server: _serve(argv) for server, argv in _commands(root / "models", version_dir, ports).items()}
+        servers = {server: serve(argv) for server, argv in _commands(root / "models", version_dir, ports).items()}
         try:
             for server, process in servers.items():
                 _wait_ready(f"http://127.0.0.1:{ports[server]}/v1/models/{name}/labels/stable", process)

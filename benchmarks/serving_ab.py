@@ -27,24 +27,17 @@ from typing import Any
 from benchmarks.serving import (
     BATCHES,
     CONCURRENCY,
-    LOAD_GENERATOR,
     PROJECT_ROOT,
+    SECONDS_PER_RUN,
     _build_registry,
     _free_port,
+    _load_window,
     _wait_ready,
+    model_server_argv,
+    serve,
 )
 
 ROUNDS = 6
-SECONDS_PER_WINDOW = 3.0
-
-
-def _serve(tree: Path, registry: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "include.mlops.serving", "--registry", str(registry), "--port", str(port),
-         "--no-predlog", "--log-level", "warning"],
-        cwd=tree, env=env,
-    )  # fmt: skip
 
 
 def _revision(tree: Path) -> str:
@@ -54,15 +47,8 @@ def _revision(tree: Path) -> str:
 
 
 def _window(port: int, path: str, body: Path, clients: int) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", LOAD_GENERATOR, "127.0.0.1", str(port), path, str(body), str(clients),
-         str(SECONDS_PER_WINDOW), "0.5"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    raw = json.loads(out.stdout.strip().splitlines()[-1])
-    if raw["error_count"] or not raw["latencies"]:
-        raise RuntimeError(f"load window on port {port} failed: {raw['errors']}")
-    return statistics.median(raw["latencies"]) * 1e3, len(raw["latencies"]) / raw["seconds"]
+    window = _load_window(port, path, body, clients)
+    return window["p50_ms"], window["requests_per_s"]
 
 
 def run(tree_a: Path, tree_b: Path, results_dir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
@@ -71,7 +57,8 @@ def run(tree_a: Path, tree_b: Path, results_dir: Path, rounds: int = ROUNDS) -> 
         config, _, rows = _build_registry(root)
         name = config.serving_name
         ports = {"a": _free_port(), "b": _free_port()}
-        servers = {key: _serve(tree, root / "models", ports[key]) for key, tree in (("a", tree_a), ("b", tree_b))}
+        trees = {"a": tree_a, "b": tree_b}
+        servers = {key: serve(model_server_argv(root / "models", ports[key]), tree) for key, tree in trees.items()}
         windows: dict[str, dict[str, list[tuple[float, float]]]] = {}
         try:
             for key, server in servers.items():
@@ -106,7 +93,7 @@ def run(tree_a: Path, tree_b: Path, results_dir: Path, rounds: int = ROUNDS) -> 
         "tree_a": {"path": str(tree_a), "commit": _revision(tree_a)},
         "tree_b": {"path": str(tree_b), "commit": _revision(tree_b)},
         "rounds": rounds,
-        "seconds_per_window": SECONDS_PER_WINDOW,
+        "seconds_per_window": SECONDS_PER_RUN,
         "cpu_count": os.cpu_count(),
         "cases": cases,
     }
